@@ -1,0 +1,19 @@
+//! Mamori's shared vocabulary: the types every other crate speaks.
+//!
+//! * [`Event`] — one telemetry record (a Windows event, a Sysmon record, an ECS document
+//!   from Mamori's own sensor) as a JSON tree plus the [`Shape`] that says how to read it.
+//!   [`Event::for_each_field`] flattens any shape into `(name, value)` pairs with the names
+//!   Sigma rules use, so the detection engine never needs to know where an event came from.
+//! * [`fields`] — the documented mapping layer between Sigma's Sysmon-style field names
+//!   (`Image`, `CommandLine`, …) and ECS names (`process.executable`, …).
+//! * [`Level`] and [`attack`] — rule severity and MITRE ATT&CK tag parsing.
+//!
+//! This crate does no I/O.
+
+pub mod attack;
+pub mod event;
+pub mod fields;
+mod level;
+
+pub use event::{Event, EventKind, Product, Shape};
+pub use level::{Level, ParseLevelError};
