@@ -4,14 +4,17 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Severity level of a rule or detection, as in Sigma's `level` field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Informational: context, not a finding.
     Informational,
     /// Low: worth a look when hunting.
     Low,
-    /// Medium: review in the console.
+    /// Medium: review in the console (the default for rules that name no level).
+    #[default]
     Medium,
     /// High: probably malicious.
     High,
