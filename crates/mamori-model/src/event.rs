@@ -381,6 +381,12 @@ fn data_fields(data: &Map<String, Value>, name: &mut String, f: &mut dyn FnMut(&
             continue;
         }
         element(k, v, name, f);
+        // Defender and other providers name fields with spaces ("Threat Name"); Sigma rules
+        // write them without ("ThreatName").
+        if k.contains(' ') {
+            let squeezed: String = k.chars().filter(|c| *c != ' ').collect();
+            element(&squeezed, v, name, f);
+        }
     }
 }
 

@@ -106,11 +106,28 @@ pub fn read_file(path: &Path) -> Vec<Result<Document, SigmaError>> {
     docs
 }
 
-/// Loads every rule under `paths` and compiles it.
-pub fn load(paths: &[PathBuf], options: CompileOptions) -> Result<Loaded, SigmaError> {
+/// Loads every rule under `paths`, plus `texts` (name, YAML) held in memory, and compiles
+/// them together.
+pub fn load(paths: &[PathBuf], texts: &[(&str, &str)], options: CompileOptions) -> Result<Loaded, SigmaError> {
     let files = rule_files(paths)?;
     let mut report = Vec::new();
     let mut compiler = Compiler::new(options);
+    for (name, text) in texts {
+        for d in parse_documents(text) {
+            match d {
+                Ok(mut doc) => {
+                    doc.meta_mut().path = Some(PathBuf::from(name));
+                    compiler.add(doc);
+                }
+                Err(error) => report.push(Outcome {
+                    path: PathBuf::from(name),
+                    title: None,
+                    id: None,
+                    error: Some(error),
+                }),
+            }
+        }
+    }
     for f in &files {
         for d in read_file(f) {
             match d {

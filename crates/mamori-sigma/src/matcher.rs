@@ -16,7 +16,7 @@ use regex::Regex;
 use crate::ast::{CmpOp, Scalar};
 
 /// Maximum compiled size of one regular expression (bytes).
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+const REGEX_SIZE_LIMIT: usize = 8 << 20;
 /// Maximum number of string variants one value may expand to (windash, base64offset, expand).
 const MAX_VARIANTS: usize = 4096;
 

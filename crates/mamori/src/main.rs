@@ -1,3 +1,125 @@
-fn main() {
-    println!("Hello, world!");
+//! `mamori`: the one binary of the Mamori EDR.
+//!
+//! This crate is only the command line: argument parsing and glue over the library crates
+//! (`mamori-sigma`, `mamori-sources`, `mamori-hunt`). Exit codes: 0 = success with nothing
+//! found, 1 = findings (detections, failed rules or tests), 2 = error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod data;
+mod hunt_cmd;
+mod rules_cmd;
+
+/// Mamori: open EDR with an automated SOC layer.
+#[derive(Debug, Parser)]
+#[command(name = "mamori", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the detection rules over Windows EVTX and JSON logs and print a timeline.
+    ///
+    /// Exit code: 0 = no detections, 1 = detections, 2 = error.
+    Hunt(hunt_cmd::HuntArgs),
+    /// Check, test, install and measure Sigma rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Load every rule under DIR and report what does not load, with the reason.
+    ///
+    /// Ends with `N passed, N failed`. Exit code 1 if any rule failed.
+    Check {
+        /// Rule files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Values for `%placeholder%` names used with the `expand` modifier (YAML map).
+        #[arg(long)]
+        placeholders: Option<PathBuf>,
+        /// List every document, not only failures.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Run SigmaHQ's regression samples: each must trigger exactly the rule its info.yml names.
+    ///
+    /// DIR is a SigmaHQ checkout (holding `regression_data/` and `rules*/`) or its
+    /// `regression_data/` folder. Ends with `N passed, N failed`. Exit code 1 on any failure.
+    Regress {
+        /// The SigmaHQ folder or its regression_data folder.
+        dir: PathBuf,
+        /// Rule directories to load (default: the rules*/ folders next to regression_data).
+        #[arg(long)]
+        rules: Vec<PathBuf>,
+    },
+    /// Install the SigmaHQ corpus into Mamori's data directory, validated and pinned.
+    Install {
+        /// A SigmaHQ checkout or release folder (holding rules*/ folders).
+        #[arg(long)]
+        from: PathBuf,
+        /// Version label to pin (default: read from SOURCE.txt or VERSION in the folder).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Report, per ATT&CK technique folder of a labelled EVTX corpus, which rules fire.
+    Coverage {
+        /// The corpus root (e.g. EVTX-to-MITRE-Attack).
+        dir: PathBuf,
+        /// Rule directories (default: as for `hunt`).
+        #[arg(long)]
+        rules: Vec<PathBuf>,
+        /// Worker threads.
+        #[arg(long, short)]
+        jobs: Option<usize>,
+    },
+    /// Show where Mamori looks for rules and what is installed.
+    Where,
+}
+
+/// Output formats of `hunt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A readable table.
+    Table,
+    /// Comma-separated values.
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MAMORI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Hunt(args) => hunt_cmd::run(args),
+        Command::Rules(RulesCommand::Check {
+            paths,
+            placeholders,
+            verbose,
+        }) => rules_cmd::check(&paths, placeholders.as_deref(), verbose),
+        Command::Rules(RulesCommand::Regress { dir, rules }) => rules_cmd::regress(&dir, &rules),
+        Command::Rules(RulesCommand::Install { from, version }) => rules_cmd::install(&from, version),
+        Command::Rules(RulesCommand::Coverage { dir, rules, jobs }) => rules_cmd::coverage(&dir, &rules, jobs),
+        Command::Rules(RulesCommand::Where) => rules_cmd::show_where(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
