@@ -67,8 +67,10 @@ pub struct Detection {
     pub source: String,
     /// Key fields of the event, in display order.
     pub fields: Vec<(String, String)>,
-    /// The event (for correlations: a summary with the group and contributing events).
-    pub event: Value,
+    /// The event as compact JSON text (for correlations: a summary with the group and the
+    /// contributing events). Text, not a tree: detections are kept until the timeline is
+    /// sorted, and text is several times smaller.
+    pub event: Arc<str>,
 }
 
 /// Per-file result.
@@ -115,32 +117,28 @@ impl HuntReport {
 /// Key fields for a detection: the rule's own `fields`, else the common ones the event has.
 fn key_fields(rules: &RuleSet, rule: usize, rec: &Record) -> Vec<(String, String)> {
     let info = &rules.rules()[rule];
-    let mut all: Vec<(String, String)> = Vec::new();
+    let wanted: Vec<&str> = if info.meta.fields.is_empty() {
+        mamori_model::fields::KEY_FIELDS.to_vec()
+    } else {
+        info.meta.fields.iter().map(String::as_str).collect()
+    };
+    let mut found: Vec<(usize, String, String)> = Vec::new();
     rec.event.for_each_field(&mut |k, v| {
+        let Some(pos) = wanted.iter().position(|w| *w == k) else { return };
+        if found.iter().any(|(p, _, _)| *p == pos) {
+            return;
+        }
         let text = match v {
             Value::String(s) => s.clone(),
             Value::Null => return,
             other => other.to_string(),
         };
         if !text.is_empty() {
-            all.push((k.to_string(), text));
+            found.push((pos, k.to_string(), text));
         }
     });
-    let wanted: Vec<&str> = if info.meta.fields.is_empty() {
-        mamori_model::fields::KEY_FIELDS.to_vec()
-    } else {
-        info.meta.fields.iter().map(String::as_str).collect()
-    };
-    let mut out = Vec::new();
-    for w in wanted {
-        if let Some((k, v)) = all.iter().find(|(k, _)| k == w) {
-            out.push((k.clone(), v.clone()));
-        }
-        if out.len() >= 6 {
-            break;
-        }
-    }
-    out
+    found.sort_by_key(|(p, _, _)| *p);
+    found.into_iter().take(6).map(|(_, k, v)| (k, v)).collect()
 }
 
 struct Shared<'a> {
@@ -241,13 +239,17 @@ fn worker(sh: &Shared<'_>) -> WorkerOut {
             }
             hits.clear();
             scanner.scan(&rec.event, &mut hits);
+            if hits.is_empty() {
+                return;
+            }
+            let text: Arc<str> = Arc::from(rec.event.data.to_string());
             for &h in &hits {
                 let info = &sh.rules.rules()[h];
                 let feeds = sh.rules.feeds_correlation(h);
                 if !feeds && (!info.reported || info.meta.level < sh.opts.min_level) {
                     continue;
                 }
-                let det = make_detection(sh.rules, h, &rec, ts);
+                let det = make_detection(sh.rules, h, &rec, ts, text.clone());
                 if feeds {
                     let fields = sh
                         .rules
@@ -281,7 +283,7 @@ fn worker(sh: &Shared<'_>) -> WorkerOut {
     out
 }
 
-fn make_detection(rules: &RuleSet, rule: usize, rec: &Record, ts: Option<DateTime<Utc>>) -> Detection {
+fn make_detection(rules: &RuleSet, rule: usize, rec: &Record, ts: Option<DateTime<Utc>>, event: Arc<str>) -> Detection {
     let info = &rules.rules()[rule];
     Detection {
         timestamp: ts,
@@ -293,7 +295,7 @@ fn make_detection(rules: &RuleSet, rule: usize, rec: &Record, ts: Option<DateTim
         tags: info.meta.tags.clone(),
         source: source_text(&rec.source),
         fields: key_fields(rules, rule, rec),
-        event: rec.event.data.clone(),
+        event,
     }
 }
 
@@ -341,7 +343,7 @@ fn correlate(rules: &RuleSet, opts: &HuntOptions, mut inputs: Vec<(CorrelationIn
                 .cloned()
                 .chain(std::iter::once(("count".to_string(), m.count.to_string())))
                 .collect(),
-            event: json!({
+            event: Arc::from(json!({
                 "correlation": kind,
                 "group": m.group.iter().cloned().collect::<BTreeMap<_, _>>(),
                 "count": m.count,
@@ -351,7 +353,7 @@ fn correlate(rules: &RuleSet, opts: &HuntOptions, mut inputs: Vec<(CorrelationIn
                     "rule_title": d.rule_title, "source": d.source,
                     "timestamp": d.timestamp.map(|t| t.to_rfc3339()),
                 })).collect::<Vec<_>>(),
-            }),
+            }).to_string()),
         });
     }
 }

@@ -28,7 +28,8 @@ pub fn write_jsonl(w: &mut dyn Write, d: &Detection) -> io::Result<()> {
         "techniques": attack::techniques(d.tags.iter().map(String::as_str)),
         "source": d.source,
         "fields": d.fields.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "event": d.event,
+        "event": serde_json::value::RawValue::from_string(d.event.to_string())
+            .map_err(io::Error::other)?,
     });
     serde_json::to_writer(&mut *w, &v)?;
     w.write_all(b"\n")

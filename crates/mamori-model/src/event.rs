@@ -92,14 +92,14 @@ impl Event {
     /// The object that holds `System`/`EventData` for an EVTX-shaped event.
     fn evtx_root(&self) -> Option<&Map<String, Value>> {
         let obj = self.data.as_object()?;
-        match obj.get("Event").and_then(Value::as_object) {
+        match find(obj, "Event").and_then(Value::as_object) {
             Some(inner) => Some(inner),
             None => Some(obj),
         }
     }
 
     fn system(&self) -> Option<&Map<String, Value>> {
-        self.evtx_root()?.get("System")?.as_object()
+        find(self.evtx_root()?, "System")?.as_object()
     }
 
     /// Looks a value up by a dotted path in the raw tree (`winlog.event_data.Image`).
@@ -117,24 +117,30 @@ impl Event {
     /// Calls `f` with every field of the event, named as Sigma rules address it (see the
     /// module documentation). Values may be strings, numbers, booleans, null or arrays.
     pub fn for_each_field(&self, f: &mut dyn FnMut(&str, &Value)) {
-        let mut name = String::new();
+        self.for_each_field_with(&mut String::new(), f);
+    }
+
+    /// [`Event::for_each_field`] with a caller-provided buffer for composed field names, so
+    /// that a scanner reading many events allocates nothing.
+    pub fn for_each_field_with(&self, name: &mut String, f: &mut dyn FnMut(&str, &Value)) {
+        name.clear();
         match self.shape {
             Shape::Evtx => {
                 if let Some(root) = self.evtx_root() {
-                    evtx_fields(root, &mut name, f);
+                    evtx_fields(root, name, f);
                 }
             }
             Shape::Winlogbeat => {
                 if let Some(obj) = self.data.as_object() {
                     if let Some(w) = obj.get("winlog").and_then(Value::as_object) {
-                        winlog_fields(w, &mut name, f);
+                        winlog_fields(w, name, f);
                     }
-                    flatten(obj, &mut name, f);
+                    flatten(obj, name, f);
                 }
             }
             Shape::Ecs | Shape::Flat => {
                 if let Some(obj) = self.data.as_object() {
-                    flatten(obj, &mut name, f);
+                    flatten(obj, name, f);
                 }
             }
         }
@@ -185,13 +191,25 @@ impl Event {
             Shape::Evtx => {
                 kind.product = Product::Windows;
                 if let Some(sys) = self.system() {
-                    kind.channel = sys.get("Channel").and_then(Value::as_str);
-                    kind.provider = sys
-                        .get("Provider_attributes")
-                        .and_then(|a| a.get("Name"))
-                        .or_else(|| sys.get("Provider")?.get("#attributes")?.get("Name"))
-                        .and_then(Value::as_str);
-                    kind.event_id = sys.get("EventID").and_then(as_u32);
+                    // One pass over the dozen System elements beats a hashed lookup each.
+                    for (k, v) in sys {
+                        match k.as_str() {
+                            "Channel" => kind.channel = v.as_str(),
+                            "EventID" => kind.event_id = as_u32(v),
+                            "Provider_attributes" => {
+                                kind.provider = v.as_object().and_then(|a| find(a, "Name")).and_then(Value::as_str)
+                            }
+                            "Provider" => {
+                                kind.provider = v
+                                    .as_object()
+                                    .and_then(|p| find(p, "#attributes"))
+                                    .and_then(Value::as_object)
+                                    .and_then(|a| find(a, "Name"))
+                                    .and_then(Value::as_str)
+                            }
+                            _ => {}
+                        }
+                    }
                 }
             }
             Shape::Winlogbeat => {
@@ -236,6 +254,16 @@ impl Event {
         }
         kind
     }
+}
+
+/// Finds a key in a small JSON object by walking it: for the handful of keys an event
+/// element has, comparing strings is cheaper than hashing one.
+#[inline]
+fn find<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    if obj.len() > 16 {
+        return obj.get(key);
+    }
+    obj.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
 }
 
 fn product_from(os: &str) -> Product {
@@ -338,7 +366,7 @@ fn element(key: &str, v: &Value, name: &mut String, f: &mut dyn FnMut(&str, &Val
 }
 
 fn evtx_fields(root: &Map<String, Value>, name: &mut String, f: &mut dyn FnMut(&str, &Value)) {
-    if let Some(sys) = root.get("System").and_then(Value::as_object) {
+    if let Some(sys) = find(root, "System").and_then(Value::as_object) {
         for (k, v) in sys {
             if let Some(base) = k.strip_suffix("_attributes")
                 && let Some(attrs) = v.as_object()
@@ -351,12 +379,12 @@ fn evtx_fields(root: &Map<String, Value>, name: &mut String, f: &mut dyn FnMut(&
             element(k, v, name, f);
         }
     }
-    match root.get("EventData") {
+    match find(root, "EventData") {
         Some(Value::Object(data)) => data_fields(data, name, f),
         Some(v @ (Value::String(_) | Value::Array(_))) => f("Data", v),
         _ => {}
     }
-    if let Some(Value::Object(user)) = root.get("UserData") {
+    if let Some(Value::Object(user)) = find(root, "UserData") {
         for (k, v) in user {
             match v {
                 Value::Object(inner) if !k.ends_with("_attributes") && k != "#attributes" => {

@@ -101,6 +101,8 @@ pub(crate) struct CompiledRule {
     pub filters: Vec<CompiledCond>,
     /// Whether the prefilter can rule this rule out.
     pub prefiltered: bool,
+    /// Event ids the rule can only match (from `EventID` selections), if known.
+    pub event_ids: Option<Vec<u32>>,
 }
 
 /// A compiled correlation rule.
@@ -138,6 +140,24 @@ impl FieldIndex {
             self.map.entry((*alias).into()).or_default().push((s, false));
         }
         s
+    }
+
+    /// Forgets every slot created after `checkpoint` (a previous [`FieldIndex::len`]), so a
+    /// rule that fails to compile leaves nothing behind.
+    fn rollback(&mut self, checkpoint: usize) {
+        if self.names.len() <= checkpoint {
+            return;
+        }
+        for name in self.names.drain(checkpoint..).collect::<Vec<_>>() {
+            for key in std::iter::once(name.as_str()).chain(mamori_model::fields::aliases_of(&name).iter().copied()) {
+                if let Some(v) = self.map.get_mut(key) {
+                    v.retain(|(s, _)| (*s as usize) < checkpoint);
+                    if v.is_empty() {
+                        self.map.remove(key);
+                    }
+                }
+            }
+        }
     }
 
     /// Slots an event field named `name` fills, each with whether it is the Sigma name itself.
@@ -192,11 +212,22 @@ impl std::hash::Hasher for FxHasher {
     }
 }
 
-/// The prefilter: literal → rules that need it.
+/// One prefilter automaton: the literals that must occur in one slot's value.
+#[derive(Debug, Clone)]
+pub(crate) struct PrefilterGroup {
+    /// The logsource route of the rules it serves.
+    pub route: u32,
+    /// The slot whose text is scanned, or [`ANY_FIELD`] for all of the event's text.
+    pub slot: u32,
+    pub ac: AhoCorasick,
+    /// Pattern id → rules that need it.
+    pub pattern_rules: Vec<Vec<u32>>,
+}
+
+/// The prefilter: per field, literal → rules that need it.
 #[derive(Debug, Clone)]
 pub(crate) struct Prefilter {
-    pub ac: Option<AhoCorasick>,
-    pub pattern_rules: Vec<Vec<u32>>,
+    pub groups: Vec<PrefilterGroup>,
 }
 
 /// An immutable, compiled set of Sigma rules, shared by any number of scanners.
@@ -234,7 +265,37 @@ impl RuleSet {
 
     /// Number of distinct literals in the prefilter.
     pub fn prefilter_literals(&self) -> usize {
-        self.prefilter.pattern_rules.len()
+        self.prefilter.groups.iter().map(|g| g.pattern_rules.len()).sum()
+    }
+
+    /// Heap bytes of the prefilter automata.
+    pub fn prefilter_bytes(&self) -> usize {
+        self.prefilter.groups.iter().map(|g| g.ac.memory_usage()).sum()
+    }
+
+    /// Number of regular expressions compiled (`re` values and wildcard patterns).
+    pub fn regex_count(&self) -> usize {
+        let mut n = 0;
+        for r in &self.rules {
+            for c in std::iter::once(&r.main).chain(r.filters.iter()) {
+                for s in &c.sels {
+                    let ms: Vec<&ValueMatcher> = match s {
+                        SelNode::Keywords { matchers, .. } => matchers.iter().collect(),
+                        SelNode::Maps(maps) => maps
+                            .iter()
+                            .flatten()
+                            .filter_map(|t| match &t.kind {
+                                TestKind::Values { matchers, .. } => Some(matchers.iter()),
+                                _ => None,
+                            })
+                            .flatten()
+                            .collect(),
+                    };
+                    n += ms.iter().filter(|m| m.is_regex()).count();
+                }
+            }
+        }
+        n
     }
 
     /// Number of detection rules the prefilter can rule out.
@@ -303,7 +364,7 @@ impl Compiler {
         let mut rejected = Vec::new();
         let mut infos: Vec<RuleInfo> = Vec::new();
         let mut rules: Vec<CompiledRule> = Vec::new();
-        let mut literal_sets: Vec<Option<Vec<String>>> = Vec::new();
+        let mut literal_sets: Vec<Option<Vec<Lit>>> = Vec::new();
         let mut routes: Vec<Route> = Vec::new();
         let mut route_keys: Vec<LogSource> = Vec::new();
         let mut seen_ids: HashMap<String, ()> = HashMap::new();
@@ -333,11 +394,10 @@ impl Compiler {
                             continue;
                         }
                     };
-                    // Compile into a scratch field index so a failed rule leaves no slots.
-                    let mut scratch = fields.clone();
-                    match compile_detection(&rule.detection, &mut scratch, &placeholders) {
+                    // A failed rule must leave no slots behind.
+                    let checkpoint = fields.len();
+                    match compile_detection(&rule.detection, &mut fields, &placeholders) {
                         Ok(main) => {
-                            fields = scratch;
                             let route_id = match route_keys.iter().position(|k| *k == rule.logsource) {
                                 Some(i) => i,
                                 None => {
@@ -347,11 +407,15 @@ impl Compiler {
                                 }
                             };
                             literal_sets.push(needed_literals(&main));
+                            let event_ids = fields
+                                .find("EventID")
+                                .and_then(|slot| needed_ids(&main.cond, &main.sels, slot));
                             rules.push(CompiledRule {
                                 route: route_id as u32,
                                 main,
                                 filters: Vec::new(),
                                 prefiltered: false,
+                                event_ids,
                             });
                             infos.push(RuleInfo {
                                 meta: Arc::new(rule.meta),
@@ -360,7 +424,10 @@ impl Compiler {
                                 reported: true,
                             });
                         }
-                        Err(error) => rejected.push(Rejected { meta, error }),
+                        Err(error) => {
+                            fields.rollback(checkpoint);
+                            rejected.push(Rejected { meta, error });
+                        }
                     }
                 }
                 Document::Filter(f) => filters.push(f),
@@ -370,10 +437,11 @@ impl Compiler {
 
         // Sigma filters: AND their condition into the rules they name.
         for f in filters {
-            let mut scratch = fields.clone();
-            let compiled = match compile_detection(&f.detection, &mut scratch, &placeholders) {
+            let checkpoint = fields.len();
+            let compiled = match compile_detection(&f.detection, &mut fields, &placeholders) {
                 Ok(c) => c,
                 Err(error) => {
+                    fields.rollback(checkpoint);
                     rejected.push(Rejected { meta: f.meta, error });
                     continue;
                 }
@@ -392,6 +460,7 @@ impl Compiler {
                     }
                 }
                 if !missing.is_empty() {
+                    fields.rollback(checkpoint);
                     rejected.push(Rejected {
                         meta: f.meta,
                         error: SigmaError::Reference(format!(
@@ -403,7 +472,6 @@ impl Compiler {
                 }
                 t
             };
-            fields = scratch;
             for t in targets {
                 rules[t].filters.push(compiled.clone());
             }
@@ -490,43 +558,64 @@ impl Compiler {
             }
         }
 
-        // Prefilter.
-        let mut pattern_ids: HashMap<String, u32> = HashMap::new();
-        let mut patterns: Vec<String> = Vec::new();
-        let mut pattern_rules: Vec<Vec<u32>> = Vec::new();
+        // Prefilter: one automaton per field (and one for keyword literals), so each scans
+        // only the text its literals can occur in.
+        // Automata are per logsource too: an event only pays for the literals of the rules
+        // that apply to it.
+        let mut groups: Vec<(u32, u32, Vec<String>, Vec<Vec<u32>>)> = Vec::new();
+        let mut group_of: HashMap<(u32, u32), usize> = HashMap::new();
+        let mut pattern_ids: HashMap<(usize, String), u32> = HashMap::new();
         for (i, set) in literal_sets.iter().enumerate() {
             let Some(set) = set else { continue };
             rules[i].prefiltered = true;
-            for lit in set {
-                let id = *pattern_ids.entry(lit.clone()).or_insert_with(|| {
-                    patterns.push(lit.clone());
-                    pattern_rules.push(Vec::new());
-                    (patterns.len() - 1) as u32
+            let route = rules[i].route;
+            for (slot, lit) in set {
+                let g = *group_of.entry((route, *slot)).or_insert_with(|| {
+                    groups.push((route, *slot, Vec::new(), Vec::new()));
+                    groups.len() - 1
                 });
-                let list = &mut pattern_rules[id as usize];
+                let id = *pattern_ids.entry((g, lit.clone())).or_insert_with(|| {
+                    groups[g].2.push(lit.clone());
+                    groups[g].3.push(Vec::new());
+                    (groups[g].2.len() - 1) as u32
+                });
+                let list = &mut groups[g].3[id as usize];
                 if list.last() != Some(&(i as u32)) {
                     list.push(i as u32);
                 }
             }
         }
-        let ac = if patterns.is_empty() {
-            None
-        } else {
+        let mut prefilter = Prefilter { groups: Vec::new() };
+        for (route, slot, patterns, pattern_rules) in groups {
+            // Small automata as DFAs (fastest); large ones as contiguous NFAs (compact).
+            let kind = if patterns.len() <= 150 {
+                AhoCorasickKind::DFA
+            } else {
+                AhoCorasickKind::ContiguousNFA
+            };
             match AhoCorasickBuilder::new()
                 .match_kind(MatchKind::Standard)
-                .kind(Some(AhoCorasickKind::DFA))
+                .kind(Some(kind))
                 .build(&patterns)
                 .or_else(|_| AhoCorasickBuilder::new().match_kind(MatchKind::Standard).build(&patterns))
             {
-                Ok(ac) => Some(ac),
+                Ok(ac) => prefilter.groups.push(PrefilterGroup {
+                    route,
+                    slot,
+                    ac,
+                    pattern_rules,
+                }),
                 Err(_) => {
-                    for r in &mut rules {
-                        r.prefiltered = false;
+                    // Cannot happen with these sizes; if it does, those rules are simply
+                    // always evaluated.
+                    for rules_of in &pattern_rules {
+                        for &r in rules_of {
+                            rules[r as usize].prefiltered = false;
+                        }
                     }
-                    None
                 }
             }
-        };
+        }
 
         let mut route_rules = vec![Vec::new(); routes.len()];
         for (i, r) in rules.iter().enumerate() {
@@ -542,7 +631,7 @@ impl Compiler {
                 fields,
                 routes,
                 route_rules,
-                prefilter: Prefilter { ac, pattern_rules },
+                prefilter,
                 feeds,
                 capture,
             },
@@ -729,30 +818,88 @@ fn compile_correlation(
     })
 }
 
+// ---- EventID analysis ----
+
+/// The event ids one of which every event the condition matches carries, when the rule says
+/// so through `EventID` equality tests.
+fn needed_ids(c: &Cond, sels: &[SelNode], slot: u32) -> Option<Vec<u32>> {
+    let ids = |c: &Cond| needed_ids(c, sels, slot);
+    match c {
+        Cond::Sel(i) => match sels.get(*i)? {
+            SelNode::Keywords { .. } => None,
+            SelNode::Maps(maps) => {
+                let mut out = Vec::new();
+                for tests in maps {
+                    let t = tests.iter().find(|t| t.slot == slot)?;
+                    let TestKind::Values { matchers, all: false } = &t.kind else { return None };
+                    for m in matchers {
+                        out.push(m.exact_u32()?);
+                    }
+                }
+                Some(out)
+            }
+        },
+        Cond::And(xs) => xs.iter().filter_map(ids).min_by_key(Vec::len),
+        Cond::Or(xs) => {
+            let mut out = Vec::new();
+            for x in xs {
+                out.extend(ids(x)?);
+            }
+            Some(out)
+        }
+        Cond::AtLeast(n, xs) if *n >= 1 => {
+            let mut out = Vec::new();
+            for &i in xs {
+                out.extend(ids(&Cond::Sel(i))?);
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+    .map(|mut v| {
+        v.sort_unstable();
+        v.dedup();
+        v
+    })
+}
+
 // ---- prefilter literal analysis ----
+
+/// Pseudo-slot for literals of keyword searches: they may occur in any field.
+pub(crate) const ANY_FIELD: u32 = u32::MAX;
+
+/// A literal that must occur in the (lowercased) value of a slot, or of any field.
+type Lit = (u32, String);
 
 /// The literals at least one of which occurs in every event the condition matches, or
 /// `None` when no such set is known.
-fn needed_literals(c: &CompiledCond) -> Option<Vec<String>> {
+fn needed_literals(c: &CompiledCond) -> Option<Vec<Lit>> {
     let mut set = need_cond(&c.cond, &c.sels)?;
     set.sort();
     set.dedup();
-    // Drop literals that contain a shorter literal of the set: the shorter one fires anyway.
-    let short: Vec<String> = set.clone();
-    set.retain(|l| !short.iter().any(|s| s.len() < l.len() && l.contains(s.as_str())));
+    // Drop literals that contain a shorter literal of the same slot: the shorter one fires
+    // anyway. (Quadratic, so only for sets of ordinary size.)
+    if set.len() <= 64 {
+        let short = set.clone();
+        set.retain(|(slot, l)| {
+            !short
+                .iter()
+                .any(|(s2, s)| s2 == slot && s.len() < l.len() && l.contains(s.as_str()))
+        });
+    }
     Some(set)
 }
 
-fn score(set: &[String]) -> (usize, std::cmp::Reverse<usize>) {
-    let min = set.iter().map(String::len).min().unwrap_or(0);
+fn score(set: &[Lit]) -> (usize, std::cmp::Reverse<usize>) {
+    let min = set.iter().map(|(_, l)| l.len()).min().unwrap_or(0);
     (min.min(8), std::cmp::Reverse(set.len()))
 }
 
-fn best(options: impl Iterator<Item = Option<Vec<String>>>) -> Option<Vec<String>> {
+fn best(options: impl Iterator<Item = Option<Vec<Lit>>>) -> Option<Vec<Lit>> {
     options.flatten().max_by_key(|s| score(s))
 }
 
-fn union(options: impl Iterator<Item = Option<Vec<String>>>) -> Option<Vec<String>> {
+fn union(options: impl Iterator<Item = Option<Vec<Lit>>>) -> Option<Vec<Lit>> {
     let mut out = Vec::new();
     for o in options {
         out.extend(o?);
@@ -760,7 +907,7 @@ fn union(options: impl Iterator<Item = Option<Vec<String>>>) -> Option<Vec<Strin
     (!out.is_empty()).then_some(out)
 }
 
-fn need_cond(c: &Cond, sels: &[SelNode]) -> Option<Vec<String>> {
+fn need_cond(c: &Cond, sels: &[SelNode]) -> Option<Vec<Lit>> {
     match c {
         Cond::Sel(i) => need_sel(sels.get(*i)?),
         Cond::And(xs) => best(xs.iter().map(|x| need_cond(x, sels))),
@@ -773,23 +920,23 @@ fn need_cond(c: &Cond, sels: &[SelNode]) -> Option<Vec<String>> {
     }
 }
 
-fn need_sel(s: &SelNode) -> Option<Vec<String>> {
+fn matcher_lits(slot: u32, matchers: &[ValueMatcher], all: bool) -> Option<Vec<Lit>> {
+    let each = matchers
+        .iter()
+        .map(|m| m.literals().map(|ls| ls.into_iter().map(|l| (slot, l)).collect()));
+    if all { best(each) } else { union(each) }
+}
+
+fn need_sel(s: &SelNode) -> Option<Vec<Lit>> {
     match s {
-        // Keyword searches look at every field, not only the slots the prefilter scans.
-        SelNode::Keywords { .. } => None,
+        SelNode::Keywords { matchers, all } => matcher_lits(ANY_FIELD, matchers, *all),
         SelNode::Maps(maps) => union(maps.iter().map(|tests| best(tests.iter().map(need_test)))),
     }
 }
 
-fn need_test(t: &FieldTest) -> Option<Vec<String>> {
+fn need_test(t: &FieldTest) -> Option<Vec<Lit>> {
     match &t.kind {
-        TestKind::Values { matchers, all } => {
-            if *all {
-                best(matchers.iter().map(|m| m.literal().map(|l| vec![l])))
-            } else {
-                union(matchers.iter().map(|m| m.literal().map(|l| vec![l])))
-            }
-        }
+        TestKind::Values { matchers, all } => matcher_lits(t.slot, matchers, *all),
         _ => None,
     }
 }
@@ -824,7 +971,9 @@ detection:
         assert!(set.rules[0].prefiltered);
         // The longer-min literal set wins: the two image names (>= 8) over 'javascript:'? both >= 8;
         // fewer literals wins the tie.
-        assert_eq!(needed_literals(&set.rules[0].main).unwrap(), vec!["javascript:"]);
+        let lits = needed_literals(&set.rules[0].main).unwrap();
+        assert_eq!(lits.len(), 1);
+        assert_eq!(lits[0].1, "javascript:");
     }
 
     #[test]

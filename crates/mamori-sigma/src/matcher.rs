@@ -10,7 +10,6 @@
 use std::net::IpAddr;
 
 use base64::Engine as _;
-use memchr::memmem;
 use regex::Regex;
 
 use crate::ast::{CmpOp, Scalar};
@@ -63,7 +62,9 @@ pub(crate) fn parse_sigma_string(s: &str) -> Vec<Piece> {
 /// lowercases to a substring of `lower(s)`: the prefilter relies on it.
 pub fn lower(s: &str, out: &mut String) {
     if s.is_ascii() {
-        out.extend(s.bytes().map(|b| b.to_ascii_lowercase() as char));
+        let start = out.len();
+        out.push_str(s);
+        out[start..].make_ascii_lowercase();
     } else {
         for c in s.chars() {
             out.extend(c.to_lowercase());
@@ -83,8 +84,9 @@ pub(crate) enum StrMatch {
     Eq(String),
     Prefix(String),
     Suffix(String),
-    Contains(memmem::Finder<'static>),
-    Glob(Regex, String),
+    Contains(String),
+    /// Wildcards in the middle: pieces, and the longest literal for the prefilter.
+    Glob(Vec<Piece>, String),
     /// `*`: any value, including empty.
     Any,
 }
@@ -115,8 +117,8 @@ impl ValueMatcher {
                     StrMatch::Eq(s) => h == s,
                     StrMatch::Prefix(s) => h.starts_with(s.as_str()),
                     StrMatch::Suffix(s) => h.ends_with(s.as_str()),
-                    StrMatch::Contains(f) => f.find(h.as_bytes()).is_some(),
-                    StrMatch::Glob(re, _) => re.is_match(h),
+                    StrMatch::Contains(n) => contains(h.as_bytes(), n.as_bytes()),
+                    StrMatch::Glob(p, _) => glob_match(p, h),
                     StrMatch::Any => true,
                 }
             }
@@ -133,13 +135,35 @@ impl ValueMatcher {
         }
     }
 
+    /// The lowercased literals one of which every matching value contains, for the
+    /// prefilter.
+    pub(crate) fn literals(&self) -> Option<Vec<String>> {
+        match self {
+            ValueMatcher::Regex(re) => regex_literals(re.as_str()),
+            _ => self.literal().map(|l| vec![l]),
+        }
+    }
+
+    /// Whether this matcher runs a regular expression.
+    pub(crate) fn is_regex(&self) -> bool {
+        matches!(self, ValueMatcher::Regex(_))
+    }
+
+    /// The value as an event id, when this matcher is an exact number.
+    pub(crate) fn exact_u32(&self) -> Option<u32> {
+        match self {
+            ValueMatcher::Str { m: StrMatch::Eq(s), .. } => s.parse().ok(),
+            _ => None,
+        }
+    }
+
     /// The lowercased literal every matching value contains, for the prefilter.
     pub(crate) fn literal(&self) -> Option<String> {
         match self {
             ValueMatcher::Str { m, cased } => {
                 let s = match m {
                     StrMatch::Eq(s) | StrMatch::Prefix(s) | StrMatch::Suffix(s) => s.clone(),
-                    StrMatch::Contains(f) => String::from_utf8_lossy(f.needle()).into_owned(),
+                    StrMatch::Contains(n) => n.clone(),
                     StrMatch::Glob(_, longest) => longest.clone(),
                     StrMatch::Any => return None,
                 };
@@ -149,6 +173,122 @@ impl ValueMatcher {
             _ => None,
         }
     }
+}
+
+/// Matches `s` against wildcard pieces (`*`, `?`, literals) without a regex: the classic
+/// two-pointer algorithm that backtracks only to the last `*`, in O(len(s) × pieces) at
+/// worst.
+fn glob_match(p: &[Piece], s: &str) -> bool {
+    let next_char = |i: usize| s[i..].chars().next().map_or(1, char::len_utf8);
+    let (mut pi, mut si) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    loop {
+        if let Some(piece) = p.get(pi) {
+            match piece {
+                Piece::Star => {
+                    pi += 1;
+                    // Jump straight to the next occurrence of the literal that follows.
+                    if let Some(Piece::Lit(l)) = p.get(pi) {
+                        match s[si..].find(l.as_str()) {
+                            Some(off) => si += off,
+                            None => return false,
+                        }
+                    }
+                    star = Some((pi, si));
+                    continue;
+                }
+                Piece::One if si < s.len() => {
+                    si += next_char(si);
+                    pi += 1;
+                    continue;
+                }
+                Piece::Lit(l) if s[si..].starts_with(l.as_str()) => {
+                    si += l.len();
+                    pi += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        } else if si == s.len() {
+            return true;
+        }
+        match star {
+            Some((sp, ss)) if ss < s.len() => {
+                let mut ns = ss + next_char(ss);
+                if let Some(Piece::Lit(l)) = p.get(sp) {
+                    match s[ns..].find(l.as_str()) {
+                        Some(off) => ns += off,
+                        None => return false,
+                    }
+                }
+                star = Some((sp, ns));
+                pi = sp;
+                si = ns;
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Literals one of which occurs in every match of `pattern` (its possible prefixes), when
+/// they are few and long enough to be worth prefiltering on.
+fn regex_literals(pattern: &str) -> Option<Vec<String>> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let hir = regex_syntax::ParserBuilder::new().build().parse(pattern).ok()?;
+    let mut best: Option<Vec<String>> = None;
+    for kind in [ExtractKind::Prefix, ExtractKind::Suffix] {
+        let mut ex = Extractor::new();
+        ex.kind(kind).limit_total(64);
+        let seq = ex.extract(&hir);
+        let lits = seq.literals()?;
+        if lits.is_empty() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(lits.len());
+        for l in lits {
+            let text = std::str::from_utf8(l.as_bytes()).ok()?;
+            if text.chars().count() < 3 {
+                out.clear();
+                break;
+            }
+            out.push(lowered(text));
+        }
+        if out.is_empty() {
+            continue;
+        }
+        out.sort();
+        out.dedup();
+        let min = out.iter().map(String::len).min().unwrap_or(0);
+        if best.as_ref().is_none_or(|b| min > b.iter().map(String::len).min().unwrap_or(0)) {
+            best = Some(out);
+        }
+    }
+    best
+}
+
+/// Substring search without per-call setup: memchr to the candidates for the needle's
+/// first byte, then compare. Event values are short, so this beats building a searcher.
+#[inline]
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else { return true };
+    if hay.len() < needle.len() {
+        return false;
+    }
+    let last_start = hay.len() - needle.len();
+    let mut i = 0;
+    while i <= last_start {
+        match memchr::memchr(first, &hay[i..=last_start]) {
+            Some(off) => {
+                let at = i + off;
+                if &hay[at + 1..at + needle.len()] == rest {
+                    return true;
+                }
+                i = at + 1;
+            }
+            None => return false,
+        }
+    }
+    false
 }
 
 fn cidr_contains(net: IpAddr, bits: u8, ip: IpAddr) -> bool {
@@ -498,30 +638,24 @@ fn string_matcher(pieces: Vec<Piece>, cased: bool) -> Result<ValueMatcher, Strin
         [Piece::Lit(l), Piece::Star] => StrMatch::Prefix(case(l)),
         [Piece::Star, Piece::Lit(l)] => StrMatch::Suffix(case(l)),
         [Piece::Star, Piece::Lit(l), Piece::Star] => {
-            StrMatch::Contains(memmem::Finder::new(case(l).as_bytes()).into_owned())
+            StrMatch::Contains(case(l))
         }
         _ => {
-            let mut re = String::from("(?s)^");
             let mut longest = String::new();
-            for piece in &p {
-                match piece {
+            let pieces: Vec<Piece> = p
+                .into_iter()
+                .map(|piece| match piece {
                     Piece::Lit(l) => {
-                        let l = case(l);
-                        re.push_str(&regex::escape(&l));
+                        let l = case(&l);
                         if l.len() > longest.len() {
-                            longest = l;
+                            longest = l.clone();
                         }
+                        Piece::Lit(l)
                     }
-                    Piece::Star => re.push_str(".*"),
-                    Piece::One => re.push('.'),
-                }
-            }
-            re.push('$');
-            let compiled = regex::RegexBuilder::new(&re)
-                .size_limit(REGEX_SIZE_LIMIT)
-                .build()
-                .map_err(|e| format!("wildcard pattern too complex: {e}"))?;
-            StrMatch::Glob(compiled, if cased { lowered(&longest) } else { longest })
+                    other => other,
+                })
+                .collect();
+            StrMatch::Glob(pieces, if cased { lowered(&longest) } else { longest })
         }
     };
     Ok(ValueMatcher::Str { m, cased })
@@ -638,7 +772,23 @@ mod tests {
         );
         let m = compile(&[], &[r"C:\Windows\\*\cmd.?xe"]).unwrap();
         assert!(any(&m, r"c:\windows\system32\CMD.exe"));
+        assert!(any(&m, r"c:\windows\a\cmd.exe\b\cmd.exe"));
         assert!(!any(&m, r"c:\windows\system32\cmd.exe.bak"));
+        assert!(!any(&m, r"d:\windows\system32\cmd.exe"));
+        let m = compile(&[], &["a?c*é?"]).unwrap();
+        assert!(any(&m, "abcxxéé") && any(&m, "aécé€") && !any(&m, "abcé"));
+    }
+
+    #[test]
+    fn globs_backtrack_and_respect_chars() {
+        let m = compile(&[], &[r"C:\Windows\\*\cmd.?xe"]).unwrap();
+        assert!(any(&m, r"c:\windows\a\cmd.exe\b\cmd.exe"));
+        assert!(!any(&m, r"d:\windows\system32\cmd.exe"));
+        let m = compile(&[], &["a?c*é?"]).unwrap();
+        assert!(any(&m, "abcxxéé") && any(&m, "aécé€") && !any(&m, "abcé"));
+        let m = compile(&[], &["*a*a*a*a*b"]).unwrap();
+        assert!(!any(&m, &"a".repeat(2000)));
+        assert!(any(&m, &format!("{}b", "a".repeat(2000))));
     }
 
     #[test]

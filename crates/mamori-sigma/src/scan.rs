@@ -18,8 +18,19 @@ use mamori_model::{Event, EventKind, Product};
 use serde_json::Value;
 
 use crate::condition::Cond;
-use crate::compile::{CompiledCond, FieldTest, RefMode, RuleSet, SelNode, TestKind};
+use crate::compile::{ANY_FIELD, CompiledCond, FieldTest, RefMode, RuleSet, SelNode, TestKind};
 use crate::matcher::{ValueMatcher, lower};
+
+/// What applies to one kind of event.
+#[derive(Debug, Default)]
+struct Candidates {
+    /// Detection rules whose logsource (and EventID, when they name one) fit.
+    rules: Vec<u32>,
+    /// Whether any of them is prefiltered.
+    prefiltered: bool,
+    /// Prefilter automata serving those rules.
+    groups: Vec<u32>,
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
@@ -67,11 +78,17 @@ impl Values {
         match v {
             Value::String(s) => self.push_str(s),
             Value::Number(n) => {
-                let r0 = self.raw.len();
+                // Numbers are ASCII: their lowercase is themselves.
+                let r0 = self.raw.len() as u32;
                 let _ = write!(self.raw, "{n}");
-                let text = self.raw[r0..].to_string();
-                self.raw.truncate(r0);
-                self.push_str(&text);
+                let l0 = self.low.len() as u32;
+                let r1 = self.raw.len();
+                self.low.push_str(&self.raw[r0 as usize..r1]);
+                self.low.push('\0');
+                self.entries.push(Entry {
+                    raw: (r0, r1 as u32),
+                    low: (l0, self.low.len() as u32 - 1),
+                });
             }
             Value::Bool(b) => self.push_str(if *b { "true" } else { "false" }),
             Value::Null => self.push_str(""),
@@ -113,12 +130,13 @@ pub struct Scanner<'r> {
     slots: Vec<Slot>,
     touched: Vec<u32>,
     values: Values,
-    keywords: Values,
-    keywords_ready: bool,
     candidates: Vec<u64>,
-    route_cache: HashMap<String, Arc<[u32]>>,
+    /// Event kind → the detection rules and prefilter automata that apply to it.
+    route_cache: HashMap<String, Arc<Candidates>>,
     key: String,
+    name_buf: String,
     stats: ScanStats,
+    evaluations: Vec<u64>,
 }
 
 impl RuleSet {
@@ -129,12 +147,12 @@ impl RuleSet {
             slots: vec![Slot::default(); self.fields.len()],
             touched: Vec::new(),
             values: Values::default(),
-            keywords: Values::default(),
-            keywords_ready: false,
             candidates: vec![0; self.rules.len().div_ceil(64)],
             route_cache: HashMap::new(),
             key: String::new(),
+            name_buf: String::new(),
             stats: ScanStats::default(),
+            evaluations: vec![0; self.rules.len()],
         }
     }
 }
@@ -152,7 +170,13 @@ impl<'r> Scanner<'r> {
         self.stats
     }
 
-    fn routes_for(&mut self, kind: &EventKind<'_>) -> Arc<[u32]> {
+    /// How many times each detection rule was evaluated (after routing and prefiltering):
+    /// the rules at the top of this list are the ones the prefilter cannot keep away.
+    pub fn evaluations(&self) -> &[u64] {
+        &self.evaluations
+    }
+
+    fn routes_for(&mut self, kind: &EventKind<'_>) -> Arc<Candidates> {
         self.key.clear();
         let product = match &kind.product {
             Product::Windows => "w",
@@ -161,32 +185,59 @@ impl<'r> Scanner<'r> {
             Product::Other(o) => o.as_str(),
             Product::Unknown => "?",
         };
-        let _ = write!(
-            self.key,
-            "{product}\x1f{}\x1f{}\x1f{:?}\x1f{}\x1f{}\x1f{}",
-            kind.channel.unwrap_or(""),
-            kind.provider.unwrap_or(""),
-            kind.event_id,
-            kind.ecs_category.join(","),
-            kind.ecs_type.join(","),
-            kind.service.as_deref().unwrap_or("")
-        );
+        let k = &mut self.key;
+        k.push_str(product);
+        for part in [kind.channel.unwrap_or(""), kind.provider.unwrap_or("")] {
+            k.push('\x1f');
+            k.push_str(part);
+        }
+        k.push('\x1f');
+        if let Some(id) = kind.event_id {
+            let _ = write!(k, "{id}");
+        }
+        for list in [&kind.ecs_category, &kind.ecs_type] {
+            k.push('\x1f');
+            for c in list.iter() {
+                k.push_str(c);
+                k.push(',');
+            }
+        }
+        k.push('\x1f');
+        k.push_str(kind.service.as_deref().unwrap_or(""));
         if let Some(r) = self.route_cache.get(self.key.as_str()) {
             return r.clone();
         }
-        let routes: Arc<[u32]> = self
-            .set
-            .routes
+        let set = self.set;
+        let mut c = Candidates::default();
+        let mut accepted = vec![false; set.routes.len()];
+        for (route, r) in set.routes.iter().enumerate() {
+            if !r.accepts(kind) {
+                continue;
+            }
+            accepted[route] = true;
+            for &i in &set.route_rules[route] {
+                let ids = &set.rules[i as usize].event_ids;
+                if ids.as_ref().is_none_or(|ids| kind.event_id.is_some_and(|id| ids.contains(&id))) {
+                    c.rules.push(i);
+                }
+            }
+        }
+        c.rules.sort_unstable();
+        c.prefiltered = c.rules.iter().any(|&i| set.rules[i as usize].prefiltered);
+        c.groups = set
+            .prefilter
+            .groups
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.accepts(kind))
+            .filter(|(_, g)| accepted[g.route as usize])
             .map(|(i, _)| i as u32)
             .collect();
+        let c = Arc::new(c);
         if self.route_cache.len() >= ROUTE_CACHE_MAX {
             self.route_cache.clear();
         }
-        self.route_cache.insert(self.key.clone(), routes.clone());
-        routes
+        self.route_cache.insert(self.key.clone(), c.clone());
+        c
     }
 
     fn reset(&mut self) {
@@ -195,18 +246,23 @@ impl<'r> Scanner<'r> {
         }
         self.touched.clear();
         self.values.clear();
-        self.keywords_ready = false;
     }
 
+    /// Reads every field value of the event into the text buffers (the prefilter and
+    /// keyword searches look at all of them) and points the rules' slots at their values.
     fn fill(&mut self, event: &Event) {
         let Scanner {
             set,
             slots,
             touched,
             values,
+            name_buf,
             ..
         } = self;
-        event.for_each_field(&mut |name, value| {
+        event.for_each_field_with(name_buf, &mut |name, value| {
+            let start = values.entries.len() as u32;
+            values.push_value(value, 0);
+            let end = values.entries.len() as u32;
             let Some(targets) = set.fields.lookup(name) else { return };
             for &(s, direct) in targets {
                 let prio = if direct { 2 } else { 1 };
@@ -217,13 +273,7 @@ impl<'r> Scanner<'r> {
                 if slot.prio == 0 {
                     touched.push(s);
                 }
-                let start = values.entries.len() as u32;
-                values.push_value(value, 0);
-                *slot = Slot {
-                    start,
-                    end: values.entries.len() as u32,
-                    prio,
-                };
+                *slot = Slot { start, end, prio };
             }
         });
     }
@@ -235,38 +285,46 @@ impl<'r> Scanner<'r> {
         self.reset();
         self.stats.events += 1;
         let kind = event.kind();
-        let routes = self.routes_for(&kind);
-        let set = self.set;
-        if routes.iter().all(|&r| set.route_rules[r as usize].is_empty()) {
+        let candidates = self.routes_for(&kind);
+        if candidates.rules.is_empty() {
             self.stats.unrouted += 1;
             return;
         }
         self.fill(event);
-
-        let need_prefilter = routes
-            .iter()
-            .any(|&r| set.route_rules[r as usize].iter().any(|&i| set.rules[i as usize].prefiltered));
-        if need_prefilter {
+        let set = self.set;
+        if candidates.prefiltered {
             self.candidates.iter_mut().for_each(|w| *w = 0);
-            if let Some(ac) = &set.prefilter.ac {
-                for m in ac.find_overlapping_iter(self.values.low.as_str()) {
-                    for &r in &set.prefilter.pattern_rules[m.pattern().as_usize()] {
+            for &gi in &candidates.groups {
+                let g = &set.prefilter.groups[gi as usize];
+                let text = if g.slot == ANY_FIELD {
+                    self.values.low.as_str()
+                } else {
+                    match self.slots.get(g.slot as usize) {
+                        Some(sl) if sl.prio > 0 && sl.end > sl.start => {
+                            let first = self.values.entries[sl.start as usize].low.0 as usize;
+                            let last = self.values.entries[sl.end as usize - 1].low.1 as usize;
+                            &self.values.low[first..last]
+                        }
+                        _ => continue,
+                    }
+                };
+                for m in g.ac.find_overlapping_iter(text) {
+                    for &r in &g.pattern_rules[m.pattern().as_usize()] {
                         self.candidates[(r / 64) as usize] |= 1u64 << (r % 64);
                     }
                 }
             }
         }
-        for &route in routes.iter() {
-            for &i in &set.route_rules[route as usize] {
-                let rule = &set.rules[i as usize];
-                if rule.prefiltered && self.candidates[(i / 64) as usize] & (1u64 << (i % 64)) == 0 {
-                    continue;
-                }
-                self.stats.evaluated += 1;
-                if self.eval(&rule.main, event) && rule.filters.iter().all(|f| self.eval(f, event)) {
-                    self.stats.matched += 1;
-                    out.push(i as usize);
-                }
+        for &i in candidates.rules.iter() {
+            let rule = &set.rules[i as usize];
+            if rule.prefiltered && self.candidates[(i / 64) as usize] & (1u64 << (i % 64)) == 0 {
+                continue;
+            }
+            self.stats.evaluated += 1;
+            self.evaluations[i as usize] += 1;
+            if self.eval(&rule.main) && rule.filters.iter().all(|f| self.eval(f)) {
+                self.stats.matched += 1;
+                out.push(i as usize);
             }
         }
     }
@@ -283,20 +341,20 @@ impl<'r> Scanner<'r> {
         Some(self.values.get(e).0)
     }
 
-    fn eval(&mut self, c: &CompiledCond, event: &Event) -> bool {
-        self.eval_cond(&c.cond, &c.sels, event)
+    fn eval(&self, c: &CompiledCond) -> bool {
+        self.eval_cond(&c.cond, &c.sels)
     }
 
-    fn eval_cond(&mut self, c: &Cond, sels: &[SelNode], event: &Event) -> bool {
+    fn eval_cond(&self, c: &Cond, sels: &[SelNode]) -> bool {
         match c {
-            Cond::Sel(i) => sels.get(*i).is_some_and(|s| self.eval_sel(s, event)),
-            Cond::And(xs) => xs.iter().all(|x| self.eval_cond(x, sels, event)),
-            Cond::Or(xs) => xs.iter().any(|x| self.eval_cond(x, sels, event)),
-            Cond::Not(x) => !self.eval_cond(x, sels, event),
+            Cond::Sel(i) => sels.get(*i).is_some_and(|s| self.eval_sel(s)),
+            Cond::And(xs) => xs.iter().all(|x| self.eval_cond(x, sels)),
+            Cond::Or(xs) => xs.iter().any(|x| self.eval_cond(x, sels)),
+            Cond::Not(x) => !self.eval_cond(x, sels),
             Cond::AtLeast(n, xs) => {
                 let mut hits = 0;
                 for &i in xs {
-                    if sels.get(i).is_some_and(|s| self.eval_sel(s, event)) {
+                    if sels.get(i).is_some_and(|s| self.eval_sel(s)) {
                         hits += 1;
                         if hits >= *n {
                             return true;
@@ -308,19 +366,13 @@ impl<'r> Scanner<'r> {
         }
     }
 
-    fn eval_sel(&mut self, s: &SelNode, event: &Event) -> bool {
+    fn eval_sel(&self, s: &SelNode) -> bool {
         match s {
             SelNode::Keywords { matchers, all } => {
-                if !self.keywords_ready {
-                    self.keywords.clear();
-                    let kw = &mut self.keywords;
-                    event.for_each_field(&mut |_, v| kw.push_value(v, 0));
-                    self.keywords_ready = true;
-                }
-                let kw = &self.keywords;
+                let v = &self.values;
                 let hit = |m: &ValueMatcher| {
-                    kw.entries.iter().any(|e| {
-                        let (r, l) = kw.get(e);
+                    v.entries.iter().any(|e| {
+                        let (r, l) = v.get(e);
                         m.matches(r, l)
                     })
                 };
