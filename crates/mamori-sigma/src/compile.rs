@@ -588,7 +588,7 @@ impl Compiler {
         let mut prefilter = Prefilter { groups: Vec::new() };
         for (route, slot, patterns, pattern_rules) in groups {
             // Small automata as DFAs (fastest); large ones as contiguous NFAs (compact).
-            let kind = if patterns.len() <= 150 {
+            let kind = if patterns.len() <= 500 {
                 AhoCorasickKind::DFA
             } else {
                 AhoCorasickKind::ContiguousNFA

@@ -121,6 +121,10 @@ pub struct ScanStats {
     pub evaluated: u64,
     /// Rule matches.
     pub matched: u64,
+    /// Bytes of event text the prefilter automata scanned.
+    pub prefilter_bytes: u64,
+    /// Literal hits the prefilter reported.
+    pub prefilter_hits: u64,
 }
 
 /// Per-thread matcher over a [`RuleSet`].
@@ -308,7 +312,9 @@ impl<'r> Scanner<'r> {
                         _ => continue,
                     }
                 };
+                self.stats.prefilter_bytes += text.len() as u64;
                 for m in g.ac.find_overlapping_iter(text) {
+                    self.stats.prefilter_hits += 1;
                     for &r in &g.pattern_rules[m.pattern().as_usize()] {
                         self.candidates[(r / 64) as usize] |= 1u64 << (r % 64);
                     }
