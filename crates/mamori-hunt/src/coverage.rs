@@ -43,9 +43,9 @@ pub fn folders(root: &Path) -> std::io::Result<Vec<PathBuf>> {
             .map(|e| e.path())
             .filter(|p| {
                 p.is_dir()
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with('T') && n.as_bytes().get(1).is_some_and(u8::is_ascii_digit))
+                    && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.starts_with('T') && n.as_bytes().get(1).is_some_and(u8::is_ascii_digit)
+                    })
             })
             .collect();
         subs.sort();
@@ -62,7 +62,8 @@ pub fn folders(root: &Path) -> std::io::Result<Vec<PathBuf>> {
 pub fn coverage(rules: &RuleSet, root: &Path, jobs: usize) -> std::io::Result<Vec<FolderCoverage>> {
     let mut out = Vec::new();
     for folder in folders(root)? {
-        let files = mamori_sources::discover(std::slice::from_ref(&folder)).map_err(std::io::Error::other)?;
+        let files = mamori_sources::discover(std::slice::from_ref(&folder))
+            .map_err(std::io::Error::other)?;
         let opts = HuntOptions {
             jobs,
             ..HuntOptions::default()
@@ -92,9 +93,16 @@ pub fn coverage(rules: &RuleSet, root: &Path, jobs: usize) -> std::io::Result<Ve
 
 /// Renders the coverage as a Markdown table.
 pub fn markdown(rows: &[FolderCoverage]) -> String {
-    let mut s = String::from("| folder | files | records | detections | max level | rules that fired (top 3) |\n|---|---:|---:|---:|---|---|\n");
+    let mut s = String::from(
+        "| folder | files | records | detections | max level | rules that fired (top 3) |\n|---|---:|---:|---:|---|---|\n",
+    );
     for r in rows {
-        let top: Vec<String> = r.rules.iter().take(3).map(|(t, n)| format!("{t} ({n})")).collect();
+        let top: Vec<String> = r
+            .rules
+            .iter()
+            .take(3)
+            .map(|(t, n)| format!("{t} ({n})"))
+            .collect();
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",
             r.folder,
@@ -106,6 +114,9 @@ pub fn markdown(rows: &[FolderCoverage]) -> String {
         ));
     }
     let covered = rows.iter().filter(|r| r.detections > 0).count();
-    s.push_str(&format!("\n{covered} of {} folders have at least one detection.\n", rows.len()));
+    s.push_str(&format!(
+        "\n{covered} of {} folders have at least one detection.\n",
+        rows.len()
+    ));
     s
 }

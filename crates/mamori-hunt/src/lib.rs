@@ -38,7 +38,9 @@ pub struct HuntOptions {
 impl Default for HuntOptions {
     fn default() -> Self {
         HuntOptions {
-            jobs: std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+            jobs: std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1),
             min_level: Level::Informational,
             from: None,
             to: None,
@@ -124,7 +126,9 @@ fn key_fields(rules: &RuleSet, rule: usize, rec: &Record) -> Vec<(String, String
     };
     let mut found: Vec<(usize, String, String)> = Vec::new();
     rec.event.for_each_field(&mut |k, v| {
-        let Some(pos) = wanted.iter().position(|w| *w == k) else { return };
+        let Some(pos) = wanted.iter().position(|w| *w == k) else {
+            return;
+        };
         if found.iter().any(|(p, _, _)| *p == pos) {
             return;
         }
@@ -159,13 +163,24 @@ struct WorkerOut {
 }
 
 /// Runs `rules` over `files`. `progress` is called with the byte size of each finished file.
-pub fn hunt(rules: &RuleSet, files: &[PathBuf], opts: &HuntOptions, progress: &(dyn Fn(u64) + Sync)) -> HuntReport {
+pub fn hunt(
+    rules: &RuleSet,
+    files: &[PathBuf],
+    opts: &HuntOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> HuntReport {
     let mut sized: Vec<(usize, PathBuf, u64)> = files
         .iter()
         .enumerate()
-        .map(|(i, p)| (i, p.clone(), std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)))
+        .map(|(i, p)| {
+            (
+                i,
+                p.clone(),
+                std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            )
+        })
         .collect();
-    sized.sort_by(|a, b| b.2.cmp(&a.2));
+    sized.sort_by_key(|f| std::cmp::Reverse(f.2));
     let shared = Shared {
         rules,
         opts,
@@ -224,7 +239,9 @@ fn worker(sh: &Shared<'_>) -> WorkerOut {
     let mut hits = Vec::new();
     loop {
         let i = sh.next.fetch_add(1, Ordering::Relaxed);
-        let Some((index, path, size)) = sh.files.get(i) else { break };
+        let Some((index, path, size)) = sh.files.get(i) else {
+            break;
+        };
         let result = mamori_sources::read_file(path, &mut |rec: Record| {
             out.records += 1;
             let ts = rec.event.timestamp();
@@ -283,7 +300,13 @@ fn worker(sh: &Shared<'_>) -> WorkerOut {
     out
 }
 
-fn make_detection(rules: &RuleSet, rule: usize, rec: &Record, ts: Option<DateTime<Utc>>, event: Arc<str>) -> Detection {
+fn make_detection(
+    rules: &RuleSet,
+    rule: usize,
+    rec: &Record,
+    ts: Option<DateTime<Utc>>,
+    event: Arc<str>,
+) -> Detection {
     let info = &rules.rules()[rule];
     Detection {
         timestamp: ts,
@@ -303,8 +326,17 @@ fn source_text(s: &SourceRef) -> String {
     s.to_string()
 }
 
-fn correlate(rules: &RuleSet, opts: &HuntOptions, mut inputs: Vec<(CorrelationInput, Detection)>, report: &mut HuntReport) {
-    inputs.sort_by(|a, b| a.0.time_ms.cmp(&b.0.time_ms).then_with(|| a.1.source.cmp(&b.1.source)));
+fn correlate(
+    rules: &RuleSet,
+    opts: &HuntOptions,
+    mut inputs: Vec<(CorrelationInput, Detection)>,
+    report: &mut HuntReport,
+) {
+    inputs.sort_by(|a, b| {
+        a.0.time_ms
+            .cmp(&b.0.time_ms)
+            .then_with(|| a.1.source.cmp(&b.1.source))
+    });
     let evidence: Vec<Detection> = inputs.iter().map(|(_, d)| d.clone()).collect();
     let mut correlator = Correlator::new(rules);
     let mut fired = Vec::new();
@@ -319,7 +351,11 @@ fn correlate(rules: &RuleSet, opts: &HuntOptions, mut inputs: Vec<(CorrelationIn
         if info.meta.level < opts.min_level {
             continue;
         }
-        let contributing: Vec<&Detection> = m.ids.iter().filter_map(|&i| evidence.get(i as usize)).collect();
+        let contributing: Vec<&Detection> = m
+            .ids
+            .iter()
+            .filter_map(|&i| evidence.get(i as usize))
+            .collect();
         let mut hosts: Vec<&str> = contributing.iter().map(|d| d.host.as_str()).collect();
         hosts.sort();
         hosts.dedup();
@@ -336,24 +372,30 @@ fn correlate(rules: &RuleSet, opts: &HuntOptions, mut inputs: Vec<(CorrelationIn
             rule_title: info.meta.title.clone(),
             level: info.meta.level,
             tags: info.meta.tags.clone(),
-            source: contributing.last().map(|d| d.source.clone()).unwrap_or_default(),
+            source: contributing
+                .last()
+                .map(|d| d.source.clone())
+                .unwrap_or_default(),
             fields: m
                 .group
                 .iter()
                 .cloned()
                 .chain(std::iter::once(("count".to_string(), m.count.to_string())))
                 .collect(),
-            event: Arc::from(json!({
-                "correlation": kind,
-                "group": m.group.iter().cloned().collect::<BTreeMap<_, _>>(),
-                "count": m.count,
-                "first": Utc.timestamp_millis_opt(m.first_ms).single().map(|t| t.to_rfc3339()),
-                "last": ts.map(|t| t.to_rfc3339()),
-                "events": contributing.iter().map(|d| json!({
-                    "rule_title": d.rule_title, "source": d.source,
-                    "timestamp": d.timestamp.map(|t| t.to_rfc3339()),
-                })).collect::<Vec<_>>(),
-            }).to_string()),
+            event: Arc::from(
+                json!({
+                    "correlation": kind,
+                    "group": m.group.iter().cloned().collect::<BTreeMap<_, _>>(),
+                    "count": m.count,
+                    "first": Utc.timestamp_millis_opt(m.first_ms).single().map(|t| t.to_rfc3339()),
+                    "last": ts.map(|t| t.to_rfc3339()),
+                    "events": contributing.iter().map(|d| json!({
+                        "rule_title": d.rule_title, "source": d.source,
+                        "timestamp": d.timestamp.map(|t| t.to_rfc3339()),
+                    })).collect::<Vec<_>>(),
+                })
+                .to_string(),
+            ),
         });
     }
 }
@@ -381,7 +423,13 @@ impl Summary {
         for d in detections {
             *level.entry(d.level).or_default() += 1;
             *rule.entry((d.rule_title.clone(), d.level)).or_default() += 1;
-            *host.entry(if d.host.is_empty() { "-".into() } else { d.host.clone() }).or_default() += 1;
+            *host
+                .entry(if d.host.is_empty() {
+                    "-".into()
+                } else {
+                    d.host.clone()
+                })
+                .or_default() += 1;
             for t in attack::techniques(d.tags.iter().map(String::as_str)) {
                 *tech.entry(t).or_default() += 1;
             }
@@ -391,8 +439,13 @@ impl Summary {
             v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             v
         };
-        let mut by_rule: Vec<(String, Level, usize)> = rule.into_iter().map(|((t, l), n)| (t, l, n)).collect();
-        by_rule.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| b.1.cmp(&a.1)).then_with(|| a.0.cmp(&b.0)));
+        let mut by_rule: Vec<(String, Level, usize)> =
+            rule.into_iter().map(|((t, l), n)| (t, l, n)).collect();
+        by_rule.sort_by(|a, b| {
+            b.2.cmp(&a.2)
+                .then_with(|| b.1.cmp(&a.1))
+                .then_with(|| a.0.cmp(&b.0))
+        });
         Summary {
             by_level: level.into_iter().rev().collect(),
             by_rule,
@@ -403,7 +456,11 @@ impl Summary {
 }
 
 /// Convenience for tests and tools: hunts `paths` (files or directories) with `rules`.
-pub fn hunt_paths(rules: &RuleSet, paths: &[PathBuf], opts: &HuntOptions) -> Result<HuntReport, String> {
+pub fn hunt_paths(
+    rules: &RuleSet,
+    paths: &[PathBuf],
+    opts: &HuntOptions,
+) -> Result<HuntReport, String> {
     let files = mamori_sources::discover(paths).map_err(|e| e.to_string())?;
     Ok(hunt(rules, &files, opts, &|_| {}))
 }

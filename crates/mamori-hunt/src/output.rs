@@ -45,7 +45,10 @@ fn csv_field(s: &str) -> String {
 
 /// Writes the CSV header.
 pub fn write_csv_header(w: &mut dyn Write) -> io::Result<()> {
-    writeln!(w, "timestamp,host,level,rule_title,rule_id,techniques,source,fields")
+    writeln!(
+        w,
+        "timestamp,host,level,rule_title,rule_id,techniques,source,fields"
+    )
 }
 
 /// Writes one detection as a CSV row.
@@ -66,7 +69,10 @@ pub fn write_csv(w: &mut dyn Write, d: &Detection) -> io::Result<()> {
 }
 
 fn clip(s: &str, n: usize) -> String {
-    let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if s.chars().count() <= n {
         s
     } else {
@@ -78,9 +84,18 @@ fn clip(s: &str, n: usize) -> String {
 
 /// Writes the timeline as an aligned table `width` columns wide.
 pub fn write_table(w: &mut dyn Write, detections: &[Detection], width: usize) -> io::Result<()> {
-    let host_w = detections.iter().map(|d| d.host.chars().count()).max().unwrap_or(4).clamp(4, 24);
+    let host_w = detections
+        .iter()
+        .map(|d| d.host.chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 24);
     let rule_w = 48;
-    writeln!(w, "{:<24} {:<host_w$} {:<8} {:<rule_w$} DETAILS", "TIMESTAMP", "HOST", "LEVEL", "RULE")?;
+    writeln!(
+        w,
+        "{:<24} {:<host_w$} {:<8} {:<rule_w$} DETAILS",
+        "TIMESTAMP", "HOST", "LEVEL", "RULE"
+    )?;
     let fixed = 24 + 1 + host_w + 1 + 8 + 1 + rule_w + 1;
     let details_w = width.saturating_sub(fixed).max(20);
     for d in detections {
@@ -113,7 +128,11 @@ pub fn write_summary(w: &mut dyn Write, report: &HuntReport, top: usize) -> io::
         report.failed_files()
     )?;
     if report.skipped_by_time > 0 {
-        writeln!(w, "  {} records outside --from/--to skipped", report.skipped_by_time)?;
+        writeln!(
+            w,
+            "  {} records outside --from/--to skipped",
+            report.skipped_by_time
+        )?;
     }
     writeln!(w, "  by level:")?;
     for (l, n) in &s.by_level {

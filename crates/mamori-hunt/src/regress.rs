@@ -52,7 +52,10 @@ impl RegressionResult {
 /// Finds every test under `regression_dir`, resolving sample paths against `root` (the
 /// folder that contains `regression_data`). Malformed `info.yml` files are returned as
 /// errors with their reason.
-pub fn discover(regression_dir: &Path, root: &Path) -> (Vec<RegressionTest>, Vec<(PathBuf, String)>) {
+pub fn discover(
+    regression_dir: &Path,
+    root: &Path,
+) -> (Vec<RegressionTest>, Vec<(PathBuf, String)>) {
     let mut tests = Vec::new();
     let mut errors = Vec::new();
     let mut infos: Vec<PathBuf> = walkdir::WalkDir::new(regression_dir)
@@ -76,7 +79,10 @@ fn parse_info(info: &Path, root: &Path) -> Result<Vec<RegressionTest>, String> {
     let docs = YamlLoader::load_from_str(&text).map_err(|e| format!("invalid YAML: {e}"))?;
     let doc = docs.first().ok_or("empty info.yml")?;
     let meta = &doc["rule_metadata"][0];
-    let rule_id = meta["id"].as_str().ok_or("rule_metadata[0].id missing")?.to_string();
+    let rule_id = meta["id"]
+        .as_str()
+        .ok_or("rule_metadata[0].id missing")?
+        .to_string();
     let rule_title = meta["title"].as_str().unwrap_or("").to_string();
     let mut out = Vec::new();
     if let Yaml::Array(tests) = &doc["regression_tests_info"] {
@@ -90,7 +96,9 @@ fn parse_info(info: &Path, root: &Path) -> Result<Vec<RegressionTest>, String> {
                 rule_id: rule_id.clone(),
                 rule_title: rule_title.clone(),
                 sample: root.join(rel),
-                match_count: t["match_count"].as_i64().and_then(|n| u64::try_from(n).ok()),
+                match_count: t["match_count"]
+                    .as_i64()
+                    .and_then(|n| u64::try_from(n).ok()),
             });
         }
     }
@@ -128,7 +136,10 @@ pub fn run_test(rules: &RuleSet, test: &RegressionTest) -> RegressionResult {
         samples.push(twin);
     }
     for s in samples {
-        let name = s.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = s
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match count_matches(rules, rule, &s) {
             Ok((n, records)) => {
                 result.counts.push(n);

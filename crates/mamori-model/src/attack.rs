@@ -54,7 +54,10 @@ mod tests {
             parse_tag("attack.execution"),
             Some(AttackTag::Tactic("execution".into()))
         );
-        assert_eq!(parse_tag("attack.g0016"), Some(AttackTag::Other("G0016".into())));
+        assert_eq!(
+            parse_tag("attack.g0016"),
+            Some(AttackTag::Other("G0016".into()))
+        );
         assert_eq!(parse_tag("cve.2021-44228"), None);
         assert_eq!(
             techniques(["attack.t1003", "attack.credential-access", "attack.t1003"]),

@@ -159,9 +159,16 @@ impl Event {
                             .get("SystemTime")
                     })
             }
-            _ => ["@timestamp", "timestamp", "TimeCreated", "UtcTime", "time", "eventTime"]
-                .iter()
-                .find_map(|k| self.get_path(k)),
+            _ => [
+                "@timestamp",
+                "timestamp",
+                "TimeCreated",
+                "UtcTime",
+                "time",
+                "eventTime",
+            ]
+            .iter()
+            .find_map(|k| self.get_path(k)),
         }?;
         parse_time(v.as_str()?)
     }
@@ -170,9 +177,15 @@ impl Event {
     pub fn host(&self) -> Option<&str> {
         match self.shape {
             Shape::Evtx => self.system()?.get("Computer")?.as_str(),
-            _ => ["winlog.computer_name", "host.name", "host.hostname", "Computer", "hostname"]
-                .iter()
-                .find_map(|k| self.get_path(k).and_then(Value::as_str)),
+            _ => [
+                "winlog.computer_name",
+                "host.name",
+                "host.hostname",
+                "Computer",
+                "hostname",
+            ]
+            .iter()
+            .find_map(|k| self.get_path(k).and_then(Value::as_str)),
         }
     }
 
@@ -197,7 +210,10 @@ impl Event {
                             "Channel" => kind.channel = v.as_str(),
                             "EventID" => kind.event_id = as_u32(v),
                             "Provider_attributes" => {
-                                kind.provider = v.as_object().and_then(|a| find(a, "Name")).and_then(Value::as_str)
+                                kind.provider = v
+                                    .as_object()
+                                    .and_then(|a| find(a, "Name"))
+                                    .and_then(Value::as_str)
                             }
                             "Provider" => {
                                 kind.provider = v
@@ -215,7 +231,9 @@ impl Event {
             Shape::Winlogbeat => {
                 kind.product = Product::Windows;
                 kind.channel = self.get_path("winlog.channel").and_then(Value::as_str);
-                kind.provider = self.get_path("winlog.provider_name").and_then(Value::as_str);
+                kind.provider = self
+                    .get_path("winlog.provider_name")
+                    .and_then(Value::as_str);
                 kind.event_id = self
                     .get_path("winlog.event_id")
                     .or_else(|| self.get_path("event.code"))
@@ -326,7 +344,11 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.fZ"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.fZ",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(t.and_utc());
         }
@@ -483,7 +505,10 @@ mod tests {
         assert_eq!(k.event_id, Some(1));
         assert_eq!(k.provider, Some("Microsoft-Windows-Sysmon"));
         assert_eq!(e.host(), Some("pc1"));
-        assert_eq!(e.timestamp().unwrap().to_rfc3339(), "2026-04-17T05:24:53.092051+00:00");
+        assert_eq!(
+            e.timestamp().unwrap().to_rfc3339(),
+            "2026-04-17T05:24:53.092051+00:00"
+        );
     }
 
     #[test]
@@ -524,8 +549,13 @@ mod tests {
 
     #[test]
     fn odd_inputs_do_not_panic() {
-        for v in [json!(null), json!([1, 2]), json!("x"), json!({"Event": 3}),
-                  json!({"Event": {"System": 5, "EventData": null}})] {
+        for v in [
+            json!(null),
+            json!([1, 2]),
+            json!("x"),
+            json!({"Event": 3}),
+            json!({"Event": {"System": 5, "EventData": null}}),
+        ] {
             let e = Event::new(v);
             let _ = fields(&e);
             let _ = e.kind();

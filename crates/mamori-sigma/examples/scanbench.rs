@@ -8,13 +8,20 @@ use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let split = args.iter().position(|a| a == "--").expect("usage: RULES... -- LOGS...");
+    let split = args
+        .iter()
+        .position(|a| a == "--")
+        .expect("usage: RULES... -- LOGS...");
     let rules: Vec<PathBuf> = args[..split].iter().map(PathBuf::from).collect();
     let logs: Vec<PathBuf> = args[split + 1..].iter().map(PathBuf::from).collect();
     let rss = || {
         std::fs::read_to_string("/proc/self/status")
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(str::to_string))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS"))
+                    .map(str::to_string)
+            })
             .unwrap_or_default()
     };
     println!("before load: {}", rss());
@@ -29,9 +36,22 @@ fn main() {
         compiler.add(d);
     }
     let (set, _) = compiler.compile();
-    println!("compiled {} rules in {:.3}s: {}", set.rules().len(), t.elapsed().as_secs_f64(), rss());
-    println!("prefilter: {} literals, {} KiB; {} regexes", set.prefilter_literals(), set.prefilter_bytes() / 1024, set.regex_count());
-    let loaded = mamori_sigma::load::Loaded { rules: set, report: Vec::new() };
+    println!(
+        "compiled {} rules in {:.3}s: {}",
+        set.rules().len(),
+        t.elapsed().as_secs_f64(),
+        rss()
+    );
+    println!(
+        "prefilter: {} literals, {} KiB; {} regexes",
+        set.prefilter_literals(),
+        set.prefilter_bytes() / 1024,
+        set.regex_count()
+    );
+    let loaded = mamori_sigma::load::Loaded {
+        rules: set,
+        report: Vec::new(),
+    };
     let mut events = Vec::new();
     for f in mamori_sources::discover(&logs).expect("discover") {
         let _ = mamori_sources::read_file(&f, &mut |r| events.push(r.event));
@@ -39,7 +59,10 @@ fn main() {
     let set = &loaded.rules;
     let mut scanner = set.scanner();
     let mut hits = Vec::new();
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
     let t = Instant::now();
     let mut n = 0;
     for _ in 0..rounds {
@@ -65,6 +88,15 @@ fn main() {
     println!("most evaluated rules:");
     for (n, i) in per.iter().take(25) {
         let info = &set.rules()[*i];
-        println!("  {:>8}  {}  {}", n / rounds as u64, info.meta.title, info.meta.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+        println!(
+            "  {:>8}  {}  {}",
+            n / rounds as u64,
+            info.meta.title,
+            info.meta
+                .path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
     }
 }

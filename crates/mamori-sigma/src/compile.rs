@@ -30,6 +30,9 @@ use crate::matcher::{Modifiers, ValueMatcher, compile_values};
 pub struct CompileOptions {
     /// Values for `%name%` placeholders used with the `expand` modifier.
     pub placeholders: HashMap<String, Vec<String>>,
+    /// Apply every rule to every event, whatever its logsource says: plain Sigma matching
+    /// as naive tools do it. Only for measuring what routing prevents.
+    pub ignore_logsource: bool,
 }
 
 /// What kind of rule a [`RuleInfo`] describes.
@@ -72,16 +75,26 @@ pub(crate) enum RefMode {
 
 #[derive(Debug, Clone)]
 pub(crate) enum TestKind {
-    Values { matchers: Vec<ValueMatcher>, all: bool },
+    Values {
+        matchers: Vec<ValueMatcher>,
+        all: bool,
+    },
     Exists(bool),
-    FieldRef { other: u32, mode: RefMode, cased: bool },
+    FieldRef {
+        other: u32,
+        mode: RefMode,
+        cased: bool,
+    },
 }
 
 /// A compiled search identifier.
 #[derive(Debug, Clone)]
 pub(crate) enum SelNode {
     /// Keyword search over every value of the event.
-    Keywords { matchers: Vec<ValueMatcher>, all: bool },
+    Keywords {
+        matchers: Vec<ValueMatcher>,
+        all: bool,
+    },
     /// Maps, ORed; tests within a map ANDed.
     Maps(Vec<Vec<FieldTest>>),
 }
@@ -135,9 +148,15 @@ impl FieldIndex {
         }
         let s = self.names.len() as u32;
         self.names.push(sigma_name.to_string());
-        self.map.entry(sigma_name.into()).or_default().push((s, true));
+        self.map
+            .entry(sigma_name.into())
+            .or_default()
+            .push((s, true));
         for alias in mamori_model::fields::aliases_of(sigma_name) {
-            self.map.entry((*alias).into()).or_default().push((s, false));
+            self.map
+                .entry((*alias).into())
+                .or_default()
+                .push((s, false));
         }
         s
     }
@@ -149,7 +168,9 @@ impl FieldIndex {
             return;
         }
         for name in self.names.drain(checkpoint..).collect::<Vec<_>>() {
-            for key in std::iter::once(name.as_str()).chain(mamori_model::fields::aliases_of(&name).iter().copied()) {
+            for key in std::iter::once(name.as_str())
+                .chain(mamori_model::fields::aliases_of(&name).iter().copied())
+            {
                 if let Some(v) = self.map.get_mut(key) {
                     v.retain(|(s, _)| (*s as usize) < checkpoint);
                     if v.is_empty() {
@@ -265,12 +286,20 @@ impl RuleSet {
 
     /// Number of distinct literals in the prefilter.
     pub fn prefilter_literals(&self) -> usize {
-        self.prefilter.groups.iter().map(|g| g.pattern_rules.len()).sum()
+        self.prefilter
+            .groups
+            .iter()
+            .map(|g| g.pattern_rules.len())
+            .sum()
     }
 
     /// Heap bytes of the prefilter automata.
     pub fn prefilter_bytes(&self) -> usize {
-        self.prefilter.groups.iter().map(|g| g.ac.memory_usage()).sum()
+        self.prefilter
+            .groups
+            .iter()
+            .map(|g| g.ac.memory_usage())
+            .sum()
     }
 
     /// Number of regular expressions compiled (`re` values and wildcard patterns).
@@ -384,7 +413,12 @@ impl Compiler {
             }
             match doc {
                 Document::Rule(rule) => {
-                    let route = match Route::compile(&rule.logsource) {
+                    let compiled_route = if options.ignore_logsource {
+                        Ok(Route::Any)
+                    } else {
+                        Route::compile(&rule.logsource)
+                    };
+                    let route = match compiled_route {
                         Ok(r) => r,
                         Err(e) => {
                             rejected.push(Rejected {
@@ -398,14 +432,15 @@ impl Compiler {
                     let checkpoint = fields.len();
                     match compile_detection(&rule.detection, &mut fields, &placeholders) {
                         Ok(main) => {
-                            let route_id = match route_keys.iter().position(|k| *k == rule.logsource) {
-                                Some(i) => i,
-                                None => {
-                                    route_keys.push(rule.logsource.clone());
-                                    routes.push(route);
-                                    routes.len() - 1
-                                }
-                            };
+                            let route_id =
+                                match route_keys.iter().position(|k| *k == rule.logsource) {
+                                    Some(i) => i,
+                                    None => {
+                                        route_keys.push(rule.logsource.clone());
+                                        routes.push(route);
+                                        routes.len() - 1
+                                    }
+                                };
                             literal_sets.push(needed_literals(&main));
                             let event_ids = fields
                                 .find("EventID")
@@ -442,7 +477,10 @@ impl Compiler {
                 Ok(c) => c,
                 Err(error) => {
                     fields.rollback(checkpoint);
-                    rejected.push(Rejected { meta: f.meta, error });
+                    rejected.push(Rejected {
+                        meta: f.meta,
+                        error,
+                    });
                     continue;
                 }
             };
@@ -488,7 +526,8 @@ impl Compiler {
             let before = pending.len();
             let mut next = Vec::new();
             for c in pending {
-                let refs: Vec<Option<usize>> = c.rules.iter().map(|r| find_ref(&infos, r)).collect();
+                let refs: Vec<Option<usize>> =
+                    c.rules.iter().map(|r| find_ref(&infos, r)).collect();
                 if refs.iter().all(Option::is_some) {
                     let refs: Vec<usize> = refs.into_iter().flatten().collect();
                     match compile_correlation(&c, &refs, &infos, &mut fields) {
@@ -509,7 +548,10 @@ impl Compiler {
                             });
                             compiled_corr.push((idx, cc));
                         }
-                        Err(error) => rejected.push(Rejected { meta: c.meta, error }),
+                        Err(error) => rejected.push(Rejected {
+                            meta: c.meta,
+                            error,
+                        }),
                     }
                 } else {
                     next.push(c);
@@ -540,7 +582,9 @@ impl Compiler {
         }
         // A rule used only by correlations with `generate: false` reports no matches itself.
         for (i, info) in infos.iter_mut().enumerate() {
-            if silenced.get(i).copied().unwrap_or(false) && !generated.get(i).copied().unwrap_or(false) {
+            if silenced.get(i).copied().unwrap_or(false)
+                && !generated.get(i).copied().unwrap_or(false)
+            {
                 info.reported = false;
             }
         }
@@ -562,7 +606,9 @@ impl Compiler {
         // only the text its literals can occur in.
         // Automata are per logsource too: an event only pays for the literals of the rules
         // that apply to it.
-        let mut groups: Vec<(u32, u32, Vec<String>, Vec<Vec<u32>>)> = Vec::new();
+        // (route, slot, literals, rules per literal)
+        type Group = (u32, u32, Vec<String>, Vec<Vec<u32>>);
+        let mut groups: Vec<Group> = Vec::new();
         let mut group_of: HashMap<(u32, u32), usize> = HashMap::new();
         let mut pattern_ids: HashMap<(usize, String), u32> = HashMap::new();
         for (i, set) in literal_sets.iter().enumerate() {
@@ -597,8 +643,11 @@ impl Compiler {
                 .match_kind(MatchKind::Standard)
                 .kind(Some(kind))
                 .build(&patterns)
-                .or_else(|_| AhoCorasickBuilder::new().match_kind(MatchKind::Standard).build(&patterns))
-            {
+                .or_else(|_| {
+                    AhoCorasickBuilder::new()
+                        .match_kind(MatchKind::Standard)
+                        .build(&patterns)
+                }) {
                 Ok(ac) => prefilter.groups.push(PrefilterGroup {
                     route,
                     slot,
@@ -662,12 +711,18 @@ fn compile_detection(
     let names: Vec<&str> = d.selections.iter().map(|(n, _)| n.as_str()).collect();
     let mut conds = Vec::new();
     for c in &d.conditions {
-        conds.push(parse_condition(c, &names).map_err(|reason| SigmaError::Condition {
-            condition: c.clone(),
-            reason,
-        })?);
+        conds.push(
+            parse_condition(c, &names).map_err(|reason| SigmaError::Condition {
+                condition: c.clone(),
+                reason,
+            })?,
+        );
     }
-    let cond = if conds.len() == 1 { conds.remove(0) } else { Cond::Or(conds) };
+    let cond = if conds.len() == 1 {
+        conds.remove(0)
+    } else {
+        Cond::Or(conds)
+    };
     let mut sels = Vec::with_capacity(d.selections.len());
     for (name, sel) in &d.selections {
         sels.push(compile_selection(name, sel, fields, placeholders)?);
@@ -688,9 +743,16 @@ fn compile_selection(
     };
     match sel {
         Selection::Keywords(values) => {
-            let matchers = compile_values(&Modifiers::parse(&["contains".into()]).unwrap_or_default(), values, placeholders)
-                .map_err(|e| err("(keywords)", e))?;
-            Ok(SelNode::Keywords { matchers, all: false })
+            let matchers = compile_values(
+                &Modifiers::parse(&["contains".into()]).unwrap_or_default(),
+                values,
+                placeholders,
+            )
+            .map_err(|e| err("(keywords)", e))?;
+            Ok(SelNode::Keywords {
+                matchers,
+                all: false,
+            })
         }
         Selection::Maps(maps) => {
             let mut out = Vec::with_capacity(maps.len());
@@ -707,19 +769,28 @@ fn compile_selection(
                     let Some(field) = &spec.field else {
                         // `'|all': [...]`: keywords that must all occur.
                         let mut kw_mods = mods;
-                        if !(kw_mods.contains || kw_mods.startswith || kw_mods.endswith || kw_mods.re) {
+                        if !(kw_mods.contains
+                            || kw_mods.startswith
+                            || kw_mods.endswith
+                            || kw_mods.re)
+                        {
                             kw_mods.contains = true;
                         }
                         let matchers = compile_values(&kw_mods, &spec.values, placeholders)
                             .map_err(|e| err(&written, e))?;
-                        keyword_tests.push(SelNode::Keywords { matchers, all: kw_mods.all });
+                        keyword_tests.push(SelNode::Keywords {
+                            matchers,
+                            all: kw_mods.all,
+                        });
                         continue;
                     };
                     let slot = fields.slot(field);
                     let kind = if mods.exists {
                         match spec.values.as_slice() {
                             [Scalar::Bool(b)] => TestKind::Exists(*b),
-                            [Scalar::Str(s)] if s == "true" || s == "false" => TestKind::Exists(s == "true"),
+                            [Scalar::Str(s)] if s == "true" || s == "false" => {
+                                TestKind::Exists(s == "true")
+                            }
                             _ => return Err(err(&written, "`exists` takes true or false".into())),
                         }
                     } else if mods.fieldref {
@@ -743,7 +814,10 @@ fn compile_selection(
                     } else {
                         let matchers = compile_values(&mods, &spec.values, placeholders)
                             .map_err(|e| err(&written, e))?;
-                        TestKind::Values { matchers, all: mods.all }
+                        TestKind::Values {
+                            matchers,
+                            all: mods.all,
+                        }
                     };
                     tests.push(FieldTest { slot, kind });
                 }
@@ -758,7 +832,10 @@ fn compile_selection(
                     if keyword_tests.len() == 1 && maps.len() == 1 {
                         return Ok(keyword_tests.remove(0));
                     }
-                    return Err(err("(keywords)", "several keyword entries in one selection are not supported".into()));
+                    return Err(err(
+                        "(keywords)",
+                        "several keyword entries in one selection are not supported".into(),
+                    ));
                 }
                 out.push(tests);
             }
@@ -773,7 +850,11 @@ fn compile_correlation(
     infos: &[RuleInfo],
     fields: &mut FieldIndex,
 ) -> Result<CompiledCorrelation, SigmaError> {
-    if matches!(c.kind, CorrelationKind::Temporal | CorrelationKind::TemporalOrdered) && refs.len() < 2 {
+    if matches!(
+        c.kind,
+        CorrelationKind::Temporal | CorrelationKind::TemporalOrdered
+    ) && refs.len() < 2
+    {
         return Err(SigmaError::invalid(
             "correlation.rules",
             "temporal correlations need at least two rules",
@@ -831,7 +912,13 @@ fn needed_ids(c: &Cond, sels: &[SelNode], slot: u32) -> Option<Vec<u32>> {
                 let mut out = Vec::new();
                 for tests in maps {
                     let t = tests.iter().find(|t| t.slot == slot)?;
-                    let TestKind::Values { matchers, all: false } = &t.kind else { return None };
+                    let TestKind::Values {
+                        matchers,
+                        all: false,
+                    } = &t.kind
+                    else {
+                        return None;
+                    };
                     for m in matchers {
                         out.push(m.exact_u32()?);
                     }
@@ -921,9 +1008,10 @@ fn need_cond(c: &Cond, sels: &[SelNode]) -> Option<Vec<Lit>> {
 }
 
 fn matcher_lits(slot: u32, matchers: &[ValueMatcher], all: bool) -> Option<Vec<Lit>> {
-    let each = matchers
-        .iter()
-        .map(|m| m.literals().map(|ls| ls.into_iter().map(|l| (slot, l)).collect()));
+    let each = matchers.iter().map(|m| {
+        m.literals()
+            .map(|ls| ls.into_iter().map(|l| (slot, l)).collect())
+    });
     if all { best(each) } else { union(each) }
 }
 
@@ -1015,7 +1103,10 @@ correlation: {type: event_count, rules: [missing], timespan: 1m, condition: {gte
         );
         assert_eq!(set.detection_count(), 1);
         let reasons: Vec<String> = rej.iter().map(|r| r.error.to_string()).collect();
-        assert!(reasons[0].contains("unknown modifier `nope`"), "{reasons:?}");
+        assert!(
+            reasons[0].contains("unknown modifier `nope`"),
+            "{reasons:?}"
+        );
         assert!(reasons[1].contains("duplicate rule id g"), "{reasons:?}");
         assert!(reasons[2].contains("not loaded: missing"), "{reasons:?}");
     }

@@ -110,7 +110,10 @@ pub fn parse_condition(text: &str, names: &[&str]) -> Result<Cond, String> {
     };
     let c = p.expr()?;
     if p.pos != toks.len() {
-        return Err(format!("unexpected {:?} after a complete expression", toks[p.pos]));
+        return Err(format!(
+            "unexpected {:?} after a complete expression",
+            toks[p.pos]
+        ));
     }
     Ok(c)
 }
@@ -146,7 +149,11 @@ impl Parser<'_> {
             items.push(self.and()?);
         }
         self.depth -= 1;
-        Ok(if items.len() == 1 { items.remove(0) } else { Cond::Or(items) })
+        Ok(if items.len() == 1 {
+            items.remove(0)
+        } else {
+            Cond::Or(items)
+        })
     }
 
     fn and(&mut self) -> Result<Cond, String> {
@@ -155,7 +162,11 @@ impl Parser<'_> {
             self.pos += 1;
             items.push(self.unary()?);
         }
-        Ok(if items.len() == 1 { items.remove(0) } else { Cond::And(items) })
+        Ok(if items.len() == 1 {
+            items.remove(0)
+        } else {
+            Cond::And(items)
+        })
     }
 
     fn unary(&mut self) -> Result<Cond, String> {
@@ -187,7 +198,11 @@ impl Parser<'_> {
                 }
                 let pattern = match self.next() {
                     Some(Tok::Ident(p)) => p.clone(),
-                    other => return Err(format!("expected a name pattern or `them` after `of`, found {other:?}")),
+                    other => {
+                        return Err(format!(
+                            "expected a name pattern or `them` after `of`, found {other:?}"
+                        ));
+                    }
                 };
                 let sels = self.resolve_pattern(&pattern)?;
                 Ok(match q {
@@ -199,7 +214,9 @@ impl Parser<'_> {
             }
             Some(Tok::Ident(name)) => {
                 if name.contains('*') {
-                    return Err(format!("wildcard {name:?} is only allowed after `1 of` / `all of`"));
+                    return Err(format!(
+                        "wildcard {name:?} is only allowed after `1 of` / `all of`"
+                    ));
                 }
                 match self.names.iter().position(|n| *n == name) {
                     Some(i) => Ok(Cond::Sel(i)),
@@ -299,11 +316,31 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert!(parse_condition("selection and", NAMES).unwrap_err().contains("ends too early"));
-        assert!(parse_condition("nope", NAMES).unwrap_err().contains("undefined"));
-        assert!(parse_condition("1 of x*", NAMES).unwrap_err().contains("matches no"));
-        assert!(parse_condition("(selection", NAMES).unwrap_err().contains("missing"));
-        assert!(parse_condition("selection | count() > 5", NAMES).unwrap_err().contains("deprecated"));
+        assert!(
+            parse_condition("selection and", NAMES)
+                .unwrap_err()
+                .contains("ends too early")
+        );
+        assert!(
+            parse_condition("nope", NAMES)
+                .unwrap_err()
+                .contains("undefined")
+        );
+        assert!(
+            parse_condition("1 of x*", NAMES)
+                .unwrap_err()
+                .contains("matches no")
+        );
+        assert!(
+            parse_condition("(selection", NAMES)
+                .unwrap_err()
+                .contains("missing")
+        );
+        assert!(
+            parse_condition("selection | count() > 5", NAMES)
+                .unwrap_err()
+                .contains("deprecated")
+        );
         let deep = format!("{}selection{}", "(".repeat(500), ")".repeat(500));
         assert!(parse_condition(&deep, NAMES).is_err());
         let nots = format!("{}selection", "not ".repeat(500));

@@ -96,7 +96,9 @@ impl<'r> Correlator<'r> {
             if guard > 1000 {
                 break;
             }
-            let Some(feeds) = self.set.feeds.get(inp.rule) else { continue };
+            let Some(feeds) = self.set.feeds.get(inp.rule) else {
+                continue;
+            };
             for &ci in feeds {
                 let (rule_idx, cc) = &self.set.correlations[ci as usize];
                 for (pos, &r) in cc.rules.iter().enumerate() {
@@ -193,7 +195,8 @@ impl<'r> Correlator<'r> {
 }
 
 fn has_upper_bound(cond: &[(CmpOp, f64)]) -> bool {
-    cond.iter().any(|(op, _)| matches!(op, CmpOp::Lt | CmpOp::Lte | CmpOp::Neq))
+    cond.iter()
+        .any(|(op, _)| matches!(op, CmpOp::Lt | CmpOp::Lte | CmpOp::Neq))
 }
 
 fn cond_holds(cond: &[(CmpOp, f64)], n: usize) -> bool {
@@ -230,10 +233,20 @@ fn holds(cc: &CompiledCorrelation, items: &VecDeque<Item>) -> bool {
     }
 }
 
-fn make_match(rule: usize, cc: &CompiledCorrelation, key: &[String], items: &VecDeque<Item>) -> CorrelationMatch {
+fn make_match(
+    rule: usize,
+    cc: &CompiledCorrelation,
+    key: &[String],
+    items: &VecDeque<Item>,
+) -> CorrelationMatch {
     CorrelationMatch {
         rule,
-        group: cc.group_by.iter().cloned().zip(key.iter().cloned()).collect(),
+        group: cc
+            .group_by
+            .iter()
+            .cloned()
+            .zip(key.iter().cloned())
+            .collect(),
         first_ms: items.front().map(|i| i.time_ms).unwrap_or_default(),
         last_ms: items.back().map(|i| i.time_ms).unwrap_or_default(),
         count: items.len(),

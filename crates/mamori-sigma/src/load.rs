@@ -66,7 +66,10 @@ pub fn rule_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SigmaError> {
             })?;
             let path = entry.path();
             if entry.file_type().is_file()
-                && matches!(path.extension().and_then(|e| e.to_str()), Some("yml" | "yaml"))
+                && matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yml" | "yaml")
+                )
             {
                 files.push(path.to_path_buf());
             }
@@ -108,7 +111,11 @@ pub fn read_file(path: &Path) -> Vec<Result<Document, SigmaError>> {
 
 /// Loads every rule under `paths`, plus `texts` (name, YAML) held in memory, and compiles
 /// them together.
-pub fn load(paths: &[PathBuf], texts: &[(&str, &str)], options: CompileOptions) -> Result<Loaded, SigmaError> {
+pub fn load(
+    paths: &[PathBuf],
+    texts: &[(&str, &str)],
+    options: CompileOptions,
+) -> Result<Loaded, SigmaError> {
     let files = rule_files(paths)?;
     let mut report = Vec::new();
     let mut compiler = Compiler::new(options);
@@ -168,10 +175,14 @@ pub fn load_placeholders(path: &Path) -> Result<HashMap<String, Vec<String>>, Si
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let docs = yaml_rust2::YamlLoader::load_from_str(&text).map_err(|e| SigmaError::Yaml(e.to_string()))?;
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text)
+        .map_err(|e| SigmaError::Yaml(e.to_string()))?;
     let mut out = HashMap::new();
     let Some(yaml_rust2::Yaml::Hash(h)) = docs.first() else {
-        return Err(SigmaError::invalid("(placeholders)", "expected a mapping of name → values"));
+        return Err(SigmaError::invalid(
+            "(placeholders)",
+            "expected a mapping of name → values",
+        ));
     };
     for (k, v) in h {
         let Some(name) = k.as_str() else { continue };

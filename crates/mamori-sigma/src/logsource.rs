@@ -47,7 +47,12 @@ pub(crate) enum Route {
         service: Option<String>,
     },
     /// Any event of another product, optionally of a service.
-    Other { product: Option<String>, service: Option<String> },
+    Other {
+        product: Option<String>,
+        service: Option<String>,
+    },
+    /// Every event (routing switched off, for measurements).
+    Any,
 }
 
 fn sysmon(ids: &[u32]) -> Alt {
@@ -100,12 +105,17 @@ fn windows_category(cat: &str) -> Option<Vec<Alt>> {
         "ps_classic_start" => vec![chan(PS_CLASSIC, &[400])],
         "ps_classic_provider_start" => vec![chan(PS_CLASSIC, &[600])],
         "ps_classic_script" => vec![chan(PS_CLASSIC, &[800])],
-        "file_access" | "file_rename" => vec![chan(&["Microsoft-Windows-Kernel-File/Analytic"], &[])],
+        "file_access" | "file_rename" => {
+            vec![chan(&["Microsoft-Windows-Kernel-File/Analytic"], &[])]
+        }
         "antivirus" => vec![chan(
             &["Microsoft-Windows-Windows Defender/Operational"],
             &[1006, 1015, 1116, 1117],
         )],
-        "dns" => vec![chan(&["DNS Server", "Microsoft-Windows-DNS-Server/Analytical"], &[])],
+        "dns" => vec![chan(
+            &["DNS Server", "Microsoft-Windows-DNS-Server/Analytical"],
+            &[],
+        )],
         "firewall" => vec![chan(
             &["Microsoft-Windows-Windows Firewall With Advanced Security/Firewall"],
             &[],
@@ -238,7 +248,11 @@ impl Route {
                     None => (None, Vec::new()),
                 };
                 Ok(Route::Ecs {
-                    product: Some(if p == "linux" { Product::Linux } else { Product::MacOs }),
+                    product: Some(if p == "linux" {
+                        Product::Linux
+                    } else {
+                        Product::MacOs
+                    }),
                     category,
                     types,
                     service: ls.service.clone(),
@@ -263,6 +277,7 @@ impl Route {
     /// Does the event described by `kind` belong to this logsource?
     pub(crate) fn accepts(&self, kind: &EventKind<'_>) -> bool {
         match self {
+            Route::Any => true,
             Route::Windows(alts) => {
                 kind.product == Product::Windows && alts.iter().any(|a| a.accepts(kind))
             }
@@ -278,17 +293,20 @@ impl Route {
                     return false;
                 }
                 if let Some(s) = service {
-                    return kind
-                        .service
-                        .as_deref()
-                        .is_some_and(|k| k.eq_ignore_ascii_case(s) || k.ends_with(&format!(".{s}")));
+                    return kind.service.as_deref().is_some_and(|k| {
+                        k.eq_ignore_ascii_case(s) || k.ends_with(&format!(".{s}"))
+                    });
                 }
                 if let Some(c) = category
                     && !kind.ecs_category.iter().any(|k| k.eq_ignore_ascii_case(c))
                 {
                     return false;
                 }
-                types.is_empty() || kind.ecs_type.iter().any(|t| types.iter().any(|w| t.eq_ignore_ascii_case(w)))
+                types.is_empty()
+                    || kind
+                        .ecs_type
+                        .iter()
+                        .any(|t| types.iter().any(|w| t.eq_ignore_ascii_case(w)))
             }
             Route::Other { product, service } => {
                 let product_ok = match (product, &kind.product) {
@@ -299,7 +317,10 @@ impl Route {
                 };
                 product_ok
                     && match service {
-                        Some(s) => kind.service.as_deref().is_some_and(|k| k.eq_ignore_ascii_case(s)),
+                        Some(s) => kind
+                            .service
+                            .as_deref()
+                            .is_some_and(|k| k.eq_ignore_ascii_case(s)),
                         None => true,
                     }
             }
@@ -309,7 +330,9 @@ impl Route {
 
 impl Alt {
     fn accepts(&self, kind: &EventKind<'_>) -> bool {
-        if !self.event_ids.is_empty() && !kind.event_id.is_some_and(|id| self.event_ids.contains(&id)) {
+        if !self.event_ids.is_empty()
+            && !kind.event_id.is_some_and(|id| self.event_ids.contains(&id))
+        {
             return false;
         }
         if self.channels.is_empty() {
@@ -363,7 +386,11 @@ mod tests {
         let r = Route::compile(&ls(Some("windows"), None, Some("security"))).unwrap();
         assert!(r.accepts(&win("Security", 4624)));
         assert!(!r.accepts(&win("System", 7045)));
-        assert!(Route::compile(&ls(Some("windows"), None, Some("nope"))).unwrap_err().contains("unknown Windows service"));
+        assert!(
+            Route::compile(&ls(Some("windows"), None, Some("nope")))
+                .unwrap_err()
+                .contains("unknown Windows service")
+        );
         assert!(Route::compile(&ls(Some("windows"), Some("nope"), None)).is_err());
         let linux = Route::compile(&ls(Some("linux"), Some("process_creation"), None)).unwrap();
         assert!(!linux.accepts(&win(SYSMON, 1)));

@@ -152,7 +152,9 @@ impl ValueMatcher {
     /// The value as an event id, when this matcher is an exact number.
     pub(crate) fn exact_u32(&self) -> Option<u32> {
         match self {
-            ValueMatcher::Str { m: StrMatch::Eq(s), .. } => s.parse().ok(),
+            ValueMatcher::Str {
+                m: StrMatch::Eq(s), ..
+            } => s.parse().ok(),
             _ => None,
         }
     }
@@ -234,7 +236,10 @@ fn glob_match(p: &[Piece], s: &str) -> bool {
 /// they are few and long enough to be worth prefiltering on.
 fn regex_literals(pattern: &str) -> Option<Vec<String>> {
     use regex_syntax::hir::literal::{ExtractKind, Extractor};
-    let hir = regex_syntax::ParserBuilder::new().build().parse(pattern).ok()?;
+    let hir = regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .ok()?;
     let mut best: Option<Vec<String>> = None;
     for kind in [ExtractKind::Prefix, ExtractKind::Suffix] {
         let mut ex = Extractor::new();
@@ -259,7 +264,10 @@ fn regex_literals(pattern: &str) -> Option<Vec<String>> {
         out.sort();
         out.dedup();
         let min = out.iter().map(String::len).min().unwrap_or(0);
-        if best.as_ref().is_none_or(|b| min > b.iter().map(String::len).min().unwrap_or(0)) {
+        if best
+            .as_ref()
+            .is_none_or(|b| min > b.iter().map(String::len).min().unwrap_or(0))
+        {
             best = Some(out);
         }
     }
@@ -270,7 +278,9 @@ fn regex_literals(pattern: &str) -> Option<Vec<String>> {
 /// first byte, then compare. Event values are short, so this beats building a searcher.
 #[inline]
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else { return true };
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
     if hay.len() < needle.len() {
         return false;
     }
@@ -294,11 +304,19 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn cidr_contains(net: IpAddr, bits: u8, ip: IpAddr) -> bool {
     match (net, ip) {
         (IpAddr::V4(n), IpAddr::V4(i)) => {
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - u32::from(bits)) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(bits))
+            };
             (u32::from(n) & mask) == (u32::from(i) & mask)
         }
         (IpAddr::V6(n), IpAddr::V6(i)) => {
-            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - u32::from(bits)) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(bits))
+            };
             (u128::from(n) & mask) == (u128::from(i) & mask)
         }
         _ => false,
@@ -386,15 +404,23 @@ impl Modifiers {
                 "windash" => m.transforms.push(Transform::Windash),
                 "expand" => m.transforms.push(Transform::Expand),
                 "i" | "m" | "s" => {
-                    return Err(format!("modifier `{name}` is a regular expression flag and needs `re` before it"));
+                    return Err(format!(
+                        "modifier `{name}` is a regular expression flag and needs `re` before it"
+                    ));
                 }
                 other => return Err(format!("unknown modifier `{other}`")),
             }
         }
-        let kinds = [m.contains || m.startswith || m.endswith, m.re, m.cidr, m.cmp.is_some(), m.exists]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let kinds = [
+            m.contains || m.startswith || m.endswith,
+            m.re,
+            m.cidr,
+            m.cmp.is_some(),
+            m.exists,
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if kinds > 1 || (m.contains as u8 + m.startswith as u8 + m.endswith as u8) > 1 {
             return Err(format!("modifiers `{}` cannot be combined", mods.join("|")));
         }
@@ -438,10 +464,12 @@ fn apply(
     let mut out = Vec::new();
     for v in vars {
         match (t, v) {
-            (Transform::Base64, Variant::Pieces(p)) => {
-                out.push(Variant::Pieces(vec![Piece::Lit(b64(literal_only(&p, "base64")?.as_bytes()))]))
+            (Transform::Base64, Variant::Pieces(p)) => out.push(Variant::Pieces(vec![Piece::Lit(
+                b64(literal_only(&p, "base64")?.as_bytes()),
+            )])),
+            (Transform::Base64, Variant::Bytes(b)) => {
+                out.push(Variant::Pieces(vec![Piece::Lit(b64(&b))]))
             }
-            (Transform::Base64, Variant::Bytes(b)) => out.push(Variant::Pieces(vec![Piece::Lit(b64(&b))])),
             (Transform::Base64Offset, v) => {
                 let bytes = match v {
                     Variant::Pieces(p) => literal_only(&p, "base64offset")?.into_bytes(),
@@ -456,7 +484,9 @@ fn apply(
                     let trim = END_TRIM[(bytes.len() + i) % 3];
                     let end = enc.len().saturating_sub(trim);
                     if *start < end {
-                        out.push(Variant::Pieces(vec![Piece::Lit(enc[*start..end].to_string())]));
+                        out.push(Variant::Pieces(vec![Piece::Lit(
+                            enc[*start..end].to_string(),
+                        )]));
                     }
                 }
             }
@@ -478,11 +508,16 @@ fn apply(
             (Transform::Windash, Variant::Pieces(p)) => windash(&p, &mut out)?,
             (Transform::Expand, Variant::Pieces(p)) => expand(&p, placeholders, &mut out)?,
             (t, Variant::Bytes(_)) => {
-                return Err(format!("`{t:?}` cannot follow a utf16 modifier (use base64 or base64offset)").to_lowercase());
+                return Err(format!(
+                    "`{t:?}` cannot follow a utf16 modifier (use base64 or base64offset)"
+                )
+                .to_lowercase());
             }
         }
         if out.len() > MAX_VARIANTS {
-            return Err(format!("value expands to more than {MAX_VARIANTS} variants"));
+            return Err(format!(
+                "value expands to more than {MAX_VARIANTS} variants"
+            ));
         }
     }
     Ok(out)
@@ -503,7 +538,9 @@ fn windash(p: &[Piece], out: &mut Vec<Variant>) -> Result<(), String> {
                 let mut seg = String::new();
                 let mut segs: Vec<Result<String, ()>> = Vec::new();
                 for (i, &c) in chars.iter().enumerate() {
-                    let next_word = chars.get(i + 1).is_some_and(|n| n.is_alphanumeric() || *n == '_');
+                    let next_word = chars
+                        .get(i + 1)
+                        .is_some_and(|n| n.is_alphanumeric() || *n == '_');
                     if (c == '-' || c == '/') && !prev_word && next_word {
                         segs.push(Ok(std::mem::take(&mut seg)));
                         segs.push(Err(()));
@@ -532,7 +569,9 @@ fn windash(p: &[Piece], out: &mut Vec<Variant>) -> Result<(), String> {
                             }
                             acc = next;
                             if acc.len() > MAX_VARIANTS {
-                                return Err(format!("windash expands to more than {MAX_VARIANTS} variants"));
+                                return Err(format!(
+                                    "windash expands to more than {MAX_VARIANTS} variants"
+                                ));
                             }
                         }
                     }
@@ -574,7 +613,9 @@ fn expand(
         };
         let mut rest = l.as_str();
         while let Some(start) = rest.find('%') {
-            let Some(len) = rest[start + 1..].find('%') else { break };
+            let Some(len) = rest[start + 1..].find('%') else {
+                break;
+            };
             let name = &rest[start + 1..start + 1 + len];
             let before = &rest[..start];
             if !before.is_empty() {
@@ -637,9 +678,7 @@ fn string_matcher(pieces: Vec<Piece>, cased: bool) -> Result<ValueMatcher, Strin
         [Piece::Star] => StrMatch::Any,
         [Piece::Lit(l), Piece::Star] => StrMatch::Prefix(case(l)),
         [Piece::Star, Piece::Lit(l)] => StrMatch::Suffix(case(l)),
-        [Piece::Star, Piece::Lit(l), Piece::Star] => {
-            StrMatch::Contains(case(l))
-        }
+        [Piece::Star, Piece::Lit(l), Piece::Star] => StrMatch::Contains(case(l)),
         _ => {
             let mut longest = String::new();
             let pieces: Vec<Piece> = p
@@ -728,10 +767,8 @@ pub(crate) fn compile_values(
             let Variant::Pieces(mut p) = var else {
                 return Err("utf16 modifiers must be followed by base64 or base64offset".into());
             };
-            if mods.contains || mods.endswith {
-                if p.first() != Some(&Piece::Star) {
-                    p.insert(0, Piece::Star);
-                }
+            if (mods.contains || mods.endswith) && p.first() != Some(&Piece::Star) {
+                p.insert(0, Piece::Star);
             }
             if (mods.contains || mods.startswith) && p.last() != Some(&Piece::Star) {
                 p.push(Piece::Star);
@@ -752,7 +789,9 @@ mod tests {
     fn compile(mods: &[&str], values: &[&str]) -> Result<Vec<ValueMatcher>, String> {
         let m = Modifiers::parse(&mods.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         let v: Vec<Scalar> = values.iter().map(|s| Scalar::Str(s.to_string())).collect();
-        compile_values(&m, &v, &|name| (name == "admins").then(|| vec!["root".into(), "adm*".into()]))
+        compile_values(&m, &v, &|name| {
+            (name == "admins").then(|| vec!["root".into(), "adm*".into()])
+        })
     }
 
     fn any(ms: &[ValueMatcher], value: &str) -> bool {
@@ -768,7 +807,11 @@ mod tests {
         );
         assert_eq!(
             parse_sigma_string(r"C:\Windows\\*.exe"),
-            vec![Piece::Lit(r"C:\Windows\".into()), Piece::Star, Piece::Lit(".exe".into())]
+            vec![
+                Piece::Lit(r"C:\Windows\".into()),
+                Piece::Star,
+                Piece::Lit(".exe".into())
+            ]
         );
         let m = compile(&[], &[r"C:\Windows\\*\cmd.?xe"]).unwrap();
         assert!(any(&m, r"c:\windows\system32\CMD.exe"));
@@ -815,10 +858,17 @@ mod tests {
             assert!(any(&m, &enc), "{prefix}: {enc}");
         }
         let m = compile(&["wide", "base64offset", "contains"], &["ping"]).unwrap();
-        let utf16: Vec<u8> = "x ping y".encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+        let utf16: Vec<u8> = "x ping y"
+            .encode_utf16()
+            .flat_map(|u| u.to_le_bytes())
+            .collect();
         assert!(any(&m, &b64(&utf16)));
         assert!(compile(&["wide"], &["x"]).unwrap_err().contains("base64"));
-        assert!(compile(&["base64"], &["a*"]).unwrap_err().contains("wildcards"));
+        assert!(
+            compile(&["base64"], &["a*"])
+                .unwrap_err()
+                .contains("wildcards")
+        );
     }
 
     #[test]
@@ -840,8 +890,16 @@ mod tests {
         assert!(!any(&m, "ABC"));
         let m = compile(&["re", "i"], &["^a.c$"]).unwrap();
         assert!(any(&m, "ABC"));
-        assert!(compile(&["re"], &["(?<=a)b"]).unwrap_err().contains("linear time"));
-        assert!(compile(&["re"], &["(a"]).unwrap_err().contains("invalid regular expression"));
+        assert!(
+            compile(&["re"], &["(?<=a)b"])
+                .unwrap_err()
+                .contains("linear time")
+        );
+        assert!(
+            compile(&["re"], &["(a"])
+                .unwrap_err()
+                .contains("invalid regular expression")
+        );
         let m = compile(&["cidr"], &["10.0.0.0/8", "fe80::/10"]).unwrap();
         assert!(any(&m, "10.1.2.3"));
         assert!(any(&m, "fe80::1"));
@@ -856,13 +914,21 @@ mod tests {
     fn expand_placeholders() {
         let m = compile(&["expand"], &["%admins%"]).unwrap();
         assert!(any(&m, "root") && any(&m, "admin") && !any(&m, "bob"));
-        assert!(compile(&["expand"], &["%nobody%"]).unwrap_err().contains("no value"));
+        assert!(
+            compile(&["expand"], &["%nobody%"])
+                .unwrap_err()
+                .contains("no value")
+        );
     }
 
     #[test]
     fn modifier_errors() {
         assert!(compile(&["contains", "startswith"], &["a"]).is_err());
-        assert!(compile(&["bogus"], &["a"]).unwrap_err().contains("unknown modifier"));
+        assert!(
+            compile(&["bogus"], &["a"])
+                .unwrap_err()
+                .contains("unknown modifier")
+        );
         assert!(compile(&["i"], &["a"]).unwrap_err().contains("needs `re`"));
         assert!(compile(&["re", "base64"], &["a"]).is_err());
     }

@@ -38,10 +38,15 @@ pub fn parse_documents(text: &str) -> Vec<Result<Document, SigmaError>> {
 /// Parses one YAML document.
 pub fn parse_document(doc: &Yaml) -> Result<Document, SigmaError> {
     if depth(doc) > MAX_DEPTH {
-        return Err(SigmaError::Yaml(format!("nesting deeper than {MAX_DEPTH} levels")));
+        return Err(SigmaError::Yaml(format!(
+            "nesting deeper than {MAX_DEPTH} levels"
+        )));
     }
     if !matches!(doc, Yaml::Hash(_)) {
-        return Err(SigmaError::invalid("(document)", "a Sigma document must be a mapping"));
+        return Err(SigmaError::invalid(
+            "(document)",
+            "a Sigma document must be a mapping",
+        ));
     }
     let meta = parse_meta(doc)?;
     if !doc["correlation"].is_badvalue() {
@@ -94,7 +99,8 @@ fn str_list(y: &Yaml, key: &str) -> Result<Vec<String>, SigmaError> {
         Yaml::Array(a) => a
             .iter()
             .map(|v| {
-                scalar_string(v).ok_or_else(|| SigmaError::invalid(key, "expected a list of strings"))
+                scalar_string(v)
+                    .ok_or_else(|| SigmaError::invalid(key, "expected a list of strings"))
             })
             .collect(),
         v => scalar_string(v)
@@ -106,9 +112,9 @@ fn str_list(y: &Yaml, key: &str) -> Result<Vec<String>, SigmaError> {
 fn parse_meta(doc: &Yaml) -> Result<RuleMeta, SigmaError> {
     let title = opt_str(doc, "title")?.ok_or(SigmaError::Missing("title"))?;
     let level = match opt_str(doc, "level")? {
-        Some(l) => l
-            .parse()
-            .map_err(|e: mamori_model::ParseLevelError| SigmaError::invalid("level", e.to_string()))?,
+        Some(l) => l.parse().map_err(|e: mamori_model::ParseLevelError| {
+            SigmaError::invalid("level", e.to_string())
+        })?,
         None => mamori_model::Level::Medium,
     };
     let author = match &doc["author"] {
@@ -139,7 +145,9 @@ fn parse_logsource(y: &Yaml) -> Result<LogSource, SigmaError> {
         Yaml::Hash(_) => {
             let get = |k: &str| -> Result<Option<String>, SigmaError> {
                 Ok(opt_str(y, k)
-                    .map_err(|_| SigmaError::invalid(format!("logsource.{k}"), "expected a string"))?
+                    .map_err(|_| {
+                        SigmaError::invalid(format!("logsource.{k}"), "expected a string")
+                    })?
                     .map(|s| s.to_ascii_lowercase()))
             };
             Ok(LogSource {
@@ -231,7 +239,9 @@ fn parse_detection(y: &Yaml, key: &str) -> Result<Detection, SigmaError> {
         let path = format!("{key}.{name}");
         let sel = match v {
             Yaml::Hash(m) => Selection::Maps(vec![parse_map(m, &path)?]),
-            Yaml::Array(items) if items.iter().all(|i| matches!(i, Yaml::Hash(_))) && !items.is_empty() => {
+            Yaml::Array(items)
+                if items.iter().all(|i| matches!(i, Yaml::Hash(_))) && !items.is_empty() =>
+            {
                 let mut maps = Vec::new();
                 for i in items {
                     if let Yaml::Hash(m) = i {
@@ -241,7 +251,10 @@ fn parse_detection(y: &Yaml, key: &str) -> Result<Detection, SigmaError> {
                 Selection::Maps(maps)
             }
             Yaml::Array(items) => {
-                if items.iter().any(|i| matches!(i, Yaml::Hash(_) | Yaml::Array(_))) {
+                if items
+                    .iter()
+                    .any(|i| matches!(i, Yaml::Hash(_) | Yaml::Array(_)))
+                {
                     return Err(SigmaError::invalid(
                         path,
                         "a list must hold either only maps or only plain values",
@@ -293,7 +306,9 @@ fn parse_correlation(doc: &Yaml, meta: RuleMeta) -> Result<CorrelationRule, Sigm
         Some(other) => {
             return Err(SigmaError::invalid(
                 "correlation.type",
-                format!("unknown type {other:?} (expected event_count, value_count, temporal or temporal_ordered)"),
+                format!(
+                    "unknown type {other:?} (expected event_count, value_count, temporal or temporal_ordered)"
+                ),
             ));
         }
         None => return Err(SigmaError::Missing("correlation.type")),
@@ -338,7 +353,9 @@ fn parse_correlation(doc: &Yaml, meta: RuleMeta) -> Result<CorrelationRule, Sigm
                     other => {
                         return Err(SigmaError::invalid(
                             "correlation.condition",
-                            format!("unknown operator {other:?} (expected gt, gte, lt, lte, eq, neq, field)"),
+                            format!(
+                                "unknown operator {other:?} (expected gt, gte, lt, lte, eq, neq, field)"
+                            ),
                         ));
                     }
                 };
@@ -357,7 +374,10 @@ fn parse_correlation(doc: &Yaml, meta: RuleMeta) -> Result<CorrelationRule, Sigm
             }
         }
         _ => {
-            return Err(SigmaError::invalid("correlation.condition", "expected a mapping"));
+            return Err(SigmaError::invalid(
+                "correlation.condition",
+                "expected a mapping",
+            ));
         }
     }
     match kind {
@@ -400,7 +420,12 @@ fn parse_correlation(doc: &Yaml, meta: RuleMeta) -> Result<CorrelationRule, Sigm
             Yaml::Boolean(b) => *b,
             _ => false,
         },
-        _ => return Err(SigmaError::invalid("correlation.generate", "expected true or false")),
+        _ => {
+            return Err(SigmaError::invalid(
+                "correlation.generate",
+                "expected true or false",
+            ));
+        }
     };
     Ok(CorrelationRule {
         meta,
@@ -473,7 +498,9 @@ detection:
         assert_eq!(r.meta.level, mamori_model::Level::High);
         assert_eq!(r.logsource.product.as_deref(), Some("windows"));
         assert_eq!(r.detection.selections.len(), 2);
-        let Selection::Maps(m) = &r.detection.selections[0].1 else { panic!() };
+        let Selection::Maps(m) = &r.detection.selections[0].1 else {
+            panic!()
+        };
         assert_eq!(m[0][1].modifiers, vec!["contains", "all"]);
         assert!(matches!(r.detection.selections[1].1, Selection::Keywords(ref k) if k.len() == 2));
     }
@@ -484,8 +511,10 @@ detection:
         assert_eq!(e, SigmaError::Missing("detection"));
         let e = one("title: x\nlogsource: {}\ndetection: {sel: {a: 1}}\n").unwrap_err();
         assert_eq!(e, SigmaError::Missing("detection.condition"));
-        let e = one("title: x\nlevel: severe\nlogsource: {}\ndetection: {sel: {a: 1}, condition: sel}\n")
-            .unwrap_err();
+        let e = one(
+            "title: x\nlevel: severe\nlogsource: {}\ndetection: {sel: {a: 1}, condition: sel}\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("unknown level"), "{e}");
         let d = parse_documents("title: [unclosed");
         assert!(matches!(d[0], Err(SigmaError::Yaml(_))));
@@ -511,10 +540,14 @@ filter:
     condition: not sel
 "#,
         );
-        let Ok(Document::Correlation(c)) = &d[0] else { panic!("{:?}", d[0]) };
+        let Ok(Document::Correlation(c)) = &d[0] else {
+            panic!("{:?}", d[0])
+        };
         assert_eq!(c.timespan_ms, 300_000);
         assert_eq!(c.condition, vec![(CmpOp::Gte, 10.0)]);
-        let Ok(Document::Filter(f)) = &d[1] else { panic!("{:?}", d[1]) };
+        let Ok(Document::Filter(f)) = &d[1] else {
+            panic!("{:?}", d[1])
+        };
         assert_eq!(f.rules, vec!["abc"]);
         assert_eq!(f.detection.conditions, vec!["not sel"]);
     }

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use mamori_model::{Event, EventKind, Product};
 use serde_json::Value;
 
-use crate::condition::Cond;
 use crate::compile::{ANY_FIELD, CompiledCond, FieldTest, RefMode, RuleSet, SelNode, TestKind};
+use crate::condition::Cond;
 use crate::matcher::{ValueMatcher, lower};
 
 /// What applies to one kind of event.
@@ -221,7 +221,10 @@ impl<'r> Scanner<'r> {
             accepted[route] = true;
             for &i in &set.route_rules[route] {
                 let ids = &set.rules[i as usize].event_ids;
-                if ids.as_ref().is_none_or(|ids| kind.event_id.is_some_and(|id| ids.contains(&id))) {
+                if ids
+                    .as_ref()
+                    .is_none_or(|ids| kind.event_id.is_some_and(|id| ids.contains(&id)))
+                {
                     c.rules.push(i);
                 }
             }
@@ -267,7 +270,9 @@ impl<'r> Scanner<'r> {
             let start = values.entries.len() as u32;
             values.push_value(value, 0);
             let end = values.entries.len() as u32;
-            let Some(targets) = set.fields.lookup(name) else { return };
+            let Some(targets) = set.fields.lookup(name) else {
+                return;
+            };
             for &(s, direct) in targets {
                 let prio = if direct { 2 } else { 1 };
                 let slot = &mut slots[s as usize];
@@ -407,7 +412,11 @@ impl<'r> Scanner<'r> {
             TestKind::Values { matchers, all } => match entries {
                 None => {
                     let null = |m: &ValueMatcher| matches!(m, ValueMatcher::Null);
-                    if *all { matchers.iter().all(null) } else { matchers.iter().any(null) }
+                    if *all {
+                        matchers.iter().all(null)
+                    } else {
+                        matchers.iter().any(null)
+                    }
                 }
                 Some(entries) => {
                     let hit = |m: &ValueMatcher| {
@@ -416,7 +425,11 @@ impl<'r> Scanner<'r> {
                             m.matches(r, l)
                         })
                     };
-                    if *all { matchers.iter().all(hit) } else { matchers.iter().any(hit) }
+                    if *all {
+                        matchers.iter().all(hit)
+                    } else {
+                        matchers.iter().any(hit)
+                    }
                 }
             },
             TestKind::FieldRef { other, mode, cased } => {

@@ -2,7 +2,9 @@
 //! detections, with group-by, aliases and time spans.
 
 use mamori_model::Event;
-use mamori_sigma::{CorrelationInput, CorrelationMatch, Correlator, RuleSet, Compiler, parse::parse_documents};
+use mamori_sigma::{
+    Compiler, CorrelationInput, CorrelationMatch, Correlator, RuleSet, parse::parse_documents,
+};
 use serde_json::json;
 
 const BASE: &str = r#"
@@ -29,14 +31,23 @@ fn build(corr: &str) -> RuleSet {
         c.add(d.unwrap());
     }
     let (set, rejected) = c.compile();
-    assert!(rejected.is_empty(), "{:?}", rejected.iter().map(|r| r.error.to_string()).collect::<Vec<_>>());
+    assert!(
+        rejected.is_empty(),
+        "{:?}",
+        rejected
+            .iter()
+            .map(|r| r.error.to_string())
+            .collect::<Vec<_>>()
+    );
     set
 }
 
 fn logon(id: u32, user: &str, ip: &str, t: i64) -> (Event, i64) {
     (
-        Event::new(json!({"Event": {"System": {"Channel": "Security", "EventID": id},
-            "EventData": {"TargetUserName": user, "IpAddress": ip}}})),
+        Event::new(
+            json!({"Event": {"System": {"Channel": "Security", "EventID": id},
+            "EventData": {"TargetUserName": user, "IpAddress": ip}}}),
+        ),
         t * 1000,
     )
 }
@@ -57,7 +68,15 @@ fn run(set: &RuleSet, events: &[(Event, i64)]) -> Vec<CorrelationMatch> {
                     .iter()
                     .map(|f| (f.clone(), scanner.value(f).unwrap_or_default().to_string()))
                     .collect();
-                corr.push(&CorrelationInput { rule: h, time_ms: *t, id: i as u64, fields }, &mut out);
+                corr.push(
+                    &CorrelationInput {
+                        rule: h,
+                        time_ms: *t,
+                        id: i as u64,
+                        fields,
+                    },
+                    &mut out,
+                );
             }
         }
     }
@@ -70,8 +89,15 @@ fn event_count_per_group_within_timespan() {
     let set = build(
         "title: Brute force\ncorrelation:\n  type: event_count\n  rules: [failed_logon]\n  group-by: [TargetUserName]\n  timespan: 1m\n  condition: {gte: 3}\nlevel: high\n",
     );
-    let corr_idx = set.rules().iter().position(|r| r.meta.title == "Brute force").unwrap();
-    assert!(!set.rules()[set.find("failed").unwrap()].reported, "generate defaults to false");
+    let corr_idx = set
+        .rules()
+        .iter()
+        .position(|r| r.meta.title == "Brute force")
+        .unwrap();
+    assert!(
+        !set.rules()[set.find("failed").unwrap()].reported,
+        "generate defaults to false"
+    );
     let events = vec![
         logon(4625, "alice", "1.1.1.1", 0),
         logon(4625, "bob", "1.1.1.1", 1),
@@ -83,7 +109,10 @@ fn event_count_per_group_within_timespan() {
     let out = run(&set, &events);
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].rule, corr_idx);
-    assert_eq!(out[0].group, vec![("TargetUserName".to_string(), "alice".to_string())]);
+    assert_eq!(
+        out[0].group,
+        vec![("TargetUserName".to_string(), "alice".to_string())]
+    );
     assert_eq!(out[0].count, 3);
     assert_eq!(out[0].ids, vec![3, 4, 5]);
 }
@@ -102,7 +131,10 @@ fn value_count_distinct_users_from_one_ip() {
     ];
     let out = run(&set, &events);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].group, vec![("IpAddress".to_string(), "9.9.9.9".to_string())]);
+    assert_eq!(
+        out[0].group,
+        vec![("IpAddress".to_string(), "9.9.9.9".to_string())]
+    );
 }
 
 #[test]
@@ -114,13 +146,22 @@ fn temporal_and_ordered() {
         "title: Fail then success\ncorrelation:\n  type: temporal_ordered\n  rules: [successful_logon, failed_logon]\n  group-by: [TargetUserName]\n  timespan: 1m\n",
     );
     // Failure then success: temporal fires; ordered (success first) does not.
-    let events = vec![logon(4625, "eve", "1.1.1.1", 0), logon(4624, "eve", "1.1.1.1", 5)];
+    let events = vec![
+        logon(4625, "eve", "1.1.1.1", 0),
+        logon(4624, "eve", "1.1.1.1", 5),
+    ];
     assert_eq!(run(&unordered, &events).len(), 1);
     assert_eq!(run(&ordered, &events).len(), 0);
-    let events = vec![logon(4624, "eve", "1.1.1.1", 0), logon(4625, "eve", "1.1.1.1", 5)];
+    let events = vec![
+        logon(4624, "eve", "1.1.1.1", 0),
+        logon(4625, "eve", "1.1.1.1", 5),
+    ];
     assert_eq!(run(&ordered, &events).len(), 1);
     // Too far apart.
-    let events = vec![logon(4624, "eve", "1.1.1.1", 0), logon(4625, "eve", "1.1.1.1", 500)];
+    let events = vec![
+        logon(4624, "eve", "1.1.1.1", 0),
+        logon(4625, "eve", "1.1.1.1", 500),
+    ];
     assert_eq!(run(&ordered, &events).len(), 0);
 }
 
@@ -140,7 +181,10 @@ fn upper_bounded_condition_is_judged_when_window_closes() {
         "title: Few\ncorrelation:\n  type: event_count\n  rules: [failed]\n  group-by: [TargetUserName]\n  timespan: 1m\n  condition: {gte: 2, lt: 4}\n",
     );
     let many: Vec<_> = (0..5).map(|i| logon(4625, "a", "", i)).collect();
-    assert!(run(&set, &many).is_empty(), "five in a window is not fewer than four");
+    assert!(
+        run(&set, &many).is_empty(),
+        "five in a window is not fewer than four"
+    );
     let two = vec![logon(4625, "b", "", 0), logon(4625, "b", "", 1)];
     assert_eq!(run(&set, &two).len(), 1);
 }
@@ -164,6 +208,9 @@ fn chained_correlations() {
         logon(4624, "z", "", 30),
     ];
     let out = run(&set, &events);
-    let titles: Vec<&str> = out.iter().map(|m| set.rules()[m.rule].meta.title.as_str()).collect();
+    let titles: Vec<&str> = out
+        .iter()
+        .map(|m| set.rules()[m.rule].meta.title.as_str())
+        .collect();
     assert_eq!(titles, vec!["Burst", "Burst then success"]);
 }

@@ -126,7 +126,9 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ReadError> {
         for entry in walkdir::WalkDir::new(p).follow_links(true) {
             let entry = entry.map_err(|e| ReadError::Io {
                 path: e.path().map(Path::to_path_buf).unwrap_or_else(|| p.clone()),
-                source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop")),
+                source: e
+                    .into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
             })?;
             if entry.file_type().is_file() && is_log_name(entry.path()) {
                 out.push(entry.path().to_path_buf());
@@ -139,9 +141,15 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ReadError> {
 }
 
 fn is_log_name(p: &Path) -> bool {
-    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_ascii_lowercase();
+    let name = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let name = name.strip_suffix(".gz").unwrap_or(&name);
-    [".evtx", ".json", ".jsonl", ".ndjson"].iter().any(|e| name.ends_with(e))
+    [".evtx", ".json", ".jsonl", ".ndjson"]
+        .iter()
+        .any(|e| name.ends_with(e))
 }
 
 /// Reads one file, detecting its format from its content, and calls `f` for each record.
@@ -185,7 +193,12 @@ impl Drop for TempFile {
     }
 }
 
-fn read_gzip(path: &Path, file_ref: &Arc<Path>, file: File, f: &mut dyn FnMut(Record)) -> Result<FileStats, ReadError> {
+fn read_gzip(
+    path: &Path,
+    file_ref: &Arc<Path>,
+    file: File,
+    f: &mut dyn FnMut(Record),
+) -> Result<FileStats, ReadError> {
     let mut gz = BufReader::with_capacity(1 << 16, flate2::read::MultiGzDecoder::new(file));
     let head = gz.fill_buf().map_err(io_err(path))?;
     if head.starts_with(b"ElfFile") {
@@ -203,16 +216,21 @@ fn read_gzip(path: &Path, file_ref: &Arc<Path>, file: File, f: &mut dyn FnMut(Re
     read_json(path, file_ref, gz, f)
 }
 
-fn read_evtx(path: &Path, file_ref: &Arc<Path>, file: File, f: &mut dyn FnMut(Record)) -> Result<FileStats, ReadError> {
+fn read_evtx(
+    path: &Path,
+    file_ref: &Arc<Path>,
+    file: File,
+    f: &mut dyn FnMut(Record),
+) -> Result<FileStats, ReadError> {
     // The evtx crate is defensive, but a panic in a third-party parser must not take the
     // hunt down: it becomes an error for this file.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut stats = FileStats::default();
         let parser = evtx::EvtxParser::from_read_seek(BufReader::with_capacity(1 << 16, file));
         let mut parser = match parser {
-            Ok(p) => p.with_configuration(
-                evtx::ParserSettings::new().separate_json_attributes(true),
-            ),
+            Ok(p) => {
+                p.with_configuration(evtx::ParserSettings::new().separate_json_attributes(true))
+            }
             Err(e) => {
                 return Err(ReadError::Evtx {
                     path: path.to_path_buf(),
@@ -246,7 +264,12 @@ fn read_evtx(path: &Path, file_ref: &Arc<Path>, file: File, f: &mut dyn FnMut(Re
     }
 }
 
-fn read_json(path: &Path, file_ref: &Arc<Path>, mut r: impl BufRead, f: &mut dyn FnMut(Record)) -> Result<FileStats, ReadError> {
+fn read_json(
+    path: &Path,
+    file_ref: &Arc<Path>,
+    mut r: impl BufRead,
+    f: &mut dyn FnMut(Record),
+) -> Result<FileStats, ReadError> {
     let mut stats = FileStats::default();
     let mut line = Vec::new();
     let mut line_no = 0u64;
@@ -298,7 +321,9 @@ fn read_json(path: &Path, file_ref: &Arc<Path>, mut r: impl BufRead, f: &mut dyn
         });
     }
     // A pretty-printed document, concatenated documents or an array: read as a stream.
-    let chained = std::io::Cursor::new(first).chain(r).take(MAX_DOCUMENT_BYTES);
+    let chained = std::io::Cursor::new(first)
+        .chain(r)
+        .take(MAX_DOCUMENT_BYTES);
     let mut doc_no = 0u64;
     let stream = serde_json::Deserializer::from_reader(chained).into_iter::<Value>();
     for v in stream {
@@ -314,7 +339,9 @@ fn read_json(path: &Path, file_ref: &Arc<Path>, mut r: impl BufRead, f: &mut dyn
                 deliver_value(v, doc_no, file_ref, &mut stats, f);
             }
             Err(e) => {
-                stats.error(|| format!("invalid JSON after document {doc_no}: {e}; rest of file skipped"));
+                stats.error(|| {
+                    format!("invalid JSON after document {doc_no}: {e}; rest of file skipped")
+                });
                 break;
             }
         }
@@ -322,14 +349,26 @@ fn read_json(path: &Path, file_ref: &Arc<Path>, mut r: impl BufRead, f: &mut dyn
     Ok(stats)
 }
 
-fn deliver_line(bytes: &[u8], line_no: u64, file_ref: &Arc<Path>, stats: &mut FileStats, f: &mut dyn FnMut(Record)) {
+fn deliver_line(
+    bytes: &[u8],
+    line_no: u64,
+    file_ref: &Arc<Path>,
+    stats: &mut FileStats,
+    f: &mut dyn FnMut(Record),
+) {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(v) => deliver_value(v, line_no, file_ref, stats, f),
         Err(e) => stats.error(|| format!("line {line_no}: invalid JSON: {e}")),
     }
 }
 
-fn deliver_value(v: Value, record: u64, file_ref: &Arc<Path>, stats: &mut FileStats, f: &mut dyn FnMut(Record)) {
+fn deliver_value(
+    v: Value,
+    record: u64,
+    file_ref: &Arc<Path>,
+    stats: &mut FileStats,
+    f: &mut dyn FnMut(Record),
+) {
     if !v.is_object() {
         stats.error(|| format!("record {record}: expected a JSON object"));
         return;
@@ -398,16 +437,18 @@ pub fn read_bytes(data: &[u8], f: &mut dyn FnMut(Record)) -> FileStats {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut stats = FileStats::default();
             if let Ok(p) = evtx::EvtxParser::from_buffer(data.to_vec()) {
-                let mut p = p.with_configuration(
-                    evtx::ParserSettings::new().separate_json_attributes(true),
-                );
+                let mut p = p
+                    .with_configuration(evtx::ParserSettings::new().separate_json_attributes(true));
                 for r in p.records_json_value() {
                     match r {
                         Ok(rec) => {
                             stats.records += 1;
                             f(Record {
                                 event: Event::with_shape(rec.data, Shape::Evtx),
-                                source: SourceRef { file: file_ref.clone(), record: rec.event_record_id },
+                                source: SourceRef {
+                                    file: file_ref.clone(),
+                                    record: rec.event_record_id,
+                                },
                             });
                         }
                         Err(e) => stats.error(|| e.to_string()),
@@ -430,7 +471,10 @@ pub fn read_bytes(data: &[u8], f: &mut dyn FnMut(Record)) -> FileStats {
             s
         })
     };
-    FileStats { bytes: data.len() as u64, ..result }
+    FileStats {
+        bytes: data.len() as u64,
+        ..result
+    }
 }
 
 #[cfg(test)]
@@ -454,7 +498,8 @@ mod tests {
 
     #[test]
     fn pretty_and_arrays() {
-        let (recs, stats) = collect(b"{\n  \"Event\": {\"System\": {\"EventID\": 1}}\n}\n{\"x\": 2}");
+        let (recs, stats) =
+            collect(b"{\n  \"Event\": {\"System\": {\"EventID\": 1}}\n}\n{\"x\": 2}");
         assert_eq!((recs.len(), stats.errors), (2, 0));
         assert_eq!(recs[0].event.shape, Shape::Evtx);
         let (recs, _) = collect(b"[{\"a\":1},{\"b\":2},3]");

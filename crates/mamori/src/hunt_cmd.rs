@@ -66,7 +66,9 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
     }
-    Err(format!("{s:?} is not a time (use RFC 3339 like 2024-01-31T12:00:00Z, or 2024-01-31)"))
+    Err(format!(
+        "{s:?} is not a time (use RFC 3339 like 2024-01-31T12:00:00Z, or 2024-01-31)"
+    ))
 }
 
 pub fn run(args: HuntArgs) -> Result<ExitCode> {
@@ -91,14 +93,20 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
     if files.is_empty() {
         bail!("no EVTX or JSON files found in {:?}", args.paths);
     }
-    let total: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let total: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} ({eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let opts = HuntOptions {
         jobs: args.jobs.unwrap_or_else(|| HuntOptions::default().jobs),
@@ -112,11 +120,16 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
 
     let sink: Box<dyn Write> = match &args.output {
-        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        Some(p) => {
+            Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
         None => Box::new(std::io::stdout().lock()),
     };
     let mut w = BufWriter::new(sink);
-    let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(200);
+    let width = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(200);
     match args.format {
         Format::Table => {
             output::write_table(&mut w, &report.detections, width)?;

@@ -111,8 +111,12 @@ fn main() -> ExitCode {
             verbose,
         }) => rules_cmd::check(&paths, placeholders.as_deref(), verbose),
         Command::Rules(RulesCommand::Regress { dir, rules }) => rules_cmd::regress(&dir, &rules),
-        Command::Rules(RulesCommand::Install { from, version }) => rules_cmd::install(&from, version),
-        Command::Rules(RulesCommand::Coverage { dir, rules, jobs }) => rules_cmd::coverage(&dir, &rules, jobs),
+        Command::Rules(RulesCommand::Install { from, version }) => {
+            rules_cmd::install(&from, version)
+        }
+        Command::Rules(RulesCommand::Coverage { dir, rules, jobs }) => {
+            rules_cmd::coverage(&dir, &rules, jobs)
+        }
         Command::Rules(RulesCommand::Where) => rules_cmd::show_where(),
     };
     match result {

@@ -21,26 +21,40 @@ pub fn check(paths: &[PathBuf], placeholders: Option<&Path>, verbose: bool) -> R
                 println!(
                     "FAIL {}: {}{}",
                     o.path.display(),
-                    o.title.as_deref().map(|t| format!("{t}: ")).unwrap_or_default(),
+                    o.title
+                        .as_deref()
+                        .map(|t| format!("{t}: "))
+                        .unwrap_or_default(),
                     e
                 );
                 let class = e.to_string();
                 let class = class.split(':').next().unwrap_or("").to_string();
                 *reasons.entry(class).or_default() += 1;
             }
-            None if verbose => println!("ok   {}: {}", o.path.display(), o.title.as_deref().unwrap_or("")),
+            None if verbose => println!(
+                "ok   {}: {}",
+                o.path.display(),
+                o.title.as_deref().unwrap_or("")
+            ),
             None => {}
         }
     }
     println!("{} passed, {} failed", loaded.passed(), loaded.failed());
-    Ok(if loaded.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if loaded.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub fn regress(dir: &Path, rules: &[PathBuf]) -> Result<ExitCode> {
     let (regression_dir, root) = if dir.join("regression_data").is_dir() {
         (dir.join("regression_data"), dir.to_path_buf())
     } else if dir.file_name().is_some_and(|n| n == "regression_data") {
-        (dir.to_path_buf(), dir.parent().unwrap_or(Path::new(".")).to_path_buf())
+        (
+            dir.to_path_buf(),
+            dir.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        )
     } else {
         bail!("{} holds no regression_data folder", dir.display());
     };
@@ -80,7 +94,11 @@ pub fn regress(dir: &Path, rules: &[PathBuf]) -> Result<ExitCode> {
         }
     }
     println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<usize> {
@@ -102,13 +120,19 @@ fn copy_dir(from: &Path, to: &Path) -> Result<usize> {
 
 pub fn install(from: &Path, version: Option<String>) -> Result<ExitCode> {
     let mut dirs = Vec::new();
-    for d in data::DEFAULT_SIGMA_DIRS.iter().chain(["rules-placeholder"].iter()) {
+    for d in data::DEFAULT_SIGMA_DIRS
+        .iter()
+        .chain(["rules-placeholder"].iter())
+    {
         if from.join(d).is_dir() {
             dirs.push(*d);
         }
     }
     if !dirs.contains(&"rules") {
-        bail!("{} does not look like a SigmaHQ folder (no rules/ inside)", from.display());
+        bail!(
+            "{} does not look like a SigmaHQ folder (no rules/ inside)",
+            from.display()
+        );
     }
     let version = match version {
         Some(v) => v,
@@ -124,8 +148,13 @@ pub fn install(from: &Path, version: Option<String>) -> Result<ExitCode> {
             .unwrap_or_else(|| "unknown".into()),
     };
     // Validate before replacing anything: the corpus must load.
-    let sources: Vec<PathBuf> = dirs.iter().filter(|d| **d != "rules-placeholder").map(|d| from.join(d)).collect();
-    let loaded = load::load(&sources, &[], CompileOptions::default()).context("validating the corpus")?;
+    let sources: Vec<PathBuf> = dirs
+        .iter()
+        .filter(|d| **d != "rules-placeholder")
+        .map(|d| from.join(d))
+        .collect();
+    let loaded =
+        load::load(&sources, &[], CompileOptions::default()).context("validating the corpus")?;
     if loaded.passed() == 0 {
         bail!("no rule in {} loads; not installing", from.display());
     }
@@ -144,7 +173,8 @@ pub fn install(from: &Path, version: Option<String>) -> Result<ExitCode> {
     }
     std::fs::write(staging.join("VERSION"), format!("{version}\n"))?;
     let _ = std::fs::remove_dir_all(&target);
-    std::fs::rename(&staging, &target).with_context(|| format!("installing into {}", target.display()))?;
+    std::fs::rename(&staging, &target)
+        .with_context(|| format!("installing into {}", target.display()))?;
     println!(
         "installed SigmaHQ ({version}) into {}: {files} files; {} rules load, {} skipped (see `mamori rules check {}`)",
         target.display(),
@@ -161,7 +191,11 @@ pub fn coverage(dir: &Path, rules: &[PathBuf], jobs: Option<usize>) -> Result<Ex
     let rows = mamori_hunt::coverage::coverage(&loaded.rules, dir, jobs)
         .with_context(|| format!("reading {}", dir.display()))?;
     print!("{}", mamori_hunt::coverage::markdown(&rows));
-    Ok(if rows.iter().all(|r| r.detections > 0) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if rows.iter().all(|r| r.detections > 0) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub fn show_where() -> Result<ExitCode> {
@@ -169,8 +203,14 @@ pub fn show_where() -> Result<ExitCode> {
     println!("data directory: {}", data::data_dir().display());
     match std::fs::read_to_string(dir.join("VERSION")) {
         Ok(v) => println!("SigmaHQ corpus: {} ({})", dir.display(), v.trim()),
-        Err(_) => println!("SigmaHQ corpus: not installed (expected in {})", dir.display()),
+        Err(_) => println!(
+            "SigmaHQ corpus: not installed (expected in {})",
+            dir.display()
+        ),
     }
-    println!("Mamori's own rules: {} files compiled into this binary", data::own_rules().len());
+    println!(
+        "Mamori's own rules: {} files compiled into this binary",
+        data::own_rules().len()
+    );
     Ok(ExitCode::SUCCESS)
 }
