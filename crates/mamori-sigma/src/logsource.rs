@@ -191,6 +191,9 @@ fn windows_service(service: &str) -> Option<&'static [&'static str]> {
             &["Microsoft-Windows-TerminalServices-RemoteConnectionManager/Operational"]
         }
         "wmi-activity" => &["Microsoft-Windows-WMI-Activity/Operational"],
+        // Services Mamori's own rules use, named after their channels.
+        "rdp-corets" => &["Microsoft-Windows-RemoteDesktopServices-RdpCoreTS/Operational"],
+        "wininet-config" => &["Microsoft-Windows-WinINet-Config/ProxyConfigChanged"],
         _ => return None,
     })
 }

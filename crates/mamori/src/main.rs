@@ -30,6 +30,16 @@ enum Command {
     /// Check, test, install and measure Sigma rules.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Print log records as JSON lines with the field names Sigma rules see (for rule
+    /// writers: what can a rule match in these logs?).
+    Dump {
+        /// EVTX or JSON files, or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Only records with this event id.
+        #[arg(long)]
+        event_id: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +128,7 @@ fn main() -> ExitCode {
             rules_cmd::coverage(&dir, &rules, jobs)
         }
         Command::Rules(RulesCommand::Where) => rules_cmd::show_where(),
+        Command::Dump { paths, event_id } => rules_cmd::dump(&paths, event_id),
     };
     match result {
         Ok(code) => code,

@@ -214,3 +214,40 @@ pub fn show_where() -> Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+pub fn dump(paths: &[PathBuf], event_id: Option<u32>) -> Result<ExitCode> {
+    use std::io::Write;
+    let files = mamori_sources::discover(paths)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for f in files {
+        let mut failed = None;
+        let stats = mamori_sources::read_file(&f, &mut |rec| {
+            if failed.is_some() {
+                return;
+            }
+            let kind = rec.event.kind();
+            if event_id.is_some() && kind.event_id != event_id {
+                return;
+            }
+            let mut fields = serde_json::Map::new();
+            fields.insert("_source".into(), rec.source.to_string().into());
+            rec.event.for_each_field(&mut |k, v| {
+                fields.insert(k.to_string(), v.clone());
+            });
+            let written = serde_json::to_writer(&mut out, &fields)
+                .map_err(std::io::Error::from)
+                .and_then(|_| out.write_all(b"\n"));
+            if let Err(e) = written {
+                failed = Some(e);
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        if stats.errors > 0 {
+            eprintln!("{}: {} unreadable records ({})", f.display(), stats.errors, stats.first_error.unwrap_or_default());
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
