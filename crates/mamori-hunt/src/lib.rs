@@ -244,8 +244,10 @@ fn worker(sh: &Shared<'_>) -> WorkerOut {
         };
         let result = mamori_sources::read_file(path, &mut |rec: Record| {
             out.records += 1;
-            let ts = rec.event.timestamp();
+            // Parsing the time costs; only do it when a window is set or something matched.
+            let mut ts = None;
             if sh.opts.from.is_some() || sh.opts.to.is_some() {
+                ts = rec.event.timestamp();
                 let outside = ts.is_some_and(|t| {
                     sh.opts.from.is_some_and(|f| t < f) || sh.opts.to.is_some_and(|to| t > to)
                 });
@@ -258,6 +260,9 @@ fn worker(sh: &Shared<'_>) -> WorkerOut {
             scanner.scan(&rec.event, &mut hits);
             if hits.is_empty() {
                 return;
+            }
+            if ts.is_none() {
+                ts = rec.event.timestamp();
             }
             let text: Arc<str> = Arc::from(rec.event.data.to_string());
             for &h in &hits {

@@ -175,13 +175,28 @@ fn rules_fire_only_on_their_logsource_and_routing_prevents_overmatching() {
 fn every_attack_technique_folder_has_a_detection_with_mamori_rules() {
     let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules");
     let own_only = load::load(std::slice::from_ref(&own), &[], CompileOptions::default()).unwrap();
-    assert_eq!(own_only.failed(), 0, "{:?}", own_only.report.iter().filter(|o| o.error.is_some()).collect::<Vec<_>>());
+    assert_eq!(
+        own_only.failed(),
+        0,
+        "{:?}",
+        own_only
+            .report
+            .iter()
+            .filter(|o| o.error.is_some())
+            .collect::<Vec<_>>()
+    );
     let mut dirs = corpus_dirs();
     dirs.push(own);
-    let rules = load::load(&dirs, &[], CompileOptions::default()).unwrap().rules;
+    let rules = load::load(&dirs, &[], CompileOptions::default())
+        .unwrap()
+        .rules;
     let root = shared().join("evtx/EVTX-to-MITRE-Attack");
     let rows = mamori_hunt::coverage::coverage(&rules, &root, 2).unwrap();
     assert!(rows.len() >= 60, "{} folders", rows.len());
-    let blind: Vec<&str> = rows.iter().filter(|r| r.detections == 0).map(|r| r.folder.as_str()).collect();
+    let blind: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.detections == 0)
+        .map(|r| r.folder.as_str())
+        .collect();
     assert!(blind.is_empty(), "no detection in: {blind:?}");
 }

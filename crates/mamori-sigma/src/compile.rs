@@ -632,7 +632,34 @@ impl Compiler {
             }
         }
         let mut prefilter = Prefilter { groups: Vec::new() };
-        for (route, slot, patterns, pattern_rules) in groups {
+        for (route, slot, patterns, mut pattern_rules) in groups {
+            // The scanner asks for the longest literal starting at each position (a search
+            // that can use SIMD prefilters, unlike an overlapping one). A literal that is a
+            // prefix of the one reported occurs there too: credit its rules to the longer one.
+            let index: HashMap<&[u8], usize> = patterns
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.as_bytes(), i))
+                .collect();
+            let mut extra: Vec<(usize, Vec<u32>)> = Vec::new();
+            for (i, p) in patterns.iter().enumerate() {
+                let bytes = p.as_bytes();
+                let mut credit = Vec::new();
+                for len in 1..bytes.len() {
+                    if let Some(&j) = index.get(&bytes[..len]) {
+                        credit.extend_from_slice(&pattern_rules[j]);
+                    }
+                }
+                if !credit.is_empty() {
+                    extra.push((i, credit));
+                }
+            }
+            for (i, credit) in extra {
+                let list = &mut pattern_rules[i];
+                list.extend(credit);
+                list.sort_unstable();
+                list.dedup();
+            }
             // Small automata as DFAs (fastest); large ones as contiguous NFAs (compact).
             let kind = if patterns.len() <= 500 {
                 AhoCorasickKind::DFA
@@ -640,12 +667,12 @@ impl Compiler {
                 AhoCorasickKind::ContiguousNFA
             };
             match AhoCorasickBuilder::new()
-                .match_kind(MatchKind::Standard)
+                .match_kind(MatchKind::LeftmostLongest)
                 .kind(Some(kind))
                 .build(&patterns)
                 .or_else(|_| {
                     AhoCorasickBuilder::new()
-                        .match_kind(MatchKind::Standard)
+                        .match_kind(MatchKind::LeftmostLongest)
                         .build(&patterns)
                 }) {
                 Ok(ac) => prefilter.groups.push(PrefilterGroup {

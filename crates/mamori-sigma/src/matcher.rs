@@ -104,6 +104,8 @@ pub(crate) enum ValueMatcher {
     Num(CmpOp, f64),
     /// `null`: the field is missing, null or empty.
     Null,
+    /// Matches nothing (an `expand` placeholder configured with no values).
+    Never,
 }
 
 impl ValueMatcher {
@@ -132,6 +134,7 @@ impl ValueMatcher {
                 Err(_) => false,
             },
             ValueMatcher::Null => raw.is_empty(),
+            ValueMatcher::Never => false,
         }
     }
 
@@ -777,7 +780,12 @@ pub(crate) fn compile_values(
         }
     }
     if out.is_empty() {
-        return Err("no values".into());
+        if mods.transforms.contains(&Transform::Expand) {
+            // Every placeholder was configured with an empty list: nothing matches.
+            out.push(ValueMatcher::Never);
+        } else {
+            return Err("no values".into());
+        }
     }
     Ok(out)
 }

@@ -318,11 +318,20 @@ impl<'r> Scanner<'r> {
                     }
                 };
                 self.stats.prefilter_bytes += text.len() as u64;
-                for m in g.ac.find_overlapping_iter(text) {
+                // The longest literal at each position where one starts; shorter literals
+                // starting there are credited to it at compile time.
+                let mut at = 0;
+                while at < text.len() {
+                    let Some(m) =
+                        g.ac.find(aho_corasick::Input::new(text).span(at..text.len()))
+                    else {
+                        break;
+                    };
                     self.stats.prefilter_hits += 1;
                     for &r in &g.pattern_rules[m.pattern().as_usize()] {
                         self.candidates[(r / 64) as usize] |= 1u64 << (r % 64);
                     }
+                    at = m.start() + 1;
                 }
             }
         }

@@ -33,8 +33,9 @@ fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
             }
             1 => {
                 let i = rng.below(v.len() + 1);
-                let tokens: [&[u8]; 10] =
-                    [b"|", b"*", b"\\", b"'", b"\n  ", b": ", b"- ", b"(", b" of ", b"%x%"];
+                let tokens: [&[u8]; 10] = [
+                    b"|", b"*", b"\\", b"'", b"\n  ", b": ", b"- ", b"(", b" of ", b"%x%",
+                ];
                 let t = tokens[rng.below(tokens.len())];
                 v.splice(i..i, t.iter().copied());
             }
@@ -60,7 +61,8 @@ fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
 
 #[test]
 fn mutated_rules_never_panic() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/sigma/rules/windows/process_creation");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/sigma/rules/windows/process_creation");
     let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("shared test data missing in {}: {e}", dir.display()))
         .flatten()
@@ -68,16 +70,20 @@ fn mutated_rules_never_panic() {
         .map(|e| std::fs::read(e.path()).unwrap())
         .collect();
     seeds.push(b"title: t\ncorrelation: {type: temporal, rules: [a, b], timespan: 1m}\n".to_vec());
-    let event = Event::new(json!({"Event": {"System": {"Channel": "Microsoft-Windows-Sysmon/Operational", "EventID": 1},
+    let event = Event::new(
+        json!({"Event": {"System": {"Channel": "Microsoft-Windows-Sysmon/Operational", "EventID": 1},
         "EventData": {"Image": "C:\\Windows\\System32\\cmd.exe", "CommandLine": "cmd.exe /c whoami -all",
-                      "ParentImage": "C:\\x\\explorer.exe", "User": "a\\b", "Size": 5}}}));
+                      "ParentImage": "C:\\x\\explorer.exe", "User": "a\\b", "Size": 5}}}),
+    );
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut loaded = 0;
     for _ in 0..3000 {
         let a = rng.below(seeds.len());
         let b = rng.below(seeds.len());
         let input = mutate(&mut rng, &seeds[a], &seeds[b]);
-        let Ok(text) = std::str::from_utf8(&input) else { continue };
+        let Ok(text) = std::str::from_utf8(&input) else {
+            continue;
+        };
         let mut c = Compiler::default();
         for d in parse_documents(text).into_iter().flatten() {
             c.add(d);
@@ -87,5 +93,8 @@ fn mutated_rules_never_panic() {
         let mut hits = Vec::new();
         set.scanner().scan(&event, &mut hits);
     }
-    assert!(loaded > 100, "mutations too destructive to exercise the compiler ({loaded} loaded)");
+    assert!(
+        loaded > 100,
+        "mutations too destructive to exercise the compiler ({loaded} loaded)"
+    );
 }

@@ -561,3 +561,42 @@ fn unsupported_rules_are_reported_not_loaded() {
         assert!(msg.contains(reason), "{msg} should mention {reason}");
     }
 }
+
+/// The prefilter reports the longest literal at each position: rules whose literal is a
+/// prefix of another's, or overlaps it, must still be evaluated.
+#[test]
+fn prefilter_keeps_prefix_and_overlapping_literals() {
+    let text = r#"
+title: short
+logsource: {product: windows, category: process_creation}
+detection: {sel: {CommandLine|contains: 'mimi'}, condition: sel}
+---
+title: long
+logsource: {product: windows, category: process_creation}
+detection: {sel: {CommandLine|contains: 'mimikatz'}, condition: sel}
+---
+title: abc
+logsource: {product: windows, category: process_creation}
+detection: {sel: {CommandLine|contains: 'xabc'}, condition: sel}
+---
+title: bcd
+logsource: {product: windows, category: process_creation}
+detection: {sel: {CommandLine|contains: 'bcdy'}, condition: sel}
+"#;
+    let mut c = Compiler::default();
+    for d in parse_documents(text) {
+        c.add(d.unwrap());
+    }
+    let (set, _) = c.compile();
+    assert_eq!(set.prefiltered_rules(), 4);
+    let mut scanner = set.scanner();
+    let mut hits = Vec::new();
+    scanner.scan(
+        &sysmon1(json!({"CommandLine": "run MIMIKATZ now"})),
+        &mut hits,
+    );
+    assert_eq!(hits, vec![0, 1]);
+    hits.clear();
+    scanner.scan(&sysmon1(json!({"CommandLine": "xabcdy"})), &mut hits);
+    assert_eq!(hits, vec![2, 3]);
+}

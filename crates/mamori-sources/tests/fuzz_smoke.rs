@@ -23,7 +23,9 @@ fn mutated_logs_never_panic() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
     let evtx = std::fs::read(root.join("evtx/DeepBlueCLI/many-events-application.evtx"))
         .unwrap_or_else(|e| panic!("shared test data missing in {}: {e}", root.display()));
-    let dir = root.join("sigma/regression_data/rules/windows/process_creation/proc_creation_win_driverquery_usage");
+    let dir = root.join(
+        "sigma/regression_data/rules/windows/process_creation/proc_creation_win_driverquery_usage",
+    );
     let json_file = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()

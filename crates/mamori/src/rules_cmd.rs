@@ -245,7 +245,12 @@ pub fn dump(paths: &[PathBuf], event_id: Option<u32>) -> Result<ExitCode> {
             return Err(e.into());
         }
         if stats.errors > 0 {
-            eprintln!("{}: {} unreadable records ({})", f.display(), stats.errors, stats.first_error.unwrap_or_default());
+            eprintln!(
+                "{}: {} unreadable records ({})",
+                f.display(),
+                stats.errors,
+                stats.first_error.unwrap_or_default()
+            );
         }
     }
     out.flush()?;
