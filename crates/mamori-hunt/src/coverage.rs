@@ -70,8 +70,11 @@ pub fn coverage(rules: &RuleSet, root: &Path, jobs: usize) -> std::io::Result<Ve
         };
         let report = hunt(rules, &files, &opts, &|_| {});
         let mut by_rule: BTreeMap<String, usize> = BTreeMap::new();
-        for d in &report.detections {
+        let mut max_level = None;
+        for d in report.detections.iter() {
+            let d = d.map_err(std::io::Error::other)?;
             *by_rule.entry(d.rule_title.clone()).or_default() += 1;
+            max_level = max_level.max(Some(d.level));
         }
         let mut rules_fired: Vec<(String, usize)> = by_rule.into_iter().collect();
         rules_fired.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -84,7 +87,7 @@ pub fn coverage(rules: &RuleSet, root: &Path, jobs: usize) -> std::io::Result<Ve
             files: files.len(),
             records: report.records,
             detections: report.detections.len(),
-            max_level: report.detections.iter().map(|d| d.level).max(),
+            max_level,
             rules: rules_fired,
         });
     }

@@ -21,6 +21,10 @@ use serde_json::{Value, json};
 pub mod coverage;
 pub mod output;
 pub mod regress;
+pub mod timeline;
+
+pub use timeline::Timeline;
+use timeline::{Collector, SortKey};
 
 /// Options of a hunt.
 #[derive(Debug, Clone)]
@@ -75,6 +79,21 @@ pub struct Detection {
     pub event: Arc<str>,
 }
 
+impl Detection {
+    /// Rough heap size, for the timeline's memory budget.
+    pub fn approx_size(&self) -> usize {
+        std::mem::size_of::<Detection>()
+            + self.host.len()
+            + self.rule_id.len()
+            + self.rule_title.len()
+            + self.source.len()
+            + self.tags.iter().map(|t| t.len() + 24).sum::<usize>()
+            + self.fields.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+            // The event text is shared by the detections of one event; count it anyway.
+            + self.event.len()
+    }
+}
+
 /// Per-file result.
 #[derive(Debug, Clone)]
 pub struct FileResult {
@@ -88,7 +107,7 @@ pub struct FileResult {
 #[derive(Debug, Default)]
 pub struct HuntReport {
     /// Detections, sorted by time.
-    pub detections: Vec<Detection>,
+    pub detections: Timeline,
     /// Per-file statistics, in input order.
     pub files: Vec<FileResult>,
     /// Records read.
@@ -153,9 +172,19 @@ struct Shared<'a> {
     progress: &'a (dyn Fn(u64) + Sync),
 }
 
+/// What a correlation match shows of each contributing detection.
+#[derive(Debug, Clone)]
+struct Evidence {
+    key: SortKey,
+    title: String,
+    source: String,
+    timestamp: Option<DateTime<Utc>>,
+    host: String,
+}
+
 struct WorkerOut {
-    detections: Vec<Detection>,
-    corr: Vec<(CorrelationInput, Detection)>,
+    detections: Collector,
+    corr: Vec<(CorrelationInput, Evidence)>,
     files: Vec<(usize, FileResult)>,
     records: u64,
     skipped: u64,
@@ -203,33 +232,30 @@ pub fn hunt(
     let mut report = HuntReport::default();
     let mut file_results: Vec<(usize, FileResult)> = Vec::new();
     let mut corr_inputs = Vec::new();
+    let mut collectors = Vec::new();
     for o in outs {
-        report.detections.extend(o.detections);
+        collectors.push(o.detections);
         file_results.extend(o.files);
         corr_inputs.extend(o.corr);
         report.records += o.records;
         report.skipped_by_time += o.skipped;
         report.evaluated += o.evaluated;
     }
+    report.detections = Timeline::merge(collectors);
     file_results.sort_by_key(|(i, _)| *i);
     report.files = file_results.into_iter().map(|(_, f)| f).collect();
 
     if !corr_inputs.is_empty() {
         correlate(rules, opts, corr_inputs, &mut report);
     }
-    report.detections.sort_by(|a, b| {
-        a.timestamp
-            .cmp(&b.timestamp)
-            .then_with(|| a.source.cmp(&b.source))
-            .then_with(|| a.rule_title.cmp(&b.rule_title))
-    });
+    report.detections.sort();
     report
 }
 
 fn worker(sh: &Shared<'_>) -> WorkerOut {
     let mut scanner = sh.rules.scanner();
     let mut out = WorkerOut {
-        detections: Vec::new(),
+        detections: Collector::default(),
         corr: Vec::new(),
         files: Vec::new(),
         records: 0,
@@ -272,6 +298,7 @@ fn worker(sh: &Shared<'_>) -> WorkerOut {
                     continue;
                 }
                 let det = make_detection(sh.rules, h, &rec, ts, text.clone());
+                let key = SortKey::new(ts, *index as u32, rec.source.record, h);
                 if feeds {
                     let fields = sh
                         .rules
@@ -285,10 +312,17 @@ fn worker(sh: &Shared<'_>) -> WorkerOut {
                         id: 0,
                         fields,
                     };
-                    out.corr.push((input, det.clone()));
+                    let evidence = Evidence {
+                        key,
+                        title: det.rule_title.clone(),
+                        source: det.source.clone(),
+                        timestamp: det.timestamp,
+                        host: det.host.clone(),
+                    };
+                    out.corr.push((input, evidence));
                 }
                 if info.reported && info.meta.level >= sh.opts.min_level {
-                    out.detections.push(det);
+                    out.detections.push(key, det);
                 }
             }
         });
@@ -334,15 +368,11 @@ fn source_text(s: &SourceRef) -> String {
 fn correlate(
     rules: &RuleSet,
     opts: &HuntOptions,
-    mut inputs: Vec<(CorrelationInput, Detection)>,
+    mut inputs: Vec<(CorrelationInput, Evidence)>,
     report: &mut HuntReport,
 ) {
-    inputs.sort_by(|a, b| {
-        a.0.time_ms
-            .cmp(&b.0.time_ms)
-            .then_with(|| a.1.source.cmp(&b.1.source))
-    });
-    let evidence: Vec<Detection> = inputs.iter().map(|(_, d)| d.clone()).collect();
+    inputs.sort_by_key(|(_, e)| e.key);
+    let evidence: Vec<Evidence> = inputs.iter().map(|(_, e)| e.clone()).collect();
     let mut correlator = Correlator::new(rules);
     let mut fired = Vec::new();
     for (i, (mut input, _)) in inputs.into_iter().enumerate() {
@@ -356,7 +386,7 @@ fn correlate(
         if info.meta.level < opts.min_level {
             continue;
         }
-        let contributing: Vec<&Detection> = m
+        let contributing: Vec<&Evidence> = m
             .ids
             .iter()
             .filter_map(|&i| evidence.get(i as usize))
@@ -369,7 +399,14 @@ fn correlate(
             mamori_sigma::RuleKind::Detection => "detection",
         };
         let ts = Utc.timestamp_millis_opt(m.last_ms).single();
-        report.detections.push(Detection {
+        let key = contributing
+            .last()
+            .map(|e| SortKey {
+                rule: m.rule as u32,
+                ..e.key
+            })
+            .unwrap_or(SortKey::new(ts, u32::MAX, 0, m.rule));
+        report.detections.push(key, Detection {
             timestamp: ts,
             host: hosts.join(","),
             rule: m.rule,
@@ -395,7 +432,7 @@ fn correlate(
                     "first": Utc.timestamp_millis_opt(m.first_ms).single().map(|t| t.to_rfc3339()),
                     "last": ts.map(|t| t.to_rfc3339()),
                     "events": contributing.iter().map(|d| json!({
-                        "rule_title": d.rule_title, "source": d.source,
+                        "rule_title": d.title, "source": d.source,
                         "timestamp": d.timestamp.map(|t| t.to_rfc3339()),
                     })).collect::<Vec<_>>(),
                 })
@@ -420,12 +457,15 @@ pub struct Summary {
 
 impl Summary {
     /// Counts `detections`.
-    pub fn of(detections: &[Detection]) -> Summary {
+    pub fn of<D: std::borrow::Borrow<Detection>>(
+        detections: impl IntoIterator<Item = D>,
+    ) -> Summary {
         let mut level: BTreeMap<Level, usize> = BTreeMap::new();
         let mut rule: BTreeMap<(String, Level), usize> = BTreeMap::new();
         let mut host: BTreeMap<String, usize> = BTreeMap::new();
         let mut tech: BTreeMap<String, usize> = BTreeMap::new();
         for d in detections {
+            let d = d.borrow();
             *level.entry(d.level).or_default() += 1;
             *rule.entry((d.rule_title.clone(), d.level)).or_default() += 1;
             *host

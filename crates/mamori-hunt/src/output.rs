@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use mamori_model::attack;
 use serde_json::json;
 
-use crate::{Detection, HuntReport, Summary};
+use crate::{Detection, HuntReport, Summary, Timeline};
 
 fn ts(d: &Detection) -> String {
     d.timestamp
@@ -83,13 +83,12 @@ fn clip(s: &str, n: usize) -> String {
 }
 
 /// Writes the timeline as an aligned table `width` columns wide.
-pub fn write_table(w: &mut dyn Write, detections: &[Detection], width: usize) -> io::Result<()> {
-    let host_w = detections
-        .iter()
-        .map(|d| d.host.chars().count())
-        .max()
-        .unwrap_or(4)
-        .clamp(4, 24);
+pub fn write_table(w: &mut dyn Write, timeline: &Timeline, width: usize) -> io::Result<()> {
+    let mut host_w = 4;
+    for d in timeline.iter() {
+        host_w = host_w.max(d.map_err(io::Error::other)?.host.chars().count());
+    }
+    let host_w = host_w.clamp(4, 24);
     let rule_w = 48;
     writeln!(
         w,
@@ -98,12 +97,13 @@ pub fn write_table(w: &mut dyn Write, detections: &[Detection], width: usize) ->
     )?;
     let fixed = 24 + 1 + host_w + 1 + 8 + 1 + rule_w + 1;
     let details_w = width.saturating_sub(fixed).max(20);
-    for d in detections {
+    for d in timeline.iter() {
+        let d = d.map_err(io::Error::other)?;
         let details: Vec<String> = d.fields.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         writeln!(
             w,
             "{:<24} {:<host_w$} {:<8} {:<rule_w$} {}",
-            ts(d),
+            ts(&d),
             clip(&d.host, host_w),
             d.level.as_str(),
             clip(&d.rule_title, rule_w),
@@ -113,9 +113,27 @@ pub fn write_table(w: &mut dyn Write, detections: &[Detection], width: usize) ->
     Ok(())
 }
 
+/// Writes every detection as CSV (with its header) or JSON lines.
+pub fn write_machine(w: &mut dyn Write, timeline: &Timeline, csv: bool) -> io::Result<()> {
+    if csv {
+        write_csv_header(w)?;
+    }
+    for d in timeline.iter() {
+        let d = d.map_err(io::Error::other)?;
+        if csv {
+            write_csv(w, &d)?;
+        } else {
+            write_jsonl(w, &d)?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the summary: counts by level, rule, host and technique, plus read statistics.
 pub fn write_summary(w: &mut dyn Write, report: &HuntReport, top: usize) -> io::Result<()> {
-    let s = Summary::of(&report.detections);
+    // Streams (spilled detections are read back one at a time); a read error was already
+    // reported by the timeline output.
+    let s = Summary::of(report.detections.iter().filter_map(Result::ok));
     writeln!(w)?;
     writeln!(w, "Summary")?;
     writeln!(

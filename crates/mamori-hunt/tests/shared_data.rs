@@ -134,7 +134,8 @@ fn rules_fire_only_on_their_logsource_and_routing_prevents_overmatching() {
     assert!(routed.records > 10_000, "only {} records", routed.records);
     assert!(!routed.detections.is_empty());
     let mut checked = 0;
-    for d in &routed.detections {
+    for d in routed.detections.iter() {
+        let d = d.unwrap();
         let info = &routed_set.rules()[d.rule];
         let Some(cat) = info.logsource.category.as_deref() else {
             continue;

@@ -359,7 +359,16 @@ impl RuleSet {
 #[derive(Debug, Default)]
 pub struct Compiler {
     options: CompileOptions,
-    docs: Vec<Document>,
+    fields: FieldIndex,
+    rejected: Vec<Rejected>,
+    infos: Vec<RuleInfo>,
+    rules: Vec<CompiledRule>,
+    literal_sets: Vec<Option<Vec<Lit>>>,
+    routes: Vec<Route>,
+    route_keys: Vec<LogSource>,
+    seen_ids: HashMap<String, ()>,
+    filters: Vec<FilterRule>,
+    correlations: Vec<CorrelationRule>,
 }
 
 /// A document the compiler refused, with the reason.
@@ -376,99 +385,121 @@ impl Compiler {
     pub fn new(options: CompileOptions) -> Self {
         Compiler {
             options,
-            docs: Vec::new(),
+            fields: FieldIndex::default(),
+            rejected: Vec::new(),
+            infos: Vec::new(),
+            rules: Vec::new(),
+            literal_sets: Vec::new(),
+            routes: Vec::new(),
+            route_keys: Vec::new(),
+            seen_ids: HashMap::new(),
+            filters: Vec::new(),
+            correlations: Vec::new(),
         }
     }
 
-    /// Adds a parsed document.
+    /// Adds a parsed document. Detection rules are compiled at once (so their parsed form is
+    /// freed early); filters and correlations wait for [`Compiler::compile`], when every
+    /// rule they may refer to is known.
     pub fn add(&mut self, doc: Document) {
-        self.docs.push(doc);
+        let Compiler {
+            options,
+            fields,
+            rejected,
+            infos,
+            rules,
+            literal_sets,
+            routes,
+            route_keys,
+            seen_ids,
+            filters,
+            correlations,
+        } = self;
+        let placeholders = |name: &str| options.placeholders.get(name).cloned();
+        let meta = doc.meta().clone();
+        if let Some(id) = meta.id.clone()
+            && seen_ids.insert(id.clone(), ()).is_some()
+        {
+            rejected.push(Rejected {
+                meta,
+                error: SigmaError::DuplicateId(id),
+            });
+            return;
+        }
+        match doc {
+            Document::Rule(rule) => {
+                let compiled_route = if options.ignore_logsource {
+                    Ok(Route::Any)
+                } else {
+                    Route::compile(&rule.logsource)
+                };
+                let route = match compiled_route {
+                    Ok(r) => r,
+                    Err(e) => {
+                        rejected.push(Rejected {
+                            meta,
+                            error: SigmaError::Logsource(e),
+                        });
+                        return;
+                    }
+                };
+                // A failed rule must leave no slots behind.
+                let checkpoint = fields.len();
+                match compile_detection(&rule.detection, fields, &placeholders) {
+                    Ok(main) => {
+                        let route_id = match route_keys.iter().position(|k| *k == rule.logsource) {
+                            Some(i) => i,
+                            None => {
+                                route_keys.push(rule.logsource.clone());
+                                routes.push(route);
+                                routes.len() - 1
+                            }
+                        };
+                        literal_sets.push(needed_literals(&main));
+                        let event_ids = fields
+                            .find("EventID")
+                            .and_then(|slot| needed_ids(&main.cond, &main.sels, slot));
+                        rules.push(CompiledRule {
+                            route: route_id as u32,
+                            main,
+                            filters: Vec::new(),
+                            prefiltered: false,
+                            event_ids,
+                        });
+                        infos.push(RuleInfo {
+                            meta: Arc::new(rule.meta),
+                            logsource: rule.logsource,
+                            kind: RuleKind::Detection,
+                            reported: true,
+                        });
+                    }
+                    Err(error) => {
+                        fields.rollback(checkpoint);
+                        rejected.push(Rejected { meta, error });
+                    }
+                }
+            }
+            Document::Filter(f) => filters.push(f),
+            Document::Correlation(c) => correlations.push(c),
+        }
     }
 
     /// Compiles everything added; refused documents come back with their reasons.
     pub fn compile(self) -> (RuleSet, Vec<Rejected>) {
-        let Compiler { options, docs } = self;
+        let Compiler {
+            options,
+            mut fields,
+            mut rejected,
+            mut infos,
+            mut rules,
+            literal_sets,
+            routes,
+            route_keys: _,
+            seen_ids: _,
+            filters,
+            correlations,
+        } = self;
         let placeholders = |name: &str| options.placeholders.get(name).cloned();
-        let mut fields = FieldIndex::default();
-        let mut rejected = Vec::new();
-        let mut infos: Vec<RuleInfo> = Vec::new();
-        let mut rules: Vec<CompiledRule> = Vec::new();
-        let mut literal_sets: Vec<Option<Vec<Lit>>> = Vec::new();
-        let mut routes: Vec<Route> = Vec::new();
-        let mut route_keys: Vec<LogSource> = Vec::new();
-        let mut seen_ids: HashMap<String, ()> = HashMap::new();
-        let mut filters = Vec::new();
-        let mut correlations = Vec::new();
-
-        for doc in docs {
-            let meta = doc.meta().clone();
-            if let Some(id) = meta.id.clone()
-                && seen_ids.insert(id.clone(), ()).is_some()
-            {
-                rejected.push(Rejected {
-                    meta,
-                    error: SigmaError::DuplicateId(id),
-                });
-                continue;
-            }
-            match doc {
-                Document::Rule(rule) => {
-                    let compiled_route = if options.ignore_logsource {
-                        Ok(Route::Any)
-                    } else {
-                        Route::compile(&rule.logsource)
-                    };
-                    let route = match compiled_route {
-                        Ok(r) => r,
-                        Err(e) => {
-                            rejected.push(Rejected {
-                                meta,
-                                error: SigmaError::Logsource(e),
-                            });
-                            continue;
-                        }
-                    };
-                    // A failed rule must leave no slots behind.
-                    let checkpoint = fields.len();
-                    match compile_detection(&rule.detection, &mut fields, &placeholders) {
-                        Ok(main) => {
-                            let route_id =
-                                match route_keys.iter().position(|k| *k == rule.logsource) {
-                                    Some(i) => i,
-                                    None => {
-                                        route_keys.push(rule.logsource.clone());
-                                        routes.push(route);
-                                        routes.len() - 1
-                                    }
-                                };
-                            literal_sets.push(needed_literals(&main));
-                            let event_ids = fields
-                                .find("EventID")
-                                .and_then(|slot| needed_ids(&main.cond, &main.sels, slot));
-                            rules.push(CompiledRule {
-                                route: route_id as u32,
-                                main,
-                                filters: Vec::new(),
-                                prefiltered: false,
-                                event_ids,
-                            });
-                            infos.push(RuleInfo {
-                                meta: Arc::new(rule.meta),
-                                logsource: rule.logsource,
-                                kind: RuleKind::Detection,
-                                reported: true,
-                            });
-                        }
-                        Err(error) => {
-                            fields.rollback(checkpoint);
-                            rejected.push(Rejected { meta, error });
-                        }
-                    }
-                }
-                Document::Filter(f) => filters.push(f),
-                Document::Correlation(c) => correlations.push(c),
-            }
-        }
 
         // Sigma filters: AND their condition into the rules they name.
         for f in filters {

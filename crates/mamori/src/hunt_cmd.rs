@@ -137,27 +137,24 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
                 output::write_summary(&mut w, &report, 10)?;
             }
         }
-        Format::Csv => {
-            output::write_csv_header(&mut w)?;
-            for d in &report.detections {
-                output::write_csv(&mut w, d)?;
-            }
-        }
-        Format::Jsonl => {
-            for d in &report.detections {
-                output::write_jsonl(&mut w, d)?;
-            }
-        }
+        Format::Csv => output::write_machine(&mut w, &report.detections, true)?,
+        Format::Jsonl => output::write_machine(&mut w, &report.detections, false)?,
     }
     w.flush()?;
     if args.format != Format::Table && !args.no_summary {
         output::write_summary(&mut std::io::stderr().lock(), &report, 10)?;
     }
+    if let Some(e) = &report.detections.spill_error {
+        eprintln!(
+            "warning: could not spill detections to a temporary file ({e}); kept them in memory"
+        );
+    }
     if args.stats {
         let secs = scan_time.as_secs_f64().max(1e-9);
         eprintln!(
             "stats: {} rules ({} detection, {} correlation, {} prefiltered, {} literals) loaded in {:.3}s; \
-             {} records in {:.3}s = {:.0} records/s with {} jobs; {} rule evaluations ({:.2} per record)",
+             {} records in {:.3}s = {:.0} records/s with {} jobs; {} rule evaluations ({:.2} per record); \
+             {} detections ({} spilled to disk)",
             loaded.rules.rules().len(),
             loaded.rules.detection_count(),
             loaded.rules.correlation_count(),
@@ -169,7 +166,9 @@ pub fn run(args: HuntArgs) -> Result<ExitCode> {
             report.records as f64 / secs,
             opts.jobs,
             report.evaluated,
-            report.evaluated as f64 / (report.records.max(1) as f64)
+            report.evaluated as f64 / (report.records.max(1) as f64),
+            report.detections.len(),
+            report.detections.spilled()
         );
     }
     Ok(if report.detections.is_empty() {
