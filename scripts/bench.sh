@@ -54,9 +54,10 @@ measure detect_4x_input "$WORK/x4" -j2
 
 # Rule-set compile time (whole corpus), and matching alone without parsing.
 for _ in 1 2 3; do
-    /usr/bin/time -f '%e s, %M KiB' "$BIN" rules check "$SIGMA"/rules "$SIGMA"/rules-threat-hunting \
-        "$SIGMA"/rules-emerging-threats "$SIGMA"/rules-dfir "$SIGMA"/rules-compliance 2>&1 >/dev/null | sed 's/^/rules check (read + parse + compile): /'
+    { /usr/bin/time -f '%e s, %M KiB' "$BIN" rules check "$SIGMA"/rules "$SIGMA"/rules-threat-hunting \
+        "$SIGMA"/rules-emerging-threats "$SIGMA"/rules-dfir "$SIGMA"/rules-compliance >/dev/null; } 2>&1 \
+        | grep -v 'exited with' | sed 's/^/rules check (read + parse + compile whole corpus): /' || true
 done
 ROUNDS_SCAN=${ROUNDS_SCAN:-10}
 ROUNDS=$ROUNDS_SCAN target/release/examples/scanbench "$SIGMA"/rules "$SIGMA"/rules-threat-hunting \
-    "$SIGMA"/rules-emerging-threats "$SIGMA"/rules-dfir "$SIGMA"/rules-compliance -- "$EVTX" | sed -n '1,5p'
+    "$SIGMA"/rules-emerging-threats "$SIGMA"/rules-dfir "$SIGMA"/rules-compliance -- "$EVTX" | sed -n '1,5p' || true

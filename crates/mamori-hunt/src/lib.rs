@@ -136,7 +136,7 @@ impl HuntReport {
 }
 
 /// Key fields for a detection: the rule's own `fields`, else the common ones the event has.
-fn key_fields(rules: &RuleSet, rule: usize, rec: &Record) -> Vec<(String, String)> {
+fn key_fields(rules: &RuleSet, rule: usize, rec: &Record<'_>) -> Vec<(String, String)> {
     let info = &rules.rules()[rule];
     let wanted: Vec<&str> = if info.meta.fields.is_empty() {
         mamori_model::fields::KEY_FIELDS.to_vec()
@@ -268,7 +268,7 @@ fn worker(sh: &Shared<'_>) -> WorkerOut {
         let Some((index, path, size)) = sh.files.get(i) else {
             break;
         };
-        let result = mamori_sources::read_file(path, &mut |rec: Record| {
+        let result = mamori_sources::read_file(path, &mut |rec: Record<'_>| {
             out.records += 1;
             // Parsing the time costs; only do it when a window is set or something matched.
             let mut ts = None;
@@ -290,7 +290,10 @@ fn worker(sh: &Shared<'_>) -> WorkerOut {
             if ts.is_none() {
                 ts = rec.event.timestamp();
             }
-            let text: Arc<str> = Arc::from(rec.event.data.to_string());
+            let text: Arc<str> = match rec.text {
+                Some(t) => Arc::from(t),
+                None => Arc::from(rec.event.data.to_string()),
+            };
             for &h in &hits {
                 let info = &sh.rules.rules()[h];
                 let feeds = sh.rules.feeds_correlation(h);
@@ -342,7 +345,7 @@ fn worker(sh: &Shared<'_>) -> WorkerOut {
 fn make_detection(
     rules: &RuleSet,
     rule: usize,
-    rec: &Record,
+    rec: &Record<'_>,
     ts: Option<DateTime<Utc>>,
     event: Arc<str>,
 ) -> Detection {

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use mamori_model::Level;
-use serde_json::{Value, json};
 
 use crate::Detection;
 
@@ -128,7 +127,7 @@ impl Collector {
     fn write(&mut self, d: &Detection) -> std::io::Result<(u64, u32)> {
         if self.spill.is_none() {
             let path = std::env::temp_dir().join(format!(
-                "mamori-timeline-{}-{}.jsonl",
+                "mamori-timeline-{}-{}.bin",
                 std::process::id(),
                 SPILL_COUNTER.fetch_add(1, Ordering::Relaxed)
             ));
@@ -145,7 +144,7 @@ impl Collector {
             .as_mut()
             .map(|s| &mut s.file)
             .ok_or_else(|| std::io::Error::other("no spill file"))?;
-        spill.write_all(line.as_bytes())?;
+        spill.write_all(&line)?;
         let at = self.offset;
         self.offset += line.len() as u64;
         Ok((at, line.len() as u32))
@@ -229,46 +228,87 @@ impl Timeline {
     }
 }
 
-fn to_line(d: &Detection) -> String {
-    let mut s = json!({
-        "t": d.timestamp.map(|t| t.to_rfc3339()),
-        "h": d.host, "r": d.rule, "i": d.rule_id, "n": d.rule_title, "l": d.level.as_str(),
-        "g": d.tags, "s": d.source, "f": d.fields, "e": &*d.event,
-    })
-    .to_string();
-    s.push('\n');
-    s
+// Spill records: length-prefixed fields, no escaping (the event is already JSON text).
+
+fn put(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn to_line(d: &Detection) -> Vec<u8> {
+    let mut out = Vec::with_capacity(d.approx_size());
+    out.extend_from_slice(
+        &d.timestamp
+            .map_or(i64::MIN, |t| t.timestamp_micros())
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(&(d.rule as u64).to_le_bytes());
+    out.push(Level::ALL.iter().position(|l| *l == d.level).unwrap_or(0) as u8);
+    for s in [&d.host, &d.rule_id, &d.rule_title, &d.source] {
+        put(&mut out, s);
+    }
+    out.extend_from_slice(&(d.tags.len() as u32).to_le_bytes());
+    for t in &d.tags {
+        put(&mut out, t);
+    }
+    out.extend_from_slice(&(d.fields.len() as u32).to_le_bytes());
+    for (k, v) in &d.fields {
+        put(&mut out, k);
+        put(&mut out, v);
+    }
+    put(&mut out, &d.event);
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
 }
 
 fn from_line(bytes: &[u8]) -> Option<Detection> {
-    let v: Value = serde_json::from_slice(bytes).ok()?;
-    let strs = |k: &str| -> Vec<String> {
-        v[k].as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let mut r = Reader(bytes);
+    let micros = r.u64()? as i64;
+    let rule = r.u64()? as usize;
+    let level = *Level::ALL.get(*r.take(1)?.first()? as usize)?;
+    let (host, rule_id, rule_title, source) = (r.string()?, r.string()?, r.string()?, r.string()?);
+    let tags = (0..r.u32()?)
+        .map(|_| r.string())
+        .collect::<Option<Vec<_>>>()?;
+    let fields = (0..r.u32()?)
+        .map(|_| Some((r.string()?, r.string()?)))
+        .collect::<Option<Vec<_>>>()?;
+    let event = Arc::from(r.string()?);
     Some(Detection {
-        timestamp: v["t"]
-            .as_str()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc)),
-        host: v["h"].as_str()?.to_string(),
-        rule: v["r"].as_u64()? as usize,
-        rule_id: v["i"].as_str()?.to_string(),
-        rule_title: v["n"].as_str()?.to_string(),
-        level: v["l"].as_str()?.parse::<Level>().ok()?,
-        tags: strs("g"),
-        source: v["s"].as_str()?.to_string(),
-        fields: v["f"]
-            .as_array()?
-            .iter()
-            .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
-            .collect(),
-        event: Arc::from(v["e"].as_str()?),
+        timestamp: (micros != i64::MIN)
+            .then(|| DateTime::from_timestamp_micros(micros))
+            .flatten(),
+        host,
+        rule,
+        rule_id,
+        rule_title,
+        level,
+        tags,
+        source,
+        fields,
+        event,
     })
 }
 

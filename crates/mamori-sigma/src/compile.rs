@@ -200,6 +200,26 @@ impl FieldIndex {
     }
 }
 
+/// Slots every rule set has, in this order: the scanner keys Windows events by them.
+pub(crate) const SLOT_EVENT_ID: u32 = 0;
+pub(crate) const SLOT_CHANNEL: u32 = 1;
+pub(crate) const SLOT_PROVIDER: u32 = 2;
+
+impl FieldIndex {
+    fn with_routing_slots() -> Self {
+        let mut f = FieldIndex::default();
+        for (name, want) in [
+            ("EventID", SLOT_EVENT_ID),
+            ("Channel", SLOT_CHANNEL),
+            ("Provider_Name", SLOT_PROVIDER),
+        ] {
+            let got = f.slot(name);
+            debug_assert_eq!(got, want);
+        }
+        f
+    }
+}
+
 /// FxHash: a fast non-cryptographic hash for the short field names looked up per event.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct FxBuild;
@@ -356,7 +376,7 @@ impl RuleSet {
 }
 
 /// Collects documents and compiles them into a [`RuleSet`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Compiler {
     options: CompileOptions,
     fields: FieldIndex,
@@ -380,12 +400,18 @@ pub struct Rejected {
     pub error: SigmaError,
 }
 
+impl Default for Compiler {
+    fn default() -> Self {
+        Compiler::new(CompileOptions::default())
+    }
+}
+
 impl Compiler {
     /// A compiler with these options.
     pub fn new(options: CompileOptions) -> Self {
         Compiler {
             options,
-            fields: FieldIndex::default(),
+            fields: FieldIndex::with_routing_slots(),
             rejected: Vec::new(),
             infos: Vec::new(),
             rules: Vec::new(),

@@ -14,10 +14,13 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use mamori_model::{Event, EventKind, Product};
+use mamori_model::{Event, EventKind, Product, Shape};
 use serde_json::Value;
 
-use crate::compile::{ANY_FIELD, CompiledCond, FieldTest, RefMode, RuleSet, SelNode, TestKind};
+use crate::compile::{
+    ANY_FIELD, CompiledCond, FieldTest, RefMode, RuleSet, SLOT_CHANNEL, SLOT_EVENT_ID,
+    SLOT_PROVIDER, SelNode, TestKind,
+};
 use crate::condition::Cond;
 use crate::matcher::{ValueMatcher, lower};
 
@@ -180,8 +183,9 @@ impl<'r> Scanner<'r> {
         &self.evaluations
     }
 
-    fn routes_for(&mut self, kind: &EventKind<'_>) -> Arc<Candidates> {
-        self.key.clear();
+    /// Builds the route-cache key of an event kind into `k`.
+    fn kind_key(kind: &EventKind<'_>, k: &mut String) {
+        k.clear();
         let product = match &kind.product {
             Product::Windows => "w",
             Product::Linux => "l",
@@ -189,7 +193,6 @@ impl<'r> Scanner<'r> {
             Product::Other(o) => o.as_str(),
             Product::Unknown => "?",
         };
-        let k = &mut self.key;
         k.push_str(product);
         for part in [kind.channel.unwrap_or(""), kind.provider.unwrap_or("")] {
             k.push('\x1f');
@@ -208,10 +211,73 @@ impl<'r> Scanner<'r> {
         }
         k.push('\x1f');
         k.push_str(kind.service.as_deref().unwrap_or(""));
-        if let Some(r) = self.route_cache.get(self.key.as_str()) {
-            return r.clone();
+    }
+
+    /// The text of the first value of a slot in the event being scanned.
+    fn slot_text(&self, slot: u32) -> Option<&str> {
+        let sl = self.slots.get(slot as usize)?;
+        if sl.prio == 0 || sl.start == sl.end {
+            return None;
         }
-        let set = self.set;
+        Some(
+            self.values
+                .get(self.values.entries.get(sl.start as usize)?)
+                .0,
+        )
+    }
+
+    /// What applies to the event just filled. Windows events (EVTX, Winlogbeat) are keyed by
+    /// the Channel, Provider_Name and EventID slots already read; other shapes by their kind.
+    fn candidates_for(&mut self, event: &Event) -> Arc<Candidates> {
+        let windows = matches!(event.shape, Shape::Evtx | Shape::Winlogbeat);
+        let mut key = std::mem::take(&mut self.key);
+        if windows {
+            let id = self
+                .slot_text(SLOT_EVENT_ID)
+                .and_then(|t| t.trim().parse::<u32>().ok());
+            let kind = EventKind {
+                product: Product::Windows,
+                channel: self.slot_text(SLOT_CHANNEL),
+                provider: self.slot_text(SLOT_PROVIDER),
+                event_id: id,
+                ecs_category: Vec::new(),
+                ecs_type: Vec::new(),
+                service: None,
+            };
+            Self::kind_key(&kind, &mut key);
+            if let Some(c) = self.route_cache.get(key.as_str()) {
+                let c = c.clone();
+                self.key = key;
+                return c;
+            }
+            let c = Arc::new(compute_candidates(self.set, &kind));
+            self.remember(key, c.clone())
+        } else {
+            let kind = event.kind();
+            Self::kind_key(&kind, &mut key);
+            if let Some(c) = self.route_cache.get(key.as_str()) {
+                let c = c.clone();
+                self.key = key;
+                return c;
+            }
+            let c = Arc::new(compute_candidates(self.set, &kind));
+            self.remember(key, c.clone())
+        }
+    }
+
+    fn remember(&mut self, key: String, c: Arc<Candidates>) -> Arc<Candidates> {
+        if self.route_cache.len() >= ROUTE_CACHE_MAX {
+            self.route_cache.clear();
+        }
+        self.key = key.clone();
+        self.route_cache.insert(key, c.clone());
+        c
+    }
+}
+
+/// Detection rules and prefilter automata that apply to an event kind.
+fn compute_candidates(set: &RuleSet, kind: &EventKind<'_>) -> Candidates {
+    {
         let mut c = Candidates::default();
         let mut accepted = vec![false; set.routes.len()];
         for (route, r) in set.routes.iter().enumerate() {
@@ -239,14 +305,11 @@ impl<'r> Scanner<'r> {
             .filter(|(_, g)| accepted[g.route as usize])
             .map(|(i, _)| i as u32)
             .collect();
-        let c = Arc::new(c);
-        if self.route_cache.len() >= ROUTE_CACHE_MAX {
-            self.route_cache.clear();
-        }
-        self.route_cache.insert(self.key.clone(), c.clone());
         c
     }
+}
 
+impl Scanner<'_> {
     fn reset(&mut self) {
         for &s in &self.touched {
             self.slots[s as usize] = Slot::default();
@@ -293,13 +356,16 @@ impl<'r> Scanner<'r> {
     pub fn scan(&mut self, event: &Event, out: &mut Vec<usize>) {
         self.reset();
         self.stats.events += 1;
-        let kind = event.kind();
-        let candidates = self.routes_for(&kind);
-        if candidates.rules.is_empty() {
+        if self.set.rules.is_empty() {
             self.stats.unrouted += 1;
             return;
         }
         self.fill(event);
+        let candidates = self.candidates_for(event);
+        if candidates.rules.is_empty() {
+            self.stats.unrouted += 1;
+            return;
+        }
         let set = self.set;
         if candidates.prefiltered {
             self.candidates.iter_mut().for_each(|w| *w = 0);

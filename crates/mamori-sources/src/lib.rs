@@ -39,11 +39,14 @@ impl std::fmt::Display for SourceRef {
 
 /// One event read from a file.
 #[derive(Debug, Clone)]
-pub struct Record {
+pub struct Record<'a> {
     /// The event.
     pub event: Event,
     /// Where it came from.
     pub source: SourceRef,
+    /// The record's compact JSON text, when the reader had it anyway (EVTX renders through
+    /// JSON text; JSON lines are read as text): saves re-serialising matched events.
+    pub text: Option<&'a str>,
 }
 
 /// The formats a reader recognises.
@@ -153,7 +156,7 @@ fn is_log_name(p: &Path) -> bool {
 }
 
 /// Reads one file, detecting its format from its content, and calls `f` for each record.
-pub fn read_file(path: &Path, f: &mut dyn FnMut(Record)) -> Result<FileStats, ReadError> {
+pub fn read_file(path: &Path, f: &mut dyn FnMut(Record<'_>)) -> Result<FileStats, ReadError> {
     let file_ref: Arc<Path> = Arc::from(path);
     let mut file = File::open(path).map_err(io_err(path))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -197,7 +200,7 @@ fn read_gzip(
     path: &Path,
     file_ref: &Arc<Path>,
     file: File,
-    f: &mut dyn FnMut(Record),
+    f: &mut dyn FnMut(Record<'_>),
 ) -> Result<FileStats, ReadError> {
     let mut gz = BufReader::with_capacity(1 << 16, flate2::read::MultiGzDecoder::new(file));
     let head = gz.fill_buf().map_err(io_err(path))?;
@@ -220,7 +223,7 @@ fn read_evtx(
     path: &Path,
     file_ref: &Arc<Path>,
     file: File,
-    f: &mut dyn FnMut(Record),
+    f: &mut dyn FnMut(Record<'_>),
 ) -> Result<FileStats, ReadError> {
     // The evtx crate is defensive, but a panic in a third-party parser must not take the
     // hunt down: it becomes an error for this file.
@@ -238,19 +241,23 @@ fn read_evtx(
                 });
             }
         };
-        for r in parser.records_json_value() {
-            match r {
-                Ok(rec) => {
+        for r in parser.records_json() {
+            match r.map_err(|e| e.to_string()).and_then(|rec| {
+                let v: Value = serde_json::from_str(&rec.data).map_err(|e| e.to_string())?;
+                Ok((rec, v))
+            }) {
+                Ok((rec, v)) => {
                     stats.records += 1;
                     f(Record {
-                        event: Event::with_shape(rec.data, Shape::Evtx),
+                        event: Event::with_shape(v, Shape::Evtx),
                         source: SourceRef {
                             file: file_ref.clone(),
                             record: rec.event_record_id,
                         },
+                        text: Some(&rec.data),
                     });
                 }
-                Err(e) => stats.error(|| e.to_string()),
+                Err(e) => stats.error(|| e),
             }
         }
         Ok(stats)
@@ -268,7 +275,7 @@ fn read_json(
     path: &Path,
     file_ref: &Arc<Path>,
     mut r: impl BufRead,
-    f: &mut dyn FnMut(Record),
+    f: &mut dyn FnMut(Record<'_>),
 ) -> Result<FileStats, ReadError> {
     let mut stats = FileStats::default();
     let mut line = Vec::new();
@@ -331,12 +338,12 @@ fn read_json(
             Ok(Value::Array(items)) => {
                 for item in items {
                     doc_no += 1;
-                    deliver_value(item, doc_no, file_ref, &mut stats, f);
+                    deliver_value(item, doc_no, file_ref, &mut stats, f, None);
                 }
             }
             Ok(v) => {
                 doc_no += 1;
-                deliver_value(v, doc_no, file_ref, &mut stats, f);
+                deliver_value(v, doc_no, file_ref, &mut stats, f, None);
             }
             Err(e) => {
                 stats.error(|| {
@@ -354,10 +361,18 @@ fn deliver_line(
     line_no: u64,
     file_ref: &Arc<Path>,
     stats: &mut FileStats,
-    f: &mut dyn FnMut(Record),
+    f: &mut dyn FnMut(Record<'_>),
 ) {
     match serde_json::from_slice::<Value>(bytes) {
-        Ok(v) => deliver_value(v, line_no, file_ref, stats, f),
+        // from_slice validated the bytes as UTF-8 JSON.
+        Ok(v) => deliver_value(
+            v,
+            line_no,
+            file_ref,
+            stats,
+            f,
+            std::str::from_utf8(bytes).ok(),
+        ),
         Err(e) => stats.error(|| format!("line {line_no}: invalid JSON: {e}")),
     }
 }
@@ -367,7 +382,8 @@ fn deliver_value(
     record: u64,
     file_ref: &Arc<Path>,
     stats: &mut FileStats,
-    f: &mut dyn FnMut(Record),
+    f: &mut dyn FnMut(Record<'_>),
+    text: Option<&str>,
 ) {
     if !v.is_object() {
         stats.error(|| format!("record {record}: expected a JSON object"));
@@ -380,6 +396,7 @@ fn deliver_value(
             file: file_ref.clone(),
             record,
         },
+        text,
     });
 }
 
@@ -431,7 +448,7 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
 
 /// Reads records from an in-memory buffer (fuzzing and tests): EVTX when it starts with
 /// the EVTX magic, JSON otherwise.
-pub fn read_bytes(data: &[u8], f: &mut dyn FnMut(Record)) -> FileStats {
+pub fn read_bytes(data: &[u8], f: &mut dyn FnMut(Record<'_>)) -> FileStats {
     let file_ref: Arc<Path> = Arc::from(Path::new("<memory>"));
     let result = if data.starts_with(b"ElfFile") {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -449,6 +466,7 @@ pub fn read_bytes(data: &[u8], f: &mut dyn FnMut(Record)) -> FileStats {
                                     file: file_ref.clone(),
                                     record: rec.event_record_id,
                                 },
+                                text: None,
                             });
                         }
                         Err(e) => stats.error(|| e.to_string()),
@@ -481,9 +499,22 @@ pub fn read_bytes(data: &[u8], f: &mut dyn FnMut(Record)) -> FileStats {
 mod tests {
     use super::*;
 
-    fn collect(data: &[u8]) -> (Vec<Record>, FileStats) {
+    struct Owned {
+        event: Event,
+        source: SourceRef,
+    }
+
+    fn collect(data: &[u8]) -> (Vec<Owned>, FileStats) {
         let mut out = Vec::new();
-        let stats = read_bytes(data, &mut |r| out.push(r));
+        let stats = read_bytes(data, &mut |r| {
+            if let Some(t) = r.text {
+                assert_eq!(serde_json::from_str::<Value>(t).unwrap(), r.event.data);
+            }
+            out.push(Owned {
+                event: r.event,
+                source: r.source,
+            })
+        });
         (out, stats)
     }
 
