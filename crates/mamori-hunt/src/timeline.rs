@@ -56,6 +56,13 @@ struct SpillFile {
     path: PathBuf,
 }
 
+/// A spill file being written.
+#[derive(Debug)]
+struct SpillWriter {
+    out: std::io::BufWriter<File>,
+    path: PathBuf,
+}
+
 impl Drop for SpillFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -69,7 +76,7 @@ static SPILL_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub(crate) struct Collector {
     budget: usize,
     entries: Vec<Entry>,
-    spill: Option<SpillFile>,
+    spill: Option<SpillWriter>,
     offset: u64,
     in_memory: usize,
     /// Why spilling failed, if it did (the detection is then kept in memory).
@@ -136,13 +143,16 @@ impl Collector {
                 .read(true)
                 .write(true)
                 .open(&path)?;
-            self.spill = Some(SpillFile { file, path });
+            self.spill = Some(SpillWriter {
+                out: std::io::BufWriter::with_capacity(1 << 16, file),
+                path,
+            });
         }
         let line = to_line(d);
         let spill = self
             .spill
             .as_mut()
-            .map(|s| &mut s.file)
+            .map(|s| &mut s.out)
             .ok_or_else(|| std::io::Error::other("no spill file"))?;
         spill.write_all(&line)?;
         let at = self.offset;
@@ -155,6 +165,7 @@ impl Collector {
 #[derive(Debug, Default)]
 pub struct Timeline {
     entries: Vec<Entry>,
+    /// Spill files, flushed and ready for reading.
     spills: Vec<SpillFile>,
     /// Why a spill file could not be written (detections were then kept in memory).
     pub spill_error: Option<String>,
@@ -165,10 +176,22 @@ impl Timeline {
         let mut t = Timeline::default();
         for c in collectors {
             let spill_id = t.spills.len() as u32;
-            if let Some(s) = c.spill {
-                t.spills.push(s);
+            let mut error = c.spill_error;
+            if let Some(w) = c.spill {
+                let path = w.path.clone();
+                match w.out.into_inner() {
+                    Ok(file) => t.spills.push(SpillFile { file, path }),
+                    Err(e) => {
+                        // Keep the path so the file is removed; reads will report the loss.
+                        let _ = std::fs::remove_file(&path);
+                        error = error.or(Some(format!(
+                            "flushing the timeline spill file: {}",
+                            e.error()
+                        )));
+                    }
+                }
             }
-            t.spill_error = t.spill_error.or(c.spill_error);
+            t.spill_error = t.spill_error.or(error);
             t.entries.extend(c.entries.into_iter().map(|mut e| {
                 if let Loc::Disk { spill, .. } = &mut e.loc {
                     *spill = spill_id;

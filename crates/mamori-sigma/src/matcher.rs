@@ -84,7 +84,8 @@ pub(crate) enum StrMatch {
     Eq(String),
     Prefix(String),
     Suffix(String),
-    Contains(String),
+    /// Substring, with the index of its rarest byte (searched first).
+    Contains(String, usize),
     /// Wildcards in the middle: pieces, and the longest literal for the prefilter.
     Glob(Vec<Piece>, String),
     /// `*`: any value, including empty.
@@ -119,7 +120,7 @@ impl ValueMatcher {
                     StrMatch::Eq(s) => h == s,
                     StrMatch::Prefix(s) => h.starts_with(s.as_str()),
                     StrMatch::Suffix(s) => h.ends_with(s.as_str()),
-                    StrMatch::Contains(n) => contains(h.as_bytes(), n.as_bytes()),
+                    StrMatch::Contains(n, rare) => contains(h.as_bytes(), n.as_bytes(), *rare),
                     StrMatch::Glob(p, _) => glob_match(p, h),
                     StrMatch::Any => true,
                 }
@@ -168,7 +169,7 @@ impl ValueMatcher {
             ValueMatcher::Str { m, cased } => {
                 let s = match m {
                     StrMatch::Eq(s) | StrMatch::Prefix(s) | StrMatch::Suffix(s) => s.clone(),
-                    StrMatch::Contains(n) => n.clone(),
+                    StrMatch::Contains(n, _) => n.clone(),
                     StrMatch::Glob(_, longest) => longest.clone(),
                     StrMatch::Any => return None,
                 };
@@ -280,28 +281,47 @@ fn regex_literals(pattern: &str) -> Option<Vec<String>> {
 /// Substring search without per-call setup: memchr to the candidates for the needle's
 /// first byte, then compare. Event values are short, so this beats building a searcher.
 #[inline]
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
+fn contains(hay: &[u8], needle: &[u8], rare: usize) -> bool {
+    if needle.is_empty() {
         return true;
-    };
+    }
     if hay.len() < needle.len() {
         return false;
     }
-    let last_start = hay.len() - needle.len();
-    let mut i = 0;
-    while i <= last_start {
-        match memchr::memchr(first, &hay[i..=last_start]) {
+    let byte = needle[rare];
+    // The rare byte can only sit where the whole needle still fits around it.
+    let (lo, hi) = (rare, hay.len() - (needle.len() - rare));
+    let mut i = lo;
+    while i <= hi {
+        match memchr::memchr(byte, &hay[i..=hi]) {
             Some(off) => {
-                let at = i + off;
-                if &hay[at + 1..at + needle.len()] == rest {
+                let start = i + off - rare;
+                if &hay[start..start + needle.len()] == needle {
                     return true;
                 }
-                i = at + 1;
+                i += off + 1;
             }
             None => return false,
         }
     }
     false
+}
+
+/// Index of the needle byte least likely to occur in event text (a fixed ranking of bytes
+/// common in paths, command lines and English), so that memchr stops rarely.
+fn rarest_byte(needle: &[u8]) -> usize {
+    const COMMON: &[u8] = b" \\etaoinsrlcmdhpu.:/-_\"0123456789xwgfbyvk,=;'()";
+    let rank = |b: u8| {
+        COMMON
+            .iter()
+            .position(|&c| c == b)
+            .map_or(0, |p| COMMON.len() - p)
+    };
+    needle
+        .iter()
+        .enumerate()
+        .min_by_key(|&(_, &b)| rank(b))
+        .map_or(0, |(i, _)| i)
 }
 
 fn cidr_contains(net: IpAddr, bits: u8, ip: IpAddr) -> bool {
@@ -681,7 +701,11 @@ fn string_matcher(pieces: Vec<Piece>, cased: bool) -> Result<ValueMatcher, Strin
         [Piece::Star] => StrMatch::Any,
         [Piece::Lit(l), Piece::Star] => StrMatch::Prefix(case(l)),
         [Piece::Star, Piece::Lit(l)] => StrMatch::Suffix(case(l)),
-        [Piece::Star, Piece::Lit(l), Piece::Star] => StrMatch::Contains(case(l)),
+        [Piece::Star, Piece::Lit(l), Piece::Star] => {
+            let n = case(l);
+            let rare = rarest_byte(n.as_bytes());
+            StrMatch::Contains(n, rare)
+        }
         _ => {
             let mut longest = String::new();
             let pieces: Vec<Piece> = p
@@ -840,6 +864,26 @@ mod tests {
         let m = compile(&[], &["*a*a*a*a*b"]).unwrap();
         assert!(!any(&m, &"a".repeat(2000)));
         assert!(any(&m, &format!("{}b", "a".repeat(2000))));
+    }
+
+    #[test]
+    fn substring_search_by_rare_byte() {
+        for (hay, needle, want) in [
+            ("c:\\windows\\system32\\cmd.exe", "\\system32\\", true),
+            ("abc", "abcd", false),
+            ("xxabc", "abc", true),
+            ("abcxx", "abc", true),
+            ("ab", "", true),
+            ("zzzzqzzzz", "q", true),
+            ("aaaa", "aab", false),
+        ] {
+            let rare = rarest_byte(needle.as_bytes());
+            assert_eq!(
+                contains(hay.as_bytes(), needle.as_bytes(), rare),
+                want,
+                "{hay} / {needle}"
+            );
+        }
     }
 
     #[test]
