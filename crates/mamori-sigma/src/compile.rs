@@ -364,14 +364,7 @@ impl RuleSet {
 
     /// Finds a rule by id, then by name.
     pub fn find(&self, reference: &str) -> Option<usize> {
-        self.infos
-            .iter()
-            .position(|i| i.meta.id.as_deref() == Some(reference))
-            .or_else(|| {
-                self.infos
-                    .iter()
-                    .position(|i| i.meta.name.as_deref() == Some(reference))
-            })
+        find_ref(&self.infos, reference)
     }
 }
 

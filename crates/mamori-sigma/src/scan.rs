@@ -229,48 +229,37 @@ impl<'r> Scanner<'r> {
     /// What applies to the event just filled. Windows events (EVTX, Winlogbeat) are keyed by
     /// the Channel, Provider_Name and EventID slots already read; other shapes by their kind.
     fn candidates_for(&mut self, event: &Event) -> Arc<Candidates> {
-        let windows = matches!(event.shape, Shape::Evtx | Shape::Winlogbeat);
         let mut key = std::mem::take(&mut self.key);
-        if windows {
-            let id = self
-                .slot_text(SLOT_EVENT_ID)
-                .and_then(|t| t.trim().parse::<u32>().ok());
-            let kind = EventKind {
+        let kind = if matches!(event.shape, Shape::Evtx | Shape::Winlogbeat) {
+            EventKind {
                 product: Product::Windows,
                 channel: self.slot_text(SLOT_CHANNEL),
                 provider: self.slot_text(SLOT_PROVIDER),
-                event_id: id,
+                event_id: self
+                    .slot_text(SLOT_EVENT_ID)
+                    .and_then(|t| t.trim().parse::<u32>().ok()),
                 ecs_category: Vec::new(),
                 ecs_type: Vec::new(),
                 service: None,
-            };
-            Self::kind_key(&kind, &mut key);
-            if let Some(c) = self.route_cache.get(key.as_str()) {
-                let c = c.clone();
-                self.key = key;
-                return c;
             }
-            let c = Arc::new(compute_candidates(self.set, &kind));
-            self.remember(key, c.clone())
         } else {
-            let kind = event.kind();
-            Self::kind_key(&kind, &mut key);
-            if let Some(c) = self.route_cache.get(key.as_str()) {
-                let c = c.clone();
-                self.key = key;
-                return c;
-            }
-            let c = Arc::new(compute_candidates(self.set, &kind));
-            self.remember(key, c.clone())
-        }
+            event.kind()
+        };
+        Self::kind_key(&kind, &mut key);
+        let cached = self.route_cache.get(key.as_str()).cloned();
+        let c = cached.unwrap_or_else(|| Arc::new(compute_candidates(self.set, &kind)));
+        drop(kind);
+        self.remember(key, c)
     }
 
     fn remember(&mut self, key: String, c: Arc<Candidates>) -> Arc<Candidates> {
-        if self.route_cache.len() >= ROUTE_CACHE_MAX {
-            self.route_cache.clear();
+        if !self.route_cache.contains_key(key.as_str()) {
+            if self.route_cache.len() >= ROUTE_CACHE_MAX {
+                self.route_cache.clear();
+            }
+            self.route_cache.insert(key.clone(), c.clone());
         }
-        self.key = key.clone();
-        self.route_cache.insert(key, c.clone());
+        self.key = key;
         c
     }
 }
