@@ -176,11 +176,12 @@ pub fn install(from: &Path, version: Option<String>) -> Result<ExitCode> {
     std::fs::rename(&staging, &target)
         .with_context(|| format!("installing into {}", target.display()))?;
     println!(
-        "installed SigmaHQ ({version}) into {}: {files} files; {} rules load, {} skipped (see `mamori rules check {}`)",
+        "installed SigmaHQ ({version}) into {}: {files} files; {} rules load, {} skipped \
+         (`mamori rules check {}` lists them with their reasons)",
         target.display(),
         loaded.passed(),
         loaded.failed(),
-        target.join("rules").display()
+        target.display()
     );
     Ok(ExitCode::SUCCESS)
 }
