@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod agent_cmd;
 mod data;
 mod hunt_cmd;
 mod rules_cmd;
@@ -30,6 +31,11 @@ enum Command {
     /// Check, test, install and measure Sigma rules.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Run the Linux sensor (root): process telemetry from eBPF, as ECS events.
+    ///
+    /// With --stdout, events are printed as JSON lines; otherwise they go to the spool in the
+    /// data directory, for the server.
+    Agent(agent_cmd::AgentArgs),
     /// Print log records as JSON lines with the field names Sigma rules see (for rule
     /// writers: what can a rule match in these logs?).
     Dump {
@@ -115,6 +121,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Hunt(args) => hunt_cmd::run(args),
+        Command::Agent(args) => agent_cmd::run(args),
         Command::Rules(RulesCommand::Check {
             paths,
             placeholders,

@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Mamori sensor: process lifecycle from scheduler tracepoints (tp_btf: typed arguments,
+ * attached through BTF, so tracefs need not be mounted).
+ *
+ * Collection only, no detection (detection stays in user space). Kernel structures are
+ * declared here with only the fields read; CO-RE relocates their offsets against the running
+ * kernel's BTF, so one object runs on any BTF kernel. Types carry an `sp_` prefix to avoid
+ * clashing with kernel names.
+ *
+ * Wake-ups: the consumer polls with a timeout; the kernel wakes it only when `wake_bytes`
+ * are queued (0 = every event), which is what keeps the cost per event low in a VM.
+ */
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct mm_struct {
+	unsigned long arg_start;
+	unsigned long arg_end;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	int pid;
+	int tgid;
+	int exit_code;
+	__u64 start_boottime;
+	struct task_struct *real_parent;
+	struct mm_struct *mm;
+} __attribute__((preserve_access_index));
+
+struct linux_binprm {
+	const char *filename;
+} __attribute__((preserve_access_index));
+
+#define SP_EXEC 1
+#define SP_EXIT 2
+#define SP_FORK 3
+#define SP_FILE_MAX 256
+#define SP_ARGS_MAX 1024
+
+/* Must match `RawEvent` in src/collector.rs. */
+struct sp_event {
+	__u32 kind;
+	__u32 pid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 gid;
+	__s32 exit_code;
+	__u64 ts_ns;
+	__u64 start_ns;
+	__u64 parent_start_ns;
+	char comm[16];
+	__u32 args_len;
+	__u32 args_truncated;
+	char filename[SP_FILE_MAX];
+	char args[SP_ARGS_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+/* Drops by reason: 0 = ring buffer full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+const volatile __u64 wake_bytes = 0;
+
+static __always_inline void count_drop(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&drops, &reason);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline void submit(struct sp_event *e)
+{
+	__u64 flags = 0;
+	if (wake_bytes && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) < wake_bytes)
+		flags = BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
+static __always_inline struct sp_event *new_event(__u32 kind, struct task_struct *task)
+{
+	struct sp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop(0);
+		return 0;
+	}
+	__u64 ugid = bpf_get_current_uid_gid();
+	e->kind = kind;
+	e->pid = BPF_CORE_READ(task, tgid);
+	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->uid = (__u32)ugid;
+	e->gid = ugid >> 32;
+	e->exit_code = 0;
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->start_ns = BPF_CORE_READ(task, start_boottime);
+	e->parent_start_ns = BPF_CORE_READ(task, real_parent, start_boottime);
+	e->args_len = 0;
+	e->args_truncated = 0;
+	e->filename[0] = 0;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	return e;
+}
+
+/* tp_btf (typed, no tracefs needed): exec has replaced the image; argv is in the new mm. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(handle_exec, struct task_struct *task, int old_pid, struct linux_binprm *bprm)
+{
+	struct sp_event *e = new_event(SP_EXEC, task);
+	if (!e)
+		return 0;
+	bpf_probe_read_kernel_str(&e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
+	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
+	unsigned long end = BPF_CORE_READ(task, mm, arg_end);
+	unsigned long len = end - start;
+	if (len > SP_ARGS_MAX - 1) {
+		len = SP_ARGS_MAX - 1;
+		e->args_truncated = 1;
+	}
+	len &= (SP_ARGS_MAX - 1);
+	if (bpf_probe_read_user(&e->args, len, (void *)start) == 0)
+		e->args_len = len;
+	submit(e);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
+{
+	/* Threads are not processes. */
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+		return 0;
+	struct sp_event *e = new_event(SP_FORK, child);
+	if (!e)
+		return 0;
+	e->ppid = BPF_CORE_READ(parent, tgid);
+	e->parent_start_ns = BPF_CORE_READ(parent, start_boottime);
+	submit(e);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(handle_exit, struct task_struct *task)
+{
+	if (BPF_CORE_READ(task, pid) != BPF_CORE_READ(task, tgid))
+		return 0;
+	struct sp_event *e = new_event(SP_EXIT, task);
+	if (!e)
+		return 0;
+	e->exit_code = BPF_CORE_READ(task, exit_code);
+	submit(e);
+	return 0;
+}

@@ -1,0 +1,147 @@
+//! Rendering sensor events with ECS field names.
+
+use nix::time::{ClockId, clock_gettime};
+use serde_json::{Value, json};
+
+use crate::bpf::{Kind, RawEvent};
+use crate::process::{ProcInfo, ProcessTable};
+
+/// Facts about this host included in every event.
+#[derive(Debug, Clone)]
+pub struct HostInfo {
+    /// Host name.
+    pub name: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// Wall-clock time at boot, nanoseconds since the Unix epoch (to date kernel timestamps).
+    pub boot_epoch_ns: i128,
+}
+
+impl HostInfo {
+    /// Reads the host facts.
+    pub fn current() -> Self {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        let boot = clock_gettime(ClockId::CLOCK_BOOTTIME)
+            .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+            .unwrap_or(0);
+        HostInfo {
+            name: read("/proc/sys/kernel/hostname"),
+            kernel: read("/proc/sys/kernel/osrelease"),
+            boot_epoch_ns: now - boot,
+        }
+    }
+
+    /// RFC 3339 time of a kernel boot-clock timestamp.
+    pub fn time(&self, boot_ns: u64) -> String {
+        let ns = self.boot_epoch_ns + i128::from(boot_ns);
+        let secs = (ns / 1_000_000_000) as i64;
+        let nanos = (ns % 1_000_000_000) as u32;
+        chrono_like(secs, nanos)
+    }
+}
+
+/// Formats seconds + nanoseconds since the epoch as RFC 3339 UTC with microseconds.
+fn chrono_like(secs: i64, nanos: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        nanos / 1000
+    )
+}
+
+fn process_json(p: &ProcInfo) -> Value {
+    json!({
+        "pid": p.pid,
+        "entity_id": p.entity_id,
+        "executable": p.executable,
+        "name": p.name,
+        "args": p.args,
+        "args_count": p.args.len(),
+        "command_line": p.command_line(),
+    })
+}
+
+/// Applies the event to the table and renders it as an ECS document.
+pub fn render(e: &RawEvent, table: &mut ProcessTable, host: &HostInfo) -> Value {
+    let me = table.apply(e);
+    let (action, kind_type) = match e.kind {
+        Kind::Exec => ("exec", "start"),
+        Kind::Fork => ("fork", "info"),
+        Kind::Exit => ("exit", "end"),
+    };
+    let mut process = process_json(&me);
+    process["parent"] = match table.get(e.ppid) {
+        Some(parent) => {
+            let mut pj = process_json(parent);
+            if let Some(gp) = table.get(parent.ppid) {
+                pj["parent"] = process_json(gp);
+            }
+            pj
+        }
+        None => json!({"pid": e.ppid, "entity_id": table.entity_id(e.ppid, e.parent_start_ns)}),
+    };
+    if e.kind == Kind::Exec {
+        process["args_truncated"] = json!(e.args_truncated);
+        if let Ok(cwd) = std::fs::read_link(format!("/proc/{}/cwd", e.pid)) {
+            process["working_directory"] = json!(cwd.display().to_string());
+        }
+    }
+    if e.kind == Kind::Exit {
+        // `wait` status: exit code in the high byte, terminating signal in the low 7 bits.
+        let signal = e.exit_code & 0x7f;
+        process["exit_code"] = json!(if signal != 0 {
+            128 + signal
+        } else {
+            (e.exit_code >> 8) & 0xff
+        });
+        if signal != 0 {
+            process["exit_signal"] = json!(signal);
+        }
+    }
+    json!({
+        "@timestamp": host.time(e.ts_ns),
+        "event": {"kind": "event", "category": ["process"], "type": [kind_type], "action": action, "module": "mamori", "dataset": "mamori.process"},
+        "host": {"name": host.name, "os": {"type": "linux", "kernel": host.kernel}},
+        "process": process,
+        "user": {"id": e.uid.to_string()},
+        "group": {"id": e.gid.to_string()},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(chrono_like(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            chrono_like(1_700_000_000, 123_456_789),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        assert_eq!(chrono_like(951_782_400, 0), "2000-02-29T00:00:00.000000Z");
+    }
+}

@@ -1,0 +1,42 @@
+//! The Linux sensor: kernel telemetry turned into ECS events.
+//!
+//! * [`bpf`] loads the CO-RE BPF programs in `src/bpf/` (scheduler tracepoints: exec, fork,
+//!   exit) and reads their ring buffer. BPF only collects; everything else happens here.
+//! * [`process`] keeps the process table (from `/proc` at start, then from events) that
+//!   gives each event its parent and grandparent, and stable entity ids
+//!   (`boot id : pid : start time`).
+//! * [`ecs`] renders events with ECS field names (`process.command_line`,
+//!   `process.parent.executable`, …), which the detection engine maps onto Sigma's names.
+//!
+//! On this machine's kernel (see `../shared/reference/sensor-spike.md`) tracepoints and
+//! `tp_btf` load while fentry/LSM programs do not, which is why the programs use them.
+
+pub mod bpf;
+pub mod ecs;
+pub mod process;
+
+// SAFETY: the generated skeleton wraps libbpf's C objects; its unsafe blocks are libbpf-rs's
+// own contract (the object outlives the skeleton that borrows it).
+#[allow(
+    unsafe_code,
+    clippy::all,
+    missing_docs,
+    dead_code,
+    unused_imports,
+    unused_qualifications
+)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/process.skel.rs"));
+}
+
+/// Why the sensor could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SensorError {
+    /// Loading or attaching the BPF programs failed.
+    #[error("BPF: {0}")]
+    Bpf(String),
+    /// The machine lacks something the sensor needs.
+    #[error("{0}")]
+    Unsupported(String),
+}

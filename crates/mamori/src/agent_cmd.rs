@@ -1,0 +1,147 @@
+//! `mamori agent`: the Linux sensor.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use mamori_model::{Event, Shape};
+use mamori_sensor::bpf::{self, BpfOptions};
+use mamori_sensor::ecs::{self, HostInfo};
+use mamori_sensor::process::ProcessTable;
+use mamori_sigma::CompileOptions;
+use serde_json::json;
+
+use crate::data;
+
+/// Arguments of `mamori agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Print events as JSON lines on standard output instead of spooling them.
+    #[arg(long)]
+    stdout: bool,
+    /// Also run these rules on the agent and print detections next to the events
+    /// (with --stdout).
+    #[arg(long, short)]
+    rules: Vec<PathBuf>,
+    /// Wake the reader when this many bytes of events are queued in the kernel (0: every
+    /// event). Latency is bounded by the 100 ms poll either way.
+    #[arg(long, default_value_t = 64 * 1024)]
+    wake_bytes: u64,
+    /// Stop after this many seconds (for tests and benchmarks).
+    #[arg(long)]
+    duration: Option<u64>,
+}
+
+pub fn run(args: AgentArgs) -> Result<ExitCode> {
+    if nix_is_root().is_some_and(|root| !root) {
+        bail!("mamori agent needs root (it loads eBPF programs): run it with sudo");
+    }
+    let rules = if args.rules.is_empty() {
+        None
+    } else {
+        Some(data::load_rules(&args.rules, CompileOptions::default())?.rules)
+    };
+    let mut scanner = rules.as_ref().map(|r| r.scanner());
+    let host = HostInfo::current();
+    let mut table = ProcessTable::from_proc();
+    let spool = if args.stdout {
+        None
+    } else {
+        let dir = data::data_dir().join("spool");
+        let (spool, recovery) =
+            mamori_spool::Spool::open(&dir, mamori_spool::SpoolConfig::default())
+                .with_context(|| format!("opening the spool in {}", dir.display()))?;
+        eprintln!(
+            "mamori agent: spool {} ({} records waiting, {} corrupt, {} bytes of torn tail cut)",
+            dir.display(),
+            recovery.records,
+            recovery.corrupted_records,
+            recovery.truncated_tail_bytes
+        );
+        Some(spool)
+    };
+    let spool = std::cell::RefCell::new(spool);
+    let out = std::cell::RefCell::new(std::io::BufWriter::new(std::io::stdout().lock()));
+    let started = Instant::now();
+    let deadline = args.duration.map(|s| started + Duration::from_secs(s));
+    let mut events = 0u64;
+    let mut last_drops = 0u64;
+    let failure: Option<anyhow::Error> = None;
+    let mut hits = Vec::new();
+    let opts = BpfOptions {
+        wake_bytes: args.wake_bytes,
+        ..BpfOptions::default()
+    };
+    let known = table.len();
+    let failure = std::cell::RefCell::new(failure);
+    let result = bpf::run(
+        opts,
+        &mut || {
+            eprintln!(
+                "mamori agent: collecting process exec/fork/exit (eBPF tracepoints); {known} processes known"
+            )
+        },
+        &mut |raw| {
+            events += 1;
+            let doc = ecs::render(&raw, &mut table, &host);
+            if let Some(sc) = scanner.as_mut() {
+                let ev = Event::with_shape(doc.clone(), Shape::Ecs);
+                hits.clear();
+                sc.scan(&ev, &mut hits);
+                for &h in &hits {
+                    let info = &sc.rule_set().rules()[h];
+                    let det = json!({"detection": {
+                        "rule_id": info.meta.id, "rule_title": info.meta.title,
+                        "level": info.meta.level.as_str(), "tags": info.meta.tags,
+                        "process": {"pid": raw.pid, "entity_id": doc["process"]["entity_id"]},
+                    }});
+                    let _ = writeln!(out.borrow_mut(), "{det}");
+                }
+            }
+            if let Some(sp) = spool.borrow_mut().as_mut() {
+                if let Err(e) = sp.append(doc.to_string().as_bytes()) {
+                    failure.borrow_mut().get_or_insert(e.into());
+                }
+            } else if let Err(e) = writeln!(out.borrow_mut(), "{doc}") {
+                failure.borrow_mut().get_or_insert(e.into());
+            }
+        },
+        &mut |drops| {
+            let _ = out.borrow_mut().flush();
+            if let Some(sp) = spool.borrow_mut().as_mut()
+                && let Err(e) = sp.sync()
+            {
+                eprintln!("mamori agent: spool sync failed: {e}");
+            }
+            if drops > last_drops {
+                eprintln!(
+                    "mamori agent: {} events dropped in the kernel (ring buffer full)",
+                    drops - last_drops
+                );
+                last_drops = drops;
+            }
+            failure.borrow().is_none() && deadline.is_none_or(|d| Instant::now() < d)
+        },
+    );
+    let _ = out.borrow_mut().flush();
+    if let Some(e) = failure.into_inner() {
+        return Err(e.context("writing events"));
+    }
+    result.context("the eBPF process collector failed")?;
+    eprintln!(
+        "mamori agent: {events} events in {:.1}s, {last_drops} dropped in the kernel",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the effective user is root (`None` if unknown).
+fn nix_is_root() -> Option<bool> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status.lines().find(|l| l.starts_with("Uid:"))?;
+    let euid = uid.split_whitespace().nth(2)?;
+    Some(euid == "0")
+}

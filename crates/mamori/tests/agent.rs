@@ -1,0 +1,275 @@
+//! `mamori agent` for real: eBPF programs in the running kernel, our own processes as the
+//! workload, events asserted field by field. Needs root; without root the tests say SKIPPED
+//! (and fail under CI, which runs as root and must not skip them).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        .unwrap_or(false)
+}
+
+/// Returns false (after saying so loudly) when the test cannot run here.
+fn can_run(name: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED: {name} needs root to load eBPF programs");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{name} was skipped under CI: CI must run the privileged tests as root"
+    );
+    false
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("mamori-agent-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+struct Agent {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the agent and waits until its programs are attached.
+fn start(args: &[&str], data: &PathBuf) -> Agent {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mamori"))
+        .arg("agent")
+        .args(args)
+        .env("MAMORI_DATA_DIR", data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("agent: {line}");
+            if line.contains("collecting") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the agent did not report that it is collecting within 30 s");
+    Agent { child, lines }
+}
+
+/// Collects events until `done` says the wanted ones arrived (or 15 s pass).
+fn collect(agent: &Agent, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(line) = agent.lines.recv_timeout(Duration::from_millis(200)) {
+            seen.push(
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")),
+            );
+            if done(&seen) {
+                break;
+            }
+        }
+    }
+    seen
+}
+
+fn nonce() -> String {
+    format!(
+        "mamori-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+#[test]
+fn exec_fork_and_exit_of_our_own_processes() {
+    if !can_run("exec_fork_and_exit_of_our_own_processes") {
+        return;
+    }
+    let data = tempdir("events");
+    let agent = start(&["--stdout"], &data);
+    let tag = nonce();
+    let me = std::process::id();
+    let echo = Command::new("/bin/echo")
+        .args([tag.as_str(), "second arg"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(echo.success());
+    let mut sh = Command::new("/bin/sh")
+        .args(["-c", "exit 7"])
+        .spawn()
+        .unwrap();
+    let sh_pid = sh.id();
+    assert_eq!(sh.wait().unwrap().code(), Some(7));
+
+    let events = collect(&agent, |seen| {
+        seen.iter()
+            .any(|e| e["process"]["pid"] == sh_pid && e["event"]["action"] == "exit")
+            && seen.iter().any(|e| {
+                e["process"]["command_line"]
+                    .as_str()
+                    .is_some_and(|c| c.contains(&tag))
+            })
+    });
+    let exec = events
+        .iter()
+        .find(|e| e["event"]["action"] == "exec" && e["process"]["args"][1] == tag.as_str())
+        .unwrap_or_else(|| panic!("no exec event for {tag} among {} events", events.len()));
+    assert_eq!(exec["event"]["category"][0], "process");
+    assert_eq!(exec["event"]["type"][0], "start");
+    assert!(
+        exec["process"]["executable"]
+            .as_str()
+            .unwrap()
+            .ends_with("/echo"),
+        "{exec}"
+    );
+    assert_eq!(exec["process"]["args"][2], "second arg");
+    assert_eq!(
+        exec["process"]["command_line"],
+        format!("/bin/echo {tag} second arg")
+    );
+    assert_eq!(exec["process"]["parent"]["pid"], me, "{exec}");
+    assert_eq!(
+        exec["process"]["parent"]["executable"]
+            .as_str()
+            .map(PathBuf::from),
+        Some(std::env::current_exe().unwrap()),
+        "the parent is this test binary: {exec}"
+    );
+    assert_eq!(exec["user"]["id"], "0");
+    assert_eq!(exec["host"]["os"]["type"], "linux");
+    let entity = exec["process"]["entity_id"].as_str().unwrap();
+    assert!(
+        entity.contains(&format!(":{}:", exec["process"]["pid"])),
+        "{entity}"
+    );
+    assert!(
+        exec["@timestamp"].as_str().unwrap().starts_with("20"),
+        "{exec}"
+    );
+
+    let fork = events
+        .iter()
+        .find(|e| e["event"]["action"] == "fork" && e["process"]["pid"] == sh_pid)
+        .expect("a fork event for the shell");
+    assert_eq!(fork["process"]["parent"]["pid"], me);
+    let exit = events
+        .iter()
+        .find(|e| e["event"]["action"] == "exit" && e["process"]["pid"] == sh_pid)
+        .expect("an exit event for the shell");
+    assert_eq!(exit["process"]["exit_code"], 7);
+    assert_eq!(exit["event"]["type"][0], "end");
+    assert_eq!(exit["process"]["command_line"], "/bin/sh -c exit 7");
+    // Same process, same entity id, from start to end.
+    let sh_exec = events
+        .iter()
+        .find(|e| e["event"]["action"] == "exec" && e["process"]["pid"] == sh_pid)
+        .expect("an exec event for the shell");
+    assert_eq!(
+        sh_exec["process"]["entity_id"],
+        exit["process"]["entity_id"]
+    );
+}
+
+#[test]
+fn local_rules_print_detections_next_to_events() {
+    if !can_run("local_rules_print_detections_next_to_events") {
+        return;
+    }
+    let data = tempdir("rules");
+    let tag = nonce();
+    let rules = data.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("r.yml"),
+        format!(
+            "title: Test marker executed\nid: 9d1f6a52-0000-4000-8000-00000000a9e1\nlevel: high\n\
+             logsource: {{product: linux, category: process_creation}}\n\
+             detection:\n  sel:\n    CommandLine|contains: '{tag}'\n    ParentImage|endswith: '{}'\n  condition: sel\n",
+            std::env::current_exe().unwrap().file_name().unwrap().to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let agent = start(&["--stdout", "--rules", rules.to_str().unwrap()], &data);
+    Command::new("/bin/echo")
+        .arg(&tag)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    let events = collect(&agent, |seen| {
+        seen.iter().any(|e| e.get("detection").is_some())
+    });
+    let det = events
+        .iter()
+        .find(|e| e.get("detection").is_some())
+        .expect("a detection line");
+    assert_eq!(det["detection"]["rule_title"], "Test marker executed");
+    assert_eq!(det["detection"]["level"], "high");
+}
+
+#[test]
+fn without_stdout_events_go_to_the_spool() {
+    if !can_run("without_stdout_events_go_to_the_spool") {
+        return;
+    }
+    let data = tempdir("spool");
+    let tag = nonce();
+    let agent = start(&["--duration", "3"], &data);
+    Command::new("/bin/echo")
+        .arg(&tag)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    let mut child = agent;
+    let status = child.child.wait().unwrap();
+    assert!(status.success(), "agent exited with {status}");
+    let (mut spool, rec) =
+        mamori_spool::Spool::open(data.join("spool"), Default::default()).unwrap();
+    assert_eq!(rec.corrupted_records, 0);
+    let records = spool.read(0, 1_000_000).unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|(_, p)| String::from_utf8_lossy(p).contains(&tag)),
+        "the spool holds {} records, none with {tag}",
+        records.len()
+    );
+}

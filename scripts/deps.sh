@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs (or names) what building Mamori needs beyond Rust: the BPF compiler and libbpf's
+# C dependencies. Sourced by ./run and ./test.
+need_pkgs=()
+command -v clang >/dev/null 2>&1 || need_pkgs+=(clang)
+command -v make >/dev/null 2>&1 || need_pkgs+=(make)
+command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+[ -e /usr/include/gelf.h ] || need_pkgs+=(libelf-dev)
+[ -e /usr/include/zlib.h ] || need_pkgs+=(zlib1g-dev)
+[ -e /usr/include/linux/bpf.h ] || need_pkgs+=(linux-libc-dev)
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing: ${need_pkgs[*]}" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >&2 || {
+            apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >&2
+        } || { echo "error: could not install ${need_pkgs[*]}" >&2; exit 2; }
+    else
+        echo "error: building Mamori's eBPF sensor needs these packages: ${need_pkgs[*]}" >&2
+        echo "install them with: sudo apt-get install -y ${need_pkgs[*]}" >&2
+        exit 2
+    fi
+fi
