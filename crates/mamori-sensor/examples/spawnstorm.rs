@@ -12,12 +12,18 @@ fn main() {
         for _ in 0..threads {
             s.spawn(|| {
                 for _ in 0..n / threads {
-                    let status = std::process::Command::new("/bin/true").status().expect("spawn /bin/true");
+                    let status = std::process::Command::new("/bin/true")
+                        .status()
+                        .expect("spawn /bin/true");
                     assert!(status.success());
                 }
             });
         }
     });
     let secs = t.elapsed().as_secs_f64();
-    println!("{} execs in {secs:.2}s = {:.0}/s", n / threads * threads, (n / threads * threads) as f64 / secs);
+    println!(
+        "{} execs in {secs:.2}s = {:.0}/s",
+        n / threads * threads,
+        (n / threads * threads) as f64 / secs
+    );
 }

@@ -1,7 +1,7 @@
 //! Rendering sensor events with ECS field names.
 
 use nix::time::{ClockId, clock_gettime};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::bpf::{Kind, RawEvent};
 use crate::process::{ProcInfo, ProcessTable};
@@ -72,63 +72,155 @@ fn chrono_like(secs: i64, nanos: u32) -> String {
     )
 }
 
-fn process_json(p: &ProcInfo) -> Value {
-    json!({
-        "pid": p.pid,
-        "entity_id": p.entity_id,
-        "executable": p.executable,
-        "name": p.name,
-        "args": p.args,
-        "args_count": p.args.len(),
-        "command_line": p.command_line(),
-    })
+/// A process as ECS shows it, borrowed from the process table.
+#[derive(Serialize)]
+struct ProcDoc<'a> {
+    pid: u32,
+    entity_id: &'a str,
+    executable: &'a str,
+    name: &'a str,
+    args: &'a [String],
+    args_count: usize,
+    command_line: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<Box<ProcDoc<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args_truncated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    working_directory: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_signal: Option<i32>,
 }
 
-/// Applies the event to the table and renders it as an ECS document.
-pub fn render(e: &RawEvent, table: &mut ProcessTable, host: &HostInfo) -> Value {
+impl<'a> ProcDoc<'a> {
+    fn of(p: &'a ProcInfo) -> Self {
+        ProcDoc {
+            pid: p.pid,
+            entity_id: &p.entity_id,
+            executable: &p.executable,
+            name: &p.name,
+            args: &p.args,
+            args_count: p.args.len(),
+            command_line: p.command_line(),
+            parent: None,
+            args_truncated: None,
+            working_directory: None,
+            exit_code: None,
+            exit_signal: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct EventDoc {
+    kind: &'static str,
+    category: [&'static str; 1],
+    #[serde(rename = "type")]
+    kind_type: [&'static str; 1],
+    action: &'static str,
+    module: &'static str,
+    dataset: &'static str,
+}
+
+#[derive(Serialize)]
+struct OsDoc<'a> {
+    #[serde(rename = "type")]
+    os_type: &'static str,
+    kernel: &'a str,
+}
+
+#[derive(Serialize)]
+struct HostDoc<'a> {
+    name: &'a str,
+    os: OsDoc<'a>,
+}
+
+#[derive(Serialize)]
+struct IdDoc {
+    id: String,
+}
+
+#[derive(Serialize)]
+struct Doc<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    event: EventDoc,
+    host: HostDoc<'a>,
+    process: ProcDoc<'a>,
+    user: IdDoc,
+    group: IdDoc,
+}
+
+/// Applies the event to the table and renders it as an ECS document (one line of JSON),
+/// serialised straight from borrowed data: no intermediate JSON tree.
+pub fn render(e: &RawEvent, table: &mut ProcessTable, host: &HostInfo) -> String {
     let me = table.apply(e);
     let (action, kind_type) = match e.kind {
         Kind::Exec => ("exec", "start"),
         Kind::Fork => ("fork", "info"),
         Kind::Exit => ("exit", "end"),
     };
-    let mut process = process_json(&me);
-    process["parent"] = match table.get(e.ppid) {
+    let unknown_parent;
+    let mut process = ProcDoc::of(&me);
+    process.parent = Some(Box::new(match table.get(e.ppid) {
         Some(parent) => {
-            let mut pj = process_json(parent);
-            if let Some(gp) = table.get(parent.ppid) {
-                pj["parent"] = process_json(gp);
-            }
-            pj
+            let mut pd = ProcDoc::of(parent);
+            pd.parent = table.get(parent.ppid).map(|gp| Box::new(ProcDoc::of(gp)));
+            pd
         }
-        None => json!({"pid": e.ppid, "entity_id": table.entity_id(e.ppid, e.parent_start_ns)}),
-    };
+        None => {
+            unknown_parent = ProcInfo {
+                pid: e.ppid,
+                entity_id: table.entity_id(e.ppid, e.parent_start_ns),
+                ..ProcInfo::default()
+            };
+            ProcDoc::of(&unknown_parent)
+        }
+    }));
     if e.kind == Kind::Exec {
-        process["args_truncated"] = json!(e.args_truncated);
-        if let Ok(cwd) = std::fs::read_link(format!("/proc/{}/cwd", e.pid)) {
-            process["working_directory"] = json!(cwd.display().to_string());
-        }
+        process.args_truncated = Some(e.args_truncated);
+        process.working_directory = std::fs::read_link(format!("/proc/{}/cwd", e.pid))
+            .ok()
+            .map(|p| p.display().to_string());
     }
     if e.kind == Kind::Exit {
         // `wait` status: exit code in the high byte, terminating signal in the low 7 bits.
         let signal = e.exit_code & 0x7f;
-        process["exit_code"] = json!(if signal != 0 {
+        process.exit_code = Some(if signal != 0 {
             128 + signal
         } else {
             (e.exit_code >> 8) & 0xff
         });
-        if signal != 0 {
-            process["exit_signal"] = json!(signal);
-        }
+        process.exit_signal = (signal != 0).then_some(signal);
     }
-    json!({
-        "@timestamp": host.time(e.ts_ns),
-        "event": {"kind": "event", "category": ["process"], "type": [kind_type], "action": action, "module": "mamori", "dataset": "mamori.process"},
-        "host": {"name": host.name, "os": {"type": "linux", "kernel": host.kernel}},
-        "process": process,
-        "user": {"id": e.uid.to_string()},
-        "group": {"id": e.gid.to_string()},
-    })
+    let doc = Doc {
+        timestamp: host.time(e.ts_ns),
+        event: EventDoc {
+            kind: "event",
+            category: ["process"],
+            kind_type: [kind_type],
+            action,
+            module: "mamori",
+            dataset: "mamori.process",
+        },
+        host: HostDoc {
+            name: &host.name,
+            os: OsDoc {
+                os_type: "linux",
+                kernel: &host.kernel,
+            },
+        },
+        process,
+        user: IdDoc {
+            id: e.uid.to_string(),
+        },
+        group: IdDoc {
+            id: e.gid.to_string(),
+        },
+    };
+    serde_json::to_string(&doc).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -151,31 +151,13 @@ pub struct Spool {
     stats: SpoolStats,
 }
 
-/// CRC-32 (IEEE 802.3), bitwise-table implementation.
+/// CRC-32 (IEEE 802.3) of the concatenated parts (crc32fast: SIMD where available).
 fn crc32(parts: &[&[u8]]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, slot) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-            *slot = c;
-        }
-        t
-    });
-    let mut crc = !0u32;
+    let mut h = crc32fast::Hasher::new();
     for p in parts {
-        for &b in *p {
-            crc = table[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
-        }
+        h.update(p);
     }
-    !crc
+    h.finalize()
 }
 
 fn encode(seq: u64, payload: &[u8], out: &mut Vec<u8>) {

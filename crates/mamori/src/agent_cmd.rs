@@ -88,7 +88,9 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
             events += 1;
             let doc = ecs::render(&raw, &mut table, &host);
             if let Some(sc) = scanner.as_mut() {
-                let ev = Event::with_shape(doc.clone(), Shape::Ecs);
+                let value: serde_json::Value = serde_json::from_str(&doc).unwrap_or_default();
+                let entity = value["process"]["entity_id"].clone();
+                let ev = Event::with_shape(value, Shape::Ecs);
                 hits.clear();
                 sc.scan(&ev, &mut hits);
                 for &h in &hits {
@@ -96,13 +98,13 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
                     let det = json!({"detection": {
                         "rule_id": info.meta.id, "rule_title": info.meta.title,
                         "level": info.meta.level.as_str(), "tags": info.meta.tags,
-                        "process": {"pid": raw.pid, "entity_id": doc["process"]["entity_id"]},
+                        "process": {"pid": raw.pid, "entity_id": entity},
                     }});
                     let _ = writeln!(out.borrow_mut(), "{det}");
                 }
             }
             if let Some(sp) = spool.borrow_mut().as_mut() {
-                if let Err(e) = sp.append(doc.to_string().as_bytes()) {
+                if let Err(e) = sp.append(doc.as_bytes()) {
                     failure.borrow_mut().get_or_insert(e.into());
                 }
             } else if let Err(e) = writeln!(out.borrow_mut(), "{doc}") {
