@@ -19,7 +19,7 @@ fn main() {
              apt-get install -y clang libelf-dev zlib1g-dev pkg-config make"
         );
     }
-    let src = "src/bpf/process.bpf.c";
+    let src = "src/bpf/sensor.bpf.c";
     println!("cargo:rerun-if-changed={src}");
     libbpf_cargo::SkeletonBuilder::new()
         .source(src)
@@ -30,6 +30,6 @@ fn main() {
             "-g".into(),
             "-Wall".into(),
         ])
-        .build_and_generate(out.join("process.skel.rs"))
+        .build_and_generate(out.join("sensor.skel.rs"))
         .unwrap_or_else(|e| panic!("compiling {src}: {e:#}"));
 }

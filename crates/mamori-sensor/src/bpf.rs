@@ -7,7 +7,7 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
 
 use crate::SensorError;
-use crate::skel::ProcessSkelBuilder;
+use crate::skel::SensorSkelBuilder;
 
 /// Kind of a raw process event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +20,93 @@ pub enum Kind {
     Fork,
 }
 
-/// One event as the kernel reported it. Mirrors `struct sp_event` in `process.bpf.c`.
+/// A network event as the kernel reported it. Mirrors `struct sp_net_event`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetEvent {
+    /// `true`: a socket started listening; `false`: an outbound connect (TCP or UDP).
+    pub listen: bool,
+    /// Process id.
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Task name.
+    pub comm: String,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub protocol: u32,
+    /// Local address and port (listen).
+    pub source: Option<std::net::SocketAddr>,
+    /// Remote address and port (connect).
+    pub destination: Option<std::net::SocketAddr>,
+    /// Event time, ns since boot.
+    pub ts_ns: u64,
+}
+
+/// Anything the BPF programs report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SensorEvent {
+    /// Process lifecycle.
+    Process(RawEvent),
+    /// Network.
+    Net(NetEvent),
+}
+
+const NET_EVENT_SIZE: usize = 96;
+
+fn ip(family: u32, b: &[u8]) -> Option<std::net::IpAddr> {
+    match family {
+        2 => Some(std::net::IpAddr::from([b[0], b[1], b[2], b[3]])),
+        10 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&b[..16]);
+            Some(std::net::IpAddr::from(a))
+        }
+        _ => None,
+    }
+}
+
+impl SensorEvent {
+    /// Decodes a ring-buffer record by its kind.
+    pub fn decode(b: &[u8]) -> Option<SensorEvent> {
+        if b.len() < 4 {
+            return None;
+        }
+        match u32_at(b, 0) {
+            1..=3 => RawEvent::decode(b).map(SensorEvent::Process),
+            k @ (4 | 5) if b.len() >= NET_EVENT_SIZE => {
+                let family = u32_at(b, 20);
+                let sport = u16::from_ne_bytes([b[28], b[29]]);
+                let dport = u16::from_ne_bytes([b[30], b[31]]);
+                let listen = k == 5;
+                let saddr = ip(family, &b[64..80]);
+                let daddr = ip(family, &b[80..96]);
+                Some(SensorEvent::Net(NetEvent {
+                    listen,
+                    pid: u32_at(b, 4),
+                    uid: u32_at(b, 12),
+                    gid: u32_at(b, 16),
+                    protocol: u32_at(b, 24),
+                    source: if listen {
+                        saddr.map(|a| std::net::SocketAddr::new(a, sport))
+                    } else {
+                        None
+                    },
+                    destination: if listen {
+                        None
+                    } else {
+                        daddr.map(|a| std::net::SocketAddr::new(a, dport))
+                    },
+                    ts_ns: u64_at(b, 32),
+                    comm: cstr(&b[48..64]),
+                }))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One event as the kernel reported it. Mirrors `struct sp_event` in `sensor.bpf.c`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEvent {
     /// Which event.
@@ -132,7 +218,7 @@ impl Default for BpfOptions {
 pub fn run(
     opts: BpfOptions,
     on_ready: &mut dyn FnMut(),
-    on_event: &mut dyn FnMut(RawEvent),
+    on_event: &mut dyn FnMut(SensorEvent),
     keep_going: &mut dyn FnMut(u64) -> bool,
 ) -> Result<(), SensorError> {
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -143,16 +229,37 @@ pub fn run(
     }
     let bpf = |e: libbpf_rs::Error| SensorError::Bpf(e.to_string());
     let mut obj = MaybeUninit::uninit();
-    let mut open = ProcessSkelBuilder::default().open(&mut obj).map_err(bpf)?;
+    let mut open = SensorSkelBuilder::default().open(&mut obj).map_err(bpf)?;
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.wake_bytes = opts.wake_bytes;
     }
+    // cgroup programs attach to a cgroup, not automatically.
+    open.progs.on_connect4.set_autoattach(false);
+    open.progs.on_connect6.set_autoattach(false);
     let mut skel = open.load().map_err(bpf)?;
     skel.attach().map_err(bpf)?;
+    let cgroup_root = cgroup_v2_root().ok_or_else(|| {
+        SensorError::Unsupported(
+            "no cgroup v2 hierarchy mounted: connection events unavailable".into(),
+        )
+    })?;
+    let cg = std::fs::File::open(&cgroup_root)
+        .map_err(|e| SensorError::Bpf(format!("opening {}: {e}", cgroup_root.display())))?;
+    use std::os::fd::AsRawFd;
+    let _links = [
+        skel.progs
+            .on_connect4
+            .attach_cgroup(cg.as_raw_fd())
+            .map_err(bpf)?,
+        skel.progs
+            .on_connect6
+            .attach_cgroup(cg.as_raw_fd())
+            .map_err(bpf)?,
+    ];
     let events = std::cell::RefCell::new(on_event);
     let mut rb = RingBufferBuilder::new();
     rb.add(&skel.maps.events, |data: &[u8]| {
-        if let Some(ev) = RawEvent::decode(data) {
+        if let Some(ev) = SensorEvent::decode(data) {
             (events.borrow_mut())(ev);
         }
         0
@@ -171,6 +278,15 @@ pub fn run(
             return Ok(());
         }
     }
+}
+
+/// The cgroup v2 hierarchy: `/sys/fs/cgroup` when unified, `/sys/fs/cgroup/unified` in the
+/// hybrid layout.
+fn cgroup_v2_root() -> Option<std::path::PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.join("cgroup.controllers").exists())
 }
 
 /// Events the kernel side could not queue (ring buffer full), summed over CPUs.

@@ -3,7 +3,7 @@
 use nix::time::{ClockId, clock_gettime};
 use serde::Serialize;
 
-use crate::bpf::{Kind, RawEvent};
+use crate::bpf::{Kind, NetEvent, RawEvent, SensorEvent};
 use crate::process::{ProcInfo, ProcessTable};
 
 /// Facts about this host included in every event.
@@ -235,5 +235,109 @@ mod tests {
             "2023-11-14T22:13:20.123456Z"
         );
         assert_eq!(chrono_like(951_782_400, 0), "2000-02-29T00:00:00.000000Z");
+    }
+}
+
+#[derive(Serialize)]
+struct EndpointDoc {
+    ip: String,
+    port: u16,
+}
+
+#[derive(Serialize)]
+struct NetworkDoc {
+    transport: &'static str,
+    #[serde(rename = "type")]
+    net_type: &'static str,
+    direction: &'static str,
+}
+
+#[derive(Serialize)]
+struct NetDoc<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    event: EventDoc,
+    host: HostDoc<'a>,
+    process: ProcDoc<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<EndpointDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination: Option<EndpointDoc>,
+    network: NetworkDoc,
+    user: IdDoc,
+    group: IdDoc,
+}
+
+/// Renders a network event, attributed to its process through the table.
+pub fn render_net(e: &NetEvent, table: &ProcessTable, host: &HostInfo) -> String {
+    let fallback;
+    let me = match table.get(e.pid) {
+        Some(p) => p,
+        None => {
+            fallback = ProcInfo {
+                pid: e.pid,
+                name: e.comm.clone(),
+                ..ProcInfo::default()
+            };
+            &fallback
+        }
+    };
+    let mut process = ProcDoc::of(me);
+    process.parent = table.get(me.ppid).map(|p| Box::new(ProcDoc::of(p)));
+    let addr = e.source.or(e.destination);
+    let endpoint = |a: Option<std::net::SocketAddr>| {
+        a.map(|a| EndpointDoc {
+            ip: a.ip().to_string(),
+            port: a.port(),
+        })
+    };
+    let doc = NetDoc {
+        timestamp: host.time(e.ts_ns),
+        event: EventDoc {
+            kind: "event",
+            category: ["network"],
+            kind_type: [if e.listen { "info" } else { "start" }],
+            action: if e.listen { "listen" } else { "connect" },
+            module: "mamori",
+            dataset: "mamori.network",
+        },
+        host: HostDoc {
+            name: &host.name,
+            os: OsDoc {
+                os_type: "linux",
+                kernel: &host.kernel,
+            },
+        },
+        process,
+        source: endpoint(e.source),
+        destination: endpoint(e.destination),
+        network: NetworkDoc {
+            transport: match e.protocol {
+                6 => "tcp",
+                17 => "udp",
+                _ => "other",
+            },
+            net_type: if addr.is_some_and(|a| a.is_ipv6()) {
+                "ipv6"
+            } else {
+                "ipv4"
+            },
+            direction: if e.listen { "ingress" } else { "egress" },
+        },
+        user: IdDoc {
+            id: e.uid.to_string(),
+        },
+        group: IdDoc {
+            id: e.gid.to_string(),
+        },
+    };
+    serde_json::to_string(&doc).unwrap_or_default()
+}
+
+/// Renders any sensor event (updating the process table for process events).
+pub fn render_any(e: &SensorEvent, table: &mut ProcessTable, host: &HostInfo) -> String {
+    match e {
+        SensorEvent::Process(p) => render(p, table, host),
+        SensorEvent::Net(n) => render_net(n, table, host),
     }
 }

@@ -26,7 +26,7 @@ pub mod process;
     unused_qualifications
 )]
 mod skel {
-    include!(concat!(env!("OUT_DIR"), "/process.skel.rs"));
+    include!(concat!(env!("OUT_DIR"), "/sensor.skel.rs"));
 }
 
 /// Why the sensor could not start or stopped.

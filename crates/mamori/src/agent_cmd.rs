@@ -81,15 +81,16 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         opts,
         &mut || {
             eprintln!(
-                "mamori agent: collecting process exec/fork/exit (eBPF tracepoints); {known} processes known"
+                "mamori agent: collecting process exec/fork/exit and network connect/listen (eBPF); {known} processes known"
             )
         },
         &mut |raw| {
             events += 1;
-            let doc = ecs::render(&raw, &mut table, &host);
+            let doc = ecs::render_any(&raw, &mut table, &host);
             if let Some(sc) = scanner.as_mut() {
                 let value: serde_json::Value = serde_json::from_str(&doc).unwrap_or_default();
                 let entity = value["process"]["entity_id"].clone();
+                let value_pid = value["process"]["pid"].clone();
                 let ev = Event::with_shape(value, Shape::Ecs);
                 hits.clear();
                 sc.scan(&ev, &mut hits);
@@ -98,7 +99,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
                     let det = json!({"detection": {
                         "rule_id": info.meta.id, "rule_title": info.meta.title,
                         "level": info.meta.level.as_str(), "tags": info.meta.tags,
-                        "process": {"pid": raw.pid, "entity_id": entity},
+                        "process": {"pid": value_pid, "entity_id": entity},
                     }});
                     let _ = writeln!(out.borrow_mut(), "{det}");
                 }

@@ -273,3 +273,57 @@ fn without_stdout_events_go_to_the_spool() {
         records.len()
     );
 }
+
+#[test]
+fn listen_and_connect_over_loopback_tcp_udp_v4_v6() {
+    if !can_run("listen_and_connect_over_loopback_tcp_udp_v4_v6") {
+        return;
+    }
+    let data = tempdir("net");
+    let agent = start(&["--stdout"], &data);
+    let me = std::process::id();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.connect(("127.0.0.1", 9)).unwrap();
+    let v6 = std::net::TcpListener::bind("[::1]:0").ok();
+    let port6 = v6.as_ref().map(|l| l.local_addr().unwrap().port());
+    let _client6 = port6.map(|p| std::net::TcpStream::connect(("::1", p)).unwrap());
+
+    let mine = |e: &Value| e["process"]["pid"] == me && e["event"]["category"][0] == "network";
+    let events = collect(&agent, |seen| {
+        let n = seen.iter().filter(|e| mine(e)).count();
+        n >= if port6.is_some() { 5 } else { 3 }
+    });
+    let net: Vec<&Value> = events.iter().filter(|e| mine(e)).collect();
+    let find = |action: &str, side: &str, ip: &str, port: u16| {
+        net.iter()
+            .find(|e| {
+                e["event"]["action"] == action && e[side]["ip"] == ip && e[side]["port"] == port
+            })
+            .unwrap_or_else(|| panic!("no {action} {ip}:{port} among {net:?}"))
+    };
+    let l = find("listen", "source", "127.0.0.1", port);
+    assert_eq!(l["network"]["transport"], "tcp");
+    assert_eq!(
+        l["process"]["executable"].as_str().map(PathBuf::from),
+        Some(std::env::current_exe().unwrap())
+    );
+    let c = find("connect", "destination", "127.0.0.1", port);
+    assert_eq!(c["network"]["transport"], "tcp");
+    assert_eq!(c["network"]["direction"], "egress");
+    assert_eq!(c["event"]["type"][0], "start");
+    let u = find("connect", "destination", "127.0.0.1", 9);
+    assert_eq!(u["network"]["transport"], "udp");
+    if let Some(p6) = port6 {
+        assert_eq!(
+            find("listen", "source", "::1", p6)["network"]["type"],
+            "ipv6"
+        );
+        assert_eq!(
+            find("connect", "destination", "::1", p6)["network"]["type"],
+            "ipv6"
+        );
+    }
+}

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Mamori sensor: process lifecycle from scheduler tracepoints (tp_btf: typed arguments,
- * attached through BTF, so tracefs need not be mounted).
+ * attached through BTF, so tracefs need not be mounted), outbound connections from cgroup
+ * connect hooks, listening sockets from the inet_sock_set_state tracepoint.
  *
  * Collection only, no detection (detection stays in user space). Kernel structures are
  * declared here with only the fields read; CO-RE relocates their offsets against the running
@@ -16,6 +17,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -65,6 +67,27 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 << 20);
 } events SEC(".maps");
+
+#define SP_CONNECT 4
+#define SP_LISTEN 5
+
+/* Must match `decode_net` in src/bpf.rs. */
+struct sp_net_event {
+	__u32 kind;
+	__u32 pid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 gid;
+	__u32 family;
+	__u32 protocol;
+	__u16 sport;
+	__u16 dport;
+	__u64 ts_ns;
+	__u64 start_ns;
+	char comm[16];
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
 
 /* Drops by reason: 0 = ring buffer full. */
 struct {
@@ -162,5 +185,104 @@ int BPF_PROG(handle_exit, struct task_struct *task)
 		return 0;
 	e->exit_code = BPF_CORE_READ(task, exit_code);
 	submit(e);
+	return 0;
+}
+
+/* ---- network ---- */
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+} __attribute__((preserve_access_index));
+
+struct sock_common {
+	unsigned short skc_family;
+	__u16 skc_num;
+	__be32 skc_rcv_saddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_protocol;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct sp_net_event *new_net(__u32 kind)
+{
+	struct sp_net_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop(0);
+		return 0;
+	}
+	__u64 ugid = bpf_get_current_uid_gid();
+	e->kind = kind;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->ppid = 0;
+	e->uid = (__u32)ugid;
+	e->gid = ugid >> 32;
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->start_ns = 0;
+	e->sport = 0;
+	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
+	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	return e;
+}
+
+/* Runs in the connecting process's context for TCP and UDP; never denies (returns 1). */
+SEC("cgroup/connect4")
+int on_connect4(struct bpf_sock_addr *ctx)
+{
+	struct sp_net_event *e = new_net(SP_CONNECT);
+	if (!e)
+		return 1;
+	e->family = 2;
+	e->protocol = ctx->protocol;
+	e->dport = bpf_ntohs(ctx->user_port);
+	__u32 ip = ctx->user_ip4;
+	__builtin_memcpy(e->daddr, &ip, 4);
+	submit((struct sp_event *)e);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int on_connect6(struct bpf_sock_addr *ctx)
+{
+	struct sp_net_event *e = new_net(SP_CONNECT);
+	if (!e)
+		return 1;
+	e->family = 10;
+	e->protocol = ctx->protocol;
+	e->dport = bpf_ntohs(ctx->user_port);
+	__u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
+	__builtin_memcpy(e->daddr, &w0, 4);
+	__builtin_memcpy(e->daddr + 4, &w1, 4);
+	__builtin_memcpy(e->daddr + 8, &w2, 4);
+	__builtin_memcpy(e->daddr + 12, &w3, 4);
+	submit((struct sp_event *)e);
+	return 1;
+}
+
+/* A socket entering LISTEN: inside listen(2), so the current task is the owner. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(on_sock_state, struct sock *sk, int oldstate, int newstate)
+{
+	if (newstate != 10 /* TCP_LISTEN */)
+		return 0;
+	struct sp_net_event *e = new_net(SP_LISTEN);
+	if (!e)
+		return 0;
+	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	e->protocol = 6;
+	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->dport = 0;
+	if (e->family == 2) {
+		__be32 a = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__builtin_memcpy(e->saddr, &a, 4);
+	} else {
+		BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+	}
+	submit((struct sp_event *)e);
 	return 0;
 }
