@@ -89,6 +89,8 @@ struct ProcDoc<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     working_directory: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<HashDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_signal: Option<i32>,
@@ -107,10 +109,16 @@ impl<'a> ProcDoc<'a> {
             parent: None,
             args_truncated: None,
             working_directory: None,
+            hash: None,
             exit_code: None,
             exit_signal: None,
         }
     }
+}
+
+#[derive(Serialize)]
+struct HashDoc {
+    sha256: String,
 }
 
 #[derive(Serialize)]
@@ -155,7 +163,12 @@ struct Doc<'a> {
 
 /// Applies the event to the table and renders it as an ECS document (one line of JSON),
 /// serialised straight from borrowed data: no intermediate JSON tree.
-pub fn render(e: &RawEvent, table: &mut ProcessTable, host: &HostInfo) -> String {
+pub fn render(
+    e: &RawEvent,
+    table: &mut ProcessTable,
+    host: &HostInfo,
+    hasher: &mut crate::hash::Hasher,
+) -> String {
     let me = table.apply(e);
     let (action, kind_type) = match e.kind {
         Kind::Exec => ("exec", "start"),
@@ -184,6 +197,12 @@ pub fn render(e: &RawEvent, table: &mut ProcessTable, host: &HostInfo) -> String
         process.working_directory = std::fs::read_link(format!("/proc/{}/cwd", e.pid))
             .ok()
             .map(|p| p.display().to_string());
+        // The file as the new process sees it (its root), hashed once per version.
+        let path = format!("/proc/{}/root{}", e.pid, e.filename);
+        process.hash = hasher
+            .sha256(&path)
+            .or_else(|| hasher.sha256(&e.filename))
+            .map(|sha256| HashDoc { sha256 });
     }
     if e.kind == Kind::Exit {
         // `wait` status: exit code in the high byte, terminating signal in the low 7 bits.
@@ -335,9 +354,14 @@ pub fn render_net(e: &NetEvent, table: &ProcessTable, host: &HostInfo) -> String
 }
 
 /// Renders any sensor event (updating the process table for process events).
-pub fn render_any(e: &SensorEvent, table: &mut ProcessTable, host: &HostInfo) -> String {
+pub fn render_any(
+    e: &SensorEvent,
+    table: &mut ProcessTable,
+    host: &HostInfo,
+    hasher: &mut crate::hash::Hasher,
+) -> String {
     match e {
-        SensorEvent::Process(p) => render(p, table, host),
+        SensorEvent::Process(p) => render(p, table, host, hasher),
         SensorEvent::Net(n) => render_net(n, table, host),
     }
 }

@@ -5,6 +5,7 @@
 //! * [`process`] keeps the process table (from `/proc` at start, then from events) that
 //!   gives each event its parent and grandparent, and stable entity ids
 //!   (`boot id : pid : start time`).
+//! * [`hash`] computes SHA-256 of executed files, cached by inode, size and times.
 //! * [`ecs`] renders events with ECS field names (`process.command_line`,
 //!   `process.parent.executable`, …), which the detection engine maps onto Sigma's names.
 //!
@@ -13,6 +14,7 @@
 
 pub mod bpf;
 pub mod ecs;
+pub mod hash;
 pub mod process;
 
 // SAFETY: the generated skeleton wraps libbpf's C objects; its unsafe blocks are libbpf-rs's

@@ -47,6 +47,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let mut scanner = rules.as_ref().map(|r| r.scanner());
     let host = HostInfo::current();
     let mut table = ProcessTable::from_proc();
+    let mut hasher = mamori_sensor::hash::Hasher::default();
     let spool = if args.stdout {
         None
     } else {
@@ -86,7 +87,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         },
         &mut |raw| {
             events += 1;
-            let doc = ecs::render_any(&raw, &mut table, &host);
+            let doc = ecs::render_any(&raw, &mut table, &host, &mut hasher);
             if let Some(sc) = scanner.as_mut() {
                 let value: serde_json::Value = serde_json::from_str(&doc).unwrap_or_default();
                 let entity = value["process"]["entity_id"].clone();

@@ -175,6 +175,11 @@ fn exec_fork_and_exit_of_our_own_processes() {
         "the parent is this test binary: {exec}"
     );
     assert_eq!(exec["user"]["id"], "0");
+    let sha = exec["process"]["hash"]["sha256"]
+        .as_str()
+        .expect("exec events carry the file's SHA-256");
+    assert_eq!(sha.len(), 64, "{sha}");
+    assert!(sha.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(exec["host"]["os"]["type"], "linux");
     let entity = exec["process"]["entity_id"].as_str().unwrap();
     assert!(
