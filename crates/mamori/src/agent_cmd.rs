@@ -33,6 +33,9 @@ pub struct AgentArgs {
     /// Stop after this many seconds (for tests and benchmarks).
     #[arg(long)]
     duration: Option<u64>,
+    /// Print a health report (JSON, on standard error) every this many seconds; 0: never.
+    #[arg(long, default_value_t = 60)]
+    health_interval: u64,
 }
 
 pub fn run(args: AgentArgs) -> Result<ExitCode> {
@@ -68,7 +71,8 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let out = std::cell::RefCell::new(std::io::BufWriter::new(std::io::stdout().lock()));
     let started = Instant::now();
     let deadline = args.duration.map(|s| started + Duration::from_secs(s));
-    let mut events = 0u64;
+    let events = std::cell::Cell::new(0u64);
+    let mut next_health = Instant::now() + Duration::from_secs(args.health_interval.max(1));
     let mut last_drops = 0u64;
     let failure: Option<anyhow::Error> = None;
     let mut hits = Vec::new();
@@ -86,7 +90,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
             )
         },
         &mut |raw| {
-            events += 1;
+            events.set(events.get() + 1);
             let doc = ecs::render_any(&raw, &mut table, &host, &mut hasher);
             if let Some(sc) = scanner.as_mut() {
                 let value: serde_json::Value = serde_json::from_str(&doc).unwrap_or_default();
@@ -127,6 +131,11 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
                 );
                 last_drops = drops;
             }
+            if args.health_interval > 0 && Instant::now() >= next_health {
+                next_health = Instant::now() + Duration::from_secs(args.health_interval);
+                let depth = spool.borrow().as_ref().map(|s| s.stats());
+                eprintln!("{}", health(&started, events.get(), drops, depth));
+            }
             failure.borrow().is_none() && deadline.is_none_or(|d| Instant::now() < d)
         },
     );
@@ -136,10 +145,48 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     }
     result.context("the eBPF process collector failed")?;
     eprintln!(
-        "mamori agent: {events} events in {:.1}s, {last_drops} dropped in the kernel",
+        "mamori agent: {} events in {:.1}s, {last_drops} dropped in the kernel",
+        events.get(),
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The agent's health: what is collected, what was lost, how much it costs.
+fn health(
+    started: &Instant,
+    events: u64,
+    drops: u64,
+    spool: Option<mamori_spool::SpoolStats>,
+) -> serde_json::Value {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let cpu_ticks: u64 = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.get(s.rfind(')')? + 2..)?.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    json!({"health": {
+        "uptime_s": started.elapsed().as_secs(),
+        "collectors": {"process": "bpf", "network": "bpf"},
+        "missing": ["file", "dns", "module", "privilege", "login"],
+        "events": events,
+        "dropped": {"ring_buffer_full": drops},
+        "spool": spool.map(|s| json!({"depth_records": s.depth_records, "depth_bytes": s.depth_bytes,
+            "evicted_records": s.evicted_records, "corrupted_records": s.corrupted_records})),
+        "cpu_seconds": cpu_ticks as f64 / 100.0,
+        "rss_kib": kib("VmRSS:"),
+    }})
 }
 
 /// Whether the effective user is root (`None` if unknown).

@@ -66,9 +66,15 @@ fn start(args: &[&str], data: &PathBuf) -> Agent {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (ready_tx, ready_rx) = mpsc::channel();
+    let log = data.join("agent.err");
     std::thread::spawn(move || {
+        let mut file = std::fs::File::create(log).ok();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("agent: {line}");
+            if let Some(f) = file.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(f, "{line}");
+            }
             if line.contains("collecting") {
                 let _ = ready_tx.send(());
             }
@@ -104,6 +110,13 @@ fn collect(agent: &Agent, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> 
         }
     }
     seen
+}
+
+/// What the agent wrote on standard error so far.
+fn agent_stderr(data: &std::path::Path) -> String {
+    // The reader thread may still be writing the last lines.
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::read_to_string(data.join("agent.err")).unwrap_or_default()
 }
 
 fn nonce() -> String {
@@ -257,7 +270,7 @@ fn without_stdout_events_go_to_the_spool() {
     }
     let data = tempdir("spool");
     let tag = nonce();
-    let agent = start(&["--duration", "3"], &data);
+    let agent = start(&["--duration", "3", "--health-interval", "1"], &data);
     Command::new("/bin/echo")
         .arg(&tag)
         .stdout(Stdio::null())
