@@ -279,6 +279,16 @@ fn without_stdout_events_go_to_the_spool() {
     let mut child = agent;
     let status = child.child.wait().unwrap();
     assert!(status.success(), "agent exited with {status}");
+    let health: Vec<Value> = agent_stderr(&data)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("health").is_some())
+        .collect();
+    let h = health.last().expect("a health report on standard error");
+    assert_eq!(h["health"]["collectors"]["process"], "bpf");
+    assert_eq!(h["health"]["dropped"]["ring_buffer_full"], 0);
+    assert!(h["health"]["rss_kib"].as_u64().unwrap() > 0);
+    assert!(h["health"]["spool"]["depth_records"].as_u64().is_some());
     let (mut spool, rec) =
         mamori_spool::Spool::open(data.join("spool"), Default::default()).unwrap();
     assert_eq!(rec.corrupted_records, 0);
