@@ -43,6 +43,50 @@ pub struct NetEvent {
     pub ts_ns: u64,
 }
 
+/// What a file event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    /// Opened with O_CREAT.
+    Create,
+    /// Opened for writing (or truncation) without O_CREAT.
+    Write,
+    /// unlink / unlinkat.
+    Delete,
+    /// rename / renameat / renameat2.
+    Rename,
+    /// chmod / fchmodat.
+    Chmod,
+    /// chown / lchown / fchownat.
+    Chown,
+}
+
+/// A successful file change as the kernel reported it. Mirrors `struct sp_file_event`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEvent {
+    /// What happened.
+    pub op: FileOp,
+    /// Process id.
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Directory descriptor the path is relative to (`-100`: the working directory).
+    pub dirfd: i32,
+    /// Same for the second path (rename target).
+    pub dirfd2: i32,
+    /// open flags, or the mode for chmod.
+    pub flags: u32,
+    /// Task name.
+    pub comm: String,
+    /// The path as the process passed it.
+    pub path: String,
+    /// The rename target, as passed.
+    pub path2: String,
+    /// Event time, ns since boot.
+    pub ts_ns: u64,
+}
+
 /// Anything the BPF programs report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SensorEvent {
@@ -50,6 +94,38 @@ pub enum SensorEvent {
     Process(RawEvent),
     /// Network.
     Net(NetEvent),
+    /// File changes.
+    File(FileEvent),
+}
+
+const FILE_EVENT_SIZE: usize = 568;
+
+fn decode_file(b: &[u8]) -> Option<FileEvent> {
+    if b.len() < FILE_EVENT_SIZE {
+        return None;
+    }
+    let op = match u32_at(b, 16) {
+        1 => FileOp::Create,
+        2 => FileOp::Write,
+        3 => FileOp::Delete,
+        4 => FileOp::Rename,
+        5 => FileOp::Chmod,
+        6 => FileOp::Chown,
+        _ => return None,
+    };
+    Some(FileEvent {
+        op,
+        pid: u32_at(b, 4),
+        uid: u32_at(b, 8),
+        gid: u32_at(b, 12),
+        dirfd: u32_at(b, 20) as i32,
+        dirfd2: u32_at(b, 24) as i32,
+        flags: u32_at(b, 28),
+        ts_ns: u64_at(b, 32),
+        comm: cstr(&b[40..56]),
+        path: cstr(&b[56..312]),
+        path2: cstr(&b[312..568]),
+    })
 }
 
 const NET_EVENT_SIZE: usize = 96;
@@ -101,6 +177,7 @@ impl SensorEvent {
                     comm: cstr(&b[48..64]),
                 }))
             }
+            6 => decode_file(b).map(SensorEvent::File),
             _ => None,
         }
     }

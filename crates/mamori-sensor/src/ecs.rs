@@ -3,7 +3,7 @@
 use nix::time::{ClockId, clock_gettime};
 use serde::Serialize;
 
-use crate::bpf::{Kind, NetEvent, RawEvent, SensorEvent};
+use crate::bpf::{FileEvent, FileOp, Kind, NetEvent, RawEvent, SensorEvent};
 use crate::process::{ProcInfo, ProcessTable};
 
 /// Facts about this host included in every event.
@@ -194,9 +194,7 @@ pub fn render(
     }));
     if e.kind == Kind::Exec {
         process.args_truncated = Some(e.args_truncated);
-        process.working_directory = std::fs::read_link(format!("/proc/{}/cwd", e.pid))
-            .ok()
-            .map(|p| p.display().to_string());
+        process.working_directory = (!me.cwd.is_empty()).then(|| me.cwd.clone());
         // The file as the new process sees it (its root), hashed once per version.
         let path = format!("/proc/{}/root{}", e.pid, e.filename);
         process.hash = hasher
@@ -353,6 +351,134 @@ pub fn render_net(e: &NetEvent, table: &ProcessTable, host: &HostInfo) -> String
     serde_json::to_string(&doc).unwrap_or_default()
 }
 
+#[derive(Serialize)]
+struct OriginalDoc {
+    path: String,
+}
+
+#[derive(Serialize)]
+struct FileExtDoc {
+    original: OriginalDoc,
+}
+
+#[derive(Serialize)]
+struct FileDoc {
+    path: String,
+    name: String,
+    directory: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<String>,
+    #[serde(rename = "Ext", skip_serializing_if = "Option::is_none")]
+    ext: Option<FileExtDoc>,
+}
+
+#[derive(Serialize)]
+struct FileEventDoc<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    event: EventDoc,
+    host: HostDoc<'a>,
+    process: ProcDoc<'a>,
+    file: FileDoc,
+    user: IdDoc,
+    group: IdDoc,
+}
+
+/// Turns a path as a process passed it into an absolute one: relative paths are resolved
+/// against the process's working directory or the directory descriptor (best effort: the
+/// process may be gone).
+fn resolve(pid: u32, dirfd: i32, path: &str, known_cwd: &str) -> String {
+    if path.starts_with('/') || path.is_empty() {
+        return path.to_string();
+    }
+    let base = if dirfd == -100 {
+        std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()
+            .or_else(|| (!known_cwd.is_empty()).then(|| std::path::PathBuf::from(known_cwd)))
+    } else {
+        std::fs::read_link(format!("/proc/{pid}/fd/{dirfd}")).ok()
+    };
+    match base {
+        Some(b) => b.join(path).display().to_string(),
+        None => path.to_string(),
+    }
+}
+
+/// Renders a file event, attributed to its process through the table.
+pub fn render_file(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> String {
+    let fallback;
+    let me = match table.get(e.pid) {
+        Some(p) => p,
+        None => {
+            fallback = ProcInfo {
+                pid: e.pid,
+                name: e.comm.clone(),
+                ..ProcInfo::default()
+            };
+            &fallback
+        }
+    };
+    let mut process = ProcDoc::of(me);
+    process.parent = table.get(me.ppid).map(|p| Box::new(ProcDoc::of(p)));
+    let (action, kind_type) = match e.op {
+        FileOp::Create => ("create", "creation"),
+        FileOp::Write => ("write", "change"),
+        FileOp::Delete => ("delete", "deletion"),
+        FileOp::Rename => ("rename", "change"),
+        FileOp::Chmod => ("chmod", "change"),
+        FileOp::Chown => ("chown", "change"),
+    };
+    let first = resolve(e.pid, e.dirfd, &e.path, &me.cwd);
+    let (path, original) = if e.op == FileOp::Rename {
+        (resolve(e.pid, e.dirfd2, &e.path2, &me.cwd), Some(first))
+    } else {
+        (first, None)
+    };
+    let p = std::path::Path::new(&path);
+    let file = FileDoc {
+        name: p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        directory: p
+            .parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+        mode: (e.op == FileOp::Chmod).then(|| format!("{:o}", e.flags & 0o7777)),
+        ext: original.map(|o| FileExtDoc {
+            original: OriginalDoc { path: o },
+        }),
+        path,
+    };
+    let doc = FileEventDoc {
+        timestamp: host.time(e.ts_ns),
+        event: EventDoc {
+            kind: "event",
+            category: ["file"],
+            kind_type: [kind_type],
+            action,
+            module: "mamori",
+            dataset: "mamori.file",
+        },
+        host: HostDoc {
+            name: &host.name,
+            os: OsDoc {
+                os_type: "linux",
+                kernel: &host.kernel,
+            },
+        },
+        process,
+        file,
+        user: IdDoc {
+            id: e.uid.to_string(),
+        },
+        group: IdDoc {
+            id: e.gid.to_string(),
+        },
+    };
+    serde_json::to_string(&doc).unwrap_or_default()
+}
+
 /// Renders any sensor event (updating the process table for process events).
 pub fn render_any(
     e: &SensorEvent,
@@ -363,5 +489,6 @@ pub fn render_any(
     match e {
         SensorEvent::Process(p) => render(p, table, host, hasher),
         SensorEvent::Net(n) => render_net(n, table, host),
+        SensorEvent::File(f) => render_file(f, table, host),
     }
 }

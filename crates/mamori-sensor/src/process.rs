@@ -27,6 +27,9 @@ pub struct ProcInfo {
     pub args: Vec<String>,
     /// Task name.
     pub name: String,
+    /// Working directory when last seen (at exec, or inherited at fork); chdir is not
+    /// followed.
+    pub cwd: String,
 }
 
 impl ProcInfo {
@@ -91,6 +94,9 @@ impl ProcessTable {
         let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.display().to_string())
             .unwrap_or_default();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         Some(ProcInfo {
             pid,
             ppid,
@@ -98,6 +104,7 @@ impl ProcessTable {
             executable,
             args,
             name,
+            cwd,
         })
     }
 
@@ -137,11 +144,17 @@ impl ProcessTable {
                     executable: parent.executable,
                     args: parent.args,
                     name: e.comm.clone(),
+                    cwd: parent.cwd,
                 };
                 self.procs.insert(e.pid, info.clone());
                 info
             }
             Kind::Exec => {
+                let cwd = std::fs::read_link(format!("/proc/{}/cwd", e.pid))
+                    .map(|p| p.display().to_string())
+                    .ok()
+                    .or_else(|| self.procs.get(&e.pid).map(|p| p.cwd.clone()))
+                    .unwrap_or_default();
                 let info = ProcInfo {
                     pid: e.pid,
                     ppid: e.ppid,
@@ -149,6 +162,7 @@ impl ProcessTable {
                     executable: e.filename.clone(),
                     args: e.args.clone(),
                     name: e.comm.clone(),
+                    cwd,
                 };
                 self.procs.insert(e.pid, info.clone());
                 info

@@ -86,7 +86,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         opts,
         &mut || {
             eprintln!(
-                "mamori agent: collecting process exec/fork/exit and network connect/listen (eBPF); {known} processes known"
+                "mamori agent: collecting process exec/fork/exit, network connect/listen and file changes (eBPF); {known} processes known"
             )
         },
         &mut |raw| {
@@ -178,8 +178,8 @@ fn health(
         .unwrap_or(0);
     json!({"health": {
         "uptime_s": started.elapsed().as_secs(),
-        "collectors": {"process": "bpf", "network": "bpf"},
-        "missing": ["file", "dns", "module", "privilege", "login"],
+        "collectors": {"process": "bpf", "network": "bpf", "file": "bpf"},
+        "missing": ["dns", "module", "privilege", "login"],
         "events": events,
         "dropped": {"ring_buffer_full": drops},
         "spool": spool.map(|s| json!({"depth_records": s.depth_records, "depth_bytes": s.depth_bytes,

@@ -355,3 +355,49 @@ fn listen_and_connect_over_loopback_tcp_udp_v4_v6() {
         );
     }
 }
+
+#[test]
+fn file_create_write_rename_chmod_delete() {
+    if !can_run("file_create_write_rename_chmod_delete") {
+        return;
+    }
+    let data = tempdir("files");
+    let agent = start(&["--stdout"], &data);
+    let me = std::process::id();
+    let dir = tempdir("files-work");
+    let a = dir.join("created.txt");
+    let b = dir.join("renamed.txt");
+    std::fs::write(&a, b"one").unwrap();
+    std::fs::OpenOptions::new().append(true).open(&a).unwrap();
+    std::fs::rename(&a, &b).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o640)).unwrap();
+    // Reading is not a change: filtered in the kernel.
+    std::fs::read(&b).unwrap();
+    std::fs::remove_file(&b).unwrap();
+    let (a, b) = (a.display().to_string(), b.display().to_string());
+    let mine = |e: &Value| e["process"]["pid"] == me && e["event"]["category"][0] == "file";
+    let events = collect(&agent, |seen| {
+        seen.iter()
+            .any(|e| mine(e) && e["event"]["action"] == "delete" && e["file"]["path"] == b.as_str())
+    });
+    let file: Vec<&Value> = events.iter().filter(|e| mine(e)).collect();
+    let find = |action: &str, path: &str| {
+        file.iter()
+            .find(|e| e["event"]["action"] == action && e["file"]["path"] == path)
+            .unwrap_or_else(|| panic!("no {action} of {path} among {file:?}"))
+    };
+    assert_eq!(find("create", &a)["event"]["type"][0], "creation");
+    assert_eq!(find("write", &a)["event"]["type"][0], "change");
+    let r = find("rename", &b);
+    assert_eq!(r["file"]["Ext"]["original"]["path"], a.as_str());
+    assert_eq!(find("chmod", &b)["file"]["mode"], "640");
+    assert_eq!(find("delete", &b)["event"]["type"][0], "deletion");
+    assert_eq!(
+        file.iter()
+            .filter(|e| e["file"]["path"] == b.as_str())
+            .count(),
+        3,
+        "rename, chmod, delete — and no event for the read: {file:?}"
+    );
+}

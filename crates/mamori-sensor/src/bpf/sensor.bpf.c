@@ -286,3 +286,225 @@ int BPF_PROG(on_sock_state, struct sock *sk, int oldstate, int newstate)
 	submit((struct sp_event *)e);
 	return 0;
 }
+
+/* ---- files: syscall entry/exit (x86_64 numbers), only successful changes ---- */
+
+#define SP_FILE 6
+
+enum sp_file_op { SP_F_CREATE = 1, SP_F_WRITE = 2, SP_F_DELETE = 3, SP_F_RENAME = 4, SP_F_CHMOD = 5, SP_F_CHOWN = 6 };
+
+struct pt_regs {
+	unsigned long di;
+	unsigned long si;
+	unsigned long dx;
+	unsigned long r10;
+} __attribute__((preserve_access_index));
+
+#define SP_PATH_MAX 256
+
+struct sp_file_pending {
+	__u32 op;
+	__s32 dirfd;
+	__s32 dirfd2;
+	__u32 flags;
+	char path[SP_PATH_MAX];
+	char path2[SP_PATH_MAX];
+};
+
+/* Must match `decode_file` in src/bpf.rs. */
+struct sp_file_event {
+	__u32 kind;
+	__u32 pid;
+	__u32 uid;
+	__u32 gid;
+	__u32 op;
+	__s32 dirfd;
+	__s32 dirfd2;
+	__u32 flags;
+	__u64 ts_ns;
+	char comm[16];
+	char path[SP_PATH_MAX];
+	char path2[SP_PATH_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct sp_file_pending);
+} pending SEC(".maps");
+
+/* Scratch for building a pending entry (too big for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sp_file_pending);
+} scratch SEC(".maps");
+
+/* Paths under these prefixes are kernel interfaces, not files: filtered in the kernel. */
+static __always_inline int uninteresting(const char *p)
+{
+	if (p[0] != '/')
+		return 0;
+	if (p[1] == 'p' && p[2] == 'r' && p[3] == 'o' && p[4] == 'c' && (p[5] == '/' || p[5] == 0))
+		return 1;
+	if (p[1] == 's' && p[2] == 'y' && p[3] == 's' && (p[4] == '/' || p[4] == 0))
+		return 1;
+	if (p[1] == 'd' && p[2] == 'e' && p[3] == 'v' && (p[4] == '/' || p[4] == 0))
+		return 1;
+	return 0;
+}
+
+#define O_WRONLY 01
+#define O_RDWR 02
+#define O_CREAT 0100
+#define O_TRUNC 01000
+#define AT_FDCWD -100
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
+{
+	__u32 op = 0;
+	long a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+	int dirfd = AT_FDCWD, dirfd2 = AT_FDCWD;
+	const char *p1 = 0, *p2 = 0;
+	__u32 flags = 0;
+	switch (id) {
+	case 2:   /* open(path, flags) */
+	case 85:  /* creat(path, mode) */
+	case 257: /* openat(dirfd, path, flags) */
+		a0 = BPF_CORE_READ(regs, di);
+		a1 = BPF_CORE_READ(regs, si);
+		a2 = BPF_CORE_READ(regs, dx);
+		if (id == 257) {
+			dirfd = a0;
+			p1 = (const char *)a1;
+			flags = a2;
+		} else if (id == 2) {
+			p1 = (const char *)a0;
+			flags = a1;
+		} else {
+			p1 = (const char *)a0;
+			flags = O_CREAT | O_WRONLY | O_TRUNC;
+		}
+		if (!(flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC)))
+			return 0; /* reads are not file changes: dropped here */
+		op = (flags & O_CREAT) ? SP_F_CREATE : SP_F_WRITE;
+		break;
+	case 87:  /* unlink(path) */
+	case 263: /* unlinkat(dirfd, path, flags) */
+		a0 = BPF_CORE_READ(regs, di);
+		a1 = BPF_CORE_READ(regs, si);
+		op = SP_F_DELETE;
+		if (id == 263) {
+			dirfd = a0;
+			p1 = (const char *)a1;
+		} else {
+			p1 = (const char *)a0;
+		}
+		break;
+	case 82:  /* rename(old, new) */
+	case 264: /* renameat(olddirfd, old, newdirfd, new) */
+	case 316: /* renameat2(olddirfd, old, newdirfd, new, flags) */
+		a0 = BPF_CORE_READ(regs, di);
+		a1 = BPF_CORE_READ(regs, si);
+		a2 = BPF_CORE_READ(regs, dx);
+		a3 = BPF_CORE_READ(regs, r10);
+		op = SP_F_RENAME;
+		if (id == 82) {
+			p1 = (const char *)a0;
+			p2 = (const char *)a1;
+		} else {
+			dirfd = a0;
+			p1 = (const char *)a1;
+			dirfd2 = a2;
+			p2 = (const char *)a3;
+		}
+		break;
+	case 90:  /* chmod(path, mode) */
+	case 268: /* fchmodat(dirfd, path, mode) */
+		a0 = BPF_CORE_READ(regs, di);
+		a1 = BPF_CORE_READ(regs, si);
+		a2 = BPF_CORE_READ(regs, dx);
+		op = SP_F_CHMOD;
+		if (id == 268) {
+			dirfd = a0;
+			p1 = (const char *)a1;
+			flags = a2;
+		} else {
+			p1 = (const char *)a0;
+			flags = a1;
+		}
+		break;
+	case 92:  /* chown(path, uid, gid) */
+	case 94:  /* lchown */
+	case 260: /* fchownat(dirfd, path, uid, gid, flags) */
+		a0 = BPF_CORE_READ(regs, di);
+		a1 = BPF_CORE_READ(regs, si);
+		op = SP_F_CHOWN;
+		if (id == 260) {
+			dirfd = a0;
+			p1 = (const char *)a1;
+		} else {
+			p1 = (const char *)a0;
+		}
+		break;
+	default:
+		return 0;
+	}
+	__u32 zero = 0;
+	struct sp_file_pending *pe = bpf_map_lookup_elem(&scratch, &zero);
+	if (!pe)
+		return 0;
+	pe->op = op;
+	pe->dirfd = dirfd;
+	pe->dirfd2 = dirfd2;
+	pe->flags = flags;
+	pe->path[0] = 0;
+	pe->path2[0] = 0;
+	if (bpf_probe_read_user_str(&pe->path, sizeof(pe->path), p1) <= 0)
+		return 0;
+	if (uninteresting(pe->path))
+		return 0;
+	if (p2)
+		bpf_probe_read_user_str(&pe->path2, sizeof(pe->path2), p2);
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&pending, &tid, pe, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sp_file_pending *pe = bpf_map_lookup_elem(&pending, &tid);
+	if (!pe)
+		return 0;
+	if (ret < 0) {
+		bpf_map_delete_elem(&pending, &tid);
+		return 0;
+	}
+	struct sp_file_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop(0);
+		bpf_map_delete_elem(&pending, &tid);
+		return 0;
+	}
+	__u64 ugid = bpf_get_current_uid_gid();
+	e->kind = SP_FILE;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->uid = (__u32)ugid;
+	e->gid = ugid >> 32;
+	e->op = pe->op;
+	e->dirfd = pe->dirfd;
+	e->dirfd2 = pe->dirfd2;
+	e->flags = pe->flags;
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	__builtin_memcpy(e->path, pe->path, SP_PATH_MAX);
+	__builtin_memcpy(e->path2, pe->path2, SP_PATH_MAX);
+	bpf_map_delete_elem(&pending, &tid);
+	submit((struct sp_event *)e);
+	return 0;
+}
