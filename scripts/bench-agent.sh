@@ -2,7 +2,7 @@
 # Sensor benchmark for BENCHMARKS.md (root): an exec storm with and without `mamori agent`
 # in the same run, the agent's CPU (user + kernel, from /proc), BPF program run time per event
 # (kernel.bpf_stats_enabled), events captured, drops, idle CPU and peak RSS.
-# Usage: sudo scripts/bench-agent.sh [EXECS]
+# Usage: sudo [AGENT_ARGS="--without file"] scripts/bench-agent.sh [EXECS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-20000}
@@ -19,7 +19,7 @@ echo "machine: $(nproc) cores, $(uname -r)"
 echo "without the agent: $($STORM "$N" 2)"
 
 sysctl -qw kernel.bpf_stats_enabled=1
-MAMORI_DATA_DIR=$WORK/data "$BIN" agent --duration 600 2>"$WORK/agent.err" &
+MAMORI_DATA_DIR=$WORK/data "$BIN" agent --duration 600 ${AGENT_ARGS:-} 2>"$WORK/agent.err" &
 AGENT=$!
 for _ in $(seq 100); do grep -q collecting "$WORK/agent.err" 2>/dev/null && break; sleep 0.1; done
 sleep 1
@@ -36,8 +36,8 @@ bpf_after=$(cat /proc/$AGENT/fdinfo/* 2>/dev/null | awk '/run_time_ns/ {t+=$2} /
 sysctl -qw kernel.bpf_stats_enabled=0
 read -r bt0 bc0 <<<"$bpf_before"; read -r bt1 bc1 <<<"$bpf_after"
 events=$((bc1 - bc0))
-echo "BPF programs: $events runs, $(awk -v t=$((bt1 - bt0)) -v c=$events 'BEGIN{printf "%.2f", t/c/1000}') µs per event in the kernel"
-echo "agent user+sys CPU for the storm: $((t1 - t0)) ticks = $(awk -v t=$((t1 - t0)) -v c=$events 'BEGIN{printf "%.2f", t*10000/c}') µs per event"
+echo "BPF programs: $events runs, $(awk -v t=$((bt1 - bt0)) 'BEGIN{printf "%.3f", t/1e9}') s in the kernel = $(awk -v t=$((bt1 - bt0)) -v n="$N" 'BEGIN{printf "%.2f", t/n/1000}') µs per exec"
+echo "agent user+sys CPU for the storm: $((t1 - t0)) ticks = $(awk -v t=$((t1 - t0)) -v n="$N" 'BEGIN{printf "%.2f", t*10000/n}') µs per exec"
 echo "agent peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$AGENT/status)"
 kill -TERM $AGENT; wait $AGENT 2>/dev/null || true
 tail -1 "$WORK/agent.err"

@@ -279,6 +279,10 @@ pub struct BpfOptions {
     pub wake_bytes: u64,
     /// Poll timeout.
     pub poll: Duration,
+    /// Collect file changes (syscall tracepoints: every syscall pays a small cost).
+    pub files: bool,
+    /// Collect network connects and listens.
+    pub network: bool,
 }
 
 impl Default for BpfOptions {
@@ -286,6 +290,8 @@ impl Default for BpfOptions {
         BpfOptions {
             wake_bytes: 64 << 10,
             poll: Duration::from_millis(100),
+            files: true,
+            network: true,
         }
     }
 }
@@ -313,6 +319,15 @@ pub fn run(
     // cgroup programs attach to a cgroup, not automatically.
     open.progs.on_connect4.set_autoattach(false);
     open.progs.on_connect6.set_autoattach(false);
+    if !opts.files {
+        open.progs.on_sys_enter.set_autoload(false);
+        open.progs.on_sys_exit.set_autoload(false);
+    }
+    if !opts.network {
+        open.progs.on_connect4.set_autoload(false);
+        open.progs.on_connect6.set_autoload(false);
+        open.progs.on_sock_state.set_autoload(false);
+    }
     let mut skel = open.load().map_err(bpf)?;
     skel.attach().map_err(bpf)?;
     let cgroup_root = cgroup_v2_root().ok_or_else(|| {

@@ -33,6 +33,10 @@ pub struct AgentArgs {
     /// Stop after this many seconds (for tests and benchmarks).
     #[arg(long)]
     duration: Option<u64>,
+    /// Event sources to turn off: `file` (file changes come from syscall tracepoints, which
+    /// every syscall pays for) or `network`. Process events are always collected.
+    #[arg(long, value_delimiter = ',')]
+    without: Vec<String>,
     /// Print a health report (JSON, on standard error) every this many seconds; 0: never.
     #[arg(long, default_value_t = 60)]
     health_interval: u64,
@@ -76,17 +80,31 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let mut last_drops = 0u64;
     let failure: Option<anyhow::Error> = None;
     let mut hits = Vec::new();
+    for w in &args.without {
+        if w != "file" && w != "network" {
+            bail!("--without takes `file` and/or `network`, not {w:?}");
+        }
+    }
     let opts = BpfOptions {
         wake_bytes: args.wake_bytes,
+        files: !args.without.iter().any(|w| w == "file"),
+        network: !args.without.iter().any(|w| w == "network"),
         ..BpfOptions::default()
     };
+    let (files_on, network_on) = (opts.files, opts.network);
     let known = table.len();
     let failure = std::cell::RefCell::new(failure);
     let result = bpf::run(
         opts,
         &mut || {
             eprintln!(
-                "mamori agent: collecting process exec/fork/exit, network connect/listen and file changes (eBPF); {known} processes known"
+                "mamori agent: collecting process exec/fork/exit{}{} (eBPF); {known} processes known",
+                if network_on {
+                    ", network connect/listen"
+                } else {
+                    ""
+                },
+                if files_on { ", file changes" } else { "" }
             )
         },
         &mut |raw| {
@@ -134,7 +152,10 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
             if args.health_interval > 0 && Instant::now() >= next_health {
                 next_health = Instant::now() + Duration::from_secs(args.health_interval);
                 let depth = spool.borrow().as_ref().map(|s| s.stats());
-                eprintln!("{}", health(&started, events.get(), drops, depth));
+                eprintln!(
+                    "{}",
+                    health(&started, events.get(), drops, depth, files_on, network_on)
+                );
             }
             failure.borrow().is_none() && deadline.is_none_or(|d| Instant::now() < d)
         },
@@ -158,7 +179,17 @@ fn health(
     events: u64,
     drops: u64,
     spool: Option<mamori_spool::SpoolStats>,
+    files: bool,
+    network: bool,
 ) -> serde_json::Value {
+    let mut missing = vec!["dns", "module", "privilege", "login"];
+    if !files {
+        missing.push("file");
+    }
+    if !network {
+        missing.push("network");
+    }
+    let on = |b: bool| if b { "bpf" } else { "off" };
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib = |key: &str| {
         status
@@ -178,8 +209,8 @@ fn health(
         .unwrap_or(0);
     json!({"health": {
         "uptime_s": started.elapsed().as_secs(),
-        "collectors": {"process": "bpf", "network": "bpf", "file": "bpf"},
-        "missing": ["dns", "module", "privilege", "login"],
+        "collectors": {"process": "bpf", "network": on(network), "file": on(files)},
+        "missing": missing,
         "events": events,
         "dropped": {"ring_buffer_full": drops},
         "spool": spool.map(|s| json!({"depth_records": s.depth_records, "depth_bytes": s.depth_bytes,

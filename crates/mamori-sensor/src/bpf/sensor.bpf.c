@@ -334,6 +334,15 @@ struct {
 	__type(value, struct sp_file_pending);
 } pending SEC(".maps");
 
+/* Syscalls with a pending entry, system-wide: lets sys_exit (which runs for every syscall)
+ * return at once in the common case where no file change is in flight. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} inflight SEC(".maps");
+
 /* Scratch for building a pending entry (too big for the BPF stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -470,17 +479,28 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	if (p2)
 		bpf_probe_read_user_str(&pe->path2, sizeof(pe->path2), p2);
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&pending, &tid, pe, BPF_ANY);
+	if (bpf_map_update_elem(&pending, &tid, pe, BPF_NOEXIST) == 0) {
+		__s64 *n = bpf_map_lookup_elem(&inflight, &zero);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+	} else {
+		bpf_map_update_elem(&pending, &tid, pe, BPF_ANY);
+	}
 	return 0;
 }
 
 SEC("tp_btf/sys_exit")
 int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 {
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&inflight, &zero);
+	if (!n || *n <= 0)
+		return 0;
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct sp_file_pending *pe = bpf_map_lookup_elem(&pending, &tid);
 	if (!pe)
 		return 0;
+	__sync_fetch_and_add(n, -1);
 	if (ret < 0) {
 		bpf_map_delete_elem(&pending, &tid);
 		return 0;
