@@ -58,6 +58,33 @@ pub enum FileOp {
     Chmod,
     /// chown / lchown / fchownat.
     Chown,
+    /// setuid / setreuid / setresuid (ids requested in `dirfd`, `dirfd2`, `flags`; -1: unchanged).
+    SetUid,
+    /// setgid / setregid / setresgid (same layout).
+    SetGid,
+    /// capset.
+    Capset,
+    /// ptrace attach or seize (`dirfd`: request, `dirfd2`: target pid).
+    Ptrace,
+    /// init_module / finit_module (`dirfd`: file descriptor of the module, or -1).
+    ModuleLoad,
+    /// delete_module (`path`: module name).
+    ModuleUnload,
+}
+
+impl FileOp {
+    /// Whether this is a file change (as opposed to a privilege, debug or module call).
+    pub fn is_file(self) -> bool {
+        matches!(
+            self,
+            FileOp::Create
+                | FileOp::Write
+                | FileOp::Delete
+                | FileOp::Rename
+                | FileOp::Chmod
+                | FileOp::Chown
+        )
+    }
 }
 
 /// A successful file change as the kernel reported it. Mirrors `struct sp_file_event`.
@@ -85,6 +112,9 @@ pub struct FileEvent {
     pub path2: String,
     /// Event time, ns since boot.
     pub ts_ns: u64,
+    /// The syscall's return value (negative errno on failure; file changes are reported on
+    /// success only).
+    pub ret: i64,
 }
 
 /// Anything the BPF programs report.
@@ -98,7 +128,7 @@ pub enum SensorEvent {
     File(FileEvent),
 }
 
-const FILE_EVENT_SIZE: usize = 568;
+const FILE_EVENT_SIZE: usize = 576;
 
 fn decode_file(b: &[u8]) -> Option<FileEvent> {
     if b.len() < FILE_EVENT_SIZE {
@@ -111,6 +141,12 @@ fn decode_file(b: &[u8]) -> Option<FileEvent> {
         4 => FileOp::Rename,
         5 => FileOp::Chmod,
         6 => FileOp::Chown,
+        7 => FileOp::SetUid,
+        8 => FileOp::SetGid,
+        9 => FileOp::Capset,
+        10 => FileOp::Ptrace,
+        11 => FileOp::ModuleLoad,
+        12 => FileOp::ModuleUnload,
         _ => return None,
     };
     Some(FileEvent {
@@ -125,6 +161,7 @@ fn decode_file(b: &[u8]) -> Option<FileEvent> {
         comm: cstr(&b[40..56]),
         path: cstr(&b[56..312]),
         path2: cstr(&b[312..568]),
+        ret: u64_at(b, 568) as i64,
     })
 }
 

@@ -427,6 +427,7 @@ pub fn render_file(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> Stri
         FileOp::Rename => ("rename", "change"),
         FileOp::Chmod => ("chmod", "change"),
         FileOp::Chown => ("chown", "change"),
+        _ => ("other", "info"),
     };
     let first = resolve(e.pid, e.dirfd, &e.path, &me.cwd);
     let (path, original) = if e.op == FileOp::Rename {
@@ -479,6 +480,157 @@ pub fn render_file(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> Stri
     serde_json::to_string(&doc).unwrap_or_default()
 }
 
+#[derive(Serialize)]
+struct TargetDoc<'a> {
+    process: ProcDoc<'a>,
+}
+
+#[derive(Serialize)]
+struct SysDoc<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    event: OutcomeEventDoc,
+    host: HostDoc<'a>,
+    process: ProcDoc<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<TargetDoc<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<FileDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested: Option<RequestedDoc>,
+    user: IdDoc,
+    group: IdDoc,
+}
+
+#[derive(Serialize)]
+struct OutcomeEventDoc {
+    #[serde(flatten)]
+    base: EventDoc,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<i64>,
+}
+
+/// Ids a setuid/setgid-family call asked for (absent: left unchanged).
+#[derive(Serialize)]
+struct RequestedDoc {
+    ids: Vec<i64>,
+}
+
+/// Renders a privilege change, ptrace attach or module load/unload.
+fn render_sys(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> String {
+    let fallback;
+    let me = match table.get(e.pid) {
+        Some(p) => p,
+        None => {
+            fallback = ProcInfo {
+                pid: e.pid,
+                name: e.comm.clone(),
+                ..ProcInfo::default()
+            };
+            &fallback
+        }
+    };
+    let mut process = ProcDoc::of(me);
+    process.parent = table.get(me.ppid).map(|p| Box::new(ProcDoc::of(p)));
+    let (category, kind_type, action) = match e.op {
+        FileOp::SetUid => ("process", "change", "setuid"),
+        FileOp::SetGid => ("process", "change", "setgid"),
+        FileOp::Capset => ("process", "change", "capset"),
+        FileOp::Ptrace => ("process", "access", "ptrace-attach"),
+        FileOp::ModuleLoad => ("driver", "start", "module-load"),
+        FileOp::ModuleUnload => ("driver", "end", "module-unload"),
+        _ => ("file", "info", "other"),
+    };
+    let target_fallback;
+    let target = if e.op == FileOp::Ptrace {
+        let pid = e.dirfd2 as u32;
+        Some(TargetDoc {
+            process: match table.get(pid) {
+                Some(t) => ProcDoc::of(t),
+                None => {
+                    target_fallback = ProcInfo {
+                        pid,
+                        ..ProcInfo::default()
+                    };
+                    ProcDoc::of(&target_fallback)
+                }
+            },
+        })
+    } else {
+        None
+    };
+    let file = match e.op {
+        FileOp::ModuleLoad if e.dirfd >= 0 => {
+            std::fs::read_link(format!("/proc/{}/fd/{}", e.pid, e.dirfd))
+                .ok()
+                .map(|p| {
+                    let path = p.display().to_string();
+                    FileDoc {
+                        name: p
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        directory: p
+                            .parent()
+                            .map(|d| d.display().to_string())
+                            .unwrap_or_default(),
+                        mode: None,
+                        ext: None,
+                        path,
+                    }
+                })
+        }
+        FileOp::ModuleUnload => Some(FileDoc {
+            path: String::new(),
+            name: e.path.clone(),
+            directory: String::new(),
+            mode: None,
+            ext: None,
+        }),
+        _ => None,
+    };
+    let requested = matches!(e.op, FileOp::SetUid | FileOp::SetGid).then(|| RequestedDoc {
+        ids: [e.dirfd as i64, e.dirfd2 as i64, e.flags as i32 as i64]
+            .into_iter()
+            .filter(|&i| i >= 0)
+            .collect(),
+    });
+    let doc = SysDoc {
+        timestamp: host.time(e.ts_ns),
+        event: OutcomeEventDoc {
+            base: EventDoc {
+                kind: "event",
+                category: [category],
+                kind_type: [kind_type],
+                action,
+                module: "mamori",
+                dataset: "mamori.privilege",
+            },
+            outcome: if e.ret < 0 { "failure" } else { "success" },
+            error_code: (e.ret < 0).then_some(-e.ret),
+        },
+        host: HostDoc {
+            name: &host.name,
+            os: OsDoc {
+                os_type: "linux",
+                kernel: &host.kernel,
+            },
+        },
+        process,
+        target,
+        file,
+        requested,
+        user: IdDoc {
+            id: e.uid.to_string(),
+        },
+        group: IdDoc {
+            id: e.gid.to_string(),
+        },
+    };
+    serde_json::to_string(&doc).unwrap_or_default()
+}
+
 /// Renders any sensor event (updating the process table for process events).
 pub fn render_any(
     e: &SensorEvent,
@@ -489,6 +641,7 @@ pub fn render_any(
     match e {
         SensorEvent::Process(p) => render(p, table, host, hasher),
         SensorEvent::Net(n) => render_net(n, table, host),
-        SensorEvent::File(f) => render_file(f, table, host),
+        SensorEvent::File(f) if f.op.is_file() => render_file(f, table, host),
+        SensorEvent::File(f) => render_sys(f, table, host),
     }
 }

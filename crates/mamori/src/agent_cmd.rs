@@ -182,9 +182,9 @@ fn health(
     files: bool,
     network: bool,
 ) -> serde_json::Value {
-    let mut missing = vec!["dns", "module", "privilege", "login"];
+    let mut missing = vec!["dns", "login"];
     if !files {
-        missing.push("file");
+        missing.extend(["file", "privilege", "ptrace", "module"]);
     }
     if !network {
         missing.push("network");
@@ -209,7 +209,8 @@ fn health(
         .unwrap_or(0);
     json!({"health": {
         "uptime_s": started.elapsed().as_secs(),
-        "collectors": {"process": "bpf", "network": on(network), "file": on(files)},
+        "collectors": {"process": "bpf", "network": on(network), "file": on(files),
+            "privilege": on(files), "ptrace": on(files), "module": on(files)},
         "missing": missing,
         "events": events,
         "dropped": {"ring_buffer_full": drops},

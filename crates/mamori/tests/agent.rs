@@ -401,3 +401,76 @@ fn file_create_write_rename_chmod_delete() {
         "rename, chmod, delete — and no event for the read: {file:?}"
     );
 }
+
+#[test]
+fn privilege_changes_ptrace_and_module_load_attempts() {
+    if !can_run("privilege_changes_ptrace_and_module_load_attempts") {
+        return;
+    }
+    let data = tempdir("priv");
+    let agent = start(&["--stdout"], &data);
+    // A helper process does what attackers do: load a "module" (it fails: not a module),
+    // attach to another process with ptrace, and drop to nobody with setgid/setuid.
+    let script = r#"
+import ctypes, os, subprocess, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open('/bin/true', os.O_RDONLY)
+libc.syscall(313, fd, b'', 0)
+victim = subprocess.Popen(['sleep', '10'])
+print(victim.pid, flush=True)
+libc.ptrace(16, victim.pid, 0, 0)
+time.sleep(0.05)
+libc.ptrace(17, victim.pid, 0, 0)
+victim.kill()
+os.setgid(65534)
+os.setuid(65534)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let victim: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let events = collect(&agent, |seen| {
+        seen.iter()
+            .filter(|e| {
+                e["event"]["dataset"] == "mamori.privilege" && e["process"]["name"] == "python3"
+            })
+            .count()
+            >= 4
+    });
+    let mine: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["event"]["dataset"] == "mamori.privilege" && e["process"]["name"] == "python3"
+        })
+        .collect();
+    let find = |action: &str| {
+        mine.iter()
+            .find(|e| e["event"]["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} among {mine:?}"))
+    };
+    let m = find("module-load");
+    assert_eq!(m["event"]["outcome"], "failure");
+    assert_eq!(m["event"]["category"][0], "driver");
+    // The module file is named from the loader's descriptor table, best effort: a loader that
+    // has already exited leaves it out.
+    if let Some(path) = m["file"]["path"].as_str() {
+        assert!(path.ends_with("/true"), "{m}");
+    }
+    let p = find("ptrace-attach");
+    assert_eq!(p["event"]["outcome"], "success");
+    assert_eq!(p["target"]["process"]["pid"], victim);
+    let g = find("setgid");
+    assert_eq!(g["requested"]["ids"][0], 65534);
+    let u = find("setuid");
+    assert_eq!(u["event"]["outcome"], "success");
+    assert_eq!(
+        u["user"]["id"], "65534",
+        "user.id is the identity after the change"
+    );
+}

@@ -291,7 +291,9 @@ int BPF_PROG(on_sock_state, struct sock *sk, int oldstate, int newstate)
 
 #define SP_FILE 6
 
-enum sp_file_op { SP_F_CREATE = 1, SP_F_WRITE = 2, SP_F_DELETE = 3, SP_F_RENAME = 4, SP_F_CHMOD = 5, SP_F_CHOWN = 6 };
+enum sp_file_op { SP_F_CREATE = 1, SP_F_WRITE = 2, SP_F_DELETE = 3, SP_F_RENAME = 4, SP_F_CHMOD = 5, SP_F_CHOWN = 6,
+	/* Not files, but the same syscall hooks: privilege changes, debugging, kernel modules. */
+	SP_S_SETUID = 7, SP_S_SETGID = 8, SP_S_CAPSET = 9, SP_S_PTRACE = 10, SP_S_MODLOAD = 11, SP_S_MODUNLOAD = 12 };
 
 struct pt_regs {
 	unsigned long di;
@@ -325,6 +327,7 @@ struct sp_file_event {
 	char comm[16];
 	char path[SP_PATH_MAX];
 	char path2[SP_PATH_MAX];
+	__s64 ret;
 };
 
 struct {
@@ -459,6 +462,43 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 			p1 = (const char *)a0;
 		}
 		break;
+	case 105: /* setuid(uid) */
+	case 113: /* setreuid(ruid, euid) */
+	case 117: /* setresuid(ruid, euid, suid) */
+	case 106: /* setgid */
+	case 114: /* setregid */
+	case 119: /* setresgid */
+		a0 = BPF_CORE_READ(regs, di);
+		a1 = BPF_CORE_READ(regs, si);
+		a2 = BPF_CORE_READ(regs, dx);
+		op = (id == 105 || id == 113 || id == 117) ? SP_S_SETUID : SP_S_SETGID;
+		dirfd = a0;
+		dirfd2 = (id == 105 || id == 106) ? -1 : a1;
+		flags = (id == 117 || id == 119) ? a2 : (__u32)-1;
+		break;
+	case 126: /* capset(header, data) */
+		op = SP_S_CAPSET;
+		break;
+	case 101: /* ptrace(request, pid, ...): attaching only */
+		a0 = BPF_CORE_READ(regs, di);
+		a1 = BPF_CORE_READ(regs, si);
+		if (a0 != 16 /* PTRACE_ATTACH */ && a0 != 0x4206 /* PTRACE_SEIZE */)
+			return 0;
+		op = SP_S_PTRACE;
+		dirfd = a0;
+		dirfd2 = a1;
+		break;
+	case 175: /* init_module(image, len, params) */
+	case 313: /* finit_module(fd, params, flags) */
+		a0 = BPF_CORE_READ(regs, di);
+		op = SP_S_MODLOAD;
+		dirfd = id == 313 ? a0 : -1;
+		break;
+	case 176: /* delete_module(name, flags) */
+		a0 = BPF_CORE_READ(regs, di);
+		op = SP_S_MODUNLOAD;
+		p1 = (const char *)a0;
+		break;
 	default:
 		return 0;
 	}
@@ -472,10 +512,14 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	pe->flags = flags;
 	pe->path[0] = 0;
 	pe->path2[0] = 0;
-	if (bpf_probe_read_user_str(&pe->path, sizeof(pe->path), p1) <= 0)
-		return 0;
-	if (uninteresting(pe->path))
-		return 0;
+	if (op <= SP_F_CHOWN) {
+		if (bpf_probe_read_user_str(&pe->path, sizeof(pe->path), p1) <= 0)
+			return 0;
+		if (uninteresting(pe->path))
+			return 0;
+	} else if (p1) {
+		bpf_probe_read_user_str(&pe->path, sizeof(pe->path), p1);
+	}
 	if (p2)
 		bpf_probe_read_user_str(&pe->path2, sizeof(pe->path2), p2);
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
@@ -501,7 +545,9 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	if (!pe)
 		return 0;
 	__sync_fetch_and_add(n, -1);
-	if (ret < 0) {
+	/* Failed file changes changed nothing; failed privilege or module calls are attempts
+	 * worth reporting. */
+	if (ret < 0 && pe->op <= SP_F_CHOWN) {
 		bpf_map_delete_elem(&pending, &tid);
 		return 0;
 	}
@@ -524,6 +570,7 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 	__builtin_memcpy(e->path, pe->path, SP_PATH_MAX);
 	__builtin_memcpy(e->path2, pe->path2, SP_PATH_MAX);
+	e->ret = ret;
 	bpf_map_delete_elem(&pending, &tid);
 	submit((struct sp_event *)e);
 	return 0;
