@@ -5,6 +5,8 @@
 //! * [`process`] keeps the process table (from `/proc` at start, then from events) that
 //!   gives each event its parent and grandparent, and stable entity ids
 //!   (`boot id : pid : start time`).
+//! * [`proc_connector`] is the fallback when BPF cannot load: process events from the
+//!   kernel's netlink process connector, with the other event types reported missing.
 //! * [`hash`] computes SHA-256 of executed files, cached by inode, size and times.
 //! * [`ecs`] renders events with ECS field names (`process.command_line`,
 //!   `process.parent.executable`, …), which the detection engine maps onto Sigma's names.
@@ -15,6 +17,7 @@
 pub mod bpf;
 pub mod ecs;
 pub mod hash;
+pub mod proc_connector;
 pub mod process;
 
 // SAFETY: the generated skeleton wraps libbpf's C objects; its unsafe blocks are libbpf-rs's

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use mamori_model::{Event, Shape};
-use mamori_sensor::bpf::{self, BpfOptions};
+use mamori_sensor::bpf::{self, BpfOptions, SensorEvent};
 use mamori_sensor::ecs::{self, HostInfo};
 use mamori_sensor::process::ProcessTable;
 use mamori_sigma::CompileOptions;
@@ -37,9 +37,24 @@ pub struct AgentArgs {
     /// every syscall pays for) or `network`. Process events are always collected.
     #[arg(long, value_delimiter = ',')]
     without: Vec<String>,
+    /// Where process events come from: `auto` (eBPF, else the netlink process connector),
+    /// `bpf`, or `proc-connector` (the fallback, forced).
+    #[arg(long, value_enum, default_value_t = Collector::Auto)]
+    collector: Collector,
     /// Print a health report (JSON, on standard error) every this many seconds; 0: never.
     #[arg(long, default_value_t = 60)]
     health_interval: u64,
+}
+
+/// Process event sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Collector {
+    /// eBPF when it loads, the process connector otherwise.
+    Auto,
+    /// eBPF only.
+    Bpf,
+    /// The netlink process connector only (fallback mode).
+    ProcConnector,
 }
 
 pub fn run(args: AgentArgs) -> Result<ExitCode> {
@@ -94,77 +109,117 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let (files_on, network_on) = (opts.files, opts.network);
     let known = table.len();
     let failure = std::cell::RefCell::new(failure);
-    let result = bpf::run(
-        opts,
-        &mut || {
-            eprintln!(
-                "mamori agent: collecting process exec/fork/exit{}{} (eBPF); {known} processes known",
-                if network_on {
-                    ", network connect/listen"
-                } else {
-                    ""
-                },
-                if files_on { ", file changes" } else { "" }
-            )
-        },
-        &mut |raw| {
-            events.set(events.get() + 1);
-            let doc = ecs::render_any(&raw, &mut table, &host, &mut hasher);
-            if let Some(sc) = scanner.as_mut() {
-                let value: serde_json::Value = serde_json::from_str(&doc).unwrap_or_default();
-                let entity = value["process"]["entity_id"].clone();
-                let value_pid = value["process"]["pid"].clone();
-                let ev = Event::with_shape(value, Shape::Ecs);
-                hits.clear();
-                sc.scan(&ev, &mut hits);
-                for &h in &hits {
-                    let info = &sc.rule_set().rules()[h];
-                    let det = json!({"detection": {
-                        "rule_id": info.meta.id, "rule_title": info.meta.title,
-                        "level": info.meta.level.as_str(), "tags": info.meta.tags,
-                        "process": {"pid": value_pid, "entity_id": entity},
-                    }});
-                    let _ = writeln!(out.borrow_mut(), "{det}");
-                }
+    let fallback = std::cell::Cell::new(false);
+    let attached = std::cell::Cell::new(false);
+    let mut on_event = |raw: SensorEvent| {
+        events.set(events.get() + 1);
+        let doc = ecs::render_any(&raw, &mut table, &host, &mut hasher);
+        if let Some(sc) = scanner.as_mut() {
+            let value: serde_json::Value = serde_json::from_str(&doc).unwrap_or_default();
+            let entity = value["process"]["entity_id"].clone();
+            let value_pid = value["process"]["pid"].clone();
+            let ev = Event::with_shape(value, Shape::Ecs);
+            hits.clear();
+            sc.scan(&ev, &mut hits);
+            for &h in &hits {
+                let info = &sc.rule_set().rules()[h];
+                let det = json!({"detection": {
+                    "rule_id": info.meta.id, "rule_title": info.meta.title,
+                    "level": info.meta.level.as_str(), "tags": info.meta.tags,
+                    "process": {"pid": value_pid, "entity_id": entity},
+                }});
+                let _ = writeln!(out.borrow_mut(), "{det}");
             }
-            if let Some(sp) = spool.borrow_mut().as_mut() {
-                if let Err(e) = sp.append(doc.as_bytes()) {
-                    failure.borrow_mut().get_or_insert(e.into());
-                }
-            } else if let Err(e) = writeln!(out.borrow_mut(), "{doc}") {
+        }
+        if let Some(sp) = spool.borrow_mut().as_mut() {
+            if let Err(e) = sp.append(doc.as_bytes()) {
                 failure.borrow_mut().get_or_insert(e.into());
             }
-        },
-        &mut |drops| {
-            let _ = out.borrow_mut().flush();
-            if let Some(sp) = spool.borrow_mut().as_mut()
-                && let Err(e) = sp.sync()
-            {
-                eprintln!("mamori agent: spool sync failed: {e}");
-            }
-            if drops > last_drops {
+        } else if let Err(e) = writeln!(out.borrow_mut(), "{doc}") {
+            failure.borrow_mut().get_or_insert(e.into());
+        }
+    };
+    let mut tick = |drops: u64| -> bool {
+        let _ = out.borrow_mut().flush();
+        if let Some(sp) = spool.borrow_mut().as_mut()
+            && let Err(e) = sp.sync()
+        {
+            eprintln!("mamori agent: spool sync failed: {e}");
+        }
+        if drops > last_drops {
+            eprintln!(
+                "mamori agent: {} events dropped in the kernel (ring buffer full)",
+                drops - last_drops
+            );
+            last_drops = drops;
+        }
+        if args.health_interval > 0 && Instant::now() >= next_health {
+            next_health = Instant::now() + Duration::from_secs(args.health_interval);
+            let depth = spool.borrow().as_ref().map(|s| s.stats());
+            eprintln!(
+                "{}",
+                health(
+                    &started,
+                    events.get(),
+                    drops,
+                    depth,
+                    files_on && !fallback.get(),
+                    network_on && !fallback.get(),
+                    fallback.get()
+                )
+            );
+        }
+        failure.borrow().is_none() && deadline.is_none_or(|d| Instant::now() < d)
+    };
+    let mut result = Ok(());
+    if args.collector != Collector::ProcConnector {
+        let r = bpf::run(
+            opts,
+            &mut || {
+                attached.set(true);
                 eprintln!(
-                    "mamori agent: {} events dropped in the kernel (ring buffer full)",
-                    drops - last_drops
+                    "mamori agent: collecting process exec/fork/exit{}{} (eBPF); {known} processes known",
+                    if network_on {
+                        ", network connect/listen"
+                    } else {
+                        ""
+                    },
+                    if files_on { ", file changes" } else { "" }
                 );
-                last_drops = drops;
-            }
-            if args.health_interval > 0 && Instant::now() >= next_health {
-                next_health = Instant::now() + Duration::from_secs(args.health_interval);
-                let depth = spool.borrow().as_ref().map(|s| s.stats());
+            },
+            &mut on_event,
+            &mut tick,
+        );
+        match r {
+            Err(e) if !attached.get() && args.collector == Collector::Auto => {
                 eprintln!(
-                    "{}",
-                    health(&started, events.get(), drops, depth, files_on, network_on)
+                    "mamori agent: eBPF collectors unavailable ({e}); falling back to the netlink process connector"
                 );
+                fallback.set(true);
             }
-            failure.borrow().is_none() && deadline.is_none_or(|d| Instant::now() < d)
-        },
-    );
+            other => result = other,
+        }
+    } else {
+        fallback.set(true);
+    }
+    if fallback.get() {
+        result = mamori_sensor::proc_connector::run(
+            &mut || {
+                eprintln!(
+                    "mamori agent: collecting process exec/fork/exit (netlink process connector fallback); \
+                     missing: network, file, privilege, ptrace, module events; arguments of very \
+                     short-lived processes; {known} processes known"
+                )
+            },
+            &mut |raw| on_event(SensorEvent::Process(raw)),
+            &mut |overruns| tick(overruns),
+        );
+    }
     let _ = out.borrow_mut().flush();
     if let Some(e) = failure.into_inner() {
         return Err(e.context("writing events"));
     }
-    result.context("the eBPF process collector failed")?;
+    result.context("the process collector failed")?;
     eprintln!(
         "mamori agent: {} events in {:.1}s, {last_drops} dropped in the kernel",
         events.get(),
@@ -181,6 +236,7 @@ fn health(
     spool: Option<mamori_spool::SpoolStats>,
     files: bool,
     network: bool,
+    fallback: bool,
 ) -> serde_json::Value {
     let mut missing = vec!["dns", "login"];
     if !files {
@@ -209,7 +265,7 @@ fn health(
         .unwrap_or(0);
     json!({"health": {
         "uptime_s": started.elapsed().as_secs(),
-        "collectors": {"process": "bpf", "network": on(network), "file": on(files),
+        "collectors": {"process": if fallback { "proc-connector" } else { "bpf" }, "network": on(network), "file": on(files),
             "privilege": on(files), "ptrace": on(files), "module": on(files)},
         "missing": missing,
         "events": events,

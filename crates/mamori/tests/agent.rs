@@ -474,3 +474,92 @@ os.setuid(65534)
         "user.id is the identity after the change"
     );
 }
+
+#[test]
+fn fallback_process_connector_reports_what_is_missing() {
+    if !can_run("fallback_process_connector_reports_what_is_missing") {
+        return;
+    }
+    let data = tempdir("fallback");
+    let agent = start(
+        &[
+            "--stdout",
+            "--collector",
+            "proc-connector",
+            "--health-interval",
+            "1",
+        ],
+        &data,
+    );
+    let me = std::process::id();
+    let tag = nonce();
+    // Long enough for /proc to still show the arguments when the event is read.
+    let mut sleeper = Command::new("/bin/sh")
+        .args(["-c", "sleep 0.7", &tag])
+        .spawn()
+        .unwrap();
+    let sleeper_pid = sleeper.id();
+    sleeper.wait().unwrap();
+    let mut sh = Command::new("/bin/sh")
+        .args(["-c", "sleep 0.3; exit 5"])
+        .spawn()
+        .unwrap();
+    let sh_pid = sh.id();
+    assert_eq!(sh.wait().unwrap().code(), Some(5));
+    let events = collect(&agent, |seen| {
+        seen.iter()
+            .any(|e| e["process"]["pid"] == sh_pid && e["event"]["action"] == "exit")
+    });
+    let exec = events
+        .iter()
+        .find(|e| e["event"]["action"] == "exec" && e["process"]["pid"] == sleeper_pid)
+        .unwrap_or_else(|| panic!("no exec of the sleeper among {events:?}"));
+    assert_eq!(exec["process"]["args"][3], tag.as_str(), "{exec}");
+    assert!(
+        exec["process"]["executable"]
+            .as_str()
+            .unwrap()
+            .ends_with("sh"),
+        "{exec}"
+    );
+    assert_eq!(exec["process"]["parent"]["pid"], me);
+    let exit = events
+        .iter()
+        .find(|e| e["event"]["action"] == "exit" && e["process"]["pid"] == sh_pid)
+        .unwrap();
+    assert_eq!(exit["process"]["exit_code"], 5);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["event"]["category"][0] == "process"),
+        "the fallback only reports processes"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let found: Vec<Value> = agent_stderr(&data)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("health").is_some())
+            .collect();
+        if !found.is_empty() || Instant::now() > deadline {
+            break found;
+        }
+    };
+    let h = health.last().expect("a health report");
+    assert_eq!(h["health"]["collectors"]["process"], "proc-connector");
+    assert_eq!(h["health"]["collectors"]["network"], "off");
+    let missing: Vec<&str> = h["health"]["missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for m in ["network", "file", "privilege", "ptrace", "module"] {
+        assert!(
+            missing.contains(&m),
+            "{m} should be reported missing: {missing:?}"
+        );
+    }
+    let err = agent_stderr(&data);
+    assert!(err.contains("netlink process connector fallback"), "{err}");
+}
