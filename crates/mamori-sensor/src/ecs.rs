@@ -285,21 +285,20 @@ struct NetDoc<'a> {
     group: IdDoc,
 }
 
+/// The process behind a network, file or privilege event: from the table, or as little as
+/// the kernel said (pid and task name) for a process the table does not know.
+fn acting_process(table: &ProcessTable, pid: u32, comm: &str) -> ProcInfo {
+    table.get(pid).cloned().unwrap_or_else(|| ProcInfo {
+        pid,
+        name: comm.to_string(),
+        ..ProcInfo::default()
+    })
+}
+
 /// Renders a network event, attributed to its process through the table.
 pub fn render_net(e: &NetEvent, table: &ProcessTable, host: &HostInfo) -> String {
-    let fallback;
-    let me = match table.get(e.pid) {
-        Some(p) => p,
-        None => {
-            fallback = ProcInfo {
-                pid: e.pid,
-                name: e.comm.clone(),
-                ..ProcInfo::default()
-            };
-            &fallback
-        }
-    };
-    let mut process = ProcDoc::of(me);
+    let me = acting_process(table, e.pid, &e.comm);
+    let mut process = ProcDoc::of(&me);
     process.parent = table.get(me.ppid).map(|p| Box::new(ProcDoc::of(p)));
     let addr = e.source.or(e.destination);
     let endpoint = |a: Option<std::net::SocketAddr>| {
@@ -406,19 +405,8 @@ fn resolve(pid: u32, dirfd: i32, path: &str, known_cwd: &str) -> String {
 
 /// Renders a file event, attributed to its process through the table.
 pub fn render_file(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> String {
-    let fallback;
-    let me = match table.get(e.pid) {
-        Some(p) => p,
-        None => {
-            fallback = ProcInfo {
-                pid: e.pid,
-                name: e.comm.clone(),
-                ..ProcInfo::default()
-            };
-            &fallback
-        }
-    };
-    let mut process = ProcDoc::of(me);
+    let me = acting_process(table, e.pid, &e.comm);
+    let mut process = ProcDoc::of(&me);
     process.parent = table.get(me.ppid).map(|p| Box::new(ProcDoc::of(p)));
     let (action, kind_type) = match e.op {
         FileOp::Create => ("create", "creation"),
@@ -519,19 +507,8 @@ struct RequestedDoc {
 
 /// Renders a privilege change, ptrace attach or module load/unload.
 fn render_sys(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> String {
-    let fallback;
-    let me = match table.get(e.pid) {
-        Some(p) => p,
-        None => {
-            fallback = ProcInfo {
-                pid: e.pid,
-                name: e.comm.clone(),
-                ..ProcInfo::default()
-            };
-            &fallback
-        }
-    };
-    let mut process = ProcDoc::of(me);
+    let me = acting_process(table, e.pid, &e.comm);
+    let mut process = ProcDoc::of(&me);
     process.parent = table.get(me.ppid).map(|p| Box::new(ProcDoc::of(p)));
     let (category, kind_type, action) = match e.op {
         FileOp::SetUid => ("process", "change", "setuid"),
