@@ -161,6 +161,16 @@ struct Doc<'a> {
     group: IdDoc,
 }
 
+fn host_doc(host: &HostInfo) -> HostDoc<'_> {
+    HostDoc {
+        name: &host.name,
+        os: OsDoc {
+            os_type: "linux",
+            kernel: &host.kernel,
+        },
+    }
+}
+
 /// Applies the event to the table and renders it as an ECS document (one line of JSON),
 /// serialised straight from borrowed data: no intermediate JSON tree.
 pub fn render(
@@ -222,13 +232,7 @@ pub fn render(
             module: "mamori",
             dataset: "mamori.process",
         },
-        host: HostDoc {
-            name: &host.name,
-            os: OsDoc {
-                os_type: "linux",
-                kernel: &host.kernel,
-            },
-        },
+        host: host_doc(host),
         process,
         user: IdDoc {
             id: e.uid.to_string(),
@@ -317,13 +321,7 @@ pub fn render_net(e: &NetEvent, table: &ProcessTable, host: &HostInfo) -> String
             module: "mamori",
             dataset: "mamori.network",
         },
-        host: HostDoc {
-            name: &host.name,
-            os: OsDoc {
-                os_type: "linux",
-                kernel: &host.kernel,
-            },
-        },
+        host: host_doc(host),
         process,
         source: endpoint(e.source),
         destination: endpoint(e.destination),
@@ -449,13 +447,7 @@ pub fn render_file(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> Stri
             module: "mamori",
             dataset: "mamori.file",
         },
-        host: HostDoc {
-            name: &host.name,
-            os: OsDoc {
-                os_type: "linux",
-                kernel: &host.kernel,
-            },
-        },
+        host: host_doc(host),
         process,
         file,
         user: IdDoc {
@@ -587,13 +579,7 @@ fn render_sys(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> String {
             outcome: if e.ret < 0 { "failure" } else { "success" },
             error_code: (e.ret < 0).then_some(-e.ret),
         },
-        host: HostDoc {
-            name: &host.name,
-            os: OsDoc {
-                os_type: "linux",
-                kernel: &host.kernel,
-            },
-        },
+        host: host_doc(host),
         process,
         target,
         file,

@@ -51,31 +51,11 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// Reads what `/proc` still shows of a process: (executable, args, start ticks, ppid).
+/// Reads what `/proc` still shows of a process: (executable, args, start ns, ppid).
 fn from_proc(pid: u32) -> (String, Vec<String>, u64, u32) {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let args = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest: Vec<&str> = stat
-        .rfind(')')
-        .map(|i| stat[i + 2..].split_whitespace().collect())
-        .unwrap_or_default();
-    let ppid = rest.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let start = rest
-        .get(19)
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 10_000_000;
-    (exe, args, start, ppid)
+    crate::process::Snapshot::read(pid)
+        .map(|s| (s.executable, s.args, s.start_ns, s.ppid))
+        .unwrap_or_default()
 }
 
 /// Decodes one proc connector message into an event (reading `/proc` for exec details).

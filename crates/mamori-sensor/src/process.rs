@@ -39,6 +39,57 @@ impl ProcInfo {
     }
 }
 
+/// What `/proc` shows of a process right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Task name.
+    pub name: String,
+    /// Parent process id.
+    pub ppid: u32,
+    /// Start time since boot, ns (tick precision).
+    pub start_ns: u64,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Executable path.
+    pub executable: String,
+    /// Working directory.
+    pub cwd: String,
+}
+
+impl Snapshot {
+    /// Reads `/proc/<pid>`; `None` when the process is gone.
+    pub fn read(pid: u32) -> Option<Snapshot> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "pid (comm) state ppid ..."; comm may contain spaces and parentheses.
+        let close = stat.rfind(')')?;
+        let name = stat.get(stat.find('(')? + 1..close)?.to_string();
+        let rest: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+        let ppid = rest.get(1)?.parse().ok()?;
+        // Field 22 (starttime, clock ticks since boot) is index 19 after the state.
+        let ticks: u64 = rest.get(19)?.parse().ok()?;
+        let link = |what: &str| {
+            std::fs::read_link(format!("/proc/{pid}/{what}"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        Some(Snapshot {
+            name,
+            ppid,
+            start_ns: ticks.saturating_mul(TICK_NS),
+            args: std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| {
+                    b.split(|&c| c == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            executable: link("exe"),
+            cwd: link("cwd"),
+        })
+    }
+}
+
 /// Live processes by pid.
 #[derive(Debug, Default)]
 pub struct ProcessTable {
@@ -74,37 +125,15 @@ impl ProcessTable {
     }
 
     fn read_proc(&self, pid: u32) -> Option<ProcInfo> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // "pid (comm) state ppid ..."; comm may contain spaces and parentheses.
-        let close = stat.rfind(')')?;
-        let name = stat.get(stat.find('(')? + 1..close)?.to_string();
-        let rest: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
-        let ppid = rest.get(1)?.parse().ok()?;
-        // Field 22 (starttime, clock ticks since boot) is index 19 after the state.
-        let ticks: u64 = rest.get(19)?.parse().ok()?;
-        let start_ns = ticks.saturating_mul(TICK_NS);
-        let args = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|b| {
-                b.split(|&c| c == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        let snap = Snapshot::read(pid)?;
         Some(ProcInfo {
             pid,
-            ppid,
-            entity_id: self.entity_id(pid, start_ns),
-            executable,
-            args,
-            name,
-            cwd,
+            ppid: snap.ppid,
+            entity_id: self.entity_id(pid, snap.start_ns),
+            executable: snap.executable,
+            args: snap.args,
+            name: snap.name,
+            cwd: snap.cwd,
         })
     }
 
