@@ -249,9 +249,11 @@ pub struct RawEvent {
     pub args: Vec<String>,
     /// Whether the argument area was longer than the kernel copied.
     pub args_truncated: bool,
+    /// Executed file's identity (exec only): device, inode, size, mtime (ns), ctime (s).
+    pub file_key: Option<(u64, u64, i64, i64, i64)>,
 }
 
-const EVENT_SIZE: usize = 1352;
+const EVENT_SIZE: usize = 1400;
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -304,6 +306,16 @@ impl RawEvent {
             filename: cstr(&b[72..328]),
             args,
             args_truncated: u32_at(b, 68) != 0,
+            file_key: (kind == Kind::Exec).then(|| {
+                let mtime = u64_at(b, 1376) as i64 * 1_000_000_000 + i64::from(u32_at(b, 1384));
+                (
+                    u64_at(b, 1360),
+                    u64_at(b, 1352),
+                    u64_at(b, 1368) as i64,
+                    mtime,
+                    u64_at(b, 1392) as i64,
+                )
+            }),
         })
     }
 }

@@ -208,7 +208,7 @@ pub fn render(
         // The file as the new process sees it (its root), hashed once per version.
         let path = format!("/proc/{}/root{}", e.pid, e.filename);
         process.hash = hasher
-            .sha256(&path)
+            .sha256_of(e.file_key, &path)
             .or_else(|| hasher.sha256(&e.filename))
             .map(|sha256| HashDoc { sha256 });
     }

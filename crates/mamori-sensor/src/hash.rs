@@ -27,6 +27,31 @@ pub struct Hasher {
 }
 
 impl Hasher {
+    /// The SHA-256 of an executed file whose identity the kernel reported: a cache hit costs
+    /// no syscall. On a miss the file is read through `path` (and the kernel key cached). A
+    /// key without times (kernels whose inode layout the sensor cannot read) is not trusted.
+    pub fn sha256_of(
+        &mut self,
+        key: Option<(u64, u64, i64, i64, i64)>,
+        path: &str,
+    ) -> Option<String> {
+        let Some((dev, ino, size, mtime, ctime)) = key.filter(|k| k.3 != 0 || k.4 != 0) else {
+            return self.sha256(path);
+        };
+        let k = (dev | (1 << 63), ino, size as u64, mtime, ctime);
+        if let Some(h) = self.cache.get(&k) {
+            self.hits += 1;
+            return Some(h.clone());
+        }
+        if size as u64 > MAX_INLINE_BYTES {
+            self.too_large += 1;
+            return None;
+        }
+        let h = self.sha256(path)?;
+        self.cache.insert(k, h.clone());
+        Some(h)
+    }
+
     /// The lowercase hex SHA-256 of `path`, or `None` when it cannot be read or is too large.
     pub fn sha256(&mut self, path: &str) -> Option<String> {
         let meta = std::fs::metadata(path).ok()?;

@@ -79,6 +79,7 @@ fn decode(msg: &[u8]) -> Option<RawEvent> {
         filename: String::new(),
         args: Vec::new(),
         args_truncated: false,
+        file_key: None,
     };
     match what {
         PROC_EVENT_FORK => {

@@ -226,6 +226,7 @@ mod tests {
             filename: file.into(),
             args: args.iter().map(|s| s.to_string()).collect(),
             args_truncated: false,
+            file_key: None,
         }
     }
 

@@ -35,8 +35,26 @@ struct task_struct {
 	struct mm_struct *mm;
 } __attribute__((preserve_access_index));
 
+struct super_block {
+	__u32 s_dev;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned long i_ino;
+	struct super_block *i_sb;
+	long long i_size;
+	long long i_mtime_sec;
+	unsigned int i_mtime_nsec;
+	long long i_ctime_sec;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+} __attribute__((preserve_access_index));
+
 struct linux_binprm {
 	const char *filename;
+	struct file *file;
 } __attribute__((preserve_access_index));
 
 #define SP_EXEC 1
@@ -61,6 +79,16 @@ struct sp_event {
 	__u32 args_truncated;
 	char filename[SP_FILE_MAX];
 	char args[SP_ARGS_MAX];
+	/* Identity of the executed file (exec only): the hash cache key, so user space can
+	 * find a known binary without a syscall. mtime/ctime are 0 on kernels whose inode
+	 * layout differs. */
+	__u64 ino;
+	__u64 dev;
+	__s64 size;
+	__s64 mtime_sec;
+	__u32 mtime_nsec;
+	__u32 pad;
+	__s64 ctime_sec;
 };
 
 struct {
@@ -146,6 +174,19 @@ int BPF_PROG(handle_exec, struct task_struct *task, int old_pid, struct linux_bi
 	if (!e)
 		return 0;
 	bpf_probe_read_kernel_str(&e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
+	struct inode *ino = BPF_CORE_READ(bprm, file, f_inode);
+	e->ino = BPF_CORE_READ(ino, i_ino);
+	e->dev = BPF_CORE_READ(ino, i_sb, s_dev);
+	e->size = BPF_CORE_READ(ino, i_size);
+	e->mtime_sec = 0;
+	e->mtime_nsec = 0;
+	e->ctime_sec = 0;
+	if (bpf_core_field_exists(ino->i_mtime_sec)) {
+		e->mtime_sec = BPF_CORE_READ(ino, i_mtime_sec);
+		e->mtime_nsec = BPF_CORE_READ(ino, i_mtime_nsec);
+	}
+	if (bpf_core_field_exists(ino->i_ctime_sec))
+		e->ctime_sec = BPF_CORE_READ(ino, i_ctime_sec);
 	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
 	unsigned long end = BPF_CORE_READ(task, mm, arg_end);
 	unsigned long len = end - start;
