@@ -246,19 +246,17 @@ impl<'r> Scanner<'r> {
             event.kind()
         };
         Self::kind_key(&kind, &mut key);
-        let cached = self.route_cache.get(key.as_str()).cloned();
-        let c = cached.unwrap_or_else(|| Arc::new(compute_candidates(self.set, &kind)));
-        drop(kind);
-        self.remember(key, c)
-    }
-
-    fn remember(&mut self, key: String, c: Arc<Candidates>) -> Arc<Candidates> {
-        if !self.route_cache.contains_key(key.as_str()) {
-            if self.route_cache.len() >= ROUTE_CACHE_MAX {
-                self.route_cache.clear();
-            }
-            self.route_cache.insert(key.clone(), c.clone());
+        if let Some(c) = self.route_cache.get(key.as_str()) {
+            let c = c.clone();
+            self.key = key;
+            return c;
         }
+        let c = Arc::new(compute_candidates(self.set, &kind));
+        drop(kind);
+        if self.route_cache.len() >= ROUTE_CACHE_MAX {
+            self.route_cache.clear();
+        }
+        self.route_cache.insert(key.clone(), c.clone());
         self.key = key;
         c
     }
@@ -266,36 +264,34 @@ impl<'r> Scanner<'r> {
 
 /// Detection rules and prefilter automata that apply to an event kind.
 fn compute_candidates(set: &RuleSet, kind: &EventKind<'_>) -> Candidates {
-    {
-        let mut c = Candidates::default();
-        let mut accepted = vec![false; set.routes.len()];
-        for (route, r) in set.routes.iter().enumerate() {
-            if !r.accepts(kind) {
-                continue;
-            }
-            accepted[route] = true;
-            for &i in &set.route_rules[route] {
-                let ids = &set.rules[i as usize].event_ids;
-                if ids
-                    .as_ref()
-                    .is_none_or(|ids| kind.event_id.is_some_and(|id| ids.contains(&id)))
-                {
-                    c.rules.push(i);
-                }
+    let mut c = Candidates::default();
+    let mut accepted = vec![false; set.routes.len()];
+    for (route, r) in set.routes.iter().enumerate() {
+        if !r.accepts(kind) {
+            continue;
+        }
+        accepted[route] = true;
+        for &i in &set.route_rules[route] {
+            let ids = &set.rules[i as usize].event_ids;
+            if ids
+                .as_ref()
+                .is_none_or(|ids| kind.event_id.is_some_and(|id| ids.contains(&id)))
+            {
+                c.rules.push(i);
             }
         }
-        c.rules.sort_unstable();
-        c.prefiltered = c.rules.iter().any(|&i| set.rules[i as usize].prefiltered);
-        c.groups = set
-            .prefilter
-            .groups
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| accepted[g.route as usize])
-            .map(|(i, _)| i as u32)
-            .collect();
-        c
     }
+    c.rules.sort_unstable();
+    c.prefiltered = c.rules.iter().any(|&i| set.rules[i as usize].prefiltered);
+    c.groups = set
+        .prefilter
+        .groups
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| accepted[g.route as usize])
+        .map(|(i, _)| i as u32)
+        .collect();
+    c
 }
 
 impl Scanner<'_> {
@@ -407,13 +403,7 @@ impl Scanner<'_> {
     /// The first value of the field `name` (a Sigma name a loaded rule uses) in the event
     /// last scanned.
     pub fn value(&self, name: &str) -> Option<&str> {
-        let s = self.set.fields.find(name)?;
-        let slot = self.slots.get(s as usize)?;
-        if slot.prio == 0 || slot.start == slot.end {
-            return None;
-        }
-        let e = self.values.entries.get(slot.start as usize)?;
-        Some(self.values.get(e).0)
+        self.slot_text(self.set.fields.find(name)?)
     }
 
     fn eval(&self, c: &CompiledCond) -> bool {
