@@ -49,15 +49,6 @@ pub struct Record<'a> {
     pub text: Option<&'a str>,
 }
 
-/// The formats a reader recognises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Windows XML event log (binary EVTX).
-    Evtx,
-    /// JSON: lines, concatenated documents or an array.
-    Json,
-}
-
 /// What reading one file produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FileStats {
@@ -166,7 +157,7 @@ pub fn read_file(path: &Path, f: &mut dyn FnMut(Record<'_>)) -> Result<FileStats
     let mut stats = if magic[..n].starts_with(&[0x1f, 0x8b]) {
         read_gzip(path, &file_ref, file, f)?
     } else if magic[..n].starts_with(b"ElfFile") {
-        read_evtx(path, &file_ref, file, f)?
+        read_evtx(path, &file_ref, BufReader::with_capacity(1 << 16, file), f)?
     } else {
         read_json(path, &file_ref, BufReader::with_capacity(1 << 16, file), f)?
     };
@@ -214,7 +205,7 @@ fn read_gzip(
         std::io::copy(&mut gz, &mut out).map_err(io_err(path))?;
         drop(out);
         let inner = File::open(&tmp.0).map_err(io_err(&tmp.0))?;
-        return read_evtx(path, file_ref, inner, f);
+        return read_evtx(path, file_ref, BufReader::with_capacity(1 << 16, inner), f);
     }
     read_json(path, file_ref, gz, f)
 }
@@ -222,14 +213,14 @@ fn read_gzip(
 fn read_evtx(
     path: &Path,
     file_ref: &Arc<Path>,
-    file: File,
+    input: impl Read + Seek,
     f: &mut dyn FnMut(Record<'_>),
 ) -> Result<FileStats, ReadError> {
     // The evtx crate is defensive, but a panic in a third-party parser must not take the
     // hunt down: it becomes an error for this file.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut stats = FileStats::default();
-        let parser = evtx::EvtxParser::from_read_seek(BufReader::with_capacity(1 << 16, file));
+        let parser = evtx::EvtxParser::from_read_seek(input);
         let mut parser = match parser {
             Ok(p) => {
                 p.with_configuration(evtx::ParserSettings::new().separate_json_attributes(true))
@@ -295,7 +286,7 @@ fn read_json(
             break line.clone();
         }
     };
-    let trimmed = trim_ascii(&first);
+    let trimmed = first.trim_ascii();
     let first_char = trimmed.first().copied();
     if first_char == Some(b'{') && serde_json::from_slice::<Value>(trimmed).is_ok() {
         // JSON lines.
@@ -315,7 +306,7 @@ fn read_json(
                 break;
             }
             line_no += 1;
-            let t = trim_ascii(&line);
+            let t = line.trim_ascii();
             if !t.is_empty() {
                 deliver_line(t, line_no, file_ref, &mut stats, f);
             }
@@ -410,7 +401,7 @@ fn read_line_limited(r: &mut impl BufRead, out: &mut Vec<u8>) -> std::io::Result
         if buf.is_empty() {
             break;
         }
-        let (chunk, done) = match memchr_newline(buf) {
+        let (chunk, done) = match buf.iter().position(|&c| c == b'\n') {
             Some(i) => (&buf[..=i], true),
             None => (buf, false),
         };
@@ -438,61 +429,23 @@ fn read_line_limited(r: &mut impl BufRead, out: &mut Vec<u8>) -> std::io::Result
     Ok(total)
 }
 
-fn memchr_newline(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
-}
-
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    b.trim_ascii()
-}
-
-/// Reads records from an in-memory buffer (fuzzing and tests): EVTX when it starts with
-/// the EVTX magic, JSON otherwise.
+/// Reads records from an in-memory buffer (fuzzing and tests) through the same readers as
+/// files: EVTX when it starts with the EVTX magic, JSON otherwise.
 pub fn read_bytes(data: &[u8], f: &mut dyn FnMut(Record<'_>)) -> FileStats {
-    let file_ref: Arc<Path> = Arc::from(Path::new("<memory>"));
+    let memory = Path::new("<memory>");
+    let file_ref: Arc<Path> = Arc::from(memory);
     let result = if data.starts_with(b"ElfFile") {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut stats = FileStats::default();
-            if let Ok(p) = evtx::EvtxParser::from_buffer(data.to_vec()) {
-                let mut p = p
-                    .with_configuration(evtx::ParserSettings::new().separate_json_attributes(true));
-                for r in p.records_json_value() {
-                    match r {
-                        Ok(rec) => {
-                            stats.records += 1;
-                            f(Record {
-                                event: Event::with_shape(rec.data, Shape::Evtx),
-                                source: SourceRef {
-                                    file: file_ref.clone(),
-                                    record: rec.event_record_id,
-                                },
-                                text: None,
-                            });
-                        }
-                        Err(e) => stats.error(|| e.to_string()),
-                    }
-                }
-            } else {
-                stats.error(|| "bad EVTX header".into());
-            }
-            stats
-        }));
-        result.unwrap_or_else(|_| {
-            let mut s = FileStats::default();
-            s.error(|| "EVTX parser panicked".into());
-            s
-        })
+        read_evtx(memory, &file_ref, std::io::Cursor::new(data), f)
     } else {
-        read_json(Path::new("<memory>"), &file_ref, data, f).unwrap_or_else(|e| {
-            let mut s = FileStats::default();
-            s.error(|| e.to_string());
-            s
-        })
+        read_json(memory, &file_ref, data, f)
     };
-    FileStats {
-        bytes: data.len() as u64,
-        ..result
-    }
+    let mut stats = result.unwrap_or_else(|e| {
+        let mut s = FileStats::default();
+        s.error(|| e.to_string());
+        s
+    });
+    stats.bytes = data.len() as u64;
+    stats
 }
 
 #[cfg(test)]
