@@ -7,7 +7,7 @@
 //! a table, CSV or JSON lines, and [`Summary`] counts by level, rule, host and technique.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use chrono::{DateTime, TimeZone, Utc};
 use mamori_model::{Level, attack};
 use mamori_sigma::{CorrelationInput, Correlator, RuleSet};
-use mamori_sources::{FileStats, Record, SourceRef};
+use mamori_sources::{FileStats, Record};
 use serde_json::{Value, json};
 
 pub mod coverage;
@@ -358,14 +358,10 @@ fn make_detection(
         rule_title: info.meta.title.clone(),
         level: info.meta.level,
         tags: info.meta.tags.clone(),
-        source: source_text(&rec.source),
+        source: rec.source.to_string(),
         fields: key_fields(rules, rule, rec),
         event,
     }
-}
-
-fn source_text(s: &SourceRef) -> String {
-    s.to_string()
 }
 
 fn correlate(
@@ -512,11 +508,3 @@ pub fn hunt_paths(
     let files = mamori_sources::discover(paths).map_err(|e| e.to_string())?;
     Ok(hunt(rules, &files, opts, &|_| {}))
 }
-
-/// The display name of a file relative to a base, for compact output.
-pub fn display_path(p: &Path) -> String {
-    p.display().to_string()
-}
-
-/// Shares a rule set between threads and owners.
-pub type SharedRules = Arc<RuleSet>;
