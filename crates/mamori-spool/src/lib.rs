@@ -334,11 +334,7 @@ impl Spool {
         }
         let mut buf = Vec::with_capacity(need as usize);
         encode(seq, payload, &mut buf);
-        let path = self
-            .segments
-            .back()
-            .map(|s| s.path.clone())
-            .unwrap_or_default();
+        let path = self.active_path();
         let w = self.writer.as_mut().ok_or_else(|| SpoolError::Io {
             path: path.clone(),
             source: std::io::Error::other("no open segment"),
@@ -356,14 +352,8 @@ impl Spool {
 
     /// Starts a new segment (or reopens the newest for appending when `new` is false).
     fn roll(&mut self, new: bool) -> Result<(), SpoolError> {
-        if let Some(mut w) = self.writer.take() {
-            let path = self
-                .segments
-                .back()
-                .map(|s| s.path.clone())
-                .unwrap_or_default();
-            w.flush().map_err(io(&path))?;
-        }
+        self.flush(false)?;
+        self.writer = None;
         if new || self.segments.is_empty() {
             let path = self.dir.join(format!("{:020}.seg", self.next_seq));
             let f = OpenOptions::new()
@@ -390,14 +380,25 @@ impl Spool {
 
     /// Makes every record appended so far durable (flush and fsync).
     pub fn sync(&mut self) -> Result<(), SpoolError> {
+        self.flush(true)
+    }
+
+    /// The newest segment's file, for error messages.
+    fn active_path(&self) -> PathBuf {
+        self.segments
+            .back()
+            .map(|s| s.path.clone())
+            .unwrap_or_default()
+    }
+
+    /// Writes out the append buffer, and with `durable` fsyncs the segment.
+    fn flush(&mut self, durable: bool) -> Result<(), SpoolError> {
+        let path = self.active_path();
         if let Some(w) = self.writer.as_mut() {
-            let path = self
-                .segments
-                .back()
-                .map(|s| s.path.clone())
-                .unwrap_or_default();
             w.flush().map_err(io(&path))?;
-            w.get_ref().sync_data().map_err(io(&path))?;
+            if durable {
+                w.get_ref().sync_data().map_err(io(&path))?;
+            }
         }
         Ok(())
     }
@@ -449,14 +450,7 @@ impl Spool {
     /// watermark (and at `from` or later). Records still in the write buffer are flushed
     /// first. Damaged records are skipped and counted.
     pub fn read(&mut self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
-        if let Some(w) = self.writer.as_mut() {
-            let path = self
-                .segments
-                .back()
-                .map(|s| s.path.clone())
-                .unwrap_or_default();
-            w.flush().map_err(io(&path))?;
-        }
+        self.flush(false)?;
         let start = from.max(self.acked + 1);
         let mut out = Vec::new();
         for s in &self.segments {
