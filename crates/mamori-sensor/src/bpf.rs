@@ -20,11 +20,36 @@ pub enum Kind {
     Fork,
 }
 
+/// What a network event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetAction {
+    /// An outbound connect (TCP, or a connected UDP socket).
+    Connect,
+    /// A TCP socket started listening.
+    Listen,
+    /// An inbound TCP connection was established (attributed to the listening process).
+    Accept,
+    /// A UDP socket was bound to a port (UDP's way of listening).
+    Bind,
+}
+
+impl NetAction {
+    /// The ECS `event.action`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetAction::Connect => "connect",
+            NetAction::Listen => "listen",
+            NetAction::Accept => "accept",
+            NetAction::Bind => "bind",
+        }
+    }
+}
+
 /// A network event as the kernel reported it. Mirrors `struct sp_net_event`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetEvent {
-    /// `true`: a socket started listening; `false`: an outbound connect (TCP or UDP).
-    pub listen: bool,
+    /// What happened.
+    pub action: NetAction,
     /// Process id.
     pub pid: u32,
     /// User id.
@@ -35,10 +60,10 @@ pub struct NetEvent {
     pub comm: String,
     /// IP protocol number (6 TCP, 17 UDP).
     pub protocol: u32,
-    /// Local address and port (listen).
-    pub source: Option<std::net::SocketAddr>,
-    /// Remote address and port (connect).
-    pub destination: Option<std::net::SocketAddr>,
+    /// Local address and port (listen, bind, accept).
+    pub local: Option<std::net::SocketAddr>,
+    /// Remote address and port (connect, accept).
+    pub remote: Option<std::net::SocketAddr>,
     /// Event time, ns since boot.
     pub ts_ns: u64,
 }
@@ -70,6 +95,9 @@ pub enum FileOp {
     ModuleLoad,
     /// delete_module (`path`: module name).
     ModuleUnload,
+    /// chdir (`path`) or fchdir (`dirfd`): keeps the process table's working directories
+    /// right for resolving relative paths; not reported as an event.
+    Chdir,
 }
 
 impl FileOp {
@@ -117,6 +145,29 @@ pub struct FileEvent {
     pub ret: i64,
 }
 
+/// A DNS message seen on UDP port 53. Mirrors `struct sp_dns_event`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsEvent {
+    /// `true`: an answer arriving; `false`: a query leaving.
+    pub answer: bool,
+    /// Process id (of the sender; for answers, of the socket's last sender).
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Task name.
+    pub comm: String,
+    /// Packet source.
+    pub source: Option<std::net::SocketAddr>,
+    /// Packet destination.
+    pub destination: Option<std::net::SocketAddr>,
+    /// The DNS message bytes (cut at 512 by the kernel).
+    pub payload: Vec<u8>,
+    /// Event time, ns since boot.
+    pub ts_ns: u64,
+}
+
 /// Anything the BPF programs report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SensorEvent {
@@ -126,6 +177,33 @@ pub enum SensorEvent {
     Net(NetEvent),
     /// File changes.
     File(FileEvent),
+    /// DNS queries and answers.
+    Dns(DnsEvent),
+    /// Logins, authentications and sessions (from the audit stream, not BPF).
+    Auth(crate::audit::AuthEvent),
+}
+
+const DNS_EVENT_SIZE: usize = 88 + 512;
+
+fn decode_dns(b: &[u8]) -> Option<DnsEvent> {
+    if b.len() < DNS_EVENT_SIZE {
+        return None;
+    }
+    let family = u32_at(b, 16);
+    let sport = u16::from_ne_bytes([b[24], b[25]]);
+    let dport = u16::from_ne_bytes([b[26], b[27]]);
+    let len = (u32_at(b, 28) as usize).min(512);
+    Some(DnsEvent {
+        answer: u32_at(b, 20) != 0,
+        pid: u32_at(b, 4),
+        uid: u32_at(b, 8),
+        gid: u32_at(b, 12),
+        ts_ns: u64_at(b, 32),
+        comm: cstr(&b[40..56]),
+        source: ip(family, &b[56..72]).map(|a| std::net::SocketAddr::new(a, sport)),
+        destination: ip(family, &b[72..88]).map(|a| std::net::SocketAddr::new(a, dport)),
+        payload: b[88..88 + len].to_vec(),
+    })
 }
 
 const FILE_EVENT_SIZE: usize = 576;
@@ -147,6 +225,7 @@ fn decode_file(b: &[u8]) -> Option<FileEvent> {
         10 => FileOp::Ptrace,
         11 => FileOp::ModuleLoad,
         12 => FileOp::ModuleUnload,
+        13 => FileOp::Chdir,
         _ => return None,
     };
     Some(FileEvent {
@@ -187,33 +266,43 @@ impl SensorEvent {
         }
         match u32_at(b, 0) {
             1..=3 => RawEvent::decode(b).map(SensorEvent::Process),
-            k @ (4 | 5) if b.len() >= NET_EVENT_SIZE => {
+            k @ (4 | 5 | 8 | 9) if b.len() >= NET_EVENT_SIZE => {
                 let family = u32_at(b, 20);
                 let sport = u16::from_ne_bytes([b[28], b[29]]);
                 let dport = u16::from_ne_bytes([b[30], b[31]]);
-                let listen = k == 5;
+                let action = match k {
+                    4 => NetAction::Connect,
+                    5 => NetAction::Listen,
+                    8 => NetAction::Accept,
+                    _ => NetAction::Bind,
+                };
                 let saddr = ip(family, &b[64..80]);
                 let daddr = ip(family, &b[80..96]);
+                let (local, remote) = match action {
+                    NetAction::Connect => {
+                        (None, daddr.map(|a| std::net::SocketAddr::new(a, dport)))
+                    }
+                    NetAction::Listen | NetAction::Bind => {
+                        (saddr.map(|a| std::net::SocketAddr::new(a, sport)), None)
+                    }
+                    NetAction::Accept => (
+                        saddr.map(|a| std::net::SocketAddr::new(a, sport)),
+                        daddr.map(|a| std::net::SocketAddr::new(a, dport)),
+                    ),
+                };
                 Some(SensorEvent::Net(NetEvent {
-                    listen,
+                    action,
                     pid: u32_at(b, 4),
                     uid: u32_at(b, 12),
                     gid: u32_at(b, 16),
                     protocol: u32_at(b, 24),
-                    source: if listen {
-                        saddr.map(|a| std::net::SocketAddr::new(a, sport))
-                    } else {
-                        None
-                    },
-                    destination: if listen {
-                        None
-                    } else {
-                        daddr.map(|a| std::net::SocketAddr::new(a, dport))
-                    },
+                    local,
+                    remote,
                     ts_ns: u64_at(b, 32),
                     comm: cstr(&b[48..64]),
                 }))
             }
+            7 => decode_dns(b).map(SensorEvent::Dns),
             6 => decode_file(b).map(SensorEvent::File),
             _ => None,
         }
@@ -320,8 +409,72 @@ impl RawEvent {
     }
 }
 
+/// Which file paths are reported: prefixes that keep or drop events, longest match wins,
+/// paths that match nothing are kept. Applied in the kernel to absolute paths, and by
+/// [`PathRules::keeps`] in user space to paths that were relative.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRules {
+    rules: Vec<(String, bool)>,
+}
+
+/// Longest prefix the kernel filter compares (`SP_PREFIX_MAX`).
+pub const PATH_PREFIX_MAX: usize = 128;
+
+impl Default for PathRules {
+    /// Kernel interfaces are not files: `/proc/`, `/sys/` and `/dev/` are excluded.
+    fn default() -> Self {
+        PathRules {
+            rules: ["/proc/", "/sys/", "/dev/"]
+                .iter()
+                .map(|p| (p.to_string(), false))
+                .collect(),
+        }
+    }
+}
+
+impl PathRules {
+    /// Adds a prefix whose events are dropped. Prefixes must be absolute and at most
+    /// [`PATH_PREFIX_MAX`] bytes.
+    pub fn exclude(&mut self, prefix: &str) -> Result<(), SensorError> {
+        self.add(prefix, false)
+    }
+
+    /// Adds a prefix whose events are kept even inside an excluded one.
+    pub fn include(&mut self, prefix: &str) -> Result<(), SensorError> {
+        self.add(prefix, true)
+    }
+
+    fn add(&mut self, prefix: &str, keep: bool) -> Result<(), SensorError> {
+        if !prefix.starts_with('/') || prefix.len() > PATH_PREFIX_MAX {
+            return Err(SensorError::Unsupported(format!(
+                "path filter {prefix:?}: a prefix must be an absolute path of at most                  {PATH_PREFIX_MAX} bytes"
+            )));
+        }
+        self.rules.retain(|(p, _)| p != prefix);
+        self.rules.push((prefix.to_string(), keep));
+        Ok(())
+    }
+
+    /// Whether an event on this (absolute) path is reported.
+    pub fn keeps(&self, path: &str) -> bool {
+        self.rules
+            .iter()
+            .filter(|(p, _)| path.starts_with(p.as_str()))
+            .max_by_key(|(p, _)| p.len())
+            .is_none_or(|(_, keep)| *keep)
+    }
+
+    /// LPM trie key: prefix length in bits, then the bytes.
+    fn key(prefix: &str) -> Vec<u8> {
+        let mut k = vec![0u8; 4 + PATH_PREFIX_MAX];
+        k[..4].copy_from_slice(&((prefix.len() * 8) as u32).to_ne_bytes());
+        k[4..4 + prefix.len()].copy_from_slice(prefix.as_bytes());
+        k
+    }
+}
+
 /// Options of the BPF collector.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BpfOptions {
     /// Wake the reader only when this many bytes are queued (0: on every event). The reader
     /// polls every `poll` anyway, so latency stays bounded.
@@ -332,6 +485,8 @@ pub struct BpfOptions {
     pub files: bool,
     /// Collect network connects and listens.
     pub network: bool,
+    /// Which file paths are reported.
+    pub paths: PathRules,
 }
 
 impl Default for BpfOptions {
@@ -341,6 +496,7 @@ impl Default for BpfOptions {
             poll: Duration::from_millis(100),
             files: true,
             network: true,
+            paths: PathRules::default(),
         }
     }
 }
@@ -366,37 +522,56 @@ pub fn run(
         ro.wake_bytes = opts.wake_bytes;
     }
     // cgroup programs attach to a cgroup, not automatically.
-    open.progs.on_connect4.set_autoattach(false);
-    open.progs.on_connect6.set_autoattach(false);
+    for prog in [
+        &mut open.progs.on_connect4,
+        &mut open.progs.on_connect6,
+        &mut open.progs.on_post_bind4,
+        &mut open.progs.on_post_bind6,
+        &mut open.progs.on_egress,
+        &mut open.progs.on_ingress,
+    ] {
+        prog.set_autoattach(false);
+        if !opts.network {
+            prog.set_autoload(false);
+        }
+    }
     if !opts.files {
         open.progs.on_sys_enter.set_autoload(false);
         open.progs.on_sys_exit.set_autoload(false);
     }
     if !opts.network {
-        open.progs.on_connect4.set_autoload(false);
-        open.progs.on_connect6.set_autoload(false);
         open.progs.on_sock_state.set_autoload(false);
     }
     let mut skel = open.load().map_err(bpf)?;
+    for (prefix, keep) in &opts.paths.rules {
+        skel.maps
+            .path_filter
+            .update(&PathRules::key(prefix), &[u8::from(*keep)], MapFlags::ANY)
+            .map_err(bpf)?;
+    }
     skel.attach().map_err(bpf)?;
-    let cgroup_root = cgroup_v2_root().ok_or_else(|| {
-        SensorError::Unsupported(
-            "no cgroup v2 hierarchy mounted: connection events unavailable".into(),
-        )
-    })?;
-    let cg = std::fs::File::open(&cgroup_root)
-        .map_err(|e| SensorError::Bpf(format!("opening {}: {e}", cgroup_root.display())))?;
-    use std::os::fd::AsRawFd;
-    let _links = [
-        skel.progs
-            .on_connect4
-            .attach_cgroup(cg.as_raw_fd())
-            .map_err(bpf)?,
-        skel.progs
-            .on_connect6
-            .attach_cgroup(cg.as_raw_fd())
-            .map_err(bpf)?,
-    ];
+    let mut links = Vec::new();
+    if opts.network {
+        let cgroup_root = cgroup_v2_root().ok_or_else(|| {
+            SensorError::Unsupported(
+                "no cgroup v2 hierarchy mounted: connection and DNS events unavailable".into(),
+            )
+        })?;
+        let cg = std::fs::File::open(&cgroup_root)
+            .map_err(|e| SensorError::Bpf(format!("opening {}: {e}", cgroup_root.display())))?;
+        use std::os::fd::AsRawFd;
+        let p = &skel.progs;
+        for prog in [
+            &p.on_connect4,
+            &p.on_connect6,
+            &p.on_post_bind4,
+            &p.on_post_bind6,
+            &p.on_egress,
+            &p.on_ingress,
+        ] {
+            links.push(prog.attach_cgroup(cg.as_raw_fd()).map_err(bpf)?);
+        }
+    }
     let events = std::cell::RefCell::new(on_event);
     let mut rb = RingBufferBuilder::new();
     rb.add(&skel.maps.events, |data: &[u8]| {
@@ -410,7 +585,11 @@ pub fn run(
     on_ready();
     loop {
         // With wake-ups suppressed the poll mostly times out: consume what is queued anyway.
-        rb.poll(opts.poll).map_err(bpf)?;
+        match rb.poll(opts.poll) {
+            // A signal (the agent being asked to stop): let `keep_going` decide.
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+            other => other.map_err(bpf)?,
+        }
         rb.consume().map_err(bpf)?;
         let dropped = drops(&skel.maps.drops);
         if !keep_going(dropped) {
@@ -446,6 +625,25 @@ fn drops(map: &dyn MapCore) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn longest_prefix_wins() {
+        let mut r = PathRules::default();
+        assert!(!r.keeps("/proc/1/status"));
+        assert!(r.keeps("/etc/passwd"));
+        r.exclude("/var/log/").unwrap();
+        r.include("/var/log/secure/").unwrap();
+        assert!(!r.keeps("/var/log/syslog"));
+        assert!(r.keeps("/var/log/secure/x"));
+        assert!(r.include("relative").is_err());
+        assert!(
+            r.exclude(&format!("/{}", "a".repeat(PATH_PREFIX_MAX)))
+                .is_err()
+        );
+        let k = PathRules::key("/tmp/");
+        assert_eq!(k.len(), 4 + PATH_PREFIX_MAX);
+        assert_eq!(u32::from_ne_bytes([k[0], k[1], k[2], k[3]]), 40);
+    }
 
     #[test]
     fn decodes_the_c_layout() {

@@ -3,7 +3,7 @@
 use nix::time::{ClockId, clock_gettime};
 use serde::Serialize;
 
-use crate::bpf::{FileEvent, FileOp, Kind, NetEvent, RawEvent, SensorEvent};
+use crate::bpf::{DnsEvent, FileEvent, FileOp, Kind, NetAction, NetEvent, RawEvent, SensorEvent};
 use crate::process::{ProcInfo, ProcessTable};
 
 /// Facts about this host included in every event.
@@ -271,6 +271,23 @@ struct NetworkDoc {
     #[serde(rename = "type")]
     net_type: &'static str,
     direction: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'static str>,
+}
+
+fn endpoint(a: Option<std::net::SocketAddr>) -> Option<EndpointDoc> {
+    a.map(|a| EndpointDoc {
+        ip: a.ip().to_string(),
+        port: a.port(),
+    })
+}
+
+fn net_type(a: Option<std::net::SocketAddr>) -> &'static str {
+    if a.is_some_and(|a| a.is_ipv6()) {
+        "ipv6"
+    } else {
+        "ipv4"
+    }
 }
 
 #[derive(Serialize)]
@@ -285,8 +302,19 @@ struct NetDoc<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     destination: Option<EndpointDoc>,
     network: NetworkDoc,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dns: Option<DnsDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDoc>,
     user: IdDoc,
     group: IdDoc,
+}
+
+/// The acting process as ECS shows it, with its parent.
+fn with_parent<'a>(me: &'a ProcInfo, table: &'a ProcessTable) -> ProcDoc<'a> {
+    let mut process = ProcDoc::of(me);
+    process.parent = table.get(me.ppid).map(|p| Box::new(ProcDoc::of(p)));
+    process
 }
 
 /// The process behind a network, file or privilege event: from the table, or as little as
@@ -299,45 +327,293 @@ fn acting_process(table: &ProcessTable, pid: u32, comm: &str) -> ProcInfo {
     })
 }
 
-/// Renders a network event, attributed to its process through the table.
+/// Renders a network event, attributed to its process through the table. Outbound
+/// connections have the remote end as `destination`; accepted connections have the remote
+/// end as `source` and the local one as `destination`; listens and binds have the local
+/// address as `source`.
 pub fn render_net(e: &NetEvent, table: &ProcessTable, host: &HostInfo) -> String {
     let me = acting_process(table, e.pid, &e.comm);
-    let mut process = ProcDoc::of(&me);
-    process.parent = table.get(me.ppid).map(|p| Box::new(ProcDoc::of(p)));
-    let addr = e.source.or(e.destination);
-    let endpoint = |a: Option<std::net::SocketAddr>| {
-        a.map(|a| EndpointDoc {
-            ip: a.ip().to_string(),
-            port: a.port(),
-        })
+    let process = with_parent(&me, table);
+    let (source, destination) = match e.action {
+        NetAction::Connect => (e.local, e.remote),
+        NetAction::Accept => (e.remote, e.local),
+        NetAction::Listen | NetAction::Bind => (e.local, None),
     };
     let doc = NetDoc {
         timestamp: host.time(e.ts_ns),
         event: EventDoc {
             kind: "event",
             category: ["network"],
-            kind_type: [if e.listen { "info" } else { "start" }],
-            action: if e.listen { "listen" } else { "connect" },
+            kind_type: [match e.action {
+                NetAction::Connect | NetAction::Accept => "start",
+                NetAction::Listen | NetAction::Bind => "info",
+            }],
+            action: e.action.as_str(),
             module: "mamori",
             dataset: "mamori.network",
         },
         host: host_doc(host),
         process,
-        source: endpoint(e.source),
-        destination: endpoint(e.destination),
+        source: endpoint(source),
+        destination: endpoint(destination),
         network: NetworkDoc {
             transport: match e.protocol {
                 6 => "tcp",
                 17 => "udp",
                 _ => "other",
             },
-            net_type: if addr.is_some_and(|a| a.is_ipv6()) {
-                "ipv6"
+            net_type: net_type(e.local.or(e.remote)),
+            direction: if e.action == NetAction::Connect {
+                "egress"
             } else {
-                "ipv4"
+                "ingress"
             },
-            direction: if e.listen { "ingress" } else { "egress" },
+            protocol: None,
         },
+        dns: None,
+        error: None,
+        user: IdDoc {
+            id: e.uid.to_string(),
+        },
+        group: IdDoc {
+            id: e.gid.to_string(),
+        },
+    };
+    serde_json::to_string(&doc).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct QuestionDoc {
+    name: String,
+    #[serde(rename = "type")]
+    qtype: String,
+    class: String,
+}
+
+#[derive(Serialize)]
+struct AnswerDoc {
+    name: String,
+    #[serde(rename = "type")]
+    rtype: String,
+    class: String,
+    ttl: u32,
+    data: String,
+}
+
+#[derive(Serialize)]
+struct DnsDoc {
+    #[serde(rename = "type")]
+    dns_type: &'static str,
+    id: u16,
+    op_code: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    question: Option<QuestionDoc>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    answers: Vec<AnswerDoc>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    resolved_ip: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
+}
+
+#[derive(Serialize)]
+struct ErrorDoc {
+    message: String,
+}
+
+#[derive(Serialize)]
+struct AuthUserDoc {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AuthSourceDoc {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AuthEventDoc {
+    kind: &'static str,
+    category: Vec<&'static str>,
+    #[serde(rename = "type")]
+    kind_type: [&'static str; 1],
+    action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'static str>,
+    module: &'static str,
+    dataset: &'static str,
+    provider: &'static str,
+}
+
+#[derive(Serialize)]
+struct AuditDoc<'a> {
+    record: &'static str,
+    op: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    terminal: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    login_uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct MamoriDoc<'a> {
+    audit: AuditDoc<'a>,
+}
+
+#[derive(Serialize)]
+struct AuthDoc<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    event: AuthEventDoc,
+    host: HostDoc<'a>,
+    process: ProcDoc<'a>,
+    user: AuthUserDoc,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<AuthSourceDoc>,
+    mamori: MamoriDoc<'a>,
+}
+
+/// Renders a login, authentication or session record. `user.name` is the account being
+/// logged into; the reporting program (sshd, su, sudo …) is the process.
+pub fn render_auth(e: &crate::audit::AuthEvent, table: &ProcessTable, host: &HostInfo) -> String {
+    use crate::audit::AuthKind;
+    let mut me = table.get(e.pid).cloned().unwrap_or_else(|| ProcInfo {
+        pid: e.pid,
+        ..ProcInfo::default()
+    });
+    if me.executable.is_empty()
+        && let Some(exe) = &e.exe
+    {
+        me.executable = exe.clone();
+        me.name = exe.rsplit('/').next().unwrap_or(exe).to_string();
+    }
+    let process = with_parent(&me, table);
+    let (category, kind_type) = match e.kind {
+        AuthKind::Authentication => (vec!["authentication"], "start"),
+        AuthKind::Login => (vec!["authentication", "session"], "start"),
+        AuthKind::Logout => (vec!["session"], "end"),
+        AuthKind::SessionStart => (vec!["session"], "start"),
+        AuthKind::SessionEnd => (vec!["session"], "end"),
+        AuthKind::Error => (vec!["authentication"], "denied"),
+        AuthKind::Command => (vec!["process"], "start"),
+    };
+    let source = (e.addr.is_some() || e.hostname.is_some()).then(|| AuthSourceDoc {
+        ip: e.addr.clone(),
+        address: e.hostname.clone(),
+    });
+    let doc = AuthDoc {
+        timestamp: chrono_like(
+            e.epoch_ms.div_euclid(1000),
+            (e.epoch_ms.rem_euclid(1000) * 1_000_000) as u32,
+        ),
+        event: AuthEventDoc {
+            kind: "event",
+            category,
+            kind_type: [kind_type],
+            action: e.kind.action(),
+            outcome: e.success.map(|ok| if ok { "success" } else { "failure" }),
+            module: "mamori",
+            dataset: "mamori.auth",
+            provider: if e.op.starts_with("PAM:") {
+                "pam"
+            } else {
+                "audit"
+            },
+        },
+        host: host_doc(host),
+        process,
+        user: AuthUserDoc {
+            name: e.account.clone(),
+        },
+        source,
+        mamori: MamoriDoc {
+            audit: AuditDoc {
+                record: e.record,
+                op: &e.op,
+                terminal: e.terminal.as_deref(),
+                login_uid: e.auid,
+                command: e.command.as_deref(),
+            },
+        },
+    };
+    serde_json::to_string(&doc).unwrap_or_default()
+}
+
+/// Renders a DNS query or answer. A message that does not parse is still reported, with
+/// `error.message` saying why (anything can be sent to port 53).
+pub fn render_dns(e: &DnsEvent, table: &ProcessTable, host: &HostInfo) -> String {
+    let me = acting_process(table, e.pid, &e.comm);
+    let process = with_parent(&me, table);
+    let parsed = crate::dns::parse(&e.payload);
+    let (dns, error) = match parsed {
+        Ok(m) => (
+            Some(DnsDoc {
+                dns_type: if m.response { "answer" } else { "query" },
+                id: m.id,
+                op_code: m.opcode,
+                response_code: m.response.then(|| crate::dns::rcode_name(m.rcode)),
+                question: m.questions.first().map(|q| QuestionDoc {
+                    name: q.name.clone(),
+                    qtype: crate::dns::type_name(q.qtype),
+                    class: crate::dns::class_name(q.qclass),
+                }),
+                resolved_ip: m
+                    .answers
+                    .iter()
+                    .filter_map(|a| a.ip.map(|ip| ip.to_string()))
+                    .collect(),
+                answers: m
+                    .answers
+                    .into_iter()
+                    .map(|a| AnswerDoc {
+                        name: a.name,
+                        rtype: crate::dns::type_name(a.rtype),
+                        class: crate::dns::class_name(a.class),
+                        ttl: a.ttl,
+                        data: a.data,
+                    })
+                    .collect(),
+                truncated: m.truncated,
+            }),
+            None,
+        ),
+        Err(err) => (
+            None,
+            Some(ErrorDoc {
+                message: err.to_string(),
+            }),
+        ),
+    };
+    let doc = NetDoc {
+        timestamp: host.time(e.ts_ns),
+        event: EventDoc {
+            kind: "event",
+            category: ["network"],
+            kind_type: ["protocol"],
+            action: if e.answer { "dns_answer" } else { "dns_query" },
+            module: "mamori",
+            dataset: "mamori.dns",
+        },
+        host: host_doc(host),
+        process,
+        source: endpoint(e.source),
+        destination: endpoint(e.destination),
+        network: NetworkDoc {
+            transport: "udp",
+            net_type: net_type(e.source),
+            direction: if e.answer { "ingress" } else { "egress" },
+            protocol: Some("dns"),
+        },
+        dns,
+        error,
         user: IdDoc {
             id: e.uid.to_string(),
         },
@@ -382,16 +658,17 @@ struct FileEventDoc<'a> {
 }
 
 /// Turns a path as a process passed it into an absolute one: relative paths are resolved
-/// against the process's working directory or the directory descriptor (best effort: the
-/// process may be gone).
+/// against the process's working directory (as the table followed it) or the directory
+/// descriptor (best effort: the process may be gone).
 fn resolve(pid: u32, dirfd: i32, path: &str, known_cwd: &str) -> String {
     if path.starts_with('/') || path.is_empty() {
         return path.to_string();
     }
+    // The table follows chdir as it happened; /proc shows the directory as it is now.
     let base = if dirfd == -100 {
-        std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .ok()
-            .or_else(|| (!known_cwd.is_empty()).then(|| std::path::PathBuf::from(known_cwd)))
+        (!known_cwd.is_empty())
+            .then(|| std::path::PathBuf::from(known_cwd))
+            .or_else(|| std::fs::read_link(format!("/proc/{pid}/cwd")).ok())
     } else {
         std::fs::read_link(format!("/proc/{pid}/fd/{dirfd}")).ok()
     };
@@ -401,11 +678,21 @@ fn resolve(pid: u32, dirfd: i32, path: &str, known_cwd: &str) -> String {
     }
 }
 
+/// The absolute path a file event is about (the rename target for renames), resolved
+/// against the process's working directory or directory descriptor.
+pub fn file_path(e: &FileEvent, table: &ProcessTable) -> String {
+    let cwd = table.get(e.pid).map(|p| p.cwd.as_str()).unwrap_or("");
+    if e.op == FileOp::Rename {
+        resolve(e.pid, e.dirfd2, &e.path2, cwd)
+    } else {
+        resolve(e.pid, e.dirfd, &e.path, cwd)
+    }
+}
+
 /// Renders a file event, attributed to its process through the table.
 pub fn render_file(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> String {
     let me = acting_process(table, e.pid, &e.comm);
-    let mut process = ProcDoc::of(&me);
-    process.parent = table.get(me.ppid).map(|p| Box::new(ProcDoc::of(p)));
+    let process = with_parent(&me, table);
     let (action, kind_type) = match e.op {
         FileOp::Create => ("create", "creation"),
         FileOp::Write => ("write", "change"),
@@ -500,8 +787,7 @@ struct RequestedDoc {
 /// Renders a privilege change, ptrace attach or module load/unload.
 fn render_sys(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> String {
     let me = acting_process(table, e.pid, &e.comm);
-    let mut process = ProcDoc::of(&me);
-    process.parent = table.get(me.ppid).map(|p| Box::new(ProcDoc::of(p)));
+    let process = with_parent(&me, table);
     let (category, kind_type, action) = match e.op {
         FileOp::SetUid => ("process", "change", "setuid"),
         FileOp::SetGid => ("process", "change", "setgid"),
@@ -600,11 +886,25 @@ pub fn render_any(
     table: &mut ProcessTable,
     host: &HostInfo,
     hasher: &mut crate::hash::Hasher,
-) -> String {
-    match e {
+) -> Option<String> {
+    Some(match e {
         SensorEvent::Process(p) => render(p, table, host, hasher),
         SensorEvent::Net(n) => render_net(n, table, host),
+        SensorEvent::Dns(d) => render_dns(d, table, host),
+        SensorEvent::Auth(a) => render_auth(a, table, host),
+        SensorEvent::File(f) if f.op == FileOp::Chdir => {
+            let cwd = table.get(f.pid).map(|p| p.cwd.clone()).unwrap_or_default();
+            let dir = if f.path.is_empty() {
+                std::fs::read_link(format!("/proc/{}/fd/{}", f.pid, f.dirfd))
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            } else {
+                resolve(f.pid, -100, &f.path, &cwd)
+            };
+            table.set_cwd(f.pid, dir);
+            return None;
+        }
         SensorEvent::File(f) if f.op.is_file() => render_file(f, table, host),
         SensorEvent::File(f) => render_sys(f, table, host),
-    }
+    })
 }

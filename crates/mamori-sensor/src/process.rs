@@ -95,7 +95,15 @@ impl Snapshot {
 pub struct ProcessTable {
     boot_id: String,
     procs: HashMap<u32, ProcInfo>,
+    /// Processes that exited recently: records that arrive late (audit, DNS answers) are
+    /// still attributed. Bounded by age and count.
+    exited: HashMap<u32, (std::time::Instant, ProcInfo)>,
+    exit_order: std::collections::VecDeque<(std::time::Instant, u32)>,
 }
+
+/// How long and how many exited processes are remembered.
+const EXITED_KEEP: std::time::Duration = std::time::Duration::from_secs(30);
+const EXITED_MAX: usize = 8192;
 
 /// The kernel's boot id (changes at every boot), for entity ids.
 pub fn boot_id() -> String {
@@ -110,6 +118,8 @@ impl ProcessTable {
         let mut t = ProcessTable {
             boot_id: boot_id(),
             procs: HashMap::new(),
+            exited: HashMap::new(),
+            exit_order: std::collections::VecDeque::new(),
         };
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for e in dir.flatten() {
@@ -145,7 +155,35 @@ impl ProcessTable {
 
     /// Looks a process up.
     pub fn get(&self, pid: u32) -> Option<&ProcInfo> {
-        self.procs.get(&pid)
+        self.procs
+            .get(&pid)
+            .or_else(|| self.exited.get(&pid).map(|(_, p)| p))
+    }
+
+    fn remember_exited(&mut self, info: &ProcInfo) {
+        let now = std::time::Instant::now();
+        while let Some(&(at, pid)) = self.exit_order.front() {
+            if now.duration_since(at) < EXITED_KEEP && self.exit_order.len() < EXITED_MAX {
+                break;
+            }
+            self.exit_order.pop_front();
+            // Only forget the entry if no later exit of a reused pid replaced it.
+            if self.exited.get(&pid).is_some_and(|(t, _)| *t == at) {
+                self.exited.remove(&pid);
+            }
+        }
+        self.exited.insert(info.pid, (now, info.clone()));
+        self.exit_order.push_back((now, info.pid));
+    }
+
+    /// Records a working directory change (chdir); ignored for unknown processes or an
+    /// empty path.
+    pub fn set_cwd(&mut self, pid: u32, cwd: String) {
+        if let Some(p) = self.procs.get_mut(&pid)
+            && !cwd.is_empty()
+        {
+            p.cwd = cwd;
+        }
     }
 
     /// Number of processes known.
@@ -196,13 +234,17 @@ impl ProcessTable {
                 self.procs.insert(e.pid, info.clone());
                 info
             }
-            Kind::Exit => self.procs.remove(&e.pid).unwrap_or(ProcInfo {
-                pid: e.pid,
-                ppid: e.ppid,
-                entity_id,
-                name: e.comm.clone(),
-                ..ProcInfo::default()
-            }),
+            Kind::Exit => {
+                let info = self.procs.remove(&e.pid).unwrap_or(ProcInfo {
+                    pid: e.pid,
+                    ppid: e.ppid,
+                    entity_id,
+                    name: e.comm.clone(),
+                    ..ProcInfo::default()
+                });
+                self.remember_exited(&info);
+                info
+            }
         }
     }
 }
@@ -252,8 +294,14 @@ mod tests {
         let c = t.get(50_002).unwrap();
         assert_eq!(c.command_line(), "id -u");
         assert_eq!(t.get(c.ppid).unwrap().executable, "/bin/sh");
+        let live = t.len();
         let gone = t.apply(&ev(Kind::Exit, 50_002, 50_001, "", &[]));
         assert_eq!(gone.executable, "/usr/bin/id");
-        assert!(t.get(50_002).is_none());
+        assert_eq!(t.len(), live - 1, "an exited process is no longer live");
+        // Late records (audit, DNS answers) still find a process that just exited.
+        assert_eq!(
+            t.get(50_002).map(|p| p.executable.as_str()),
+            Some("/usr/bin/id")
+        );
     }
 }

@@ -34,9 +34,24 @@ pub struct AgentArgs {
     #[arg(long)]
     duration: Option<u64>,
     /// Event sources to turn off: `file` (file changes come from syscall tracepoints, which
-    /// every syscall pays for) or `network`. Process events are always collected.
+    /// every syscall pays for), `network` (connections and DNS) or `login`. Process events
+    /// are always collected.
     #[arg(long, value_delimiter = ',')]
     without: Vec<String>,
+    /// Do not report file changes under this path prefix (repeatable; filtered in the
+    /// kernel). `/proc/`, `/sys/` and `/dev/` are excluded by default.
+    #[arg(long, value_name = "PREFIX")]
+    file_exclude: Vec<String>,
+    /// Report file changes under this prefix even inside an excluded one (repeatable; the
+    /// longest matching prefix wins).
+    #[arg(long, value_name = "PREFIX")]
+    file_include: Vec<String>,
+    /// Never turn kernel audit on. Logins come from the audit stream, which the kernel only
+    /// fills while audit is enabled; by default the agent enables it if it is off (and turns
+    /// it off again when it stops). With this flag, logins are reported only if something
+    /// else (auditd) enabled audit.
+    #[arg(long)]
+    keep_audit_off: bool,
     /// Where process events come from: `auto` (eBPF, else the netlink process connector),
     /// `bpf`, or `proc-connector` (the fallback, forced).
     #[arg(long, value_enum, default_value_t = Collector::Auto)]
@@ -96,11 +111,24 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let failure: Option<anyhow::Error> = None;
     let mut hits = Vec::new();
     for w in &args.without {
-        if w != "file" && w != "network" {
-            bail!("--without takes `file` and/or `network`, not {w:?}");
+        if !["file", "network", "login"].contains(&w.as_str()) {
+            bail!("--without takes `file`, `network` and/or `login`, not {w:?}");
         }
     }
+    let mut logins = if args.without.iter().any(|w| w == "login") {
+        Logins::Off
+    } else {
+        start_logins(!args.keep_audit_off)
+    };
+    let mut paths = mamori_sensor::bpf::PathRules::default();
+    for p in &args.file_exclude {
+        paths.exclude(p)?;
+    }
+    for p in &args.file_include {
+        paths.include(p)?;
+    }
     let opts = BpfOptions {
+        paths: paths.clone(),
         wake_bytes: args.wake_bytes,
         files: !args.without.iter().any(|w| w == "file"),
         network: !args.without.iter().any(|w| w == "network"),
@@ -111,9 +139,19 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let failure = std::cell::RefCell::new(failure);
     let fallback = std::cell::Cell::new(false);
     let attached = std::cell::Cell::new(false);
-    let mut on_event = |raw: SensorEvent| {
+    let on_event = std::cell::RefCell::new(|raw: SensorEvent| {
+        // Relative paths could not be filtered in the kernel: judge them once resolved.
+        if let SensorEvent::File(f) = &raw
+            && f.op.is_file()
+            && !f.path.starts_with('/')
+            && !paths.keeps(&ecs::file_path(f, &table))
+        {
+            return;
+        }
+        let Some(doc) = ecs::render_any(&raw, &mut table, &host, &mut hasher) else {
+            return;
+        };
         events.set(events.get() + 1);
-        let doc = ecs::render_any(&raw, &mut table, &host, &mut hasher);
         if let Some(sc) = scanner.as_mut() {
             let value: serde_json::Value = serde_json::from_str(&doc).unwrap_or_default();
             let entity = value["process"]["entity_id"].clone();
@@ -138,8 +176,21 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         } else if let Err(e) = writeln!(out.borrow_mut(), "{doc}") {
             failure.borrow_mut().get_or_insert(e.into());
         }
-    };
+    });
+    let login_state = logins.describe();
+    // SIGTERM/SIGINT stop the agent cleanly: queued events are written, the spool synced,
+    // audit restored.
+    let stop_signal = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop_signal.clone())
+            .context("installing the signal handler")?;
+    }
     let mut tick = |drops: u64| -> bool {
+        if let Logins::On { events: rx, .. } = &logins {
+            while let Ok(e) = rx.try_recv() {
+                (on_event.borrow_mut())(SensorEvent::Auth(e));
+            }
+        }
         let _ = out.borrow_mut().flush();
         if let Some(sp) = spool.borrow_mut().as_mut()
             && let Err(e) = sp.sync()
@@ -163,13 +214,18 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
                     events.get(),
                     drops,
                     depth,
-                    files_on && !fallback.get(),
-                    network_on && !fallback.get(),
-                    fallback.get()
+                    &Collecting {
+                        files: files_on && !fallback.get(),
+                        network: network_on && !fallback.get(),
+                        fallback: fallback.get(),
+                        logins: &login_state,
+                    },
                 )
             );
         }
-        failure.borrow().is_none() && deadline.is_none_or(|d| Instant::now() < d)
+        failure.borrow().is_none()
+            && deadline.is_none_or(|d| Instant::now() < d)
+            && !stop_signal.load(std::sync::atomic::Ordering::Relaxed)
     };
     let mut result = Ok(());
     if args.collector != Collector::ProcConnector {
@@ -177,17 +233,18 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
             opts,
             &mut || {
                 attached.set(true);
+                eprintln!("mamori agent: logins: {login_state}");
                 eprintln!(
                     "mamori agent: collecting process exec/fork/exit{}{} (eBPF); {known} processes known",
                     if network_on {
-                        ", network connect/listen"
+                        ", network connect/accept/listen/bind, DNS"
                     } else {
                         ""
                     },
                     if files_on { ", file changes" } else { "" }
                 );
             },
-            &mut on_event,
+            &mut |e| (on_event.borrow_mut())(e),
             &mut tick,
         );
         match r {
@@ -205,15 +262,19 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     if fallback.get() {
         result = mamori_sensor::proc_connector::run(
             &mut || {
+                eprintln!("mamori agent: logins: {login_state}");
                 eprintln!(
                     "mamori agent: collecting process exec/fork/exit (netlink process connector fallback); \
-                     missing: network, file, privilege, ptrace, module events; arguments of very \
+                     missing: network, DNS, file, privilege, ptrace, module events; arguments of very \
                      short-lived processes; {known} processes known"
                 )
             },
-            &mut |raw| on_event(SensorEvent::Process(raw)),
+            &mut |raw| (on_event.borrow_mut())(SensorEvent::Process(raw)),
             &mut |overruns| tick(overruns),
         );
+    }
+    for e in logins.stop() {
+        (on_event.borrow_mut())(SensorEvent::Auth(e));
     }
     let _ = out.borrow_mut().flush();
     if let Some(e) = failure.into_inner() {
@@ -229,21 +290,36 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
 }
 
 /// The agent's health: what is collected, what was lost, how much it costs.
+/// What the agent collects, for its health report.
+struct Collecting<'a> {
+    files: bool,
+    network: bool,
+    fallback: bool,
+    logins: &'a str,
+}
+
 fn health(
     started: &Instant,
     events: u64,
     drops: u64,
     spool: Option<mamori_spool::SpoolStats>,
-    files: bool,
-    network: bool,
-    fallback: bool,
+    c: &Collecting<'_>,
 ) -> serde_json::Value {
-    let mut missing = vec!["dns", "login"];
+    let Collecting {
+        files,
+        network,
+        fallback,
+        logins,
+    } = *c;
+    let mut missing = Vec::new();
     if !files {
         missing.extend(["file", "privilege", "ptrace", "module"]);
     }
     if !network {
-        missing.push("network");
+        missing.extend(["network", "dns"]);
+    }
+    if !logins.starts_with("audit") {
+        missing.push("login");
     }
     let on = |b: bool| if b { "bpf" } else { "off" };
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -265,7 +341,8 @@ fn health(
         .unwrap_or(0);
     json!({"health": {
         "uptime_s": started.elapsed().as_secs(),
-        "collectors": {"process": if fallback { "proc-connector" } else { "bpf" }, "network": on(network), "file": on(files),
+        "collectors": {"process": if fallback { "proc-connector" } else { "bpf" }, "network": on(network),
+            "dns": on(network), "login": logins, "file": on(files),
             "privilege": on(files), "ptrace": on(files), "module": on(files)},
         "missing": missing,
         "events": events,
@@ -283,4 +360,90 @@ fn nix_is_root() -> Option<bool> {
     let uid = status.lines().find(|l| l.starts_with("Uid:"))?;
     let euid = uid.split_whitespace().nth(2)?;
     Some(euid == "0")
+}
+
+/// The login collector: a thread reading the audit stream into a channel.
+enum Logins {
+    /// Turned off with `--without login`.
+    Off,
+    /// The audit stream could not be opened (the reason).
+    Unavailable(String),
+    /// Running.
+    On {
+        events: std::sync::mpsc::Receiver<mamori_sensor::audit::AuthEvent>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+        state: mamori_sensor::audit::AuditState,
+    },
+}
+
+fn start_logins(enable: bool) -> Logins {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut listener = match mamori_sensor::audit::AuditListener::open(enable) {
+        Ok(l) => l,
+        Err(e) => return Logins::Unavailable(e.to_string()),
+    };
+    let state = listener.state();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 16 << 10];
+        while !stop2.load(Ordering::Relaxed) {
+            match listener.next(&mut buf) {
+                Ok(Some(e)) => {
+                    if tx.send(e).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("mamori agent: login collector stopped: {e}");
+                    break;
+                }
+            }
+        }
+        // Dropping the listener restores audit if the agent enabled it.
+    });
+    Logins::On {
+        events: rx,
+        stop,
+        thread: Some(thread),
+        state,
+    }
+}
+
+impl Logins {
+    fn describe(&self) -> String {
+        match self {
+            Logins::Off => "off".into(),
+            Logins::Unavailable(why) => format!("unavailable ({why})"),
+            Logins::On { state, .. } if state.enabled_by_us => {
+                "audit (kernel audit was off: enabled for the agent's lifetime)".into()
+            }
+            Logins::On { state, .. } if state.was_enabled => "audit".into(),
+            Logins::On { .. } => {
+                "waiting (kernel audit is off and --keep-audit-off was given: no login records until auditd enables it)"
+                    .into()
+            }
+        }
+    }
+
+    /// Stops the thread (restoring audit) and returns the records it had still queued.
+    fn stop(&mut self) -> Vec<mamori_sensor::audit::AuthEvent> {
+        let Logins::On {
+            stop,
+            thread,
+            events,
+            ..
+        } = self
+        else {
+            return Vec::new();
+        };
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = thread.take() {
+            let _ = t.join();
+        }
+        events.try_iter().collect()
+    }
 }

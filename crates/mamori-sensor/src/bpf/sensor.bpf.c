@@ -98,6 +98,8 @@ struct {
 
 #define SP_CONNECT 4
 #define SP_LISTEN 5
+#define SP_ACCEPT 8
+#define SP_BIND 9
 
 /* Must match `decode_net` in src/bpf.rs. */
 struct sp_net_event {
@@ -240,7 +242,10 @@ struct in6_addr {
 struct sock_common {
 	unsigned short skc_family;
 	__u16 skc_num;
+	__be16 skc_dport;
+	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
+	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
 } __attribute__((preserve_access_index));
 
@@ -271,6 +276,15 @@ static __always_inline struct sp_net_event *new_net(__u32 kind)
 	return e;
 }
 
+/* Context fields must be read one 32-bit word at a time. */
+static __always_inline void copy_ip6(__u8 *dst, __u32 w0, __u32 w1, __u32 w2, __u32 w3)
+{
+	__builtin_memcpy(dst, &w0, 4);
+	__builtin_memcpy(dst + 4, &w1, 4);
+	__builtin_memcpy(dst + 8, &w2, 4);
+	__builtin_memcpy(dst + 12, &w3, 4);
+}
+
 /* Runs in the connecting process's context for TCP and UDP; never denies (returns 1). */
 SEC("cgroup/connect4")
 int on_connect4(struct bpf_sock_addr *ctx)
@@ -296,36 +310,239 @@ int on_connect6(struct bpf_sock_addr *ctx)
 	e->family = 10;
 	e->protocol = ctx->protocol;
 	e->dport = bpf_ntohs(ctx->user_port);
-	__u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
-	__builtin_memcpy(e->daddr, &w0, 4);
-	__builtin_memcpy(e->daddr + 4, &w1, 4);
-	__builtin_memcpy(e->daddr + 8, &w2, 4);
-	__builtin_memcpy(e->daddr + 12, &w3, 4);
+	copy_ip6(e->daddr, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
 	submit((struct sp_event *)e);
 	return 1;
 }
 
-/* A socket entering LISTEN: inside listen(2), so the current task is the owner. */
+/* Who listens on a local TCP port: inbound connections complete in softirq context, where
+ * the current task is whoever happened to run, so accepts are attributed to the listener. */
+struct sp_owner {
+	__u32 pid;
+	__u32 uid;
+	__u32 gid;
+	char comm[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u16);
+	__type(value, struct sp_owner);
+} listeners SEC(".maps");
+
+static __always_inline void sock_addrs(struct sp_net_event *e, struct sock *sk)
+{
+	if (e->family == 2) {
+		__be32 a = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__be32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(e->saddr, &a, 4);
+		__builtin_memcpy(e->daddr, &d, 4);
+	} else {
+		BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+}
+
+/* TCP state changes: entering LISTEN happens inside listen(2), so the current task is the
+ * owner; SYN_RECV -> ESTABLISHED is an accepted inbound connection (attributed to the
+ * listener); leaving LISTEN forgets the owner. */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_sock_state, struct sock *sk, int oldstate, int newstate)
 {
-	if (newstate != 10 /* TCP_LISTEN */)
+	__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	/* A child socket is cloned from its listener and moves LISTEN -> SYN_RECV: only
+	 * LISTEN -> CLOSE is the listener going away. */
+	if (oldstate == 10 /* TCP_LISTEN */ && newstate == 7 /* TCP_CLOSE */) {
+		bpf_map_delete_elem(&listeners, &port);
 		return 0;
-	struct sp_net_event *e = new_net(SP_LISTEN);
+	}
+	int accepted = oldstate == 3 /* TCP_SYN_RECV */ && newstate == 1 /* TCP_ESTABLISHED */;
+	if (newstate != 10 && !accepted)
+		return 0;
+	struct sp_net_event *e = new_net(accepted ? SP_ACCEPT : SP_LISTEN);
 	if (!e)
 		return 0;
 	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	e->protocol = 6;
-	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->sport = port;
 	e->dport = 0;
-	if (e->family == 2) {
-		__be32 a = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		__builtin_memcpy(e->saddr, &a, 4);
+	sock_addrs(e, sk);
+	if (accepted) {
+		e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+		struct sp_owner *o = bpf_map_lookup_elem(&listeners, &port);
+		e->pid = o ? o->pid : 0;
+		e->uid = o ? o->uid : 0;
+		e->gid = o ? o->gid : 0;
+		if (o)
+			__builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
+		else
+			e->comm[0] = 0;
 	} else {
-		BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		struct sp_owner o = { .pid = e->pid, .uid = e->uid, .gid = e->gid };
+		__builtin_memcpy(o.comm, e->comm, sizeof(o.comm));
+		bpf_map_update_elem(&listeners, &port, &o, BPF_ANY);
 	}
 	submit((struct sp_event *)e);
 	return 0;
+}
+
+/* UDP sockets bound to a port: UDP's equivalent of listening (TCP binds are reported when
+ * they listen). Runs in the binding process's context; never denies. */
+static __always_inline int on_post_bind(struct bpf_sock *sk, __u32 family)
+{
+	if (sk->protocol != 17 || sk->src_port == 0)
+		return 1;
+	struct sp_net_event *e = new_net(SP_BIND);
+	if (!e)
+		return 1;
+	e->family = family;
+	e->protocol = 17;
+	e->sport = sk->src_port;
+	if (family == 2) {
+		__u32 a = sk->src_ip4;
+		__builtin_memcpy(e->saddr, &a, 4);
+	} else {
+		copy_ip6(e->saddr, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]);
+	}
+	submit((struct sp_event *)e);
+	return 1;
+}
+
+SEC("cgroup/post_bind4")
+int on_post_bind4(struct bpf_sock *sk)
+{
+	return on_post_bind(sk, 2);
+}
+
+SEC("cgroup/post_bind6")
+int on_post_bind6(struct bpf_sock *sk)
+{
+	return on_post_bind(sk, 10);
+}
+
+/* ---- DNS: UDP port 53 payloads, copied whole (up to SP_DNS_MAX) and parsed in user space.
+ * Queries leave in the sender's context (egress); answers arrive in softirq context
+ * (ingress) and are attributed through the socket that sent the query. ---- */
+
+#define SP_DNS 7
+#define SP_DNS_MAX 512
+
+/* Must match `decode_dns` in src/bpf.rs. */
+struct sp_dns_event {
+	__u32 kind;
+	__u32 pid;
+	__u32 uid;
+	__u32 gid;
+	__u32 family;
+	__u32 answer;
+	__u16 sport;
+	__u16 dport;
+	__u32 len;
+	__u64 ts_ns;
+	char comm[16];
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u8 payload[SP_DNS_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct sp_owner);
+} dns_senders SEC(".maps");
+
+static __always_inline int on_skb(struct __sk_buff *skb, int egress)
+{
+	__u32 off, family;
+	__u8 proto;
+	if (skb->protocol == bpf_htons(0x0800)) {
+		__u8 vihl;
+		if (bpf_skb_load_bytes(skb, 0, &vihl, 1) || bpf_skb_load_bytes(skb, 9, &proto, 1))
+			return 1;
+		off = (vihl & 0xf) * 4;
+		family = 2;
+	} else if (skb->protocol == bpf_htons(0x86DD)) {
+		if (bpf_skb_load_bytes(skb, 6, &proto, 1))
+			return 1;
+		off = 40;
+		family = 10;
+	} else {
+		return 1;
+	}
+	if (proto != 17)
+		return 1;
+	__be16 ports[2];
+	if (bpf_skb_load_bytes(skb, off, ports, 4))
+		return 1;
+	/* The filter: queries go to port 53, answers come from it. */
+	if ((egress ? ports[1] : ports[0]) != bpf_htons(53))
+		return 1;
+	__u32 len = skb->len > off + 8 ? skb->len - off - 8 : 0;
+	if (len == 0)
+		return 1;
+	struct sp_dns_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop(0);
+		return 1;
+	}
+	e->kind = SP_DNS;
+	e->family = family;
+	e->answer = !egress;
+	e->sport = bpf_ntohs(ports[0]);
+	e->dport = bpf_ntohs(ports[1]);
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
+	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+	if (family == 2) {
+		bpf_skb_load_bytes(skb, 12, e->saddr, 4);
+		bpf_skb_load_bytes(skb, 16, e->daddr, 4);
+	} else {
+		bpf_skb_load_bytes(skb, 8, e->saddr, 16);
+		bpf_skb_load_bytes(skb, 24, e->daddr, 16);
+	}
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	if (egress) {
+		__u64 ugid = bpf_get_current_uid_gid();
+		e->pid = bpf_get_current_pid_tgid() >> 32;
+		e->uid = (__u32)ugid;
+		e->gid = ugid >> 32;
+		bpf_get_current_comm(&e->comm, sizeof(e->comm));
+		struct sp_owner o = { .pid = e->pid, .uid = e->uid, .gid = e->gid };
+		__builtin_memcpy(o.comm, e->comm, sizeof(o.comm));
+		bpf_map_update_elem(&dns_senders, &cookie, &o, BPF_ANY);
+	} else {
+		struct sp_owner *o = bpf_map_lookup_elem(&dns_senders, &cookie);
+		e->pid = o ? o->pid : 0;
+		e->uid = o ? o->uid : 0;
+		e->gid = o ? o->gid : 0;
+		if (o)
+			__builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
+		else
+			e->comm[0] = 0;
+	}
+	if (len > SP_DNS_MAX)
+		len = SP_DNS_MAX;
+	/* 1..SP_DNS_MAX in a form the verifier can bound (SP_DNS_MAX is a power of two). */
+	__u64 n = ((__u64)(len - 1) & (SP_DNS_MAX - 1)) + 1;
+	e->len = 0;
+	if (bpf_skb_load_bytes(skb, off + 8, e->payload, n) == 0)
+		e->len = n;
+	submit((struct sp_event *)e);
+	return 1;
+}
+
+SEC("cgroup_skb/egress")
+int on_egress(struct __sk_buff *skb)
+{
+	return on_skb(skb, 1);
+}
+
+SEC("cgroup_skb/ingress")
+int on_ingress(struct __sk_buff *skb)
+{
+	return on_skb(skb, 0);
 }
 
 /* ---- files: syscall entry/exit (x86_64 numbers), only successful changes ---- */
@@ -334,7 +551,9 @@ int BPF_PROG(on_sock_state, struct sock *sk, int oldstate, int newstate)
 
 enum sp_file_op { SP_F_CREATE = 1, SP_F_WRITE = 2, SP_F_DELETE = 3, SP_F_RENAME = 4, SP_F_CHMOD = 5, SP_F_CHOWN = 6,
 	/* Not files, but the same syscall hooks: privilege changes, debugging, kernel modules. */
-	SP_S_SETUID = 7, SP_S_SETGID = 8, SP_S_CAPSET = 9, SP_S_PTRACE = 10, SP_S_MODLOAD = 11, SP_S_MODUNLOAD = 12 };
+	SP_S_SETUID = 7, SP_S_SETGID = 8, SP_S_CAPSET = 9, SP_S_PTRACE = 10, SP_S_MODLOAD = 11, SP_S_MODUNLOAD = 12,
+	/* Working directory changes: user space keeps each process's cwd to resolve relative paths. */
+	SP_S_CHDIR = 13 };
 
 struct pt_regs {
 	unsigned long di;
@@ -395,18 +614,46 @@ struct {
 	__type(value, struct sp_file_pending);
 } scratch SEC(".maps");
 
-/* Paths under these prefixes are kernel interfaces, not files: filtered in the kernel. */
-static __always_inline int uninteresting(const char *p)
+/* Path filter, configured by user space: longest matching prefix wins; value 1 keeps the
+ * event, 0 drops it; paths that match nothing are kept. Defaults exclude /proc, /sys and
+ * /dev (kernel interfaces, not files). Relative paths cannot be judged here and go to user
+ * space, which applies the same rules after resolving them. */
+#define SP_PREFIX_MAX 128
+
+struct sp_prefix_key {
+	__u32 prefixlen;
+	char data[SP_PREFIX_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__type(key, struct sp_prefix_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} path_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sp_prefix_key);
+} prefix_scratch SEC(".maps");
+
+static __always_inline int filtered_out(const char *p, long len)
 {
 	if (p[0] != '/')
 		return 0;
-	if (p[1] == 'p' && p[2] == 'r' && p[3] == 'o' && p[4] == 'c' && (p[5] == '/' || p[5] == 0))
-		return 1;
-	if (p[1] == 's' && p[2] == 'y' && p[3] == 's' && (p[4] == '/' || p[4] == 0))
-		return 1;
-	if (p[1] == 'd' && p[2] == 'e' && p[3] == 'v' && (p[4] == '/' || p[4] == 0))
-		return 1;
-	return 0;
+	__u32 zero = 0;
+	struct sp_prefix_key *k = bpf_map_lookup_elem(&prefix_scratch, &zero);
+	if (!k)
+		return 0;
+	__builtin_memcpy(k->data, p, SP_PREFIX_MAX);
+	if (len > SP_PREFIX_MAX)
+		len = SP_PREFIX_MAX;
+	k->prefixlen = len * 8;
+	__u8 *keep = bpf_map_lookup_elem(&path_filter, k);
+	return keep && *keep == 0;
 }
 
 #define O_WRONLY 01
@@ -535,6 +782,14 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 		op = SP_S_MODLOAD;
 		dirfd = id == 313 ? a0 : -1;
 		break;
+	case 80: /* chdir(path) */
+		p1 = (const char *)BPF_CORE_READ(regs, di);
+		op = SP_S_CHDIR;
+		break;
+	case 81: /* fchdir(fd) */
+		dirfd = BPF_CORE_READ(regs, di);
+		op = SP_S_CHDIR;
+		break;
 	case 176: /* delete_module(name, flags) */
 		a0 = BPF_CORE_READ(regs, di);
 		op = SP_S_MODUNLOAD;
@@ -553,16 +808,23 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	pe->flags = flags;
 	pe->path[0] = 0;
 	pe->path2[0] = 0;
+	int drop = 0;
 	if (op <= SP_F_CHOWN) {
-		if (bpf_probe_read_user_str(&pe->path, sizeof(pe->path), p1) <= 0)
+		long n = bpf_probe_read_user_str(&pe->path, sizeof(pe->path), p1);
+		if (n <= 0)
 			return 0;
-		if (uninteresting(pe->path))
+		drop = filtered_out(pe->path, n - 1);
+		if (drop && op != SP_F_RENAME)
 			return 0;
 	} else if (p1) {
 		bpf_probe_read_user_str(&pe->path, sizeof(pe->path), p1);
 	}
-	if (p2)
-		bpf_probe_read_user_str(&pe->path2, sizeof(pe->path2), p2);
+	if (p2) {
+		long n2 = bpf_probe_read_user_str(&pe->path2, sizeof(pe->path2), p2);
+		/* A rename is kept if either side is. */
+		if (drop && (n2 <= 0 || filtered_out(pe->path2, n2 - 1)))
+			return 0;
+	}
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	if (bpf_map_update_elem(&pending, &tid, pe, BPF_NOEXIST) == 0) {
 		__s64 *n = bpf_map_lookup_elem(&inflight, &zero);
@@ -588,7 +850,7 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	__sync_fetch_and_add(n, -1);
 	/* Failed file changes changed nothing; failed privilege or module calls are attempts
 	 * worth reporting. */
-	if (ret < 0 && pe->op <= SP_F_CHOWN) {
+	if (ret < 0 && (pe->op <= SP_F_CHOWN || pe->op == SP_S_CHDIR)) {
 		bpf_map_delete_elem(&pending, &tid);
 		return 0;
 	}
