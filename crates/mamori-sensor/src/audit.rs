@@ -145,16 +145,20 @@ fn pairs(text: &str) -> Vec<(&str, String)> {
             out.extend(pairs(value));
         } else if !key.is_empty() {
             let quoted = after.starts_with('"');
-            out.push((key, decode_value(value, quoted)));
+            out.push((key, decode_value(key, value, quoted)));
         }
         rest = next;
     }
     out
 }
 
-/// Audit writes untrusted strings quoted when clean and as bare hex otherwise.
-fn decode_value(v: &str, quoted: bool) -> String {
+/// Fields that carry untrusted strings, which audit writes quoted when clean and as bare
+/// hex otherwise. Other fields (pid=9097) are never hex, however they look.
+const STRING_FIELDS: [&str; 7] = ["acct", "exe", "hostname", "terminal", "cmd", "cwd", "comm"];
+
+fn decode_value(key: &str, v: &str, quoted: bool) -> String {
     if !quoted
+        && STRING_FIELDS.contains(&key)
         && v.len() >= 2
         && v.len().is_multiple_of(2)
         && v.bytes().all(|c| c.is_ascii_hexdigit())
@@ -182,7 +186,12 @@ pub fn parse(msg_type: u16, text: &str) -> Option<AuthEvent> {
     let stamp = &head[..close];
     let secs_ms = stamp.split(':').next()?;
     let (secs, ms) = secs_ms.split_once('.').unwrap_or((secs_ms, "0"));
-    let epoch_ms = secs.parse::<i64>().ok()? * 1000 + ms.parse::<i64>().unwrap_or(0);
+    let ms = ms.get(..3).unwrap_or(ms).parse::<i64>().unwrap_or(0);
+    let epoch_ms = secs
+        .parse::<i64>()
+        .ok()?
+        .checked_mul(1000)?
+        .checked_add(ms)?;
     let fields = pairs(&head[close + 2..]);
     let get = |k: &str| {
         fields
@@ -425,6 +434,9 @@ mod tests {
         assert_eq!(e.terminal.as_deref(), Some("pts/1"));
         assert_eq!(e.addr, None);
         assert_eq!(e.success, Some(false));
+        // A pid that looks like hex stays a pid.
+        let t = "audit(1.370:5863): pid=9097 uid=0 msg='op=PAM:authentication acct=\"nobody\" res=success'";
+        assert_eq!(parse(1100, t).unwrap().pid, 9097);
         // sshd's login record, with a hex-encoded account (it contains a space).
         let t = "audit(1.5:9): pid=1 uid=0 auid=1000 ses=3 msg='op=login acct=6576696C2075736572 \
                  exe=\"/usr/sbin/sshd\" hostname=10.0.0.9 addr=10.0.0.9 terminal=ssh res=success'";
@@ -441,6 +453,8 @@ mod tests {
         assert_eq!(parse(1300, "audit(1.0:1): syscall=59"), None);
         assert_eq!(parse(1100, "no header"), None);
         assert_eq!(parse(1100, "audit(x:1): pid=1"), None);
+        // Found by fuzzing: a timestamp that overflows milliseconds.
+        assert_eq!(parse(1100, "audit(99999999999999999.0:1): pid=1"), None);
         // Unterminated quotes and stray '=' do not panic.
         for t in [
             "audit(1.0:1): msg='op=x acct=\"ro",

@@ -206,10 +206,11 @@ fn decode_dns(b: &[u8]) -> Option<DnsEvent> {
     })
 }
 
-const FILE_EVENT_SIZE: usize = 576;
+/// Fixed part of `struct sp_file_event`; the paths follow, only as long as they are.
+const FILE_HEADER: usize = 72;
 
 fn decode_file(b: &[u8]) -> Option<FileEvent> {
-    if b.len() < FILE_EVENT_SIZE {
+    if b.len() < FILE_HEADER {
         return None;
     }
     let op = match u32_at(b, 16) {
@@ -228,6 +229,11 @@ fn decode_file(b: &[u8]) -> Option<FileEvent> {
         13 => FileOp::Chdir,
         _ => return None,
     };
+    let len1 = u32_at(b, 64) as usize;
+    let len2 = u32_at(b, 68) as usize;
+    let paths = &b[FILE_HEADER..];
+    let first = paths.get(..len1)?;
+    let second = paths.get(len1..len1 + len2)?;
     Some(FileEvent {
         op,
         pid: u32_at(b, 4),
@@ -238,9 +244,9 @@ fn decode_file(b: &[u8]) -> Option<FileEvent> {
         flags: u32_at(b, 28),
         ts_ns: u64_at(b, 32),
         comm: cstr(&b[40..56]),
-        path: cstr(&b[56..312]),
-        path2: cstr(&b[312..568]),
-        ret: u64_at(b, 568) as i64,
+        path: cstr(first),
+        path2: cstr(second),
+        ret: u64_at(b, 56) as i64,
     })
 }
 
@@ -473,6 +479,49 @@ impl PathRules {
     }
 }
 
+/// How file, privilege and module syscalls are hooked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyscallHooks {
+    /// Per-syscall tracepoints when tracefs is available (mounting it if needed), the raw
+    /// hooks otherwise.
+    #[default]
+    Auto,
+    /// The raw `sys_enter`/`sys_exit` hooks: no tracefs needed, but a BPF program runs for
+    /// every syscall of every process.
+    Raw,
+    /// Per-syscall tracepoints only (fails without tracefs).
+    Tracepoints,
+}
+
+/// What was attached, for the agent's health report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attached {
+    /// How syscalls are hooked (`None` when file collection is off).
+    pub syscall_hooks: Option<SyscallHooks>,
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// The tracefs directory of the syscall tracepoints, mounting tracefs if it is not.
+fn syscall_tracepoints() -> Option<std::path::PathBuf> {
+    let present = || {
+        [TRACEFS, "/sys/kernel/debug/tracing"]
+            .iter()
+            .map(|t| std::path::Path::new(t).join("events/syscalls"))
+            .find(|p| p.is_dir())
+    };
+    present().or_else(|| {
+        let _ = nix::mount::mount(
+            Some("tracefs"),
+            TRACEFS,
+            Some("tracefs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+        present()
+    })
+}
+
 /// Options of the BPF collector.
 #[derive(Debug, Clone)]
 pub struct BpfOptions {
@@ -487,6 +536,8 @@ pub struct BpfOptions {
     pub network: bool,
     /// Which file paths are reported.
     pub paths: PathRules,
+    /// How syscalls are hooked for file, privilege and module events.
+    pub syscall_hooks: SyscallHooks,
 }
 
 impl Default for BpfOptions {
@@ -497,6 +548,7 @@ impl Default for BpfOptions {
             files: true,
             network: true,
             paths: PathRules::default(),
+            syscall_hooks: SyscallHooks::Auto,
         }
     }
 }
@@ -505,7 +557,7 @@ impl Default for BpfOptions {
 /// returns false. `on_ready` is called once everything is attached.
 pub fn run(
     opts: BpfOptions,
-    on_ready: &mut dyn FnMut(),
+    on_ready: &mut dyn FnMut(Attached),
     on_event: &mut dyn FnMut(SensorEvent),
     keep_going: &mut dyn FnMut(u64) -> bool,
 ) -> Result<(), SensorError> {
@@ -535,9 +587,41 @@ pub fn run(
             prog.set_autoload(false);
         }
     }
-    if !opts.files {
-        open.progs.on_sys_enter.set_autoload(false);
-        open.progs.on_sys_exit.set_autoload(false);
+    let events_dir = match (opts.files, opts.syscall_hooks) {
+        (false, _) | (true, SyscallHooks::Raw) => None,
+        (true, _) => syscall_tracepoints(),
+    };
+    if opts.files && opts.syscall_hooks == SyscallHooks::Tracepoints && events_dir.is_none() {
+        return Err(SensorError::Unsupported(format!(
+            "syscall tracepoints need tracefs, which is not mounted at {TRACEFS} and could not \
+             be mounted there"
+        )));
+    }
+    let hooks = match (opts.files, &events_dir) {
+        (false, _) => None,
+        (true, Some(_)) => Some(SyscallHooks::Tracepoints),
+        (true, None) => Some(SyscallHooks::Raw),
+    };
+    open.progs
+        .on_sys_enter
+        .set_autoload(hooks == Some(SyscallHooks::Raw));
+    open.progs
+        .on_sys_exit
+        .set_autoload(hooks == Some(SyscallHooks::Raw));
+    for mut prog in open.open_object_mut().progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let Some(syscall) = name
+            .strip_prefix("enter_")
+            .or_else(|| name.strip_prefix("exit_"))
+        else {
+            continue;
+        };
+        // A syscall the kernel was built without (init_module without module support)
+        // has no tracepoint: nothing to hook, nothing missed.
+        let exists = events_dir
+            .as_ref()
+            .is_some_and(|d| d.join(format!("sys_enter_{syscall}")).is_dir());
+        prog.set_autoload(exists);
     }
     if !opts.network {
         open.progs.on_sock_state.set_autoload(false);
@@ -582,7 +666,9 @@ pub fn run(
     })
     .map_err(bpf)?;
     let rb = rb.build().map_err(bpf)?;
-    on_ready();
+    on_ready(Attached {
+        syscall_hooks: hooks,
+    });
     loop {
         // With wake-ups suppressed the poll mostly times out: consume what is queued anyway.
         match rb.poll(opts.poll) {
@@ -625,6 +711,27 @@ fn drops(map: &dyn MapCore) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decodes_variable_length_file_records() {
+        let mut b = vec![0u8; FILE_HEADER];
+        b[0..4].copy_from_slice(&6u32.to_ne_bytes());
+        b[16..20].copy_from_slice(&4u32.to_ne_bytes()); // rename
+        b[56..64].copy_from_slice(&0i64.to_ne_bytes());
+        b[64..68].copy_from_slice(&7u32.to_ne_bytes());
+        b[68..72].copy_from_slice(&7u32.to_ne_bytes());
+        b.extend_from_slice(b"/tmp/a\0/tmp/b\0");
+        let Some(SensorEvent::File(f)) = SensorEvent::decode(&b) else {
+            panic!("not decoded");
+        };
+        assert_eq!(
+            (f.op, f.path.as_str(), f.path2.as_str()),
+            (FileOp::Rename, "/tmp/a", "/tmp/b")
+        );
+        // Lengths that point past the record are refused, not trusted.
+        b[68..72].copy_from_slice(&9u32.to_ne_bytes());
+        assert!(SensorEvent::decode(&b).is_none());
+    }
 
     #[test]
     fn longest_prefix_wins() {

@@ -27,8 +27,8 @@ pub struct ProcInfo {
     pub args: Vec<String>,
     /// Task name.
     pub name: String,
-    /// Working directory when last seen (at exec, or inherited at fork); chdir is not
-    /// followed.
+    /// Working directory: read at exec, inherited at fork, followed through chdir when the
+    /// syscall hooks are on.
     pub cwd: String,
 }
 

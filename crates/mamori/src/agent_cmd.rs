@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use mamori_model::{Event, Shape};
-use mamori_sensor::bpf::{self, BpfOptions, SensorEvent};
+use mamori_sensor::bpf::{self, BpfOptions, SensorEvent, SyscallHooks};
 use mamori_sensor::ecs::{self, HostInfo};
 use mamori_sensor::process::ProcessTable;
 use mamori_sigma::CompileOptions;
@@ -46,6 +46,11 @@ pub struct AgentArgs {
     /// longest matching prefix wins).
     #[arg(long, value_name = "PREFIX")]
     file_include: Vec<String>,
+    /// How file, privilege and module syscalls are hooked: `auto` (per-syscall tracepoints
+    /// when tracefs can be used, else the raw hooks), `tracepoints`, or `raw` (the raw
+    /// sys_enter/sys_exit hooks: a BPF program runs on every syscall).
+    #[arg(long, value_enum, default_value_t = Hooks::Auto)]
+    file_hooks: Hooks,
     /// Never turn kernel audit on. Logins come from the audit stream, which the kernel only
     /// fills while audit is enabled; by default the agent enables it if it is off (and turns
     /// it off again when it stops). With this flag, logins are reported only if something
@@ -59,6 +64,17 @@ pub struct AgentArgs {
     /// Print a health report (JSON, on standard error) every this many seconds; 0: never.
     #[arg(long, default_value_t = 60)]
     health_interval: u64,
+}
+
+/// Syscall hooking (see `mamori_sensor::bpf::SyscallHooks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hooks {
+    /// Per-syscall tracepoints if tracefs is usable, else raw hooks.
+    Auto,
+    /// Per-syscall tracepoints.
+    Tracepoints,
+    /// Raw sys_enter/sys_exit hooks.
+    Raw,
 }
 
 /// Process event sources.
@@ -129,12 +145,18 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     }
     let opts = BpfOptions {
         paths: paths.clone(),
+        syscall_hooks: match args.file_hooks {
+            Hooks::Auto => SyscallHooks::Auto,
+            Hooks::Tracepoints => SyscallHooks::Tracepoints,
+            Hooks::Raw => SyscallHooks::Raw,
+        },
         wake_bytes: args.wake_bytes,
         files: !args.without.iter().any(|w| w == "file"),
         network: !args.without.iter().any(|w| w == "network"),
         ..BpfOptions::default()
     };
     let (files_on, network_on) = (opts.files, opts.network);
+    let file_hooks = std::cell::Cell::new("off");
     let known = table.len();
     let failure = std::cell::RefCell::new(failure);
     let fallback = std::cell::Cell::new(false);
@@ -185,12 +207,22 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         signal_hook::flag::register(sig, stop_signal.clone())
             .context("installing the signal handler")?;
     }
+    // A login record can reach the agent before the exec event of the process that wrote it
+    // (the ring buffer is read in batches): records wait until a batch read after their
+    // arrival has been applied, so the process is known when they are rendered.
+    let mut held: std::collections::VecDeque<(Instant, mamori_sensor::audit::AuthEvent)> =
+        std::collections::VecDeque::new();
+    let mut last_tick = Instant::now();
     let mut tick = |drops: u64| -> bool {
         if let Logins::On { events: rx, .. } = &logins {
-            while let Ok(e) = rx.try_recv() {
-                (on_event.borrow_mut())(SensorEvent::Auth(e));
+            held.extend(rx.try_iter());
+            while held.front().is_some_and(|(at, _)| *at < last_tick) {
+                if let Some((_, e)) = held.pop_front() {
+                    (on_event.borrow_mut())(SensorEvent::Auth(e));
+                }
             }
         }
+        last_tick = Instant::now();
         let _ = out.borrow_mut().flush();
         if let Some(sp) = spool.borrow_mut().as_mut()
             && let Err(e) = sp.sync()
@@ -215,6 +247,11 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
                     drops,
                     depth,
                     &Collecting {
+                        file_hooks: if fallback.get() {
+                            "off"
+                        } else {
+                            file_hooks.get()
+                        },
                         files: files_on && !fallback.get(),
                         network: network_on && !fallback.get(),
                         fallback: fallback.get(),
@@ -231,8 +268,13 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     if args.collector != Collector::ProcConnector {
         let r = bpf::run(
             opts,
-            &mut || {
+            &mut |what| {
                 attached.set(true);
+                file_hooks.set(match what.syscall_hooks {
+                    Some(SyscallHooks::Tracepoints) => "bpf (per-syscall tracepoints)",
+                    Some(_) => "bpf (raw syscall hooks)",
+                    None => "off",
+                });
                 eprintln!("mamori agent: logins: {login_state}");
                 eprintln!(
                     "mamori agent: collecting process exec/fork/exit{}{} (eBPF); {known} processes known",
@@ -241,7 +283,11 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
                     } else {
                         ""
                     },
-                    if files_on { ", file changes" } else { "" }
+                    if files_on {
+                        format!(", file changes via {}", file_hooks.get())
+                    } else {
+                        String::new()
+                    }
                 );
             },
             &mut |e| (on_event.borrow_mut())(e),
@@ -273,7 +319,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
             &mut |overruns| tick(overruns),
         );
     }
-    for e in logins.stop() {
+    for e in held.into_iter().map(|(_, e)| e).chain(logins.stop()) {
         (on_event.borrow_mut())(SensorEvent::Auth(e));
     }
     let _ = out.borrow_mut().flush();
@@ -292,6 +338,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
 /// The agent's health: what is collected, what was lost, how much it costs.
 /// What the agent collects, for its health report.
 struct Collecting<'a> {
+    file_hooks: &'a str,
     files: bool,
     network: bool,
     fallback: bool,
@@ -306,6 +353,7 @@ fn health(
     c: &Collecting<'_>,
 ) -> serde_json::Value {
     let Collecting {
+        file_hooks,
         files,
         network,
         fallback,
@@ -342,7 +390,7 @@ fn health(
     json!({"health": {
         "uptime_s": started.elapsed().as_secs(),
         "collectors": {"process": if fallback { "proc-connector" } else { "bpf" }, "network": on(network),
-            "dns": on(network), "login": logins, "file": on(files),
+            "dns": on(network), "login": logins, "file": file_hooks,
             "privilege": on(files), "ptrace": on(files), "module": on(files)},
         "missing": missing,
         "events": events,
@@ -370,7 +418,7 @@ enum Logins {
     Unavailable(String),
     /// Running.
     On {
-        events: std::sync::mpsc::Receiver<mamori_sensor::audit::AuthEvent>,
+        events: std::sync::mpsc::Receiver<(Instant, mamori_sensor::audit::AuthEvent)>,
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
         thread: Option<std::thread::JoinHandle<()>>,
         state: mamori_sensor::audit::AuditState,
@@ -392,7 +440,7 @@ fn start_logins(enable: bool) -> Logins {
         while !stop2.load(Ordering::Relaxed) {
             match listener.next(&mut buf) {
                 Ok(Some(e)) => {
-                    if tx.send(e).is_err() {
+                    if tx.send((Instant::now(), e)).is_err() {
                         break;
                     }
                 }
@@ -444,6 +492,6 @@ impl Logins {
         if let Some(t) = thread.take() {
             let _ = t.join();
         }
-        events.try_iter().collect()
+        events.try_iter().map(|(_, e)| e).collect()
     }
 }

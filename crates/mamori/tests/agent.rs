@@ -386,6 +386,10 @@ fn file_create_write_rename_chmod_delete() {
     }
     let data = tempdir("files");
     let agent = start(&["--stdout"], &data);
+    assert!(
+        agent_stderr(&data).contains("per-syscall tracepoints"),
+        "the default hooks are the per-syscall tracepoints (tracefs is mounted if needed)"
+    );
     let me = std::process::id();
     let dir = tempdir("files-work");
     let a = dir.join("created.txt");
@@ -431,7 +435,11 @@ fn privilege_changes_ptrace_and_module_load_attempts() {
         return;
     }
     let data = tempdir("priv");
-    let agent = start(&["--stdout"], &data);
+    // The raw syscall hooks (the fallback when tracefs is missing) are exercised here; the
+    // other tests use the default per-syscall tracepoints. Only the raw hooks see a module
+    // load attempted on a kernel built without modules: it has no tracepoint for them.
+    let agent = start(&["--stdout", "--file-hooks", "raw"], &data);
+    assert!(agent_stderr(&data).contains("raw syscall hooks"));
     // A helper process does what attackers do: load a "module" (it fails: not a module),
     // attach to another process with ptrace, and drop to nobody with setgid/setuid.
     let script = r#"
@@ -683,6 +691,11 @@ fn logins_success_and_failure_from_pam() {
             .any(|e| auth(e) && e["event"]["outcome"] == "failure")
     });
     let mine: Vec<&Value> = events.iter().filter(|e| auth(e)).collect();
+    let all_auth: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"]["dataset"] == "mamori.auth")
+        .collect();
+    assert!(!mine.is_empty(), "none of ours among {all_auth:?}");
     let find = |action: &str, user: &str, outcome: &str| {
         mine.iter()
             .find(|e| {

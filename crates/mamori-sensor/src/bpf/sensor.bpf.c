@@ -585,10 +585,23 @@ struct sp_file_event {
 	__u32 flags;
 	__u64 ts_ns;
 	char comm[16];
-	char path[SP_PATH_MAX];
-	char path2[SP_PATH_MAX];
 	__s64 ret;
+	__u32 path_len;  /* bytes of the first path, its NUL included (0: none) */
+	__u32 path2_len; /* same for the second, which follows the first */
+	/* Sent with only the bytes used: most paths are far shorter than SP_PATH_MAX, and a
+	 * file storm must not fill the ring buffer with padding. Sized so that the verifier can
+	 * bound the variable offsets below. */
+	char paths[4 * SP_PATH_MAX];
 };
+
+#define SP_FILE_HEADER 72
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sp_file_event);
+} file_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -662,8 +675,40 @@ static __always_inline int filtered_out(const char *p, long len)
 #define O_TRUNC 01000
 #define AT_FDCWD -100
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
+/* The record of a syscall tracepoint (tracefs `events/syscalls/sys_enter_*`/`sys_exit_*`). */
+struct sp_tp_enter {
+	__u64 common;
+	int nr;
+	int pad;
+	unsigned long args[6];
+};
+
+struct sp_tp_exit {
+	__u64 common;
+	int nr;
+	int pad;
+	long ret;
+};
+
+/* Argument `i` of the syscall: from the per-syscall tracepoint's record when there is one,
+ * else from the registers of the raw sys_enter hook. Both are constants after inlining. */
+static __always_inline long sys_arg(struct pt_regs *regs, struct sp_tp_enter *tp, int i)
+{
+	if (tp)
+		return tp->args[i];
+	switch (i) {
+	case 0:
+		return BPF_CORE_READ(regs, di);
+	case 1:
+		return BPF_CORE_READ(regs, si);
+	case 2:
+		return BPF_CORE_READ(regs, dx);
+	default:
+		return BPF_CORE_READ(regs, r10);
+	}
+}
+
+static __always_inline int file_enter(struct pt_regs *regs, struct sp_tp_enter *tp, long id)
 {
 	__u32 op = 0;
 	long a0 = 0, a1 = 0, a2 = 0, a3 = 0;
@@ -674,9 +719,9 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	case 2:   /* open(path, flags) */
 	case 85:  /* creat(path, mode) */
 	case 257: /* openat(dirfd, path, flags) */
-		a0 = BPF_CORE_READ(regs, di);
-		a1 = BPF_CORE_READ(regs, si);
-		a2 = BPF_CORE_READ(regs, dx);
+		a0 = sys_arg(regs, tp, 0);
+		a1 = sys_arg(regs, tp, 1);
+		a2 = sys_arg(regs, tp, 2);
 		if (id == 257) {
 			dirfd = a0;
 			p1 = (const char *)a1;
@@ -694,8 +739,8 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 		break;
 	case 87:  /* unlink(path) */
 	case 263: /* unlinkat(dirfd, path, flags) */
-		a0 = BPF_CORE_READ(regs, di);
-		a1 = BPF_CORE_READ(regs, si);
+		a0 = sys_arg(regs, tp, 0);
+		a1 = sys_arg(regs, tp, 1);
 		op = SP_F_DELETE;
 		if (id == 263) {
 			dirfd = a0;
@@ -707,10 +752,10 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	case 82:  /* rename(old, new) */
 	case 264: /* renameat(olddirfd, old, newdirfd, new) */
 	case 316: /* renameat2(olddirfd, old, newdirfd, new, flags) */
-		a0 = BPF_CORE_READ(regs, di);
-		a1 = BPF_CORE_READ(regs, si);
-		a2 = BPF_CORE_READ(regs, dx);
-		a3 = BPF_CORE_READ(regs, r10);
+		a0 = sys_arg(regs, tp, 0);
+		a1 = sys_arg(regs, tp, 1);
+		a2 = sys_arg(regs, tp, 2);
+		a3 = sys_arg(regs, tp, 3);
 		op = SP_F_RENAME;
 		if (id == 82) {
 			p1 = (const char *)a0;
@@ -724,9 +769,9 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 		break;
 	case 90:  /* chmod(path, mode) */
 	case 268: /* fchmodat(dirfd, path, mode) */
-		a0 = BPF_CORE_READ(regs, di);
-		a1 = BPF_CORE_READ(regs, si);
-		a2 = BPF_CORE_READ(regs, dx);
+		a0 = sys_arg(regs, tp, 0);
+		a1 = sys_arg(regs, tp, 1);
+		a2 = sys_arg(regs, tp, 2);
 		op = SP_F_CHMOD;
 		if (id == 268) {
 			dirfd = a0;
@@ -740,8 +785,8 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	case 92:  /* chown(path, uid, gid) */
 	case 94:  /* lchown */
 	case 260: /* fchownat(dirfd, path, uid, gid, flags) */
-		a0 = BPF_CORE_READ(regs, di);
-		a1 = BPF_CORE_READ(regs, si);
+		a0 = sys_arg(regs, tp, 0);
+		a1 = sys_arg(regs, tp, 1);
 		op = SP_F_CHOWN;
 		if (id == 260) {
 			dirfd = a0;
@@ -756,9 +801,9 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	case 106: /* setgid */
 	case 114: /* setregid */
 	case 119: /* setresgid */
-		a0 = BPF_CORE_READ(regs, di);
-		a1 = BPF_CORE_READ(regs, si);
-		a2 = BPF_CORE_READ(regs, dx);
+		a0 = sys_arg(regs, tp, 0);
+		a1 = sys_arg(regs, tp, 1);
+		a2 = sys_arg(regs, tp, 2);
 		op = (id == 105 || id == 113 || id == 117) ? SP_S_SETUID : SP_S_SETGID;
 		dirfd = a0;
 		dirfd2 = (id == 105 || id == 106) ? -1 : a1;
@@ -768,8 +813,8 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 		op = SP_S_CAPSET;
 		break;
 	case 101: /* ptrace(request, pid, ...): attaching only */
-		a0 = BPF_CORE_READ(regs, di);
-		a1 = BPF_CORE_READ(regs, si);
+		a0 = sys_arg(regs, tp, 0);
+		a1 = sys_arg(regs, tp, 1);
 		if (a0 != 16 /* PTRACE_ATTACH */ && a0 != 0x4206 /* PTRACE_SEIZE */)
 			return 0;
 		op = SP_S_PTRACE;
@@ -778,20 +823,20 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 		break;
 	case 175: /* init_module(image, len, params) */
 	case 313: /* finit_module(fd, params, flags) */
-		a0 = BPF_CORE_READ(regs, di);
+		a0 = sys_arg(regs, tp, 0);
 		op = SP_S_MODLOAD;
 		dirfd = id == 313 ? a0 : -1;
 		break;
 	case 80: /* chdir(path) */
-		p1 = (const char *)BPF_CORE_READ(regs, di);
+		p1 = (const char *)sys_arg(regs, tp, 0);
 		op = SP_S_CHDIR;
 		break;
 	case 81: /* fchdir(fd) */
-		dirfd = BPF_CORE_READ(regs, di);
+		dirfd = sys_arg(regs, tp, 0);
 		op = SP_S_CHDIR;
 		break;
 	case 176: /* delete_module(name, flags) */
-		a0 = BPF_CORE_READ(regs, di);
+		a0 = sys_arg(regs, tp, 0);
 		op = SP_S_MODUNLOAD;
 		p1 = (const char *)a0;
 		break;
@@ -836,8 +881,7 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	return 0;
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
+static __always_inline int file_exit(long ret)
 {
 	__u32 zero = 0;
 	__s64 *n = bpf_map_lookup_elem(&inflight, &zero);
@@ -854,9 +898,8 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 		bpf_map_delete_elem(&pending, &tid);
 		return 0;
 	}
-	struct sp_file_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct sp_file_event *e = bpf_map_lookup_elem(&file_scratch, &zero);
 	if (!e) {
-		count_drop(0);
 		bpf_map_delete_elem(&pending, &tid);
 		return 0;
 	}
@@ -871,10 +914,68 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 	e->flags = pe->flags;
 	e->ts_ns = bpf_ktime_get_boot_ns();
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
-	__builtin_memcpy(e->path, pe->path, SP_PATH_MAX);
-	__builtin_memcpy(e->path2, pe->path2, SP_PATH_MAX);
 	e->ret = ret;
+	long n1 = bpf_probe_read_kernel_str(e->paths, SP_PATH_MAX, pe->path);
+	__u64 off = n1 > 0 ? (__u64)n1 & (2 * SP_PATH_MAX - 1) : 0;
+	long n2 = 0;
+	if (pe->path2[0])
+		n2 = bpf_probe_read_kernel_str(e->paths + off, SP_PATH_MAX, pe->path2);
+	__u64 len2 = n2 > 0 ? (__u64)n2 & (2 * SP_PATH_MAX - 1) : 0;
+	e->path_len = off;
+	e->path2_len = len2;
 	bpf_map_delete_elem(&pending, &tid);
-	submit((struct sp_event *)e);
+	__u64 flags = 0;
+	if (wake_bytes && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) < wake_bytes)
+		flags = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&events, e, SP_FILE_HEADER + off + len2, flags))
+		count_drop(0);
 	return 0;
 }
+
+/* Two ways to hook the syscalls above. The raw sys_enter/sys_exit hooks run for every
+ * syscall of every process; the per-syscall tracepoints run only for these syscalls (the
+ * kernel tests a bitmap first), but need tracefs. User space loads one set or the other. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
+{
+	return file_enter(regs, 0, id);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
+{
+	return file_exit(ret);
+}
+
+#define SP_SYSCALL(name, nr)                                                 \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                          \
+	int enter_##name(struct sp_tp_enter *c) { return file_enter(0, c, nr); } \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                           \
+	int exit_##name(struct sp_tp_exit *c) { return file_exit(c->ret); }
+
+SP_SYSCALL(open, 2)
+SP_SYSCALL(creat, 85)
+SP_SYSCALL(openat, 257)
+SP_SYSCALL(unlink, 87)
+SP_SYSCALL(unlinkat, 263)
+SP_SYSCALL(rename, 82)
+SP_SYSCALL(renameat, 264)
+SP_SYSCALL(renameat2, 316)
+SP_SYSCALL(chmod, 90)
+SP_SYSCALL(fchmodat, 268)
+SP_SYSCALL(chown, 92)
+SP_SYSCALL(lchown, 94)
+SP_SYSCALL(fchownat, 260)
+SP_SYSCALL(setuid, 105)
+SP_SYSCALL(setreuid, 113)
+SP_SYSCALL(setresuid, 117)
+SP_SYSCALL(setgid, 106)
+SP_SYSCALL(setregid, 114)
+SP_SYSCALL(setresgid, 119)
+SP_SYSCALL(capset, 126)
+SP_SYSCALL(ptrace, 101)
+SP_SYSCALL(init_module, 175)
+SP_SYSCALL(finit_module, 313)
+SP_SYSCALL(delete_module, 176)
+SP_SYSCALL(chdir, 80)
+SP_SYSCALL(fchdir, 81)
