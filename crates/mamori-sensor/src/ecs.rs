@@ -79,8 +79,10 @@ struct ProcDoc<'a> {
     entity_id: &'a str,
     executable: &'a str,
     name: &'a str,
-    args: &'a [String],
-    args_count: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args_count: Option<usize>,
     command_line: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     parent: Option<Box<ProcDoc<'a>>>,
@@ -103,8 +105,8 @@ impl<'a> ProcDoc<'a> {
             entity_id: &p.entity_id,
             executable: &p.executable,
             name: &p.name,
-            args: &p.args,
-            args_count: p.args.len(),
+            args: Some(&p.args),
+            args_count: Some(p.args.len()),
             command_line: p.command_line(),
             parent: None,
             args_truncated: None,
@@ -112,6 +114,16 @@ impl<'a> ProcDoc<'a> {
             hash: None,
             exit_code: None,
             exit_signal: None,
+        }
+    }
+
+    /// A parent or grandparent: its command line but not the argument array again (the
+    /// bytes of every event are what the agent pays for).
+    fn ancestor(p: &'a ProcInfo) -> Self {
+        ProcDoc {
+            args: None,
+            args_count: None,
+            ..ProcDoc::of(p)
         }
     }
 }
@@ -189,8 +201,10 @@ pub fn render(
     let mut process = ProcDoc::of(&me);
     process.parent = Some(Box::new(match table.get(e.ppid) {
         Some(parent) => {
-            let mut pd = ProcDoc::of(parent);
-            pd.parent = table.get(parent.ppid).map(|gp| Box::new(ProcDoc::of(gp)));
+            let mut pd = ProcDoc::ancestor(parent);
+            pd.parent = table
+                .get(parent.ppid)
+                .map(|gp| Box::new(ProcDoc::ancestor(gp)));
             pd
         }
         None => {
@@ -199,7 +213,7 @@ pub fn render(
                 entity_id: table.entity_id(e.ppid, e.parent_start_ns),
                 ..ProcInfo::default()
             };
-            ProcDoc::of(&unknown_parent)
+            ProcDoc::ancestor(&unknown_parent)
         }
     }));
     if e.kind == Kind::Exec {
@@ -313,7 +327,7 @@ struct NetDoc<'a> {
 /// The acting process as ECS shows it, with its parent.
 fn with_parent<'a>(me: &'a ProcInfo, table: &'a ProcessTable) -> ProcDoc<'a> {
     let mut process = ProcDoc::of(me);
-    process.parent = table.get(me.ppid).map(|p| Box::new(ProcDoc::of(p)));
+    process.parent = table.get(me.ppid).map(|p| Box::new(ProcDoc::ancestor(p)));
     process
 }
 

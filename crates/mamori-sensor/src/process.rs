@@ -99,6 +99,7 @@ pub struct ProcessTable {
     /// still attributed. Bounded by age and count.
     exited: HashMap<u32, (std::time::Instant, ProcInfo)>,
     exit_order: std::collections::VecDeque<(std::time::Instant, u32)>,
+    follows_chdir: bool,
 }
 
 /// How long and how many exited processes are remembered.
@@ -120,6 +121,7 @@ impl ProcessTable {
             procs: HashMap::new(),
             exited: HashMap::new(),
             exit_order: std::collections::VecDeque::new(),
+            follows_chdir: false,
         };
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for e in dir.flatten() {
@@ -176,6 +178,12 @@ impl ProcessTable {
         self.exit_order.push_back((now, info.pid));
     }
 
+    /// Says that chdir events will be applied (the syscall hooks are on), so working
+    /// directories inherited at fork stay right and exec need not read `/proc`.
+    pub fn follow_chdir(&mut self, on: bool) {
+        self.follows_chdir = on;
+    }
+
     /// Records a working directory change (chdir); ignored for unknown processes or an
     /// empty path.
     pub fn set_cwd(&mut self, pid: u32, cwd: String) {
@@ -217,11 +225,21 @@ impl ProcessTable {
                 info
             }
             Kind::Exec => {
-                let cwd = std::fs::read_link(format!("/proc/{}/cwd", e.pid))
-                    .map(|p| p.display().to_string())
-                    .ok()
-                    .or_else(|| self.procs.get(&e.pid).map(|p| p.cwd.clone()))
-                    .unwrap_or_default();
+                // While chdir is followed, the directory inherited at fork is current: no
+                // syscall needed. Otherwise ask /proc (which may have moved on, or be gone).
+                let known = self
+                    .procs
+                    .get(&e.pid)
+                    .map(|p| p.cwd.clone())
+                    .filter(|c| !c.is_empty());
+                let cwd = match known {
+                    Some(c) if self.follows_chdir => c,
+                    known => std::fs::read_link(format!("/proc/{}/cwd", e.pid))
+                        .map(|p| p.display().to_string())
+                        .ok()
+                        .or(known)
+                        .unwrap_or_default(),
+                };
                 let info = ProcInfo {
                     pid: e.pid,
                     ppid: e.ppid,

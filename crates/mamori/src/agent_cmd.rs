@@ -99,7 +99,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     };
     let mut scanner = rules.as_ref().map(|r| r.scanner());
     let host = HostInfo::current();
-    let mut table = ProcessTable::from_proc();
+    let table = std::cell::RefCell::new(ProcessTable::from_proc());
     let mut hasher = mamori_sensor::hash::Hasher::default();
     let spool = if args.stdout {
         None
@@ -157,11 +157,12 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     };
     let (files_on, network_on) = (opts.files, opts.network);
     let file_hooks = std::cell::Cell::new("off");
-    let known = table.len();
+    let known = table.borrow().len();
     let failure = std::cell::RefCell::new(failure);
     let fallback = std::cell::Cell::new(false);
     let attached = std::cell::Cell::new(false);
     let on_event = std::cell::RefCell::new(|raw: SensorEvent| {
+        let mut table = table.borrow_mut();
         // Relative paths could not be filtered in the kernel: judge them once resolved.
         if let SensorEvent::File(f) = &raw
             && f.op.is_file()
@@ -270,6 +271,9 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
             opts,
             &mut |what| {
                 attached.set(true);
+                table
+                    .borrow_mut()
+                    .follow_chdir(what.syscall_hooks.is_some());
                 file_hooks.set(match what.syscall_hooks {
                     Some(SyscallHooks::Tracepoints) => "bpf (per-syscall tracepoints)",
                     Some(_) => "bpf (raw syscall hooks)",
