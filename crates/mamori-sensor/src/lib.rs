@@ -12,6 +12,8 @@
 //! * [`dns`] parses the DNS messages the BPF programs copy from UDP port 53.
 //! * [`audit`] reads logins, authentications and sessions (PAM, sshd) from the kernel's
 //!   audit multicast stream.
+//! * [`fanotify`] is the file fallback when BPF cannot load: completed writes on every
+//!   filesystem.
 //! * [`hash`] computes SHA-256 of executed files, cached by inode, size and times.
 //! * [`ecs`] renders events with ECS field names (`process.command_line`,
 //!   `process.parent.executable`, …), which the detection engine maps onto Sigma's names.
@@ -23,6 +25,7 @@ pub mod audit;
 pub mod bpf;
 pub mod dns;
 pub mod ecs;
+pub mod fanotify;
 pub mod hash;
 pub mod proc_connector;
 pub mod process;

@@ -131,10 +131,13 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
             bail!("--without takes `file`, `network` and/or `login`, not {w:?}");
         }
     }
+    // Collectors running in their own threads (logins; files in fallback mode) send their
+    // events here, stamped with their arrival.
+    let (side_tx, side_rx) = std::sync::mpsc::channel::<(Instant, SensorEvent)>();
     let mut logins = if args.without.iter().any(|w| w == "login") {
         Logins::Off
     } else {
-        start_logins(!args.keep_audit_off)
+        start_logins(!args.keep_audit_off, side_tx.clone())
     };
     let mut paths = mamori_sensor::bpf::PathRules::default();
     for p in &args.file_exclude {
@@ -160,6 +163,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let known = table.borrow().len();
     let failure = std::cell::RefCell::new(failure);
     let fallback = std::cell::Cell::new(false);
+    let fallback_files = std::cell::Cell::new(false);
     let attached = std::cell::Cell::new(false);
     let on_event = std::cell::RefCell::new(|raw: SensorEvent| {
         let mut table = table.borrow_mut();
@@ -211,16 +215,14 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     // A login record can reach the agent before the exec event of the process that wrote it
     // (the ring buffer is read in batches): records wait until a batch read after their
     // arrival has been applied, so the process is known when they are rendered.
-    let mut held: std::collections::VecDeque<(Instant, mamori_sensor::audit::AuthEvent)> =
+    let mut held: std::collections::VecDeque<(Instant, SensorEvent)> =
         std::collections::VecDeque::new();
     let mut last_tick = Instant::now();
     let mut tick = |drops: u64| -> bool {
-        if let Logins::On { events: rx, .. } = &logins {
-            held.extend(rx.try_iter());
-            while held.front().is_some_and(|(at, _)| *at < last_tick) {
-                if let Some((_, e)) = held.pop_front() {
-                    (on_event.borrow_mut())(SensorEvent::Auth(e));
-                }
+        held.extend(side_rx.try_iter());
+        while held.front().is_some_and(|(at, _)| *at < last_tick) {
+            if let Some((_, e)) = held.pop_front() {
+                (on_event.borrow_mut())(e);
             }
         }
         last_tick = Instant::now();
@@ -248,10 +250,10 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
                     drops,
                     depth,
                     &Collecting {
-                        file_hooks: if fallback.get() {
-                            "off"
-                        } else {
-                            file_hooks.get()
+                        file_hooks: match (fallback.get(), fallback_files.get()) {
+                            (false, _) => file_hooks.get(),
+                            (true, true) => "fanotify (writes only)",
+                            (true, false) => "off",
                         },
                         files: files_on && !fallback.get(),
                         network: network_on && !fallback.get(),
@@ -310,21 +312,44 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         fallback.set(true);
     }
     if fallback.get() {
+        let files = if files_on {
+            start_file_watcher(side_tx.clone())
+        } else {
+            Err("turned off".into())
+        };
+        if let Ok(marked) = &files {
+            fallback_files.set(true);
+            eprintln!("mamori agent: file writes via fanotify on {marked} filesystems");
+        }
         result = mamori_sensor::proc_connector::run(
             &mut || {
                 eprintln!("mamori agent: logins: {login_state}");
                 eprintln!(
-                    "mamori agent: collecting process exec/fork/exit (netlink process connector fallback); \
-                     missing: network, DNS, file, privilege, ptrace, module events; arguments of very \
-                     short-lived processes; {known} processes known"
+                    "mamori agent: collecting process exec/fork/exit (netlink process connector fallback){}; \
+                     missing: network, DNS, {}privilege, ptrace, module events; arguments of very \
+                     short-lived processes; {known} processes known",
+                    if files.is_ok() {
+                        ", file writes (fanotify)"
+                    } else {
+                        ""
+                    },
+                    match &files {
+                        Ok(_) => "file delete/rename/chmod/chown, ".to_string(),
+                        Err(why) => format!("file ({why}), "),
+                    },
                 )
             },
             &mut |raw| (on_event.borrow_mut())(SensorEvent::Process(raw)),
             &mut |overruns| tick(overruns),
         );
     }
-    for e in held.into_iter().map(|(_, e)| e).chain(logins.stop()) {
-        (on_event.borrow_mut())(SensorEvent::Auth(e));
+    logins.stop();
+    for e in held
+        .into_iter()
+        .map(|(_, e)| e)
+        .chain(side_rx.try_iter().map(|(_, e)| e))
+    {
+        (on_event.borrow_mut())(e);
     }
     let _ = out.borrow_mut().flush();
     if let Some(e) = failure.into_inner() {
@@ -365,7 +390,12 @@ fn health(
     } = *c;
     let mut missing = Vec::new();
     if !files {
-        missing.extend(["file", "privilege", "ptrace", "module"]);
+        if file_hooks.starts_with("fanotify") {
+            missing.extend(["file-delete", "file-rename", "file-chmod", "file-chown"]);
+        } else {
+            missing.push("file");
+        }
+        missing.extend(["privilege", "ptrace", "module"]);
     }
     if !network {
         missing.extend(["network", "dns"]);
@@ -422,21 +452,47 @@ enum Logins {
     Unavailable(String),
     /// Running.
     On {
-        events: std::sync::mpsc::Receiver<(Instant, mamori_sensor::audit::AuthEvent)>,
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
         thread: Option<std::thread::JoinHandle<()>>,
         state: mamori_sensor::audit::AuditState,
     },
 }
 
-fn start_logins(enable: bool) -> Logins {
+/// Starts the fanotify file fallback in a thread; returns how many filesystems it watches.
+fn start_file_watcher(
+    tx: std::sync::mpsc::Sender<(Instant, SensorEvent)>,
+) -> std::result::Result<usize, String> {
+    let watcher = mamori_sensor::fanotify::FileWatcher::open().map_err(|e| e.to_string())?;
+    let marked = watcher.marked.len();
+    let me = std::process::id();
+    // The read blocks; the thread ends with the process.
+    std::thread::spawn(move || {
+        loop {
+            match watcher.next_batch(me) {
+                Ok(batch) => {
+                    for e in batch {
+                        if tx.send((Instant::now(), SensorEvent::File(e))).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("mamori agent: file fallback stopped: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(marked)
+}
+
+fn start_logins(enable: bool, tx: std::sync::mpsc::Sender<(Instant, SensorEvent)>) -> Logins {
     use std::sync::atomic::{AtomicBool, Ordering};
     let mut listener = match mamori_sensor::audit::AuditListener::open(enable) {
         Ok(l) => l,
         Err(e) => return Logins::Unavailable(e.to_string()),
     };
     let state = listener.state();
-    let (tx, rx) = std::sync::mpsc::channel();
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let thread = std::thread::spawn(move || {
@@ -444,7 +500,7 @@ fn start_logins(enable: bool) -> Logins {
         while !stop2.load(Ordering::Relaxed) {
             match listener.next(&mut buf) {
                 Ok(Some(e)) => {
-                    if tx.send((Instant::now(), e)).is_err() {
+                    if tx.send((Instant::now(), SensorEvent::Auth(e))).is_err() {
                         break;
                     }
                 }
@@ -458,7 +514,6 @@ fn start_logins(enable: bool) -> Logins {
         // Dropping the listener restores audit if the agent enabled it.
     });
     Logins::On {
-        events: rx,
         stop,
         thread: Some(thread),
         state,
@@ -482,20 +537,13 @@ impl Logins {
     }
 
     /// Stops the thread (restoring audit) and returns the records it had still queued.
-    fn stop(&mut self) -> Vec<mamori_sensor::audit::AuthEvent> {
-        let Logins::On {
-            stop,
-            thread,
-            events,
-            ..
-        } = self
-        else {
-            return Vec::new();
+    fn stop(&mut self) {
+        let Logins::On { stop, thread, .. } = self else {
+            return;
         };
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = thread.take() {
             let _ = t.join();
         }
-        events.try_iter().map(|(_, e)| e).collect()
     }
 }

@@ -537,10 +537,22 @@ fn fallback_process_connector_reports_what_is_missing() {
         .unwrap();
     let sh_pid = sh.id();
     assert_eq!(sh.wait().unwrap().code(), Some(5));
+    // Files: completed writes through fanotify.
+    let written = tempdir("fallback-work").join("written.txt");
+    std::fs::write(&written, b"x").unwrap();
+    let written = written.display().to_string();
     let events = collect(&agent, |seen| {
         seen.iter()
             .any(|e| e["process"]["pid"] == sh_pid && e["event"]["action"] == "exit")
+            && seen.iter().any(|e| e["file"]["path"] == written.as_str())
     });
+    let w = events
+        .iter()
+        .find(|e| e["file"]["path"] == written.as_str())
+        .unwrap_or_else(|| panic!("no fanotify write of {written}"));
+    assert_eq!(w["event"]["action"], "write");
+    assert_eq!(w["process"]["pid"], me);
+    assert_eq!(w["user"]["id"], "0");
     let exec = events
         .iter()
         .find(|e| e["event"]["action"] == "exec" && e["process"]["pid"] == sleeper_pid)
@@ -560,10 +572,10 @@ fn fallback_process_connector_reports_what_is_missing() {
         .unwrap();
     assert_eq!(exit["process"]["exit_code"], 5);
     assert!(
-        events
-            .iter()
-            .all(|e| e["event"]["category"][0] == "process"),
-        "the fallback only reports processes"
+        events.iter().all(
+            |e| ["process", "file"].contains(&e["event"]["category"][0].as_str().unwrap_or(""))
+        ),
+        "the fallback reports processes and file writes only"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     let health = loop {
@@ -585,7 +597,19 @@ fn fallback_process_connector_reports_what_is_missing() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    for m in ["network", "file", "privilege", "ptrace", "module"] {
+    assert_eq!(
+        h["health"]["collectors"]["file"], "fanotify (writes only)",
+        "{h}"
+    );
+    for m in [
+        "network",
+        "dns",
+        "file-delete",
+        "file-rename",
+        "privilege",
+        "ptrace",
+        "module",
+    ] {
         assert!(
             missing.contains(&m),
             "{m} should be reported missing: {missing:?}"
