@@ -346,9 +346,15 @@ pub struct RawEvent {
     pub args_truncated: bool,
     /// Executed file's identity (exec only): device, inode, size, mtime (ns), ctime (s).
     pub file_key: Option<(u64, u64, i64, i64, i64)>,
+    /// Effective user and group ids (exec only).
+    pub effective: Option<(u32, u32)>,
+    /// Cgroup v2 id of the process (exec only; the inode of its cgroup directory).
+    pub cgroup_id: u64,
+    /// Controlling terminal (`pts3`, `tty1`; exec only, empty without one).
+    pub tty: String,
 }
 
-const EVENT_SIZE: usize = 1400;
+const EVENT_SIZE: usize = 1448;
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -411,6 +417,9 @@ impl RawEvent {
                     u64_at(b, 1392) as i64,
                 )
             }),
+            effective: (kind == Kind::Exec).then(|| (u32_at(b, 1400), u32_at(b, 1404))),
+            cgroup_id: u64_at(b, 1408),
+            tty: cstr(&b[1416..1448]),
         })
     }
 }
@@ -688,7 +697,7 @@ pub fn run(
 
 /// The cgroup v2 hierarchy: `/sys/fs/cgroup` when unified, `/sys/fs/cgroup/unified` in the
 /// hybrid layout.
-fn cgroup_v2_root() -> Option<std::path::PathBuf> {
+pub(crate) fn cgroup_v2_root() -> Option<std::path::PathBuf> {
     ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
         .iter()
         .map(std::path::PathBuf::from)

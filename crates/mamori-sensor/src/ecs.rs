@@ -15,6 +15,8 @@ pub struct HostInfo {
     pub kernel: String,
     /// Wall-clock time at boot, nanoseconds since the Unix epoch (to date kernel timestamps).
     pub boot_epoch_ns: i128,
+    /// User, group and cgroup names.
+    pub names: std::sync::Arc<std::sync::Mutex<crate::names::Names>>,
 }
 
 impl HostInfo {
@@ -36,6 +38,7 @@ impl HostInfo {
             name: read("/proc/sys/kernel/hostname"),
             kernel: read("/proc/sys/kernel/osrelease"),
             boot_epoch_ns: now - boot,
+            names: Default::default(),
         }
     }
 
@@ -96,6 +99,8 @@ struct ProcDoc<'a> {
     exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_signal: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tty: Option<TtyDoc>,
 }
 
 impl<'a> ProcDoc<'a> {
@@ -114,6 +119,7 @@ impl<'a> ProcDoc<'a> {
             hash: None,
             exit_code: None,
             exit_signal: None,
+            tty: None,
         }
     }
 
@@ -160,6 +166,30 @@ struct HostDoc<'a> {
 #[derive(Serialize)]
 struct IdDoc {
     id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    effective: Option<Box<IdDoc>>,
+}
+
+impl HostInfo {
+    fn user_doc(&self, uid: u32) -> IdDoc {
+        let name = self.names.lock().ok().and_then(|mut n| n.user(uid));
+        IdDoc {
+            id: uid.to_string(),
+            name,
+            effective: None,
+        }
+    }
+
+    fn group_doc(&self, gid: u32) -> IdDoc {
+        let name = self.names.lock().ok().and_then(|mut n| n.group(gid));
+        IdDoc {
+            id: gid.to_string(),
+            name,
+            effective: None,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -171,6 +201,25 @@ struct Doc<'a> {
     process: ProcDoc<'a>,
     user: IdDoc,
     group: IdDoc,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<ContainerDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mamori: Option<CgroupDoc>,
+}
+
+#[derive(Serialize)]
+struct ContainerDoc {
+    id: String,
+}
+
+#[derive(Serialize)]
+struct CgroupDoc {
+    cgroup: String,
+}
+
+#[derive(Serialize)]
+struct TtyDoc {
+    name: String,
 }
 
 fn host_doc(host: &HostInfo) -> HostDoc<'_> {
@@ -218,6 +267,9 @@ pub fn render(
     }));
     if e.kind == Kind::Exec {
         process.args_truncated = Some(e.args_truncated);
+        process.tty = (!e.tty.is_empty()).then(|| TtyDoc {
+            name: e.tty.clone(),
+        });
         process.working_directory = (!me.cwd.is_empty()).then(|| me.cwd.clone());
         // The file as the new process sees it (its root), hashed once per version.
         let path = format!("/proc/{}/root{}", e.pid, e.filename);
@@ -236,6 +288,14 @@ pub fn render(
         });
         process.exit_signal = (signal != 0).then_some(signal);
     }
+    let cgroup = if e.kind == Kind::Exec {
+        host.names
+            .lock()
+            .ok()
+            .and_then(|mut n| n.cgroup(e.cgroup_id))
+    } else {
+        None
+    };
     let doc = Doc {
         timestamp: host.time(e.ts_ns),
         event: EventDoc {
@@ -249,11 +309,18 @@ pub fn render(
         host: host_doc(host),
         process,
         user: IdDoc {
-            id: e.uid.to_string(),
+            effective: e.effective.map(|(euid, _)| Box::new(host.user_doc(euid))),
+            ..host.user_doc(e.uid)
         },
         group: IdDoc {
-            id: e.gid.to_string(),
+            effective: e.effective.map(|(_, egid)| Box::new(host.group_doc(egid))),
+            ..host.group_doc(e.gid)
         },
+        container: cgroup
+            .as_deref()
+            .and_then(crate::names::container_id)
+            .map(|id| ContainerDoc { id: id.to_string() }),
+        mamori: cgroup.map(|cgroup| CgroupDoc { cgroup }),
     };
     serde_json::to_string(&doc).unwrap_or_default()
 }
@@ -386,12 +453,8 @@ pub fn render_net(e: &NetEvent, table: &ProcessTable, host: &HostInfo) -> String
         },
         dns: None,
         error: None,
-        user: IdDoc {
-            id: e.uid.to_string(),
-        },
-        group: IdDoc {
-            id: e.gid.to_string(),
-        },
+        user: host.user_doc(e.uid),
+        group: host.group_doc(e.gid),
     };
     serde_json::to_string(&doc).unwrap_or_default()
 }
@@ -628,12 +691,8 @@ pub fn render_dns(e: &DnsEvent, table: &ProcessTable, host: &HostInfo) -> String
         },
         dns,
         error,
-        user: IdDoc {
-            id: e.uid.to_string(),
-        },
-        group: IdDoc {
-            id: e.gid.to_string(),
-        },
+        user: host.user_doc(e.uid),
+        group: host.group_doc(e.gid),
     };
     serde_json::to_string(&doc).unwrap_or_default()
 }
@@ -751,12 +810,8 @@ pub fn render_file(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> Stri
         host: host_doc(host),
         process,
         file,
-        user: IdDoc {
-            id: e.uid.to_string(),
-        },
-        group: IdDoc {
-            id: e.gid.to_string(),
-        },
+        user: host.user_doc(e.uid),
+        group: host.group_doc(e.gid),
     };
     serde_json::to_string(&doc).unwrap_or_default()
 }
@@ -884,12 +939,8 @@ fn render_sys(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> String {
         target,
         file,
         requested,
-        user: IdDoc {
-            id: e.uid.to_string(),
-        },
-        group: IdDoc {
-            id: e.gid.to_string(),
-        },
+        user: host.user_doc(e.uid),
+        group: host.group_doc(e.gid),
     };
     serde_json::to_string(&doc).unwrap_or_default()
 }

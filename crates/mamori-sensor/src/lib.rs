@@ -14,6 +14,7 @@
 //!   audit multicast stream.
 //! * [`fanotify`] is the file fallback when BPF cannot load: completed writes on every
 //!   filesystem.
+//! * [`names`] turns uids, gids and cgroup ids into names and container ids.
 //! * [`hash`] computes SHA-256 of executed files, cached by inode, size and times.
 //! * [`ecs`] renders events with ECS field names (`process.command_line`,
 //!   `process.parent.executable`, …), which the detection engine maps onto Sigma's names.
@@ -27,6 +28,7 @@ pub mod dns;
 pub mod ecs;
 pub mod fanotify;
 pub mod hash;
+pub mod names;
 pub mod proc_connector;
 pub mod process;
 

@@ -80,6 +80,9 @@ fn decode(msg: &[u8]) -> Option<RawEvent> {
         args: Vec::new(),
         args_truncated: false,
         file_key: None,
+        effective: None,
+        cgroup_id: 0,
+        tty: String::new(),
     };
     match what {
         PROC_EVENT_FORK => {

@@ -287,6 +287,9 @@ mod tests {
             args: args.iter().map(|s| s.to_string()).collect(),
             args_truncated: false,
             file_key: None,
+            effective: None,
+            cgroup_id: 0,
+            tty: String::new(),
         }
     }
 

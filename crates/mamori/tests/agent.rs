@@ -158,6 +158,29 @@ fn exec_fork_and_exit_of_our_own_processes() {
         .status()
         .unwrap();
     assert!(echo.success());
+    // Effective ids differ from real ones after setpriv --euid.
+    let tag2 = format!("{tag}-euid");
+    let echo2 = Command::new("setpriv")
+        .args([
+            "--euid=65534",
+            "--egid=65534",
+            "--keep-groups",
+            "/bin/echo",
+            tag2.as_str(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(echo2.success());
+    // A process on a terminal: `script` runs it on a new pseudo-terminal.
+    let tag3 = format!("{tag}-tty");
+    let on_tty = Command::new("script")
+        .args(["-qec", &format!("/bin/echo {tag3}"), "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("script (util-linux) runs");
+    assert!(on_tty.success());
     let mut sh = Command::new("/bin/sh")
         .args(["-c", "exit 7"])
         .spawn()
@@ -173,6 +196,12 @@ fn exec_fork_and_exit_of_our_own_processes() {
                     .as_str()
                     .is_some_and(|c| c.contains(&tag))
             })
+            && seen
+                .iter()
+                .any(|e| e["process"]["args"][1] == tag2.as_str())
+            && seen
+                .iter()
+                .any(|e| e["process"]["args"][1] == tag3.as_str())
     });
     let exec = events
         .iter()
@@ -201,6 +230,33 @@ fn exec_fork_and_exit_of_our_own_processes() {
         "the parent is this test binary: {exec}"
     );
     assert_eq!(exec["user"]["id"], "0");
+    assert_eq!(exec["user"]["name"], "root");
+    assert_eq!(exec["user"]["effective"]["id"], "0");
+    assert_eq!(exec["group"]["name"], "root");
+    assert!(
+        exec["mamori"]["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.starts_with('/')),
+        "the process's cgroup: {exec}"
+    );
+    let exec2 = events
+        .iter()
+        .find(|e| e["event"]["action"] == "exec" && e["process"]["args"][1] == tag2.as_str())
+        .unwrap();
+    assert_eq!(exec2["user"]["id"], "0", "{exec2}");
+    assert_eq!(exec2["user"]["effective"]["id"], "65534", "{exec2}");
+    assert_eq!(exec2["user"]["effective"]["name"], "nobody", "{exec2}");
+    assert_eq!(exec2["group"]["effective"]["id"], "65534", "{exec2}");
+    let exec3 = events
+        .iter()
+        .find(|e| e["event"]["action"] == "exec" && e["process"]["args"][1] == tag3.as_str())
+        .unwrap();
+    assert!(
+        exec3["process"]["tty"]["name"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("pts")),
+        "{exec3}"
+    );
     let sha = exec["process"]["hash"]["sha256"]
         .as_str()
         .expect("exec events carry the file's SHA-256");

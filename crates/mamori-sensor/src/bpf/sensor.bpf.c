@@ -26,6 +26,25 @@ struct mm_struct {
 	unsigned long arg_end;
 } __attribute__((preserve_access_index));
 
+typedef struct {
+	unsigned int val;
+} sp_kuid_t;
+
+struct cred {
+	sp_kuid_t uid;
+	sp_kuid_t gid;
+	sp_kuid_t euid;
+	sp_kuid_t egid;
+} __attribute__((preserve_access_index));
+
+struct tty_struct {
+	char name[64];
+} __attribute__((preserve_access_index));
+
+struct signal_struct {
+	struct tty_struct *tty;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	int pid;
 	int tgid;
@@ -33,6 +52,8 @@ struct task_struct {
 	__u64 start_boottime;
 	struct task_struct *real_parent;
 	struct mm_struct *mm;
+	const struct cred *cred;
+	struct signal_struct *signal;
 } __attribute__((preserve_access_index));
 
 struct super_block {
@@ -89,6 +110,11 @@ struct sp_event {
 	__u32 mtime_nsec;
 	__u32 pad;
 	__s64 ctime_sec;
+	/* Effective ids, control terminal and cgroup (exec only; zero otherwise). */
+	__u32 euid;
+	__u32 egid;
+	__u64 cgroup_id;
+	char tty[32];
 };
 
 struct {
@@ -189,6 +215,13 @@ int BPF_PROG(handle_exec, struct task_struct *task, int old_pid, struct linux_bi
 	}
 	if (bpf_core_field_exists(ino->i_ctime_sec))
 		e->ctime_sec = BPF_CORE_READ(ino, i_ctime_sec);
+	e->euid = BPF_CORE_READ(task, cred, euid.val);
+	e->egid = BPF_CORE_READ(task, cred, egid.val);
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->tty[0] = 0;
+	struct tty_struct *tty = BPF_CORE_READ(task, signal, tty);
+	if (tty)
+		bpf_probe_read_kernel_str(&e->tty, sizeof(e->tty), &tty->name);
 	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
 	unsigned long end = BPF_CORE_READ(task, mm, arg_end);
 	unsigned long len = end - start;
