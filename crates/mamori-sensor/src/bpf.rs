@@ -181,6 +181,8 @@ pub enum SensorEvent {
     Dns(DnsEvent),
     /// Logins, authentications and sessions (from the audit stream, not BPF).
     Auth(crate::audit::AuthEvent),
+    /// The hash of a large executable, computed in the background after its exec.
+    Hashed(crate::hash::Hashed),
 }
 
 const DNS_EVENT_SIZE: usize = 88 + 512;

@@ -273,8 +273,13 @@ pub fn render(
         process.working_directory = (!me.cwd.is_empty()).then(|| me.cwd.clone());
         // The file as the new process sees it (its root), hashed once per version.
         let path = format!("/proc/{}/root{}", e.pid, e.filename);
+        let exec = crate::hash::Exec {
+            pid: e.pid,
+            entity_id: &me.entity_id,
+            executable: &e.filename,
+        };
         process.hash = hasher
-            .sha256_of(e.file_key, &path)
+            .sha256_of(e.file_key, &path, exec)
             .or_else(|| hasher.sha256(&e.filename))
             .map(|sha256| HashDoc { sha256 });
     }
@@ -624,6 +629,52 @@ pub fn render_auth(e: &crate::audit::AuthEvent, table: &ProcessTable, host: &Hos
     serde_json::to_string(&doc).unwrap_or_default()
 }
 
+#[derive(Serialize)]
+struct HashedProcDoc<'a> {
+    pid: u32,
+    entity_id: &'a str,
+    executable: &'a str,
+    hash: HashDoc,
+}
+
+#[derive(Serialize)]
+struct HashedDoc<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    event: EventDoc,
+    host: HostDoc<'a>,
+    process: HashedProcDoc<'a>,
+}
+
+/// Renders the hash of a large executable, computed after its exec event went out: the
+/// server attaches it to the process by `process.entity_id`.
+pub fn render_hashed(h: &crate::hash::Hashed, host: &HostInfo) -> String {
+    let now = clock_gettime(ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0);
+    let doc = HashedDoc {
+        timestamp: host.time(now),
+        event: EventDoc {
+            kind: "event",
+            category: ["process"],
+            kind_type: ["info"],
+            action: "hash",
+            module: "mamori",
+            dataset: "mamori.process",
+        },
+        host: host_doc(host),
+        process: HashedProcDoc {
+            pid: h.pid,
+            entity_id: &h.entity_id,
+            executable: &h.executable,
+            hash: HashDoc {
+                sha256: h.sha256.clone(),
+            },
+        },
+    };
+    serde_json::to_string(&doc).unwrap_or_default()
+}
+
 /// Renders a DNS query or answer. A message that does not parse is still reported, with
 /// `error.message` saying why (anything can be sent to port 53).
 pub fn render_dns(e: &DnsEvent, table: &ProcessTable, host: &HostInfo) -> String {
@@ -957,6 +1008,10 @@ pub fn render_any(
         SensorEvent::Net(n) => render_net(n, table, host),
         SensorEvent::Dns(d) => render_dns(d, table, host),
         SensorEvent::Auth(a) => render_auth(a, table, host),
+        SensorEvent::Hashed(h) => {
+            hasher.remember(h);
+            render_hashed(h, host)
+        }
         SensorEvent::File(f) if f.op == FileOp::Chdir => {
             let cwd = table.get(f.pid).map(|p| p.cwd.clone()).unwrap_or_default();
             let dir = if f.path.is_empty() {

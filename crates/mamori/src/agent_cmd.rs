@@ -100,7 +100,15 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let mut scanner = rules.as_ref().map(|r| r.scanner());
     let host = HostInfo::current();
     let table = std::cell::RefCell::new(ProcessTable::from_proc());
-    let mut hasher = mamori_sensor::hash::Hasher::default();
+    // Work done in other threads (logins; large-file hashes; files in fallback mode) comes
+    // back here as events, stamped with their arrival.
+    let (side_tx, side_rx) = std::sync::mpsc::channel::<(Instant, SensorEvent)>();
+    let mut hasher = {
+        let tx = side_tx.clone();
+        mamori_sensor::hash::Hasher::with_background(move |h| {
+            tx.send((Instant::now(), SensorEvent::Hashed(h))).is_ok()
+        })
+    };
     let spool = if args.stdout {
         None
     } else {
@@ -131,9 +139,6 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
             bail!("--without takes `file`, `network` and/or `login`, not {w:?}");
         }
     }
-    // Collectors running in their own threads (logins; files in fallback mode) send their
-    // events here, stamped with their arrival.
-    let (side_tx, side_rx) = std::sync::mpsc::channel::<(Instant, SensorEvent)>();
     let mut logins = if args.without.iter().any(|w| w == "login") {
         Logins::Off
     } else {

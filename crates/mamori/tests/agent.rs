@@ -871,3 +871,46 @@ fn file_include_and_exclude_prefixes() {
         "excluded paths were reported: {paths:?}"
     );
 }
+
+#[test]
+fn large_executables_are_hashed_in_the_background() {
+    if !can_run("large_executables_are_hashed_in_the_background") {
+        return;
+    }
+    // /bin/true with 9 MiB appended (the loader ignores trailing bytes): above the inline
+    // hashing limit.
+    let dir = tempdir("bigexe-work");
+    let exe = dir.join("big-true");
+    let mut bytes = std::fs::read("/bin/true").unwrap();
+    bytes.extend(std::iter::repeat_n(0u8, 9 << 20));
+    std::fs::write(&exe, &bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = tempdir("bigexe");
+    let agent = start(&["--stdout"], &data);
+    assert!(Command::new(&exe).status().unwrap().success());
+    let path = exe.display().to_string();
+    let events = collect(&agent, |seen| {
+        seen.iter()
+            .any(|e| e["event"]["action"] == "hash" && e["process"]["executable"] == path.as_str())
+    });
+    let exec = events
+        .iter()
+        .find(|e| e["event"]["action"] == "exec" && e["process"]["executable"] == path.as_str())
+        .unwrap_or_else(|| panic!("no exec of {path}"));
+    assert!(
+        exec["process"].get("hash").is_none(),
+        "not hashed inline: {exec}"
+    );
+    let hashed = events
+        .iter()
+        .find(|e| e["event"]["action"] == "hash")
+        .unwrap_or_else(|| panic!("no background hash for {path}"));
+    assert_eq!(hashed["process"]["entity_id"], exec["process"]["entity_id"]);
+    use sha2::Digest;
+    let want: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hashed["process"]["hash"]["sha256"], want.as_str());
+}
