@@ -1,0 +1,268 @@
+//! Mamori's trust material.
+//!
+//! * The server's own certificate authority ([`Ca`]): created on first start, it signs the
+//!   server's TLS certificate and every agent's client certificate. Agents pin it by the
+//!   SHA-256 [`fingerprint`] of its DER encoding, given to them with their enrollment token.
+//! * Agent identities: an agent makes its own key pair and a certificate signing request
+//!   ([`agent_key_and_csr`]); the server signs the request's public key with an identity it
+//!   chooses itself (the agent id as common name, the tenant as organisational unit), never
+//!   the names the request asks for ([`Ca::sign_agent`]).
+//! * Secrets (admin API tokens, enrollment tokens): random, shown once, stored only as
+//!   SHA-256 hashes and compared in constant time ([`Secret`]).
+//!
+//! Keys are ECDSA P-256 (rcgen with *ring*).
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+};
+use sha2::{Digest, Sha256};
+
+/// Why trust material could not be made or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PkiError {
+    /// Generating, parsing or signing failed.
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    /// The input is not what it claims to be.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `sha256:` followed by the lowercase hex SHA-256 of `der`.
+pub fn fingerprint(der: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(der)))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The DER bytes of the first certificate in a PEM text.
+pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
+    let p = pem::parse(pem).map_err(|e| PkiError::Invalid(format!("not PEM: {e}")))?;
+    if p.tag() != "CERTIFICATE" {
+        return Err(PkiError::Invalid(format!(
+            "expected a CERTIFICATE, found {}",
+            p.tag()
+        )));
+    }
+    Ok(p.into_contents())
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    // A little slack for clocks that disagree.
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
+fn random_serial() -> SerialNumber {
+    let mut b: [u8; 16] = rand::random();
+    b[0] &= 0x7f; // positive
+    SerialNumber::from_slice(&b)
+}
+
+/// The server's certificate authority.
+pub struct Ca {
+    cert_pem: String,
+    key_pem: String,
+    der: Vec<u8>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Ca")
+            .field("fingerprint", &self.fingerprint())
+            .finish()
+    }
+}
+
+/// A certificate and its private key, PEM-encoded.
+#[derive(Clone)]
+pub struct Issued {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued").finish_non_exhaustive()
+    }
+}
+
+impl Ca {
+    /// Makes a new CA, valid for ten years.
+    pub fn generate(name: &str) -> Result<Ca, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Mamori");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.serial_number = Some(random_serial());
+        validity(&mut params, 3650);
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ca::load(&cert.pem(), &key.serialize_pem())
+    }
+
+    /// Loads a CA from its certificate and key.
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let der = pem_to_der(cert_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(Ca {
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            der,
+            issuer,
+        })
+    }
+
+    /// The CA certificate (what agents and API clients trust).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA private key (to be stored with mode 0600, never logged).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// The pin agents are given: the SHA-256 of the CA certificate.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.der)
+    }
+
+    /// A server certificate for these DNS names and IP addresses, valid for a year.
+    pub fn issue_server(&self, names: &[String]) -> Result<Issued, PkiError> {
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mamori-server");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(random_serial());
+        validity(&mut params, 365);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Signs an agent's certificate request: the public key is the agent's, the identity is
+    /// the server's choice (`agent_id` as common name, `tenant` as organisational unit),
+    /// valid for `days`. Returns the certificate PEM and its serial (hex).
+    pub fn sign_agent(
+        &self,
+        csr_pem: &str,
+        agent_id: &str,
+        tenant: &str,
+        days: i64,
+    ) -> Result<(String, String), PkiError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, agent_id);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, tenant);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let serial = random_serial();
+        let serial_hex = hex(&serial.to_bytes());
+        params.serial_number = Some(serial);
+        validity(&mut params, days);
+        csr.params = params;
+        let cert = csr.signed_by(&self.issuer)?;
+        Ok((cert.pem(), serial_hex))
+    }
+}
+
+/// An agent's new key pair and a certificate request for it.
+pub fn agent_key_and_csr(hostname: &str) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, hostname);
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// A secret shown once and stored as a hash.
+#[derive(Debug, Clone, Copy)]
+pub struct Secret;
+
+impl Secret {
+    /// A new random secret with a readable prefix (`mamori_admin_…`, `mamori_enroll_…`) and
+    /// its stored form.
+    pub fn generate(prefix: &str) -> (String, String) {
+        let bytes: [u8; 32] = rand::random();
+        let token = format!("{prefix}_{}", hex(&bytes));
+        let hash = Secret::hash(&token);
+        (token, hash)
+    }
+
+    /// The stored form of a secret.
+    pub fn hash(token: &str) -> String {
+        format!("sha256:{}", hex(&Sha256::digest(token.as_bytes())))
+    }
+
+    /// Whether `token` is the secret whose stored form is `hash` (constant time in the
+    /// hash's length).
+    pub fn verify(token: &str, hash: &str) -> bool {
+        let h = Secret::hash(token);
+        h.len() == hash.len()
+            && h.bytes()
+                .zip(hash.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_signs_agents_with_the_servers_choice_of_identity() {
+        let ca = Ca::generate("test CA").unwrap();
+        assert!(ca.fingerprint().starts_with("sha256:"));
+        assert_eq!(ca.fingerprint().len(), 7 + 64);
+        let again = Ca::load(ca.cert_pem(), ca.key_pem()).unwrap();
+        assert_eq!(again.fingerprint(), ca.fingerprint());
+        let (_key, csr) = agent_key_and_csr("evil-name-asked-for").unwrap();
+        let (cert, serial) = ca.sign_agent(&csr, "agent-123", "acme", 30).unwrap();
+        assert_eq!(serial.len(), 32);
+        let der = pem_to_der(&cert).unwrap();
+        // The subject is the agent id; the name the request asked for is not there.
+        let text = String::from_utf8_lossy(&der);
+        assert!(text.contains("agent-123"));
+        assert!(text.contains("acme"));
+        assert!(!text.contains("evil-name-asked-for"));
+        assert!(ca.sign_agent("not a csr", "a", "t", 1).is_err());
+        let server = ca.issue_server(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        assert!(server.cert_pem.contains("BEGIN CERTIFICATE"));
+        assert!(!format!("{server:?}").contains("PRIVATE"), "keys never in Debug");
+        assert!(!format!("{ca:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn secrets_are_stored_as_hashes() {
+        let (token, hash) = Secret::generate("mamori_enroll");
+        assert!(token.starts_with("mamori_enroll_"));
+        assert!(!hash.contains(&token));
+        assert!(Secret::verify(&token, &hash));
+        assert!(!Secret::verify(&format!("{token}x"), &hash));
+        assert!(!Secret::verify("", &hash));
+        let (other, _) = Secret::generate("mamori_enroll");
+        assert_ne!(token, other);
+    }
+}
