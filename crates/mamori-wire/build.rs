@@ -3,7 +3,12 @@
 
 use tonic_build::manual::{Builder, Method, Service};
 
-fn method(name: &str, route: &str, input: &str, output: &str) -> tonic_build::manual::MethodBuilder {
+fn method(
+    name: &str,
+    route: &str,
+    input: &str,
+    output: &str,
+) -> tonic_build::manual::MethodBuilder {
     Method::builder()
         .name(name)
         .route_name(route)
@@ -23,7 +28,9 @@ fn main() {
     let ingest = Service::builder()
         .name("Ingest")
         .package("mamori.v1")
-        .comment("Mutual TLS only: event batches in, acknowledgements of durable sequence numbers out.")
+        .comment(
+            "Mutual TLS only: event batches in, acknowledgements of durable sequence numbers out.",
+        )
         .method(
             method("stream", "Stream", "Batch", "Ack")
                 .client_streaming()

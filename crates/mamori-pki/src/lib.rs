@@ -248,9 +248,14 @@ mod tests {
         assert!(text.contains("acme"));
         assert!(!text.contains("evil-name-asked-for"));
         assert!(ca.sign_agent("not a csr", "a", "t", 1).is_err());
-        let server = ca.issue_server(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let server = ca
+            .issue_server(&["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
         assert!(server.cert_pem.contains("BEGIN CERTIFICATE"));
-        assert!(!format!("{server:?}").contains("PRIVATE"), "keys never in Debug");
+        assert!(
+            !format!("{server:?}").contains("PRIVATE"),
+            "keys never in Debug"
+        );
         assert!(!format!("{ca:?}").contains("PRIVATE"));
     }
 

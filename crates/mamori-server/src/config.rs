@@ -1,0 +1,164 @@
+//! Server configuration: a TOML file (optional), then `MAMORI_*` environment variables, then
+//! command-line flags, each overriding the one before. Defaults are safe: listen on
+//! localhost only, TLS always (there is no plain-text mode).
+//!
+//! ```toml
+//! listen = "127.0.0.1:7443"      # MAMORI_LISTEN
+//! data_dir = "/var/lib/mamori"   # MAMORI_DATA_DIR
+//! names = ["edr.example.com"]    # extra names in the server certificate (MAMORI_NAMES, comma-separated)
+//! retention_days = 45
+//! store_quota_gib = 100
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ServerError;
+
+/// The server's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Address and port of the TLS listener.
+    pub listen: SocketAddr,
+    /// Where the server keeps its state, keys and events.
+    pub data_dir: PathBuf,
+    /// Extra DNS names or addresses for the server certificate (the listen address,
+    /// `localhost` and `127.0.0.1` are always included).
+    pub names: Vec<String>,
+    /// Events are kept at least this many days.
+    pub retention_days: u32,
+    /// Size the event log may reach.
+    pub store_quota_bytes: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    names: Option<Vec<String>>,
+    retention_days: Option<u32>,
+    store_quota_gib: Option<u64>,
+}
+
+/// The default port.
+pub const DEFAULT_PORT: u16 = 7443;
+
+fn parse_listen(v: &str, from: &str) -> Result<SocketAddr, ServerError> {
+    v.parse()
+        .map_err(|_| ServerError::Invalid(format!("{from}: {v:?} is not an address:port")))
+}
+
+impl ServerConfig {
+    /// Defaults for a data directory.
+    pub fn with_data_dir(data_dir: PathBuf) -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            data_dir,
+            names: Vec::new(),
+            retention_days: 45,
+            store_quota_bytes: 100 << 30,
+        }
+    }
+
+    /// Applies a TOML file, then the environment. Unknown keys in the file are errors.
+    pub fn load(
+        file: Option<&Path>,
+        default_data_dir: PathBuf,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ServerConfig, ServerError> {
+        let mut c = ServerConfig::with_data_dir(default_data_dir);
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ServerError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let f: File = toml::from_str(&text)
+                .map_err(|e| ServerError::Invalid(format!("{}: {e}", path.display())))?;
+            if let Some(v) = f.listen {
+                c.listen = parse_listen(&v, &path.display().to_string())?;
+            }
+            if let Some(v) = f.data_dir {
+                c.data_dir = v;
+            }
+            if let Some(v) = f.names {
+                c.names = v;
+            }
+            if let Some(v) = f.retention_days {
+                c.retention_days = v;
+            }
+            if let Some(v) = f.store_quota_gib {
+                c.store_quota_bytes = v << 30;
+            }
+        }
+        if let Some(v) = env("MAMORI_LISTEN") {
+            c.listen = parse_listen(&v, "MAMORI_LISTEN")?;
+        }
+        if let Some(v) = env("MAMORI_NAMES") {
+            c.names = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if c.retention_days < 1 {
+            return Err(ServerError::Invalid(
+                "retention_days must be at least 1".into(),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Names the server certificate carries.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut n = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let ip = self.listen.ip();
+        if !ip.is_unspecified() {
+            n.push(ip.to_string());
+        }
+        n.extend(self.names.iter().cloned());
+        n.sort();
+        n.dedup();
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_with_safe_defaults() {
+        let none = |_: &str| None;
+        let c = ServerConfig::load(None, "/d".into(), none).unwrap();
+        assert_eq!(
+            c.listen.to_string(),
+            "127.0.0.1:7443",
+            "localhost by default"
+        );
+        assert_eq!(c.retention_days, 45);
+        let dir = std::env::temp_dir().join(format!("mamori-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("server.toml");
+        std::fs::write(&f, "listen = \"0.0.0.0:9000\"\nnames = [\"edr.example\"]\n").unwrap();
+        let c = ServerConfig::load(Some(&f), "/d".into(), none).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert!(c.certificate_names().contains(&"edr.example".to_string()));
+        let env = |k: &str| (k == "MAMORI_LISTEN").then(|| "127.0.0.1:9100".to_string());
+        assert_eq!(
+            ServerConfig::load(Some(&f), "/d".into(), env)
+                .unwrap()
+                .listen
+                .port(),
+            9100
+        );
+        std::fs::write(&f, "lsten = \"x\"\n").unwrap();
+        let e = ServerConfig::load(Some(&f), "/d".into(), none).unwrap_err();
+        assert!(e.to_string().contains("lsten"), "{e}");
+        let bad = |k: &str| (k == "MAMORI_LISTEN").then(|| "nowhere".to_string());
+        assert!(ServerConfig::load(None, "/d".into(), bad).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,196 @@
+//! The Mamori server.
+//!
+//! * [`config`]: TOML file, then environment, then flags; safe defaults (localhost, TLS).
+//! * [`state`]: the state database (SQLite): admin and enrollment tokens (hashes only),
+//!   agents, the audit log.
+//! * [`store`]: the ingest log, durable before acknowledgement, replay-proof per agent.
+//! * [`service`]: the gRPC services (enrollment; ingest over mutual TLS).
+//! * [`Server`]: first-start initialisation (CA, server certificate, admin token) and the
+//!   listener.
+//!
+//! One port, TLS always: agents without a certificate may only fetch the CA and enroll;
+//! everything else needs a client certificate signed by the server's CA for an enrolled,
+//! unrevoked agent.
+
+pub mod config;
+pub mod service;
+pub mod state;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use mamori_wire::enrollment::enrollment_server::EnrollmentServer;
+use mamori_wire::ingest::ingest_server::IngestServer;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+pub use config::ServerConfig;
+
+/// Why the server could not do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The state database failed.
+    #[error("state database: {0}")]
+    State(String),
+    /// The event store failed.
+    #[error("event store: {0}")]
+    Store(String),
+    /// Trust material could not be made or read.
+    #[error("trust material: {0}")]
+    Pki(#[from] mamori_pki::PkiError),
+    /// Reading or writing a file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// Bad configuration or request.
+    #[error("{0}")]
+    Invalid(String),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Transport(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
+    move |source| ServerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes a secret file readable by its owner only.
+fn write_private(path: &Path, body: &str) -> Result<(), ServerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(body.as_bytes()).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// What first start created (the admin token is shown once, then only its hash exists).
+#[derive(Debug, Clone)]
+pub struct Initialised {
+    /// The admin API token, on first start only.
+    pub admin_token: Option<String>,
+    /// The CA fingerprint agents pin.
+    pub ca_fingerprint: String,
+}
+
+/// A server ready to listen.
+pub struct Server {
+    shared: Arc<service::Shared>,
+    config: ServerConfig,
+    identity: Identity,
+}
+
+impl Server {
+    /// Opens the server's data directory, creating the CA, the server certificate and the
+    /// first admin token when they do not exist yet.
+    pub fn open(config: ServerConfig) -> Result<(Server, Initialised), ServerError> {
+        let dir = &config.data_dir;
+        let pki = dir.join("pki");
+        std::fs::create_dir_all(&pki).map_err(io(&pki))?;
+        let ca_cert = pki.join("ca.pem");
+        let ca_key = pki.join("ca.key");
+        let ca = if ca_cert.exists() {
+            let c = std::fs::read_to_string(&ca_cert).map_err(io(&ca_cert))?;
+            let k = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
+            mamori_pki::Ca::load(&c, &k)?
+        } else {
+            let ca = mamori_pki::Ca::generate("Mamori CA")?;
+            write_private(&ca_key, ca.key_pem())?;
+            std::fs::write(&ca_cert, ca.cert_pem()).map_err(io(&ca_cert))?;
+            tracing::info!(fingerprint = %ca.fingerprint(), "created the server's CA");
+            ca
+        };
+        // The server certificate names what agents dial; reissued when the names change.
+        let names = config.certificate_names();
+        let srv_cert = pki.join("server.pem");
+        let srv_key = pki.join("server.key");
+        let srv_names = pki.join("server.names");
+        let wanted = names.join(",");
+        if std::fs::read_to_string(&srv_names).ok().as_deref() != Some(wanted.as_str()) {
+            let issued = ca.issue_server(&names)?;
+            let _ = std::fs::remove_file(&srv_key);
+            write_private(&srv_key, &issued.key_pem)?;
+            // The chain includes the CA, so agents can check it against their pin.
+            std::fs::write(&srv_cert, format!("{}{}", issued.cert_pem, ca.cert_pem()))
+                .map_err(io(&srv_cert))?;
+            std::fs::write(&srv_names, &wanted).map_err(io(&srv_names))?;
+        }
+        let identity = Identity::from_pem(
+            std::fs::read(&srv_cert).map_err(io(&srv_cert))?,
+            std::fs::read(&srv_key).map_err(io(&srv_key))?,
+        );
+        let state = state::State::open(&dir.join("state.db"))?;
+        let admin_token = state.first_admin_token()?;
+        let log = store::EventLog::open(&dir.join("events"), config.store_quota_bytes)?;
+        let init = Initialised {
+            admin_token,
+            ca_fingerprint: ca.fingerprint(),
+        };
+        let shared = Arc::new(service::Shared {
+            state,
+            ca,
+            log: Mutex::new(log),
+            limits: service::Limits::default(),
+        });
+        Ok((
+            Server {
+                shared,
+                config,
+                identity,
+            },
+            init,
+        ))
+    }
+
+    /// The state database (for local administration commands).
+    pub fn state(&self) -> &state::State {
+        &self.shared.state
+    }
+
+    /// Listens until `shutdown` completes.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        let tls = ServerTlsConfig::new()
+            .identity(self.identity)
+            .client_ca_root(Certificate::from_pem(self.shared.ca.cert_pem()))
+            // Enrollment has no client certificate yet; ingest checks for one itself.
+            .client_auth_optional(true);
+        let max = mamori_wire::MAX_MESSAGE_BYTES;
+        let listen = self.config.listen;
+        let result = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .map_err(|e| ServerError::Transport(e.to_string()))?
+            .concurrency_limit_per_connection(16)
+            .add_service(
+                EnrollmentServer::new(service::EnrollmentService(self.shared.clone()))
+                    .max_decoding_message_size(64 << 10),
+            )
+            .add_service(
+                IngestServer::new(service::IngestService(self.shared.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .serve_with_shutdown(listen, shutdown)
+            .await
+            .map_err(|e| ServerError::Transport(format!("{listen}: {e}")));
+        if let Ok(log) = Arc::try_unwrap(self.shared).map(|s| s.log)
+            && let Ok(log) = log.into_inner()
+        {
+            log.close()?;
+        }
+        result
+    }
+}

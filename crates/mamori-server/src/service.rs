@@ -1,0 +1,332 @@
+//! The gRPC services: enrollment (open) and ingest (mutual TLS, agent identity checked
+//! against the state database on every stream).
+
+use std::sync::{Arc, Mutex};
+
+use mamori_wire::enrollment::enrollment_server::Enrollment;
+use mamori_wire::ingest::ingest_server::Ingest;
+use mamori_wire::{Ack, Batch, EnrollReply, EnrollRequest, GetCaReply, GetCaRequest};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::state::State;
+use crate::store::EventLog;
+
+/// Limits on what an agent may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Events in one batch.
+    pub max_batch_events: usize,
+    /// Bytes of one event.
+    pub max_event_bytes: usize,
+    /// Validity of agent certificates, days.
+    pub cert_days: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_batch_events: 10_000,
+            max_event_bytes: 1 << 20,
+            cert_days: 365,
+        }
+    }
+}
+
+/// What the services share.
+pub struct Shared {
+    /// State database.
+    pub state: State,
+    /// The CA.
+    pub ca: mamori_pki::Ca,
+    /// The ingest log (one writer at a time; appends are synced before acknowledgement).
+    pub log: Mutex<EventLog>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!("internal error: {e}");
+    Status::internal("internal server error")
+}
+
+/// The enrollment service.
+pub struct EnrollmentService(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl Enrollment for EnrollmentService {
+    async fn get_ca(&self, _r: Request<GetCaRequest>) -> Result<Response<GetCaReply>, Status> {
+        Ok(Response::new(GetCaReply {
+            ca_pem: self.0.ca.cert_pem().to_string(),
+        }))
+    }
+
+    async fn enroll(&self, r: Request<EnrollRequest>) -> Result<Response<EnrollReply>, Status> {
+        let peer = r
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let req = r.into_inner();
+        let field = |name: &str, v: &str, max: usize| {
+            if v.len() > max || v.chars().any(char::is_control) {
+                Err(Status::invalid_argument(format!(
+                    "{name}: at most {max} printable characters"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        field("hostname", &req.hostname, 255)?;
+        field("os", &req.os, 255)?;
+        field("kernel", &req.kernel, 255)?;
+        field("agent_version", &req.agent_version, 64)?;
+        if req.csr_pem.len() > 16 << 10 {
+            return Err(Status::invalid_argument("csr_pem: too large"));
+        }
+        let shared = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let (token_id, tenant) = match shared
+                .state
+                .spend_enroll_token(&req.token)
+                .map_err(internal)?
+            {
+                Ok(t) => t,
+                Err(why) => {
+                    tracing::warn!(%peer, host = %req.hostname, "enrollment refused: {why}");
+                    let _ = shared.state.audit(
+                        &format!("peer:{peer}"),
+                        "agent.enroll.refused",
+                        &format!("host:{}", req.hostname),
+                        &why.to_string(),
+                    );
+                    return Err(Status::permission_denied(format!(
+                        "enrollment refused: {why}"
+                    )));
+                }
+            };
+            let agent_id = format!("agt-{}", hex16());
+            let (cert_pem, serial) = shared
+                .ca
+                .sign_agent(&req.csr_pem, &agent_id, &tenant, shared.limits.cert_days)
+                .map_err(|e| Status::invalid_argument(format!("certificate request: {e}")))?;
+            shared
+                .state
+                .add_agent(
+                    &agent_id,
+                    &tenant,
+                    &req.hostname,
+                    &req.os,
+                    &req.kernel,
+                    &req.agent_version,
+                    &serial,
+                    token_id,
+                )
+                .map_err(internal)?;
+            tracing::info!(%agent_id, %tenant, host = %req.hostname, "agent enrolled");
+            Ok(Response::new(EnrollReply {
+                agent_id,
+                tenant,
+                cert_pem,
+            }))
+        })
+        .await
+        .map_err(internal)?
+    }
+}
+
+fn hex16() -> String {
+    let b: [u8; 8] = rand::random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The identity in a client certificate: (common name, serial hex).
+fn identity(der: &[u8]) -> Option<(String, String)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let serial = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    Some((cn, serial))
+}
+
+/// The ingest service.
+pub struct IngestService(pub Arc<Shared>);
+
+impl IngestService {
+    /// The agent behind a request: its certificate must name an enrolled, unrevoked agent
+    /// and be that agent's current certificate.
+    fn authorise<T>(&self, r: &Request<T>) -> Result<String, Status> {
+        let certs = r
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let (id, serial) = identity(leaf.as_ref())
+            .ok_or_else(|| Status::unauthenticated("unreadable client certificate"))?;
+        let agent = self.0.state.agent(&id).map_err(internal)?.ok_or_else(|| {
+            tracing::warn!(%id, "unknown agent refused");
+            Status::unauthenticated(format!("unknown agent {id}"))
+        })?;
+        if agent.revoked_at.is_some() {
+            tracing::warn!(%id, "revoked agent refused");
+            return Err(Status::permission_denied(format!("agent {id} is revoked")));
+        }
+        // DER drops leading zero bytes of a serial: compare without them.
+        let norm = |s: &str| s.trim_start_matches("00").to_ascii_lowercase();
+        if norm(&agent.serial) != norm(&serial) {
+            return Err(Status::permission_denied(format!(
+                "agent {id}: this certificate has been replaced"
+            )));
+        }
+        Ok(id)
+    }
+}
+
+type AckStream = tokio_stream::wrappers::ReceiverStream<Result<Ack, Status>>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type StreamStream = AckStream;
+
+    async fn stream(
+        &self,
+        r: Request<Streaming<Batch>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let agent = self.authorise(&r)?;
+        let _ = self.0.state.touch(&agent);
+        let mut inbound = r.into_inner();
+        // One acknowledgement in flight at most: the agent cannot run ahead of the disk.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            while let Some(next) = inbound.next().await {
+                let batch = match next {
+                    Ok(b) => b,
+                    Err(status) => {
+                        tracing::debug!(%agent, "stream ended: {status}");
+                        return;
+                    }
+                };
+                if let Err(why) = check(&batch, &shared.limits) {
+                    tracing::warn!(%agent, "malformed batch refused: {why}");
+                    let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                    return;
+                }
+                let shared2 = shared.clone();
+                let agent2 = agent.clone();
+                let appended = tokio::task::spawn_blocking(move || {
+                    let mut log = shared2
+                        .log
+                        .lock()
+                        .map_err(|_| "event log lock poisoned".to_string())?;
+                    log.append(&agent2, batch.first_seq, &batch.events)
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+                let reply = match appended {
+                    Ok(Ok(a)) => {
+                        if a.gap > 0 {
+                            tracing::warn!(%agent, missing = a.gap, "sequence gap: events lost before reaching the server");
+                        }
+                        Ok(Ack {
+                            durable_through: a.durable_through,
+                        })
+                    }
+                    Ok(Err(e)) => Err(internal(e)),
+                    Err(e) => Err(internal(e)),
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(AckStream::new(rx)))
+    }
+}
+
+/// Checks a batch before anything is stored.
+fn check(b: &Batch, limits: &Limits) -> Result<(), String> {
+    if b.first_seq == 0 {
+        return Err("first_seq must be at least 1".into());
+    }
+    if b.events.is_empty() {
+        return Err("empty batch".into());
+    }
+    if b.events.len() > limits.max_batch_events {
+        return Err(format!(
+            "{} events in one batch (at most {})",
+            b.events.len(),
+            limits.max_batch_events
+        ));
+    }
+    if b.first_seq.checked_add(b.events.len() as u64).is_none() {
+        return Err("sequence numbers overflow".into());
+    }
+    for (i, e) in b.events.iter().enumerate() {
+        if e.len() > limits.max_event_bytes {
+            return Err(format!(
+                "event {i}: {} bytes (at most {})",
+                e.len(),
+                limits.max_event_bytes
+            ));
+        }
+        match serde_json::from_slice::<serde_json::Value>(e) {
+            Ok(serde_json::Value::Object(_)) => {}
+            Ok(_) => return Err(format!("event {i}: not a JSON object")),
+            Err(err) => return Err(format!("event {i}: not JSON: {err}")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_batches_are_refused_with_a_reason() {
+        let l = Limits::default();
+        let ok = Batch {
+            first_seq: 1,
+            events: vec![b"{\"a\":1}".to_vec()],
+        };
+        assert!(check(&ok, &l).is_ok());
+        let bad = |first_seq: u64, events: Vec<Vec<u8>>| check(&Batch { first_seq, events }, &l);
+        assert!(
+            bad(0, vec![b"{}".to_vec()])
+                .unwrap_err()
+                .contains("first_seq")
+        );
+        assert!(bad(1, vec![]).unwrap_err().contains("empty"));
+        assert!(
+            bad(1, vec![b"[1]".to_vec()])
+                .unwrap_err()
+                .contains("not a JSON object")
+        );
+        assert!(
+            bad(1, vec![b"{".to_vec()])
+                .unwrap_err()
+                .contains("not JSON")
+        );
+        assert!(
+            bad(u64::MAX, vec![b"{}".to_vec()])
+                .unwrap_err()
+                .contains("overflow")
+        );
+        assert!(
+            bad(1, vec![vec![b' '; (1 << 20) + 1]])
+                .unwrap_err()
+                .contains("bytes")
+        );
+    }
+}

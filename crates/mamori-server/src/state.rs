@@ -1,0 +1,478 @@
+//! Server state in an embedded SQL database (SQLite): admin tokens, enrollment tokens,
+//! agents, and the audit log. Secrets are stored as hashes only. Every change that a person
+//! or an agent causes is written to the audit log in the same transaction.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use mamori_pki::Secret;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::ServerError;
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Why an enrollment token was refused. The agent is told only "refused"; the server log and
+/// the audit log keep the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// No token with this value.
+    Unknown,
+    /// Past its expiry.
+    Expired,
+    /// All its uses are spent.
+    UsedUp,
+}
+
+impl std::fmt::Display for TokenRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenRefusal::Unknown => "unknown enrollment token",
+            TokenRefusal::Expired => "enrollment token expired",
+            TokenRefusal::UsedUp => "enrollment token used up",
+        })
+    }
+}
+
+/// A new enrollment token (the secret is shown once).
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Its id (not secret: for listing and deleting).
+    pub id: i64,
+    /// The secret.
+    pub token: String,
+    /// Tenant the agents enrolled with it belong to.
+    pub tenant: String,
+    /// Expiry, seconds since the epoch.
+    pub expires_at: i64,
+    /// Uses allowed.
+    pub uses: i64,
+}
+
+/// An enrolled agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// Agent id (the common name of its certificate).
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Host name it reported.
+    pub hostname: String,
+    /// Serial of its current certificate (hex).
+    pub serial: String,
+    /// When it enrolled.
+    pub enrolled_at: i64,
+    /// When it last connected.
+    pub last_seen: i64,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<i64>,
+}
+
+/// One audit record: who did what to what, when, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    /// Seconds since the epoch.
+    pub at: i64,
+    /// Who (`admin`, `agent:<id>`, `peer:<address>`, `server`).
+    pub actor: String,
+    /// What (`agent.enroll`, `agent.revoke`, …).
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// Details (never secrets).
+    pub detail: String,
+}
+
+/// The state database.
+pub struct State {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS admin_tokens (
+    id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS enroll_tokens (
+    id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
+    expires_at INTEGER NOT NULL, uses_left INTEGER NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS agents (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, hostname TEXT NOT NULL, os TEXT NOT NULL,
+    kernel TEXT NOT NULL, agent_version TEXT NOT NULL, serial TEXT NOT NULL,
+    enrolled_at INTEGER NOT NULL, last_seen INTEGER NOT NULL, revoked_at INTEGER);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    target TEXT NOT NULL, detail TEXT NOT NULL);
+";
+
+fn db(e: rusqlite::Error) -> ServerError {
+    ServerError::State(e.to_string())
+}
+
+impl State {
+    /// Opens (creating) the database.
+    pub fn open(path: &Path) -> Result<State, ServerError> {
+        let conn = Connection::open(path).map_err(db)?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
+            .map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(State {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, ServerError> {
+        let mut c = self
+            .conn
+            .lock()
+            .map_err(|_| ServerError::State("state lock poisoned".into()))?;
+        f(&mut c).map_err(db)
+    }
+
+    /// Creates the first admin token if there is none; returns it (to be shown once).
+    pub fn first_admin_token(&self) -> Result<Option<String>, ServerError> {
+        self.with(|c| {
+            let n: i64 = c.query_row("SELECT COUNT(*) FROM admin_tokens", [], |r| r.get(0))?;
+            if n > 0 {
+                return Ok(None);
+            }
+            let (token, hash) = Secret::generate("mamori_admin");
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO admin_tokens (hash, created_at) VALUES (?1, ?2)",
+                params![hash, now()],
+            )?;
+            audit_in(&tx, "server", "admin-token.create", "admin", "first start")?;
+            tx.commit()?;
+            Ok(Some(token))
+        })
+    }
+
+    /// Whether `token` is a valid admin token.
+    pub fn is_admin(&self, token: &str) -> Result<bool, ServerError> {
+        let hash = Secret::hash(token);
+        self.with(|c| {
+            let found: Option<String> = c
+                .query_row(
+                    "SELECT hash FROM admin_tokens WHERE hash = ?1",
+                    params![hash],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(found.is_some_and(|h| Secret::verify(token, &h)))
+        })
+    }
+
+    /// Creates an enrollment token for `tenant`, valid `ttl_secs`, usable `uses` times.
+    pub fn create_enroll_token(
+        &self,
+        actor: &str,
+        tenant: &str,
+        ttl_secs: i64,
+        uses: i64,
+    ) -> Result<NewToken, ServerError> {
+        if tenant.is_empty()
+            || !tenant
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(ServerError::Invalid(format!(
+                "tenant {tenant:?}: use letters, digits, '-', '_' and '.'"
+            )));
+        }
+        if ttl_secs <= 0 || uses <= 0 {
+            return Err(ServerError::Invalid(
+                "an enrollment token needs a positive lifetime and number of uses".into(),
+            ));
+        }
+        let (token, hash) = Secret::generate("mamori_enroll");
+        let expires_at = now() + ttl_secs;
+        let id = self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO enroll_tokens (hash, tenant, expires_at, uses_left, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![hash, tenant, expires_at, uses, now()],
+            )?;
+            let id = tx.last_insert_rowid();
+            audit_in(
+                &tx,
+                actor,
+                "enroll-token.create",
+                &format!("token:{id}"),
+                &format!("tenant={tenant} uses={uses} expires_at={expires_at}"),
+            )?;
+            tx.commit()?;
+            Ok(id)
+        })?;
+        Ok(NewToken {
+            id,
+            token,
+            tenant: tenant.to_string(),
+            expires_at,
+            uses,
+        })
+    }
+
+    /// Spends one use of an enrollment token; returns its tenant, or why it was refused.
+    pub fn spend_enroll_token(
+        &self,
+        token: &str,
+    ) -> Result<Result<(i64, String), TokenRefusal>, ServerError> {
+        let hash = Secret::hash(token);
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let row: Option<(i64, String, i64, i64)> = tx
+                .query_row(
+                    "SELECT id, tenant, expires_at, uses_left FROM enroll_tokens WHERE hash = ?1",
+                    params![hash],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let result = match row {
+                None => Err(TokenRefusal::Unknown),
+                Some((_, _, exp, _)) if exp <= now() => Err(TokenRefusal::Expired),
+                Some((_, _, _, left)) if left <= 0 => Err(TokenRefusal::UsedUp),
+                Some((id, tenant, _, _)) => {
+                    tx.execute(
+                        "UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE id = ?1",
+                        params![id],
+                    )?;
+                    Ok((id, tenant))
+                }
+            };
+            tx.commit()?;
+            Ok(result)
+        })
+    }
+
+    /// Records a newly enrolled agent.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_agent(
+        &self,
+        id: &str,
+        tenant: &str,
+        hostname: &str,
+        os: &str,
+        kernel: &str,
+        version: &str,
+        serial: &str,
+        token_id: i64,
+    ) -> Result<(), ServerError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let t = now();
+            tx.execute(
+                "INSERT INTO agents (id, tenant, hostname, os, kernel, agent_version, serial,
+                                     enrolled_at, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                params![id, tenant, hostname, os, kernel, version, serial, t],
+            )?;
+            audit_in(
+                &tx,
+                &format!("agent:{id}"),
+                "agent.enroll",
+                &format!("agent:{id}"),
+                &format!("tenant={tenant} host={hostname} token={token_id} serial={serial}"),
+            )?;
+            tx.commit()
+        })
+    }
+
+    /// An agent by id.
+    pub fn agent(&self, id: &str) -> Result<Option<Agent>, ServerError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, tenant, hostname, serial, enrolled_at, last_seen, revoked_at
+                 FROM agents WHERE id = ?1",
+                params![id],
+                agent_row,
+            )
+            .optional()
+        })
+    }
+
+    /// All agents.
+    pub fn agents(&self) -> Result<Vec<Agent>, ServerError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, tenant, hostname, serial, enrolled_at, last_seen, revoked_at
+                 FROM agents ORDER BY enrolled_at",
+            )?;
+            let rows = st.query_map([], agent_row)?;
+            rows.collect()
+        })
+    }
+
+    /// Revokes an agent: its certificate is refused from now on.
+    pub fn revoke(&self, actor: &str, id: &str, why: &str) -> Result<bool, ServerError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE agents SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, now()],
+            )?;
+            if n > 0 {
+                audit_in(&tx, actor, "agent.revoke", &format!("agent:{id}"), why)?;
+            }
+            tx.commit()?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Notes that an agent connected.
+    pub fn touch(&self, id: &str) -> Result<(), ServerError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE agents SET last_seen = ?2 WHERE id = ?1",
+                params![id, now()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Writes an audit record.
+    pub fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<(), ServerError> {
+        self.with(|c| audit_in(c, actor, action, target, detail))
+    }
+
+    /// The audit log, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditRecord>, ServerError> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT at, actor, action, target, detail FROM audit ORDER BY id")?;
+            let rows = st.query_map([], |r| {
+                Ok(AuditRecord {
+                    at: r.get(0)?,
+                    actor: r.get(1)?,
+                    action: r.get(2)?,
+                    target: r.get(3)?,
+                    detail: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Agent> {
+    Ok(Agent {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        hostname: r.get(2)?,
+        serial: r.get(3)?,
+        enrolled_at: r.get(4)?,
+        last_seen: r.get(5)?,
+        revoked_at: r.get(6)?,
+    })
+}
+
+fn audit_in(
+    c: &Connection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![now(), actor, action, target, detail],
+    )
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> (State, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "mamori-state-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        (State::open(&dir.join("state.db")).unwrap(), dir)
+    }
+
+    #[test]
+    fn tokens_expire_and_run_out() {
+        let (s, dir) = state();
+        let admin = s.first_admin_token().unwrap().expect("first start");
+        assert!(s.first_admin_token().unwrap().is_none(), "shown once");
+        assert!(s.is_admin(&admin).unwrap());
+        assert!(!s.is_admin("mamori_admin_nope").unwrap());
+        let t = s.create_enroll_token("admin", "acme", 3600, 2).unwrap();
+        assert_eq!(
+            s.spend_enroll_token(&t.token).unwrap().map(|x| x.1),
+            Ok("acme".into())
+        );
+        assert!(s.spend_enroll_token(&t.token).unwrap().is_ok());
+        assert_eq!(
+            s.spend_enroll_token(&t.token).unwrap(),
+            Err(TokenRefusal::UsedUp)
+        );
+        assert_eq!(
+            s.spend_enroll_token("mamori_enroll_x").unwrap(),
+            Err(TokenRefusal::Unknown)
+        );
+        let expired = s.create_enroll_token("admin", "acme", 1, 5).unwrap();
+        s.with(|c| {
+            c.execute(
+                "UPDATE enroll_tokens SET expires_at = 0 WHERE id = ?1",
+                params![expired.id],
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            s.spend_enroll_token(&expired.token).unwrap(),
+            Err(TokenRefusal::Expired)
+        );
+        assert!(
+            s.create_enroll_token("admin", "bad tenant!", 60, 1)
+                .is_err()
+        );
+        assert!(s.create_enroll_token("admin", "acme", 0, 1).is_err());
+        let log = s.audit_log().unwrap();
+        assert!(log.iter().any(|l| l.action == "enroll-token.create"));
+        assert!(
+            log.iter().all(|l| !l.detail.contains(&t.token)),
+            "no secret in the audit log"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn agents_are_recorded_and_revoked() {
+        let (s, dir) = state();
+        s.add_agent("a1", "acme", "web1", "linux", "6.18", "0.1", "ff", 1)
+            .unwrap();
+        assert!(
+            s.add_agent("a1", "acme", "web1", "linux", "6.18", "0.1", "ff", 1)
+                .is_err()
+        );
+        let a = s.agent("a1").unwrap().unwrap();
+        assert_eq!((a.tenant.as_str(), a.revoked_at), ("acme", None));
+        assert!(s.revoke("admin", "a1", "test").unwrap());
+        assert!(
+            !s.revoke("admin", "a1", "again").unwrap(),
+            "already revoked"
+        );
+        assert!(s.agent("a1").unwrap().unwrap().revoked_at.is_some());
+        assert!(s.agent("nope").unwrap().is_none());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
