@@ -130,8 +130,6 @@ pub struct SpoolStats {
 #[derive(Debug)]
 struct Segment {
     path: PathBuf,
-    /// First sequence number written to this segment.
-    first: u64,
     /// Last valid sequence number in it (`first - 1` when empty).
     last: u64,
     bytes: u64,
@@ -148,7 +146,35 @@ pub struct Spool {
     /// Highest sequence number durably reserved.
     reserved: u64,
     acked: u64,
+    /// Unacknowledged sequence numbers present, as runs of consecutive numbers (numbers
+    /// jump after a reopen: reserved blocks are never reused).
+    runs: VecDeque<(u64, u64)>,
     stats: SpoolStats,
+}
+
+/// Removes the numbers up to `seq` from the runs; returns how many there were.
+fn drop_runs_through(runs: &mut VecDeque<(u64, u64)>, seq: u64) -> u64 {
+    let mut n = 0;
+    while let Some(r) = runs.front_mut() {
+        if r.1 <= seq {
+            n += r.1 - r.0 + 1;
+            runs.pop_front();
+        } else {
+            if r.0 <= seq {
+                n += seq - r.0 + 1;
+                r.0 = seq + 1;
+            }
+            break;
+        }
+    }
+    n
+}
+
+fn push_seq(runs: &mut VecDeque<(u64, u64)>, seq: u64) {
+    match runs.back_mut() {
+        Some((_, last)) if *last + 1 == seq => *last = seq,
+        _ => runs.push_back((seq, seq)),
+    }
 }
 
 /// CRC-32 (IEEE 802.3) of the concatenated parts (crc32fast: SIMD where available).
@@ -258,6 +284,7 @@ impl Spool {
         names.sort();
         let mut segments = VecDeque::new();
         let mut max_seq = acked;
+        let mut runs = VecDeque::new();
         let count = names.len();
         for (i, (first, path)) in names.into_iter().enumerate() {
             let mut buf = Vec::new();
@@ -265,6 +292,11 @@ impl Spool {
                 .and_then(|mut f| f.read_to_end(&mut buf))
                 .map_err(io(&path))?;
             let s = scan(&buf);
+            for &(seq, _) in &s.records {
+                if seq > acked {
+                    push_seq(&mut runs, seq);
+                }
+            }
             rec.segments += 1;
             rec.records += s.records.len() as u64;
             rec.corrupted_records += s.corrupted;
@@ -292,12 +324,7 @@ impl Spool {
                 .last()
                 .map_or(first.saturating_sub(1), |(seq, _)| *seq);
             max_seq = max_seq.max(last);
-            segments.push_back(Segment {
-                path,
-                first,
-                last,
-                bytes,
-            });
+            segments.push_back(Segment { path, last, bytes });
         }
         let mut spool = Spool {
             dir,
@@ -307,6 +334,7 @@ impl Spool {
             next_seq: max_seq.max(reserved) + 1,
             reserved,
             acked,
+            runs,
             stats: SpoolStats::default(),
         };
         spool.drop_acked_segments()?;
@@ -344,6 +372,7 @@ impl Spool {
             s.bytes += need;
             s.last = seq;
         }
+        push_seq(&mut self.runs, seq);
         self.next_seq += 1;
         self.stats.appended += 1;
         self.enforce_quota()?;
@@ -363,7 +392,6 @@ impl Spool {
                 .map_err(io(&path))?;
             self.segments.push_back(Segment {
                 path,
-                first: self.next_seq,
                 last: self.next_seq - 1,
                 bytes: 0,
             });
@@ -410,10 +438,7 @@ impl Spool {
             let Some(old) = self.segments.pop_front() else {
                 break;
             };
-            let unacked_from = old.first.max(self.acked + 1);
-            if old.last >= unacked_from {
-                self.stats.evicted_records += old.last - unacked_from + 1;
-            }
+            self.stats.evicted_records += drop_runs_through(&mut self.runs, old.last);
             self.stats.evicted_bytes += old.bytes;
             fs::remove_file(&old.path).map_err(io(&old.path))?;
             // Evicted records will never be delivered: move the watermark past them so the
@@ -431,6 +456,7 @@ impl Spool {
             return Ok(());
         }
         self.acked = seq;
+        drop_runs_through(&mut self.runs, seq);
         write_marker(&self.dir, "ack", seq)?;
         self.drop_acked_segments()
     }
@@ -474,7 +500,7 @@ impl Spool {
 
     /// Current counters and depth.
     pub fn stats(&self) -> SpoolStats {
-        let depth_records = (self.next_seq - 1).saturating_sub(self.acked);
+        let depth_records = self.runs.iter().map(|(a, b)| b - a + 1).sum();
         SpoolStats {
             depth_records,
             depth_bytes: self.segments.iter().map(|s| s.bytes).sum(),
@@ -529,6 +555,31 @@ fn write_marker(dir: &Path, name: &str, seq: u64) -> Result<(), SpoolError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn depth_counts_records_across_the_jump_after_a_reopen() {
+        let dir = std::env::temp_dir().join(format!("mamori-spool-depth-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut sp, _) = Spool::open(&dir, SpoolConfig::default()).unwrap();
+        for _ in 0..3 {
+            sp.append(b"x").unwrap();
+        }
+        sp.sync().unwrap();
+        drop(sp);
+        let (mut sp, _) = Spool::open(&dir, SpoolConfig::default()).unwrap();
+        assert_eq!(sp.stats().depth_records, 3);
+        let next = sp.append(b"y").unwrap();
+        assert!(
+            next > 4,
+            "numbers reserved before the reopen are not reused"
+        );
+        assert_eq!(sp.stats().depth_records, 4);
+        sp.ack(2).unwrap();
+        assert_eq!(sp.stats().depth_records, 2);
+        sp.ack(next).unwrap();
+        assert_eq!(sp.stats().depth_records, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     use super::*;
 
     #[test]

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -18,7 +19,10 @@ use crate::data;
 
 /// Arguments of `mamori agent`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AgentArgs {
+    #[command(subcommand)]
+    action: Option<AgentAction>,
     /// Print events as JSON lines on standard output instead of spooling them.
     #[arg(long)]
     stdout: bool,
@@ -88,7 +92,176 @@ pub enum Collector {
     ProcConnector,
 }
 
+/// `mamori agent enroll` and `mamori agent ship`.
+#[derive(Debug, clap::Subcommand)]
+pub enum AgentAction {
+    /// Join a server: trust only the CA with this fingerprint, trade the token for a
+    /// certificate for a key made here. Afterwards `mamori agent` ships its spool there.
+    Enroll {
+        /// The server, `https://host:port`.
+        #[arg(long)]
+        server: String,
+        /// Enrollment token (from `mamori server token`).
+        #[arg(long)]
+        token: String,
+        /// The server CA's fingerprint (`sha256:…`, printed by the server).
+        #[arg(long)]
+        ca_fingerprint: String,
+    },
+    /// Ship the spool to the server without collecting (drains what is queued).
+    Ship {
+        /// Stop after this many seconds; without it, stop once the spool is empty.
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+}
+
+/// Where the agent keeps its identity: `<data>/agent`.
+fn identity_dir() -> std::path::PathBuf {
+    data::data_dir().join("agent")
+}
+
+fn enroll(server: &str, token: &str, fingerprint: &str) -> Result<ExitCode> {
+    let host = HostInfo::current();
+    let facts = mamori_link::HostFacts {
+        hostname: host.name.clone(),
+        os: "linux".into(),
+        kernel: host.kernel.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let ident = rt
+        .block_on(mamori_link::enroll(server, token, fingerprint, &facts))
+        .with_context(|| format!("enrolling with {server}"))?;
+    let dir = identity_dir();
+    ident.save(&dir)?;
+    eprintln!(
+        "mamori agent: enrolled with {server} as {} (tenant {}); identity in {}",
+        ident.agent_id,
+        ident.tenant,
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_spool() -> Result<mamori_spool::Spool> {
+    let dir = data::data_dir().join("spool");
+    let (spool, recovery) = mamori_spool::Spool::open(&dir, mamori_spool::SpoolConfig::default())
+        .with_context(|| format!("opening the spool in {}", dir.display()))?;
+    eprintln!(
+        "mamori agent: spool {} ({} records waiting, {} corrupt, {} bytes of torn tail cut)",
+        dir.display(),
+        recovery.records,
+        recovery.corrupted_records,
+        recovery.truncated_tail_bytes
+    );
+    Ok(spool)
+}
+
+/// The shipper thread: streams the spool to the server until `stop`.
+struct Shipper {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    stats: Arc<mamori_link::ShipStats>,
+    thread: Option<std::thread::JoinHandle<Result<(), mamori_link::LinkError>>>,
+}
+
+impl Shipper {
+    fn start(ident: mamori_link::Identity, spool: Arc<Mutex<mamori_spool::Spool>>) -> Shipper {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stats = Arc::new(mamori_link::ShipStats::default());
+        let (stop2, stats2) = (stop.clone(), stats.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| mamori_link::LinkError::Transport(e.to_string()))?;
+            let r = rt.block_on(mamori_link::ship(
+                &ident,
+                spool,
+                stop2,
+                mamori_link::ShipOptions::default(),
+                stats2,
+            ));
+            if let Err(e) = &r {
+                eprintln!("mamori agent: shipping stopped: {e}");
+            }
+            r
+        });
+        Shipper {
+            stop,
+            stats,
+            thread: Some(thread),
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    fn stop(&mut self) -> Result<(), mamori_link::LinkError> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(mamori_link::LinkError::Transport(
+                "the shipper panicked".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+fn ship_only(duration: Option<u64>) -> Result<ExitCode> {
+    let ident = mamori_link::Identity::load(&identity_dir())?
+        .context("this agent is not enrolled: run mamori agent enroll first")?;
+    let spool = Arc::new(Mutex::new(open_spool()?));
+    let deadline = duration.map(|d| Instant::now() + Duration::from_secs(d));
+    let mut shipper = Shipper::start(ident, spool.clone());
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let st = spool.lock().map(|s| s.stats()).ok();
+        let empty = st.is_some_and(|s| s.depth_records == 0);
+        if shipper.finished()
+            || deadline.is_some_and(|d| Instant::now() >= d)
+            || (deadline.is_none() && empty)
+        {
+            break;
+        }
+    }
+    let r = shipper.stop();
+    let st = spool.lock().map(|s| s.stats()).ok();
+    eprintln!(
+        "mamori agent: shipped through {}; {} records still queued; {} connections",
+        shipper
+            .stats
+            .acked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        st.map(|s| s.depth_records).unwrap_or(0),
+        shipper
+            .stats
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    r?;
+    let left = st.map(|s| s.depth_records).unwrap_or(0);
+    if left > 0 {
+        bail!("{left} records were not delivered (the server is unreachable or refused them)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(args: AgentArgs) -> Result<ExitCode> {
+    match &args.action {
+        Some(AgentAction::Enroll {
+            server,
+            token,
+            ca_fingerprint,
+        }) => return enroll(server, token, ca_fingerprint),
+        Some(AgentAction::Ship { duration }) => return ship_only(*duration),
+        None => {}
+    }
     if nix_is_root().is_some_and(|root| !root) {
         bail!("mamori agent needs root (it loads eBPF programs): run it with sudo");
     }
@@ -112,20 +285,25 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let spool = if args.stdout {
         None
     } else {
-        let dir = data::data_dir().join("spool");
-        let (spool, recovery) =
-            mamori_spool::Spool::open(&dir, mamori_spool::SpoolConfig::default())
-                .with_context(|| format!("opening the spool in {}", dir.display()))?;
-        eprintln!(
-            "mamori agent: spool {} ({} records waiting, {} corrupt, {} bytes of torn tail cut)",
-            dir.display(),
-            recovery.records,
-            recovery.corrupted_records,
-            recovery.truncated_tail_bytes
-        );
-        Some(spool)
+        Some(Arc::new(Mutex::new(open_spool()?)))
     };
-    let spool = std::cell::RefCell::new(spool);
+    // Enrolled: ship the spool to the server as it fills.
+    let mut shipper = match (&spool, mamori_link::Identity::load(&identity_dir())?) {
+        (Some(sp), Some(ident)) => {
+            eprintln!(
+                "mamori agent: shipping to {} as {}",
+                ident.server, ident.agent_id
+            );
+            Some(Shipper::start(ident, sp.clone()))
+        }
+        (Some(_), None) => {
+            eprintln!(
+                "mamori agent: not enrolled: events stay in the spool until `mamori agent enroll`"
+            );
+            None
+        }
+        _ => None,
+    };
     let out = std::cell::RefCell::new(std::io::BufWriter::new(std::io::stdout().lock()));
     let started = Instant::now();
     let deadline = args.duration.map(|s| started + Duration::from_secs(s));
@@ -201,9 +379,13 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
                 let _ = writeln!(out.borrow_mut(), "{det}");
             }
         }
-        if let Some(sp) = spool.borrow_mut().as_mut() {
-            if let Err(e) = sp.append(doc.as_bytes()) {
-                failure.borrow_mut().get_or_insert(e.into());
+        if let Some(sp) = &spool {
+            if let Err(e) = sp
+                .lock()
+                .map_err(|_| anyhow::anyhow!("spool lock poisoned"))
+                .and_then(|mut s| Ok(s.append(doc.as_bytes())?))
+            {
+                failure.borrow_mut().get_or_insert(e);
             }
         } else if let Err(e) = writeln!(out.borrow_mut(), "{doc}") {
             failure.borrow_mut().get_or_insert(e.into());
@@ -232,7 +414,8 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         }
         last_tick = Instant::now();
         let _ = out.borrow_mut().flush();
-        if let Some(sp) = spool.borrow_mut().as_mut()
+        if let Some(sp) = &spool
+            && let Ok(mut sp) = sp.lock()
             && let Err(e) = sp.sync()
         {
             eprintln!("mamori agent: spool sync failed: {e}");
@@ -246,7 +429,9 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         }
         if args.health_interval > 0 && Instant::now() >= next_health {
             next_health = Instant::now() + Duration::from_secs(args.health_interval);
-            let depth = spool.borrow().as_ref().map(|s| s.stats());
+            let depth = spool
+                .as_ref()
+                .and_then(|s| s.lock().ok().map(|s| s.stats()));
             eprintln!(
                 "{}",
                 health(
@@ -357,6 +542,16 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         (on_event.borrow_mut())(e);
     }
     let _ = out.borrow_mut().flush();
+    if let Some(sp) = &spool
+        && let Ok(mut sp) = sp.lock()
+    {
+        sp.sync().context("syncing the spool")?;
+    }
+    if let Some(s) = shipper.as_mut()
+        && let Err(e) = s.stop()
+    {
+        eprintln!("mamori agent: the server link ended with: {e}");
+    }
     if let Some(e) = failure.into_inner() {
         return Err(e.context("writing events"));
     }

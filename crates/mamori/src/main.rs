@@ -13,6 +13,7 @@ mod agent_cmd;
 mod data;
 mod hunt_cmd;
 mod rules_cmd;
+mod server_cmd;
 
 /// Mamori: open EDR with an automated SOC layer.
 #[derive(Debug, Parser)]
@@ -36,6 +37,9 @@ enum Command {
     /// With --stdout, events are printed as JSON lines; otherwise they go to the spool in the
     /// data directory, for the server.
     Agent(agent_cmd::AgentArgs),
+    /// The server: run it, create enrollment tokens, list and revoke agents.
+    #[command(subcommand)]
+    Server(server_cmd::ServerCommand),
     /// Print log records as JSON lines with the field names Sigma rules see (for rule
     /// writers: what can a rule match in these logs?).
     Dump {
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Hunt(args) => hunt_cmd::run(args),
         Command::Agent(args) => agent_cmd::run(args),
+        Command::Server(cmd) => server_cmd::run(cmd),
         Command::Rules(RulesCommand::Check {
             paths,
             placeholders,

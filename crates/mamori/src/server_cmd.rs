@@ -1,0 +1,178 @@
+//! `mamori server …`: run the server and administer it locally.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use mamori_server::{Server, ServerConfig};
+
+use crate::data;
+
+/// `mamori server` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Run the server (creates its CA, certificate and admin token on first start).
+    Run {
+        /// TOML configuration file (see the README for the keys).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen on this address:port (default 127.0.0.1:7443; MAMORI_LISTEN).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Create an enrollment token.
+    Token {
+        /// Tenant of the agents that enroll with it.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: i64,
+        /// Lifetime: `30m`, `24h`, `7d`.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// The server address agents will use (for the printed command).
+        #[arg(long, default_value = "https://127.0.0.1:7443")]
+        server: String,
+    },
+    /// List enrolled agents.
+    Agents,
+    /// Revoke an agent: its certificate is refused from now on.
+    Revoke {
+        /// Agent id.
+        id: String,
+        /// Why (kept in the audit log).
+        #[arg(long, default_value = "revoked by an administrator")]
+        reason: String,
+    },
+    /// Show the audit log.
+    Audit,
+}
+
+/// The server's data directory: `<data>/server`.
+pub fn server_dir() -> PathBuf {
+    data::data_dir().join("server")
+}
+
+fn config(file: Option<&std::path::Path>, listen: Option<String>) -> Result<ServerConfig> {
+    let mut c = ServerConfig::load(file, server_dir(), |k| std::env::var(k).ok())?;
+    if let Some(l) = listen {
+        c.listen = l
+            .parse()
+            .with_context(|| format!("--listen {l:?}: expected address:port"))?;
+    }
+    Ok(c)
+}
+
+fn parse_ttl(t: &str) -> Result<i64> {
+    let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: i64 = n
+        .parse()
+        .with_context(|| format!("--ttl {t:?}: expected e.g. 30m, 24h, 7d"))?;
+    Ok(n * match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" | "" => 3600,
+        "d" => 86_400,
+        _ => bail!("--ttl {t:?}: the unit is s, m, h or d"),
+    })
+}
+
+/// Runs a `mamori server` subcommand.
+pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
+    match cmd {
+        ServerCommand::Run {
+            config: file,
+            listen,
+        } => {
+            let c = config(file.as_deref(), listen)?;
+            let listen = c.listen;
+            let (server, init) = Server::open(c.clone())?;
+            eprintln!("mamori server: data in {}", c.data_dir.display());
+            if let Some(token) = &init.admin_token {
+                eprintln!(
+                    "mamori server: admin API token (shown once, stored only as a hash): {token}"
+                );
+            }
+            eprintln!("mamori server: CA fingerprint {}", init.ca_fingerprint);
+            eprintln!(
+                "mamori server: enroll agents with: mamori server token, then \
+                 sudo mamori agent enroll --server https://{listen} --token TOKEN --ca-fingerprint {}",
+                init.ca_fingerprint
+            );
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(async move {
+                let shutdown = async {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("SIGTERM handler");
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                    eprintln!("mamori server: stopping");
+                };
+                eprintln!("mamori server: listening on https://{listen}");
+                server.serve(shutdown).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ServerCommand::Token {
+            tenant,
+            uses,
+            ttl,
+            server,
+        } => {
+            let (srv, init) = Server::open(config(None, None)?)?;
+            let t =
+                srv.state()
+                    .create_enroll_token("admin:cli", &tenant, parse_ttl(&ttl)?, uses)?;
+            println!("{}", t.token);
+            eprintln!(
+                "enrollment token {} for tenant {:?}: {} use(s), expires in {ttl}. On the host:\n  \
+                 sudo mamori agent enroll --server {server} --token {} --ca-fingerprint {}",
+                t.id, t.tenant, t.uses, t.token, init.ca_fingerprint
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ServerCommand::Agents => {
+            let (srv, _) = Server::open(config(None, None)?)?;
+            println!(
+                "{:<22} {:<12} {:<24} {:<10}",
+                "AGENT", "TENANT", "HOST", "STATE"
+            );
+            for a in srv.state().agents()? {
+                let state = if a.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "enrolled"
+                };
+                println!(
+                    "{:<22} {:<12} {:<24} {:<10}",
+                    a.id, a.tenant, a.hostname, state
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ServerCommand::Revoke { id, reason } => {
+            let (srv, _) = Server::open(config(None, None)?)?;
+            if srv.state().agent(&id)?.is_none() {
+                bail!("no agent {id:?}");
+            }
+            if srv.state().revoke("admin:cli", &id, &reason)? {
+                eprintln!("agent {id} revoked");
+            } else {
+                eprintln!("agent {id} was already revoked");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ServerCommand::Audit => {
+            let (srv, _) = Server::open(config(None, None)?)?;
+            for r in srv.state().audit_log()? {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

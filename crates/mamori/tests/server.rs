@@ -1,0 +1,353 @@
+//! `mamori server` and the agent link for real: the server binary on a loopback port with TLS,
+//! agents enrolling with tokens and a pinned CA, the spool shipped over mutual TLS, and the
+//! server killed with SIGKILL while it ingests. No root needed.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn tempdir(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("mamori-server-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mamori(data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mamori"));
+    c.env("MAMORI_DATA_DIR", data);
+    c
+}
+
+struct ServerProc {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server and waits until it listens; returns it and the CA fingerprint.
+fn start_server(data: &Path, port: u16) -> (ServerProc, String) {
+    let mut child = mamori(data)
+        .args(["server", "run", "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut fingerprint = None;
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server did not start listening within 30 s");
+        eprintln!("server: {line}");
+        if let Some(fp) = line.strip_prefix("mamori server: CA fingerprint ") {
+            fingerprint = Some(fp.to_string());
+        }
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    (
+        ServerProc { child, stderr: rx },
+        fingerprint.expect("the server prints its CA fingerprint"),
+    )
+}
+
+fn token(server_data: &Path, args: &[&str]) -> String {
+    let out = mamori(server_data)
+        .args(["server", "token"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn enroll(agent_data: &Path, port: u16, token: &str, fp: &str) -> Result<(), String> {
+    let out = mamori(agent_data)
+        .args([
+            "agent",
+            "enroll",
+            "--server",
+            &format!("https://127.0.0.1:{port}"),
+        ])
+        .args(["--token", token, "--ca-fingerprint", fp])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Queues `n` events in an agent's spool, numbered from `from`.
+fn fill_spool(agent_data: &Path, from: u64, n: u64) {
+    let (mut sp, _) = mamori_spool::Spool::open(
+        agent_data.join("spool"),
+        mamori_spool::SpoolConfig::default(),
+    )
+    .unwrap();
+    for i in from..from + n {
+        sp.append(format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(100)).as_bytes())
+            .unwrap();
+    }
+    sp.sync().unwrap();
+}
+
+fn ship(agent_data: &Path, duration: Option<u64>) -> (bool, String) {
+    let mut c = mamori(agent_data);
+    c.args(["agent", "ship"]);
+    if let Some(d) = duration {
+        c.args(["--duration", &d.to_string()]);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn agent_id(agent_data: &Path) -> String {
+    let ident = mamori_link::Identity::load(&agent_data.join("agent"))
+        .unwrap()
+        .expect("enrolled");
+    ident.agent_id
+}
+
+/// Every stored event of `agent`, as (agent seq, n).
+fn stored(server_data: &Path, agent: &str) -> Vec<(u64, u64)> {
+    let mut log =
+        mamori_server::store::EventLog::open(&server_data.join("server/events"), 1 << 40).unwrap();
+    let mut out = Vec::new();
+    let mut from = 1;
+    loop {
+        let recs = log.read(from, 10_000).unwrap();
+        let Some(last) = recs.last().map(|r| r.log_seq) else {
+            break;
+        };
+        for r in recs.into_iter().filter(|r| r.agent == agent) {
+            let v: serde_json::Value = serde_json::from_slice(&r.event).unwrap();
+            out.push((r.seq, v["n"].as_u64().unwrap()));
+        }
+        from = last + 1;
+    }
+    out
+}
+
+#[test]
+fn enrollment_trust_and_every_refusal() {
+    let srv = tempdir("trust-srv");
+    let port = free_port();
+    let (mut server, fp) = start_server(&srv, port);
+    assert!(fp.starts_with("sha256:") && fp.len() == 71, "{fp}");
+
+    // A token for one agent.
+    let t1 = token(&srv, &["--tenant", "acme", "--uses", "1"]);
+    assert!(t1.starts_with("mamori_enroll_"));
+    let a = tempdir("trust-a");
+    enroll(&a, port, &t1, &fp).expect("enrolls");
+    let a_id = agent_id(&a);
+    let key = a.join("agent/agent.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the agent's key is private"
+    );
+
+    // Refusals at enrollment.
+    let b = tempdir("trust-b");
+    let e = enroll(&b, port, &t1, &fp).unwrap_err();
+    assert!(e.contains("used up"), "{e}");
+    let e = enroll(&b, port, "mamori_enroll_0000", &fp).unwrap_err();
+    assert!(e.contains("unknown enrollment token"), "{e}");
+    let short = token(&srv, &["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let e = enroll(&b, port, &short, &fp).unwrap_err();
+    assert!(e.contains("expired"), "{e}");
+    let t2 = token(&srv, &[]);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let e = enroll(&b, port, &t2, &wrong).unwrap_err();
+    assert!(e.contains("does not match the pinned fingerprint"), "{e}");
+    assert!(!b.join("agent/identity.json").exists());
+
+    // The enrolled agent ships over mutual TLS.
+    fill_spool(&a, 0, 3);
+    let (ok, err) = ship(&a, None);
+    assert!(ok, "{err}");
+    assert!(err.contains("0 records still queued"), "{err}");
+
+    // An agent whose certificate the server's CA signed for an id it never enrolled.
+    let ghost = tempdir("trust-ghost");
+    let ca = mamori_pki::Ca::load(
+        &std::fs::read_to_string(srv.join("server/pki/ca.pem")).unwrap(),
+        &std::fs::read_to_string(srv.join("server/pki/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let forge = |dir: &Path, ca: &mamori_pki::Ca, id: &str| {
+        let (key_pem, csr) = mamori_pki::agent_key_and_csr("ghost").unwrap();
+        let (cert_pem, _) = ca.sign_agent(&csr, id, "acme", 1).unwrap();
+        let real = mamori_link::Identity::load(&a.join("agent"))
+            .unwrap()
+            .unwrap();
+        mamori_link::Identity {
+            agent_id: id.into(),
+            cert_pem,
+            key_pem,
+            ..real
+        }
+        .save(&dir.join("agent"))
+        .unwrap();
+        fill_spool(dir, 0, 1);
+    };
+    forge(&ghost, &ca, "agt-ghost");
+    let (ok, err) = ship(&ghost, Some(10));
+    assert!(!ok && err.contains("unknown agent agt-ghost"), "{err}");
+
+    // An agent with a certificate from another CA: the TLS handshake fails, nothing arrives.
+    let foreign = tempdir("trust-foreign");
+    forge(
+        &foreign,
+        &mamori_pki::Ca::generate("not ours").unwrap(),
+        &a_id,
+    );
+    let (ok, err) = ship(&foreign, Some(3));
+    assert!(!ok && err.contains("not delivered"), "{err}");
+
+    // A revoked agent is refused.
+    let out = mamori(&srv)
+        .args(["server", "revoke", &a_id, "--reason", "test"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    fill_spool(&a, 3, 1);
+    let (ok, err) = ship(&a, Some(10));
+    assert!(!ok && err.contains("revoked"), "{err}");
+
+    // What reached the store: the three events of the enrolled agent, once each.
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    while server.stderr.try_recv().is_ok() {}
+    assert_eq!(stored(&srv, &a_id), vec![(1, 0), (2, 1), (3, 2)]);
+    assert!(stored(&srv, "agt-ghost").is_empty());
+
+    // The audit log has each step, and no secret.
+    let out = mamori(&srv).args(["server", "audit"]).output().unwrap();
+    let audit = String::from_utf8_lossy(&out.stdout);
+    for action in [
+        "admin-token.create",
+        "enroll-token.create",
+        "agent.enroll",
+        "agent.enroll.refused",
+        "agent.revoke",
+    ] {
+        assert!(
+            audit.contains(&format!("\"action\":\"{action}\"")),
+            "{action}: {audit}"
+        );
+    }
+    assert!(!audit.contains(&t1), "a token in the audit log");
+}
+
+#[test]
+fn server_killed_with_sigkill_loses_and_duplicates_nothing() {
+    let srv = tempdir("kill-srv");
+    let port = free_port();
+    let (server, fp) = start_server(&srv, port);
+    let a = tempdir("kill-agent");
+    enroll(&a, port, &token(&srv, &[]), &fp).unwrap();
+    let id = agent_id(&a);
+    let n = 200_000;
+    fill_spool(&a, 0, n);
+    // Without --duration the shipper stops once the server has acknowledged everything.
+    let mut shipper = mamori(&a)
+        .args(["agent", "ship"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Some(server);
+    let mut kills = 0;
+    for delay in [300u64, 500, 250, 700] {
+        std::thread::sleep(Duration::from_millis(delay));
+        if let Some(mut s) = server.take() {
+            s.child.kill().unwrap(); // SIGKILL
+            s.child.wait().unwrap();
+            kills += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        server = Some(start_server(&srv, port).0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = shipper.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the shipper did not drain the spool in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    shipper
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("0 records still queued"), "{err}");
+    // The kills hit the stream while it ran: the shipper had to come back several times.
+    let connects: u64 = err
+        .rsplit_once(" connections")
+        .and_then(|(head, _)| head.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        connects >= 3,
+        "only {connects} connections: the kills missed the stream\n{err}"
+    );
+    eprintln!("shipper: {}", err.lines().last().unwrap_or(""));
+    drop(server);
+    assert_eq!(kills, 4);
+    let got = stored(&srv, &id);
+    assert_eq!(got.len() as u64, n, "every event stored exactly once");
+    for (i, (seq, value)) in got.iter().enumerate() {
+        assert_eq!(
+            *seq,
+            i as u64 + 1,
+            "agent sequence numbers in order, no gap, no repeat"
+        );
+        assert_eq!(*value, i as u64, "the event itself");
+    }
+}
