@@ -5,6 +5,7 @@
 //!   agents, the audit log.
 //! * [`store`]: the ingest log, durable before acknowledgement, replay-proof per agent.
 //! * [`service`]: the gRPC services (enrollment; ingest over mutual TLS).
+//! * [`detect`]: live detection on every durable event; alerts folded per rule and process.
 //! * [`Server`]: first-start initialisation (CA, server certificate, admin token) and the
 //!   listener.
 //!
@@ -13,6 +14,7 @@
 //! unrevoked agent.
 
 pub mod config;
+pub mod detect;
 pub mod service;
 pub mod state;
 pub mod store;
@@ -95,7 +97,10 @@ pub struct Server {
 impl Server {
     /// Opens the server's data directory, creating the CA, the server certificate and the
     /// first admin token when they do not exist yet.
-    pub fn open(config: ServerConfig) -> Result<(Server, Initialised), ServerError> {
+    pub fn open(
+        config: ServerConfig,
+        rules: Option<mamori_sigma::RuleSet>,
+    ) -> Result<(Server, Initialised), ServerError> {
         let dir = &config.data_dir;
         let pki = dir.join("pki");
         std::fs::create_dir_all(&pki).map_err(io(&pki))?;
@@ -131,15 +136,17 @@ impl Server {
             std::fs::read(&srv_cert).map_err(io(&srv_cert))?,
             std::fs::read(&srv_key).map_err(io(&srv_key))?,
         );
-        let state = state::State::open(&dir.join("state.db"))?;
+        let state = Arc::new(state::State::open(&dir.join("state.db"))?);
         let admin_token = state.first_admin_token()?;
         let log = store::EventLog::open(&dir.join("events"), config.store_quota_bytes)?;
         let init = Initialised {
             admin_token,
             ca_fingerprint: ca.fingerprint(),
         };
+        let detect = rules.map(|r| detect::spawn(r, state.clone()));
         let shared = Arc::new(service::Shared {
             state,
+            detect,
             ca,
             log: Mutex::new(log),
             limits: service::Limits::default(),

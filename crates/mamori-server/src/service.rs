@@ -36,7 +36,9 @@ impl Default for Limits {
 /// What the services share.
 pub struct Shared {
     /// State database.
-    pub state: State,
+    pub state: Arc<State>,
+    /// The detection queue (none when the server runs without rules).
+    pub detect: Option<std::sync::mpsc::SyncSender<crate::detect::Job>>,
     /// The CA.
     pub ca: mamori_pki::Ca,
     /// The ingest log (one writer at a time; appends are synced before acknowledgement).
@@ -163,7 +165,7 @@ pub struct IngestService(pub Arc<Shared>);
 impl IngestService {
     /// The agent behind a request: its certificate must name an enrolled, unrevoked agent
     /// and be that agent's current certificate.
-    fn authorise<T>(&self, r: &Request<T>) -> Result<String, Status> {
+    fn authorise<T>(&self, r: &Request<T>) -> Result<(String, String), Status> {
         let certs = r
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
@@ -187,7 +189,7 @@ impl IngestService {
                 "agent {id}: this certificate has been replaced"
             )));
         }
-        Ok(id)
+        Ok((id, agent.tenant))
     }
 }
 
@@ -201,7 +203,7 @@ impl Ingest for IngestService {
         &self,
         r: Request<Streaming<Batch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let agent = self.authorise(&r)?;
+        let (agent, tenant) = self.authorise(&r)?;
         let _ = self.0.state.touch(&agent);
         let mut inbound = r.into_inner();
         // One acknowledgement in flight at most: the agent cannot run ahead of the disk.
@@ -223,13 +225,28 @@ impl Ingest for IngestService {
                 }
                 let shared2 = shared.clone();
                 let agent2 = agent.clone();
+                let tenant2 = tenant.clone();
                 let appended = tokio::task::spawn_blocking(move || {
-                    let mut log = shared2
-                        .log
-                        .lock()
-                        .map_err(|_| "event log lock poisoned".to_string())?;
-                    log.append(&agent2, batch.first_seq, &batch.events)
-                        .map_err(|e| e.to_string())
+                    let a = {
+                        let mut log = shared2
+                            .log
+                            .lock()
+                            .map_err(|_| "event log lock poisoned".to_string())?;
+                        log.append(&agent2, batch.first_seq, &batch.events)
+                            .map_err(|e| e.to_string())?
+                    };
+                    // Durable: detect on what was new (a full queue makes ingest wait).
+                    if let Some(q) = &shared2.detect
+                        && a.stored > 0
+                    {
+                        let skip = (batch.events.len() as u64 - a.stored) as usize;
+                        let _ = q.send(crate::detect::Job {
+                            agent: agent2,
+                            tenant: tenant2,
+                            events: batch.events.into_iter().skip(skip).collect(),
+                        });
+                    }
+                    Ok::<_, String>(a)
                 })
                 .await;
                 let reply = match appended {

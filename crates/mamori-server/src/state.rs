@@ -89,6 +89,76 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+/// A detection to record as an alert (or fold into an existing one).
+#[derive(Debug)]
+pub struct NewAlert<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// Agent.
+    pub agent: &'a str,
+    /// Host name from the event.
+    pub host: &'a str,
+    /// Rule id (title when the rule has none).
+    pub rule_id: &'a str,
+    /// Rule title.
+    pub rule_title: &'a str,
+    /// Rule level.
+    pub level: &'a str,
+    /// Rule tags (ATT&CK).
+    pub tags: &'a [String],
+    /// User.
+    pub user: &'a str,
+    /// Process entity id (the fold key's process).
+    pub process_entity: &'a str,
+    /// Process executable.
+    pub process_executable: &'a str,
+    /// Command line.
+    pub command_line: &'a str,
+    /// Event time.
+    pub timestamp: &'a str,
+    /// The event (JSON), kept as evidence.
+    pub evidence: &'a [u8],
+}
+
+/// A stored alert.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Alert {
+    /// Alert id.
+    pub id: i64,
+    /// Tenant.
+    pub tenant: String,
+    /// Agent.
+    pub agent: String,
+    /// Host.
+    pub host: String,
+    /// Rule id.
+    pub rule_id: String,
+    /// Rule title.
+    pub rule_title: String,
+    /// Level.
+    pub level: String,
+    /// Tags.
+    pub tags: serde_json::Value,
+    /// User.
+    pub user: String,
+    /// Process entity id.
+    pub process_entity: String,
+    /// Executable.
+    pub process_executable: String,
+    /// Command line.
+    pub command_line: String,
+    /// First and last event times.
+    pub first_seen: String,
+    /// Last event time.
+    pub last_seen: String,
+    /// Detections folded into this alert.
+    pub count: i64,
+    /// `open`, …
+    pub status: String,
+    /// Up to ten events that caused it.
+    pub evidence: serde_json::Value,
+}
+
 /// The state database.
 pub struct State {
     conn: Mutex<Connection>,
@@ -104,6 +174,14 @@ CREATE TABLE IF NOT EXISTS agents (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, hostname TEXT NOT NULL, os TEXT NOT NULL,
     kernel TEXT NOT NULL, agent_version TEXT NOT NULL, serial TEXT NOT NULL,
     enrolled_at INTEGER NOT NULL, last_seen INTEGER NOT NULL, revoked_at INTEGER);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY, fold_key TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
+    agent TEXT NOT NULL, host TEXT NOT NULL, rule_id TEXT NOT NULL, rule_title TEXT NOT NULL,
+    level TEXT NOT NULL, tags TEXT NOT NULL, user TEXT NOT NULL, process_entity TEXT NOT NULL,
+    process_executable TEXT NOT NULL, command_line TEXT NOT NULL, first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL, count INTEGER NOT NULL, status TEXT NOT NULL,
+    evidence TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS alerts_tenant ON alerts (tenant, id);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
     target TEXT NOT NULL, detail TEXT NOT NULL);
@@ -368,6 +446,88 @@ impl State {
     }
 }
 
+impl State {
+    /// Records a detection: a new alert, or one more on the alert of the same rule, agent and
+    /// process. Returns the alert id.
+    pub fn record_alert(&self, a: &NewAlert<'_>) -> Result<i64, ServerError> {
+        let fold_key = format!("{}|{}|{}", a.agent, a.rule_id, a.process_entity);
+        let tags = serde_json::to_string(a.tags).unwrap_or_else(|_| "[]".into());
+        let evidence = std::str::from_utf8(a.evidence).unwrap_or("{}");
+        self.with(|c| {
+            c.query_row(
+                "INSERT INTO alerts (fold_key, tenant, agent, host, rule_id, rule_title, level,
+                     tags, user, process_entity, process_executable, command_line, first_seen,
+                     last_seen, count, status, evidence, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, 1, 'open',
+                     json_array(json(?14)), ?15)
+                 ON CONFLICT(fold_key) DO UPDATE SET
+                     count = count + 1,
+                     last_seen = excluded.last_seen,
+                     evidence = CASE WHEN json_array_length(evidence) < ?16
+                         THEN json_insert(evidence, '$[#]', json(?14)) ELSE evidence END
+                 RETURNING id",
+                params![
+                    fold_key,
+                    a.tenant,
+                    a.agent,
+                    a.host,
+                    a.rule_id,
+                    a.rule_title,
+                    a.level,
+                    tags,
+                    a.user,
+                    a.process_entity,
+                    a.process_executable,
+                    a.command_line,
+                    a.timestamp,
+                    evidence,
+                    now(),
+                    crate::detect::EVIDENCE_MAX as i64,
+                ],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Alerts, newest first (all tenants when `tenant` is `None`).
+    pub fn alerts(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<Alert>, ServerError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, tenant, agent, host, rule_id, rule_title, level, tags, user,
+                        process_entity, process_executable, command_line, first_seen, last_seen,
+                        count, status, evidence
+                 FROM alerts WHERE (?1 IS NULL OR tenant = ?1) ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![tenant, limit as i64], |r| {
+                let json = |i: usize| -> rusqlite::Result<serde_json::Value> {
+                    let t: String = r.get(i)?;
+                    Ok(serde_json::from_str(&t).unwrap_or(serde_json::Value::Null))
+                };
+                Ok(Alert {
+                    id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    agent: r.get(2)?,
+                    host: r.get(3)?,
+                    rule_id: r.get(4)?,
+                    rule_title: r.get(5)?,
+                    level: r.get(6)?,
+                    tags: json(7)?,
+                    user: r.get(8)?,
+                    process_entity: r.get(9)?,
+                    process_executable: r.get(10)?,
+                    command_line: r.get(11)?,
+                    first_seen: r.get(12)?,
+                    last_seen: r.get(13)?,
+                    count: r.get(14)?,
+                    status: r.get(15)?,
+                    evidence: json(16)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
 fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Agent> {
     Ok(Agent {
         id: r.get(0)?,
@@ -451,6 +611,54 @@ mod tests {
         assert!(
             log.iter().all(|l| !l.detail.contains(&t.token)),
             "no secret in the audit log"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn repeats_fold_into_one_alert_with_bounded_evidence() {
+        let (s, dir) = state();
+        let tags = vec!["attack.t1059".to_string()];
+        let mk = |entity: &'static str, n: usize| NewAlert {
+            tenant: "acme",
+            agent: "a1",
+            host: "web1",
+            rule_id: "r1",
+            rule_title: "Suspicious",
+            level: "high",
+            tags: &tags,
+            user: "root",
+            process_entity: entity,
+            process_executable: "/bin/sh",
+            command_line: "sh -c evil",
+            timestamp: if n == 0 {
+                "2026-01-01T00:00:00Z"
+            } else {
+                "2026-01-01T00:00:09Z"
+            },
+            evidence: b"{\"n\":1}",
+        };
+        let first = s.record_alert(&mk("p1", 0)).unwrap();
+        for i in 1..15 {
+            assert_eq!(s.record_alert(&mk("p1", i)).unwrap(), first, "folded");
+        }
+        let other = s.record_alert(&mk("p2", 0)).unwrap();
+        assert_ne!(other, first, "another process is another alert");
+        let all = s.alerts(Some("acme"), 10).unwrap();
+        let a = all.iter().find(|a| a.id == first).unwrap();
+        assert_eq!(a.count, 15);
+        assert_eq!(
+            a.evidence.as_array().unwrap().len(),
+            crate::detect::EVIDENCE_MAX
+        );
+        assert_eq!(a.tags[0], "attack.t1059");
+        assert_eq!(
+            (a.first_seen.as_str(), a.last_seen.as_str()),
+            ("2026-01-01T00:00:00Z", "2026-01-01T00:00:09Z")
+        );
+        assert!(
+            s.alerts(Some("other"), 10).unwrap().is_empty(),
+            "per tenant"
         );
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -20,6 +20,21 @@ pub enum ServerCommand {
         /// Listen on this address:port (default 127.0.0.1:7443; MAMORI_LISTEN).
         #[arg(long)]
         listen: Option<String>,
+        /// Detection rules (default: the installed SigmaHQ corpus and Mamori's own rules).
+        #[arg(long, short)]
+        rules: Vec<PathBuf>,
+    },
+    /// Show alerts, newest first.
+    Alerts {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// JSON lines with evidence instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Create an enrollment token.
     Token {
@@ -85,10 +100,26 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
         ServerCommand::Run {
             config: file,
             listen,
+            rules,
         } => {
             let c = config(file.as_deref(), listen)?;
             let listen = c.listen;
-            let (server, init) = Server::open(c.clone())?;
+            let opts = mamori_sigma::CompileOptions::default();
+            let loaded = if rules.is_empty() && !data::sigmahq_dir().is_dir() {
+                eprintln!(
+                    "mamori server: the SigmaHQ corpus is not installed ({}): detecting with \
+                     Mamori's own rules only; install it with `mamori rules install --from DIR`",
+                    data::sigmahq_dir().display()
+                );
+                mamori_sigma::load::load(&[], &data::own_rules(), opts)?
+            } else {
+                data::load_rules(&rules, opts)?
+            };
+            eprintln!(
+                "mamori server: live detection with {} rules",
+                loaded.rules.rules().len()
+            );
+            let (server, init) = Server::open(c.clone(), Some(loaded.rules))?;
             eprintln!("mamori server: data in {}", c.data_dir.display());
             if let Some(token) = &init.admin_token {
                 eprintln!(
@@ -124,7 +155,7 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             ttl,
             server,
         } => {
-            let (srv, init) = Server::open(config(None, None)?)?;
+            let (srv, init) = Server::open(config(None, None)?, None)?;
             let t =
                 srv.state()
                     .create_enroll_token("admin:cli", &tenant, parse_ttl(&ttl)?, uses)?;
@@ -137,7 +168,7 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ServerCommand::Agents => {
-            let (srv, _) = Server::open(config(None, None)?)?;
+            let (srv, _) = Server::open(config(None, None)?, None)?;
             println!(
                 "{:<22} {:<12} {:<24} {:<10}",
                 "AGENT", "TENANT", "HOST", "STATE"
@@ -156,7 +187,7 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ServerCommand::Revoke { id, reason } => {
-            let (srv, _) = Server::open(config(None, None)?)?;
+            let (srv, _) = Server::open(config(None, None)?, None)?;
             if srv.state().agent(&id)?.is_none() {
                 bail!("no agent {id:?}");
             }
@@ -167,8 +198,42 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        ServerCommand::Alerts {
+            tenant,
+            limit,
+            json,
+        } => {
+            let (srv, _) = Server::open(config(None, None)?, None)?;
+            let alerts = srv.state().alerts(tenant.as_deref(), limit)?;
+            if json {
+                for a in &alerts {
+                    println!("{}", serde_json::to_string(a)?);
+                }
+            } else {
+                println!(
+                    "{:>5} {:<8} {:<5} {:<16} {:<44} PROCESS",
+                    "ID", "LEVEL", "COUNT", "HOST", "RULE"
+                );
+                for a in &alerts {
+                    println!(
+                        "{:>5} {:<8} {:>5} {:<16} {:<44} {}",
+                        a.id,
+                        a.level,
+                        a.count,
+                        a.host,
+                        a.rule_title.chars().take(44).collect::<String>(),
+                        a.command_line.chars().take(80).collect::<String>()
+                    );
+                }
+            }
+            Ok(if alerts.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         ServerCommand::Audit => {
-            let (srv, _) = Server::open(config(None, None)?)?;
+            let (srv, _) = Server::open(config(None, None)?, None)?;
             for r in srv.state().audit_log()? {
                 println!("{}", serde_json::to_string(&r)?);
             }

@@ -295,10 +295,23 @@ fn server_killed_with_sigkill_loses_and_duplicates_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Kill the server each time another fifth of the events has been acknowledged, so that
+    // every kill lands in the middle of the stream.
+    let acked = || -> u64 {
+        std::fs::read(a.join("spool/ack"))
+            .ok()
+            .filter(|b| b.len() == 16)
+            .map(|b| u64::from_le_bytes(b[4..12].try_into().unwrap()))
+            .unwrap_or(0)
+    };
     let mut server = Some(server);
     let mut kills = 0;
-    for delay in [300u64, 500, 250, 700] {
-        std::thread::sleep(Duration::from_millis(delay));
+    for fifth in 1..=4u64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked() < n * fifth / 5 {
+            assert!(Instant::now() < deadline, "no progress past {}", acked());
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if let Some(mut s) = server.take() {
             s.child.kill().unwrap(); // SIGKILL
             s.child.wait().unwrap();
@@ -350,4 +363,94 @@ fn server_killed_with_sigkill_loses_and_duplicates_nothing() {
         );
         assert_eq!(*value, i as u64, "the event itself");
     }
+}
+
+#[test]
+fn live_detection_raises_folded_alerts_with_evidence() {
+    let srv = tempdir("detect-srv");
+    let rules = srv.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("test.yml"),
+        "title: Test Encoded Shell\nid: 5b7f6a4e-0000-4000-8000-00000000c0de\nstatus: test\n\
+         level: high\ntags:\n  - attack.execution\n  - attack.t1059.004\n\
+         logsource:\n  product: linux\n  category: process_creation\n\
+         detection:\n  selection:\n    CommandLine|contains: 'base64 -d | sh'\n  condition: selection\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = mamori(&srv)
+        .args(["server", "run", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--rules", rules.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let mut fp = String::new();
+    for line in err.lines().map_while(Result::ok) {
+        if let Some(f) = line.strip_prefix("mamori server: CA fingerprint ") {
+            fp = f.to_string();
+        }
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    let _server = ServerProc {
+        child,
+        stderr: mpsc::channel().1,
+    };
+    let a = tempdir("detect-agent");
+    enroll(&a, port, &token(&srv, &["--tenant", "acme"]), &fp).unwrap();
+    // Two executions of the same process tree step match; one benign event does not.
+    let exec = |pid: u32, cmd: &str| {
+        format!(
+            r#"{{"@timestamp":"2026-11-26T10:00:00Z","event":{{"kind":"event","category":["process"],"type":["start"],"action":"exec","module":"mamori","dataset":"mamori.process"}},"host":{{"name":"web1","os":{{"type":"linux"}}}},"process":{{"pid":{pid},"entity_id":"boot:{pid}:1","executable":"/bin/sh","name":"sh","command_line":"{cmd}","args":["sh","-c","{cmd}"],"parent":{{"pid":1,"executable":"/usr/sbin/cron","command_line":"cron"}}}},"user":{{"id":"0","name":"root"}}}}"#
+        )
+    };
+    let (mut sp, _) =
+        mamori_spool::Spool::open(a.join("spool"), mamori_spool::SpoolConfig::default()).unwrap();
+    sp.append(exec(100, "echo aGk= | base64 -d | sh").as_bytes())
+        .unwrap();
+    sp.append(exec(100, "echo aGk= | base64 -d | sh").as_bytes())
+        .unwrap();
+    sp.append(exec(200, "ls /tmp").as_bytes()).unwrap();
+    sp.sync().unwrap();
+    drop(sp);
+    let shipped = Instant::now();
+    let (ok, e) = ship(&a, None);
+    assert!(ok, "{e}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alerts: Vec<serde_json::Value> = loop {
+        let out = mamori(&srv)
+            .args(["server", "alerts", "--json"])
+            .output()
+            .unwrap();
+        let v: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if v.first().is_some_and(|a| a["count"] == 2) || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "alert visible {:?} after shipping started",
+        shipped.elapsed()
+    );
+    assert_eq!(alerts.len(), 1, "one folded alert: {alerts:?}");
+    let al = &alerts[0];
+    assert_eq!(al["count"], 2);
+    assert_eq!(al["level"], "high");
+    assert_eq!(al["rule_title"], "Test Encoded Shell");
+    assert_eq!(al["tenant"], "acme");
+    assert_eq!(al["host"], "web1");
+    assert_eq!(al["user"], "root");
+    assert_eq!(al["process_entity"], "boot:100:1");
+    assert_eq!(al["tags"][1], "attack.t1059.004");
+    assert_eq!(al["evidence"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        al["evidence"][0]["process"]["command_line"],
+        "echo aGk= | base64 -d | sh"
+    );
 }
