@@ -116,8 +116,25 @@ pub enum AgentAction {
     },
 }
 
+/// The arguments of a plain `mamori agent` (spool mode) without these collectors.
+pub fn default_args(without: &[String]) -> AgentArgs {
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: AgentArgs,
+    }
+    let mut args = <Wrap as clap::Parser>::parse_from(["agent"]).args;
+    args.without = without.to_vec();
+    args
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    nix_is_root().unwrap_or(false)
+}
+
 /// Where the agent keeps its identity: `<data>/agent`.
-fn identity_dir() -> std::path::PathBuf {
+pub fn identity_dir() -> std::path::PathBuf {
     data::data_dir().join("agent")
 }
 

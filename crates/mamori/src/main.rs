@@ -11,9 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod agent_cmd;
 mod data;
+mod demo_cmd;
 mod hunt_cmd;
 mod rules_cmd;
 mod server_cmd;
+mod up_cmd;
 
 /// Mamori: open EDR with an automated SOC layer.
 #[derive(Debug, Parser)]
@@ -37,9 +39,21 @@ enum Command {
     /// With --stdout, events are printed as JSON lines; otherwise they go to the spool in the
     /// data directory, for the server.
     Agent(agent_cmd::AgentArgs),
-    /// The server: run it, create enrollment tokens, list and revoke agents.
+    /// The server: run it, create enrollment tokens, list and revoke agents, see alerts.
     #[command(subcommand)]
     Server(server_cmd::ServerCommand),
+    /// Everything on this machine: the server, and this machine's sensor enrolled with it.
+    Up {
+        /// Detection rules (default: installed SigmaHQ and Mamori's own rules).
+        #[arg(long, short)]
+        rules: Vec<PathBuf>,
+        /// Sensor collectors to turn off (as `mamori agent --without`).
+        #[arg(long, value_delimiter = ',')]
+        without: Vec<String>,
+    },
+    /// Demonstrations.
+    #[command(subcommand)]
+    Demo(DemoCommand),
     /// Print log records as JSON lines with the field names Sigma rules see (for rule
     /// writers: what can a rule match in these logs?).
     Dump {
@@ -50,6 +64,13 @@ enum Command {
         #[arg(long)]
         event_id: Option<u32>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DemoCommand {
+    /// A harmless imitation of an intrusion on this machine (discovery, an encoded command,
+    /// a persistence attempt in a scratch directory, a connection to a loopback "C2").
+    Attack,
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +148,8 @@ fn main() -> ExitCode {
         Command::Hunt(args) => hunt_cmd::run(args),
         Command::Agent(args) => agent_cmd::run(args),
         Command::Server(cmd) => server_cmd::run(cmd),
+        Command::Up { rules, without } => up_cmd::run(&rules, &without),
+        Command::Demo(DemoCommand::Attack) => demo_cmd::attack(),
         Command::Rules(RulesCommand::Check {
             paths,
             placeholders,

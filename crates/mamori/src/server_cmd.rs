@@ -94,6 +94,43 @@ fn parse_ttl(t: &str) -> Result<i64> {
     })
 }
 
+/// The detection rules of the server: `--rules`, else the installed SigmaHQ corpus with
+/// Mamori's own rules, else Mamori's own rules alone (with a warning).
+pub fn load_server_rules(rules: &[PathBuf]) -> Result<mamori_sigma::RuleSet> {
+    let opts = mamori_sigma::CompileOptions::default();
+    let loaded = if rules.is_empty() && !data::sigmahq_dir().is_dir() {
+        eprintln!(
+            "mamori server: the SigmaHQ corpus is not installed ({}): detecting with Mamori's \
+             own rules only; install it with `mamori rules install --from DIR`",
+            data::sigmahq_dir().display()
+        );
+        mamori_sigma::load::load(&[], &data::own_rules(), opts)?
+    } else {
+        data::load_rules(rules, opts)?
+    };
+    eprintln!(
+        "mamori server: live detection with {} rules",
+        loaded.rules.rules().len()
+    );
+    Ok(loaded.rules)
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    eprintln!("mamori server: stopping");
+}
+
 /// Runs a `mamori server` subcommand.
 pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
     match cmd {
@@ -104,22 +141,8 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
         } => {
             let c = config(file.as_deref(), listen)?;
             let listen = c.listen;
-            let opts = mamori_sigma::CompileOptions::default();
-            let loaded = if rules.is_empty() && !data::sigmahq_dir().is_dir() {
-                eprintln!(
-                    "mamori server: the SigmaHQ corpus is not installed ({}): detecting with \
-                     Mamori's own rules only; install it with `mamori rules install --from DIR`",
-                    data::sigmahq_dir().display()
-                );
-                mamori_sigma::load::load(&[], &data::own_rules(), opts)?
-            } else {
-                data::load_rules(&rules, opts)?
-            };
-            eprintln!(
-                "mamori server: live detection with {} rules",
-                loaded.rules.rules().len()
-            );
-            let (server, init) = Server::open(c.clone(), Some(loaded.rules))?;
+            let rules = load_server_rules(&rules)?;
+            let (server, init) = Server::open(c.clone(), Some(rules))?;
             eprintln!("mamori server: data in {}", c.data_dir.display());
             if let Some(token) = &init.admin_token {
                 eprintln!(
@@ -134,16 +157,7 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             );
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async move {
-                let shutdown = async {
-                    let mut term =
-                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                            .expect("SIGTERM handler");
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = tokio::signal::ctrl_c() => {}
-                    }
-                    eprintln!("mamori server: stopping");
-                };
+                let shutdown = shutdown_signal();
                 eprintln!("mamori server: listening on https://{listen}");
                 server.serve(shutdown).await
             })?;

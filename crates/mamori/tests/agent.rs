@@ -914,3 +914,101 @@ fn large_executables_are_hashed_in_the_background() {
         .collect();
     assert_eq!(hashed["process"]["hash"]["sha256"], want.as_str());
 }
+
+#[test]
+fn up_and_demo_attack_raise_alerts_end_to_end() {
+    if !can_run("up_and_demo_attack_raise_alerts_end_to_end") {
+        return;
+    }
+    // `mamori up` on a port of its own, with Mamori's own rules (no SigmaHQ installed here).
+    let data = tempdir("up");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Logins off: the login test, running beside this one, owns the kernel's audit flag.
+    let mut up = Command::new(env!("CARGO_BIN_EXE_mamori"))
+        .args(["up", "--without", "login"])
+        .env("MAMORI_DATA_DIR", &data)
+        .env("MAMORI_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = up.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("up: {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut enrolled = false;
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("mamori up did not start collecting within 60 s");
+        enrolled |= line.contains("sensor enrolled as agt-");
+        if line.contains("collecting process") {
+            break;
+        }
+    }
+    assert!(enrolled, "mamori up enrolls this machine's sensor");
+    let demo = Command::new(env!("CARGO_BIN_EXE_mamori"))
+        .args(["demo", "attack"])
+        .env("MAMORI_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(15);
+    let alerts: Vec<Value> = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_mamori"))
+            .args(["server", "alerts", "--json"])
+            .env("MAMORI_DATA_DIR", &data)
+            .output()
+            .unwrap();
+        let v: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if v.iter()
+            .any(|a| a["rule_title"] == "Cron or Systemd Persistence File Written")
+            || Instant::now() > deadline
+        {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("alert visible {:?} after the demo ended", started.elapsed());
+    let cron = alerts
+        .iter()
+        .find(|a| a["rule_title"] == "Cron or Systemd Persistence File Written")
+        .unwrap_or_else(|| panic!("no persistence alert among {alerts:?}"));
+    assert_eq!(cron["level"], "medium");
+    assert_eq!(cron["tags"][1], "attack.t1053.003");
+    let evidence = &cron["evidence"][0];
+    assert!(
+        evidence["file"]["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/etc/cron.d/mamori-demo")),
+        "{evidence}"
+    );
+    assert_eq!(evidence["event"]["action"], "create");
+    // SIGTERM stops both, cleanly.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &up.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = up.wait().unwrap();
+    assert!(status.success(), "mamori up exited with {status}");
+}
