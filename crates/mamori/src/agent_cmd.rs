@@ -138,14 +138,19 @@ pub fn identity_dir() -> std::path::PathBuf {
     data::data_dir().join("agent")
 }
 
-fn enroll(server: &str, token: &str, fingerprint: &str) -> Result<ExitCode> {
+/// What the agent tells the server about this host at enrollment.
+pub fn host_facts() -> mamori_link::HostFacts {
     let host = HostInfo::current();
-    let facts = mamori_link::HostFacts {
+    mamori_link::HostFacts {
         hostname: host.name.clone(),
         os: "linux".into(),
         kernel: host.kernel.clone(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
-    };
+    }
+}
+
+fn enroll(server: &str, token: &str, fingerprint: &str) -> Result<ExitCode> {
+    let facts = host_facts();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

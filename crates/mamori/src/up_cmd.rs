@@ -56,13 +56,7 @@ pub fn run(rules: &[std::path::PathBuf], without: &[String]) -> Result<ExitCode>
     }
     eprintln!("mamori up: CA fingerprint {}", init.ca_fingerprint);
     if let Some(token) = token {
-        let host = mamori_sensor::ecs::HostInfo::current();
-        let facts = mamori_link::HostFacts {
-            hostname: host.name.clone(),
-            os: "linux".into(),
-            kernel: host.kernel.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-        };
+        let facts = agent_cmd::host_facts();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
