@@ -5,7 +5,10 @@
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = args.get(1).expect("usage: fill DIR N");
-    let n: u64 = args.get(2).and_then(|a| a.parse().ok()).expect("usage: fill DIR N");
+    let n: u64 = args
+        .get(2)
+        .and_then(|a| a.parse().ok())
+        .expect("usage: fill DIR N");
     let (mut sp, _) = mamori_spool::Spool::open(dir, mamori_spool::SpoolConfig::default())
         .expect("opening the spool");
     let cmds = [
