@@ -4,14 +4,21 @@
 //! rule on the same process are folded into one alert with a count and up to
 //! [`EVIDENCE_MAX`] events kept as evidence.
 //!
+//! Correlation rules (event_count, value_count, temporal …) run on the stream too, one
+//! correlator per tenant so that groups never mix customers; rules that only feed a
+//! correlation (`generate: false`) do not raise alerts of their own. A correlation alert keeps
+//! the contributing events as evidence.
+//!
 //! Runs in its own thread behind a bounded queue: when detection falls behind, ingest waits
 //! (acknowledgements slow down) instead of memory growing.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
+use std::collections::{HashMap, VecDeque};
+
 use mamori_model::{Event, Shape};
-use mamori_sigma::RuleSet;
+use mamori_sigma::{CorrelationInput, Correlator, RuleSet};
 use serde_json::Value;
 
 use crate::state::{NewAlert, State};
@@ -27,8 +34,8 @@ pub struct Job {
     pub agent: String,
     /// Its tenant.
     pub tenant: String,
-    /// The events (JSON).
-    pub events: Vec<Vec<u8>>,
+    /// The events, parsed (at ingest, where they were validated).
+    pub events: Vec<Value>,
 }
 
 /// Starts the detection thread; returns its queue.
@@ -45,14 +52,44 @@ fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
 }
 
+/// An alert of `meta` on the event `v` of `job`.
+fn alert_of<'a>(
+    job: &'a Job,
+    v: &'a Value,
+    meta: &'a mamori_sigma::ast::RuleMeta,
+    evidence: &'a [u8],
+) -> NewAlert<'a> {
+    NewAlert {
+        tenant: &job.tenant,
+        agent: &job.agent,
+        host: text(v, &["host", "name"]).unwrap_or(""),
+        rule_id: meta.id.as_deref().unwrap_or(&meta.title),
+        rule_title: &meta.title,
+        level: meta.level.as_str(),
+        tags: &meta.tags,
+        user: text(v, &["user", "name"])
+            .or_else(|| text(v, &["user", "id"]))
+            .unwrap_or(""),
+        process_entity: text(v, &["process", "entity_id"]).unwrap_or(""),
+        process_executable: text(v, &["process", "executable"]).unwrap_or(""),
+        command_line: text(v, &["process", "command_line"]).unwrap_or(""),
+        timestamp: text(v, &["@timestamp"]).unwrap_or(""),
+        evidence,
+    }
+}
+
+/// Events that fed correlations, kept to be the evidence of correlation alerts.
+const FED_KEEP: usize = 4096;
+
 fn run(rules: RuleSet, state: Arc<State>, rx: Receiver<Job>) {
     let mut scanner = rules.scanner();
+    let mut correlators: HashMap<String, Correlator<'_>> = HashMap::new();
+    let mut fed: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+    let mut next_id = 0u64;
+    let mut fired = Vec::new();
     let mut hits = Vec::new();
-    for job in rx {
-        for raw in &job.events {
-            let Ok(value) = serde_json::from_slice::<Value>(raw) else {
-                continue; // validated at ingest; nothing to detect in a non-object
-            };
+    for mut job in rx {
+        for value in std::mem::take(&mut job.events) {
             let event = Event::with_shape(value, Shape::Ecs);
             hits.clear();
             scanner.scan(&event, &mut hits);
@@ -60,25 +97,67 @@ fn run(rules: RuleSet, state: Arc<State>, rx: Receiver<Job>) {
                 continue;
             }
             let v = &event.data;
+            // Rare: only events that hit are written out again as evidence.
+            let raw = serde_json::to_vec(v).unwrap_or_default();
             for &h in &hits {
-                let meta = &scanner.rule_set().rules()[h].meta;
-                let alert = NewAlert {
-                    tenant: &job.tenant,
-                    agent: &job.agent,
-                    host: text(v, &["host", "name"]).unwrap_or(""),
-                    rule_id: meta.id.as_deref().unwrap_or(&meta.title),
-                    rule_title: &meta.title,
-                    level: meta.level.as_str(),
-                    tags: &meta.tags,
-                    user: text(v, &["user", "name"])
-                        .or_else(|| text(v, &["user", "id"]))
-                        .unwrap_or(""),
-                    process_entity: text(v, &["process", "entity_id"]).unwrap_or(""),
-                    process_executable: text(v, &["process", "executable"]).unwrap_or(""),
-                    command_line: text(v, &["process", "command_line"]).unwrap_or(""),
-                    timestamp: text(v, &["@timestamp"]).unwrap_or(""),
-                    evidence: raw,
+                if !rules.feeds_correlation(h) {
+                    continue;
+                }
+                next_id += 1;
+                let input = CorrelationInput {
+                    rule: h,
+                    time_ms: event.timestamp().map(|t| t.timestamp_millis()).unwrap_or(0),
+                    id: next_id,
+                    fields: rules
+                        .correlation_fields(h)
+                        .iter()
+                        .map(|f| (f.clone(), scanner.value(f).unwrap_or_default().to_string()))
+                        .collect(),
                 };
+                fed.push_back((next_id, raw.clone()));
+                if fed.len() > FED_KEEP {
+                    fed.pop_front();
+                }
+                fired.clear();
+                correlators
+                    .entry(job.tenant.clone())
+                    .or_insert_with(|| Correlator::new(&rules))
+                    .push(&input, &mut fired);
+                for m in &fired {
+                    let meta = &rules.rules()[m.rule].meta;
+                    let group: Vec<String> =
+                        m.group.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let evidence: Vec<Value> = m
+                        .ids
+                        .iter()
+                        .filter_map(|id| fed.iter().find(|(i, _)| i == id))
+                        .filter_map(|(_, r)| serde_json::from_slice(r).ok())
+                        .collect();
+                    let evidence = serde_json::to_vec(&serde_json::json!({
+                        "correlation": {"group": group, "count": m.count,
+                                        "first_ms": m.first_ms, "last_ms": m.last_ms},
+                        "events": evidence,
+                    }))
+                    .unwrap_or_default();
+                    // One alert per group and window start; the group is what it is about.
+                    let key = format!("correlation:{}:{}", group.join(","), m.first_ms);
+                    let alert = NewAlert {
+                        process_entity: &key,
+                        process_executable: "",
+                        command_line: "",
+                        ..alert_of(&job, v, meta, &evidence)
+                    };
+                    if let Err(e) = state.record_alert(&alert) {
+                        tracing::error!("recording a correlation alert: {e}");
+                    }
+                }
+            }
+            for &h in &hits {
+                let info = &scanner.rule_set().rules()[h];
+                if !info.reported {
+                    continue; // feeds a correlation only
+                }
+                let alert = alert_of(&job, v, &info.meta, &raw);
                 if let Err(e) = state.record_alert(&alert) {
                     tracing::error!("recording an alert: {e}");
                 }

@@ -218,11 +218,15 @@ impl Ingest for IngestService {
                         return;
                     }
                 };
-                if let Err(why) = check(&batch, &shared.limits) {
-                    tracing::warn!(%agent, "malformed batch refused: {why}");
-                    let _ = tx.send(Err(Status::invalid_argument(why))).await;
-                    return;
-                }
+                // Parsed once: the documents go on to detection.
+                let docs = match check(&batch, &shared.limits) {
+                    Ok(docs) => docs,
+                    Err(why) => {
+                        tracing::warn!(%agent, "malformed batch refused: {why}");
+                        let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                        return;
+                    }
+                };
                 let shared2 = shared.clone();
                 let agent2 = agent.clone();
                 let tenant2 = tenant.clone();
@@ -239,11 +243,11 @@ impl Ingest for IngestService {
                     if let Some(q) = &shared2.detect
                         && a.stored > 0
                     {
-                        let skip = (batch.events.len() as u64 - a.stored) as usize;
+                        let skip = (docs.len() as u64 - a.stored) as usize;
                         let _ = q.send(crate::detect::Job {
                             agent: agent2,
                             tenant: tenant2,
-                            events: batch.events.into_iter().skip(skip).collect(),
+                            events: docs.into_iter().skip(skip).collect(),
                         });
                     }
                     Ok::<_, String>(a)
@@ -273,8 +277,8 @@ impl Ingest for IngestService {
     }
 }
 
-/// Checks a batch before anything is stored.
-fn check(b: &Batch, limits: &Limits) -> Result<(), String> {
+/// Checks a batch before anything is stored; returns its documents, parsed.
+fn check(b: &Batch, limits: &Limits) -> Result<Vec<serde_json::Value>, String> {
     if b.first_seq == 0 {
         return Err("first_seq must be at least 1".into());
     }
@@ -291,6 +295,7 @@ fn check(b: &Batch, limits: &Limits) -> Result<(), String> {
     if b.first_seq.checked_add(b.events.len() as u64).is_none() {
         return Err("sequence numbers overflow".into());
     }
+    let mut docs = Vec::with_capacity(b.events.len());
     for (i, e) in b.events.iter().enumerate() {
         if e.len() > limits.max_event_bytes {
             return Err(format!(
@@ -300,12 +305,12 @@ fn check(b: &Batch, limits: &Limits) -> Result<(), String> {
             ));
         }
         match serde_json::from_slice::<serde_json::Value>(e) {
-            Ok(serde_json::Value::Object(_)) => {}
+            Ok(v @ serde_json::Value::Object(_)) => docs.push(v),
             Ok(_) => return Err(format!("event {i}: not a JSON object")),
             Err(err) => return Err(format!("event {i}: not JSON: {err}")),
         }
     }
-    Ok(())
+    Ok(docs)
 }
 
 #[cfg(test)]

@@ -112,6 +112,18 @@ pub fn load_server_rules(rules: &[PathBuf]) -> Result<mamori_sigma::RuleSet> {
         "mamori server: live detection with {} rules",
         loaded.rules.rules().len()
     );
+    // A broken rule is refused with its reason, never loaded.
+    if loaded.failed() > 0 {
+        eprintln!(
+            "mamori server: {} rule documents refused (`mamori rules check` lists them all)",
+            loaded.failed()
+        );
+        for o in loaded.report.iter().filter(|o| o.error.is_some()).take(5) {
+            if let Some(e) = &o.error {
+                eprintln!("mamori server:   {}: {e}", o.path.display());
+            }
+        }
+    }
     Ok(loaded.rules)
 }
 

