@@ -25,7 +25,8 @@ use crate::state::{NewAlert, State};
 
 /// Events kept as evidence per alert.
 pub const EVIDENCE_MAX: usize = 10;
-const QUEUE: usize = 256;
+/// Batches waiting for detection at most (each up to a few thousand parsed events).
+const QUEUE: usize = 4;
 
 /// Events of one batch for detection.
 #[derive(Debug)]
@@ -34,8 +35,8 @@ pub struct Job {
     pub agent: String,
     /// Its tenant.
     pub tenant: String,
-    /// The events, parsed (at ingest, where they were validated).
-    pub events: Vec<Value>,
+    /// The events (JSON objects, validated at ingest).
+    pub events: Vec<Vec<u8>>,
 }
 
 /// Starts the detection thread; returns its queue.
@@ -89,7 +90,10 @@ fn run(rules: RuleSet, state: Arc<State>, rx: Receiver<Job>) {
     let mut fired = Vec::new();
     let mut hits = Vec::new();
     for mut job in rx {
-        for value in std::mem::take(&mut job.events) {
+        for raw in std::mem::take(&mut job.events) {
+            let Ok(value) = serde_json::from_slice::<Value>(&raw) else {
+                continue;
+            };
             let event = Event::with_shape(value, Shape::Ecs);
             hits.clear();
             scanner.scan(&event, &mut hits);
@@ -97,8 +101,6 @@ fn run(rules: RuleSet, state: Arc<State>, rx: Receiver<Job>) {
                 continue;
             }
             let v = &event.data;
-            // Rare: only events that hit are written out again as evidence.
-            let raw = serde_json::to_vec(v).unwrap_or_default();
             for &h in &hits {
                 if !rules.feeds_correlation(h) {
                     continue;

@@ -218,15 +218,11 @@ impl Ingest for IngestService {
                         return;
                     }
                 };
-                // Parsed once: the documents go on to detection.
-                let docs = match check(&batch, &shared.limits) {
-                    Ok(docs) => docs,
-                    Err(why) => {
-                        tracing::warn!(%agent, "malformed batch refused: {why}");
-                        let _ = tx.send(Err(Status::invalid_argument(why))).await;
-                        return;
-                    }
-                };
+                if let Err(why) = check(&batch, &shared.limits) {
+                    tracing::warn!(%agent, "malformed batch refused: {why}");
+                    let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                    return;
+                }
                 let shared2 = shared.clone();
                 let agent2 = agent.clone();
                 let tenant2 = tenant.clone();
@@ -243,11 +239,11 @@ impl Ingest for IngestService {
                     if let Some(q) = &shared2.detect
                         && a.stored > 0
                     {
-                        let skip = (docs.len() as u64 - a.stored) as usize;
+                        let skip = (batch.events.len() as u64 - a.stored) as usize;
                         let _ = q.send(crate::detect::Job {
                             agent: agent2,
                             tenant: tenant2,
-                            events: docs.into_iter().skip(skip).collect(),
+                            events: batch.events.into_iter().skip(skip).collect(),
                         });
                     }
                     Ok::<_, String>(a)
@@ -277,8 +273,9 @@ impl Ingest for IngestService {
     }
 }
 
-/// Checks a batch before anything is stored; returns its documents, parsed.
-fn check(b: &Batch, limits: &Limits) -> Result<Vec<serde_json::Value>, String> {
+/// Checks a batch before anything is stored. Events are validated without building a tree
+/// (detection parses them once, later).
+fn check(b: &Batch, limits: &Limits) -> Result<(), String> {
     if b.first_seq == 0 {
         return Err("first_seq must be at least 1".into());
     }
@@ -295,7 +292,6 @@ fn check(b: &Batch, limits: &Limits) -> Result<Vec<serde_json::Value>, String> {
     if b.first_seq.checked_add(b.events.len() as u64).is_none() {
         return Err("sequence numbers overflow".into());
     }
-    let mut docs = Vec::with_capacity(b.events.len());
     for (i, e) in b.events.iter().enumerate() {
         if e.len() > limits.max_event_bytes {
             return Err(format!(
@@ -304,13 +300,14 @@ fn check(b: &Batch, limits: &Limits) -> Result<Vec<serde_json::Value>, String> {
                 limits.max_event_bytes
             ));
         }
-        match serde_json::from_slice::<serde_json::Value>(e) {
-            Ok(v @ serde_json::Value::Object(_)) => docs.push(v),
-            Ok(_) => return Err(format!("event {i}: not a JSON object")),
-            Err(err) => return Err(format!("event {i}: not JSON: {err}")),
+        if e.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(format!("event {i}: not a JSON object"));
+        }
+        if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(e) {
+            return Err(format!("event {i}: not JSON: {err}"));
         }
     }
-    Ok(docs)
+    Ok(())
 }
 
 #[cfg(test)]
