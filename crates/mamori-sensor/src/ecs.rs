@@ -42,6 +42,31 @@ impl HostInfo {
         }
     }
 
+    /// The host's IP addresses (loopback and link-local left out), for the inventory.
+    pub fn addresses() -> Vec<String> {
+        let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = addrs
+            .filter_map(|a| {
+                let sa = a.address?;
+                let ip: std::net::IpAddr = if let Some(v4) = sa.as_sockaddr_in() {
+                    std::net::IpAddr::V4(v4.ip())
+                } else {
+                    std::net::IpAddr::V6(sa.as_sockaddr_in6()?.ip())
+                };
+                let link_local = match ip {
+                    std::net::IpAddr::V4(v) => v.is_link_local(),
+                    std::net::IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80,
+                };
+                (!ip.is_loopback() && !link_local).then(|| ip.to_string())
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// RFC 3339 time of a kernel boot-clock timestamp.
     pub fn time(&self, boot_ns: u64) -> String {
         let ns = self.boot_epoch_ns + i128::from(boot_ns);

@@ -53,6 +53,84 @@ fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
 }
 
+/// A sensor's heartbeat or stop notice: updates the inventory; a stop is an alert.
+fn health(state: &State, job: &Job, v: &Value, raw: &[u8]) {
+    let stopped = text(v, &["event", "action"]) == Some("agent-stopped");
+    let interval = v["mamori"]["heartbeat_interval_s"].as_i64().unwrap_or(60);
+    if let Err(e) = state.heartbeat(
+        &job.agent,
+        &v["mamori"]["health"],
+        &v["host"]["ip"],
+        interval,
+        stopped,
+    ) {
+        tracing::error!("recording a heartbeat: {e}");
+    }
+    if stopped {
+        let tags = vec![
+            "attack.defense-evasion".to_string(),
+            "attack.t1562.001".to_string(),
+        ];
+        let alert = NewAlert {
+            tenant: &job.tenant,
+            agent: &job.agent,
+            host: text(v, &["host", "name"]).unwrap_or(""),
+            rule_id: "mamori-sensor-stopped",
+            rule_title: "Sensor stopped on host",
+            level: "medium",
+            tags: &tags,
+            user: "",
+            process_entity: text(v, &["@timestamp"]).unwrap_or(""),
+            process_executable: "",
+            command_line: "",
+            timestamp: text(v, &["@timestamp"]).unwrap_or(""),
+            evidence: raw,
+        };
+        if let Err(e) = state.record_alert(&alert) {
+            tracing::error!("recording a sensor-stopped alert: {e}");
+        }
+    }
+}
+
+/// Raises an alert for each sensor that went silent (three heartbeat intervals without a
+/// report): a host whose agent was killed, uninstalled or cut off.
+pub fn silent_hosts(state: &State) {
+    let silent = match state.newly_silent() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("looking for silent hosts: {e}");
+            return;
+        }
+    };
+    let tags = vec![
+        "attack.defense-evasion".to_string(),
+        "attack.t1562.001".to_string(),
+    ];
+    for (agent, tenant, host) in silent {
+        let at = crate::state::now().to_string();
+        let evidence =
+            serde_json::json!({"agent": agent, "host": host, "silent_since_s": at}).to_string();
+        let alert = NewAlert {
+            tenant: &tenant,
+            agent: &agent,
+            host: &host,
+            rule_id: "mamori-host-silent",
+            rule_title: "Host stopped reporting",
+            level: "high",
+            tags: &tags,
+            user: "",
+            process_entity: &at,
+            process_executable: "",
+            command_line: "",
+            timestamp: &at,
+            evidence: evidence.as_bytes(),
+        };
+        if let Err(e) = state.record_alert(&alert) {
+            tracing::error!("recording a silent-host alert: {e}");
+        }
+    }
+}
+
 /// An alert of `meta` on the event `v` of `job`.
 fn alert_of<'a>(
     job: &'a Job,
@@ -94,6 +172,10 @@ fn run(rules: RuleSet, state: Arc<State>, rx: Receiver<Job>) {
             let Ok(value) = serde_json::from_slice::<Value>(&raw) else {
                 continue;
             };
+            if text(&value, &["event", "dataset"]) == Some("mamori.health") {
+                health(&state, &job, &value, &raw);
+                continue;
+            }
             let event = Event::with_shape(value, Shape::Ecs);
             hits.clear();
             scanner.scan(&event, &mut hits);

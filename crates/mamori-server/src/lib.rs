@@ -176,6 +176,16 @@ impl Server {
             .client_ca_root(Certificate::from_pem(self.shared.ca.cert_pem()))
             // Enrollment has no client certificate yet; ingest checks for one itself.
             .client_auth_optional(true);
+        // Silent sensors: checked every two seconds.
+        let state = self.shared.state.clone();
+        let watcher = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let st = state.clone();
+                let _ = tokio::task::spawn_blocking(move || detect::silent_hosts(&st)).await;
+            }
+        });
         let max = mamori_wire::MAX_MESSAGE_BYTES;
         let listen = self.config.listen;
         let result = tonic::transport::Server::builder()
@@ -193,6 +203,7 @@ impl Server {
             .serve_with_shutdown(listen, shutdown)
             .await
             .map_err(|e| ServerError::Transport(format!("{listen}: {e}")));
+        watcher.abort();
         if let Ok(log) = Arc::try_unwrap(self.shared).map(|s| s.log)
             && let Ok(log) = log.into_inner()
         {

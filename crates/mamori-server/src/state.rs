@@ -159,6 +159,27 @@ pub struct Alert {
     pub evidence: serde_json::Value,
 }
 
+/// An agent's sensor, as its heartbeats describe it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HostStatus {
+    /// Agent id.
+    pub agent: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Host name.
+    pub hostname: String,
+    /// Addresses reported.
+    pub addresses: serde_json::Value,
+    /// `online`, `degraded` (collecting with gaps or drops), `offline` (no heartbeat for
+    /// three intervals), `stopped` (the sensor said it stopped), `revoked`, or `unknown` (no
+    /// heartbeat yet).
+    pub status: String,
+    /// Last heartbeat, seconds since the epoch.
+    pub heartbeat_at: Option<i64>,
+    /// The sensor's last health report.
+    pub health: serde_json::Value,
+}
+
 /// The state database.
 pub struct State {
     conn: Mutex<Connection>,
@@ -198,6 +219,21 @@ impl State {
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        // Columns added after the first release of the schema.
+        for col in [
+            "heartbeat_at INTEGER",
+            "heartbeat_interval INTEGER",
+            "health TEXT",
+            "addresses TEXT",
+            "stopped_at INTEGER",
+            "silent_alerted INTEGER NOT NULL DEFAULT 0",
+        ] {
+            match conn.execute(&format!("ALTER TABLE agents ADD COLUMN {col}"), []) {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("duplicate column") => {}
+                Err(e) => return Err(db(e)),
+            }
+        }
         Ok(State {
             conn: Mutex::new(conn),
         })
@@ -447,6 +483,105 @@ impl State {
 }
 
 impl State {
+    /// Records a heartbeat (or, with `stopped`, the sensor's notice that it stopped).
+    pub fn heartbeat(
+        &self,
+        agent: &str,
+        health: &serde_json::Value,
+        addresses: &serde_json::Value,
+        interval_s: i64,
+        stopped: bool,
+    ) -> Result<(), ServerError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE agents SET heartbeat_at = ?2, last_seen = ?2, heartbeat_interval = ?3,
+                     health = CASE WHEN ?5 THEN health ELSE ?4 END,
+                     addresses = ?6, silent_alerted = 0,
+                     stopped_at = CASE WHEN ?5 THEN ?2 ELSE NULL END
+                 WHERE id = ?1",
+                params![
+                    agent,
+                    now(),
+                    interval_s.max(1),
+                    health.to_string(),
+                    stopped,
+                    addresses.to_string()
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Agents whose heartbeats stopped (three intervals without one) and that were not
+    /// reported yet; marks them reported. Returns (agent, tenant, hostname).
+    pub fn newly_silent(&self) -> Result<Vec<(String, String, String)>, ServerError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let rows: Vec<(String, String, String)> = {
+                let mut st = tx.prepare(
+                    "SELECT id, tenant, hostname FROM agents
+                     WHERE revoked_at IS NULL AND stopped_at IS NULL AND silent_alerted = 0
+                       AND heartbeat_at IS NOT NULL
+                       AND heartbeat_at + 3 * heartbeat_interval < ?1",
+                )?;
+                st.query_map(params![now()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            for (id, _, _) in &rows {
+                tx.execute(
+                    "UPDATE agents SET silent_alerted = 1 WHERE id = ?1",
+                    params![id],
+                )?;
+            }
+            tx.commit()?;
+            Ok(rows)
+        })
+    }
+
+    /// The inventory with each sensor's status.
+    pub fn hosts(&self) -> Result<Vec<HostStatus>, ServerError> {
+        let t = now();
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, tenant, hostname, addresses, heartbeat_at, heartbeat_interval, health,
+                        stopped_at, revoked_at
+                 FROM agents ORDER BY enrolled_at",
+            )?;
+            let rows = st.query_map([], |r| {
+                let json = |i: usize| -> rusqlite::Result<serde_json::Value> {
+                    let t: Option<String> = r.get(i)?;
+                    Ok(t.and_then(|t| serde_json::from_str(&t).ok())
+                        .unwrap_or(serde_json::Value::Null))
+                };
+                let heartbeat_at: Option<i64> = r.get(4)?;
+                let interval: Option<i64> = r.get(5)?;
+                let health = json(6)?;
+                let stopped: Option<i64> = r.get(7)?;
+                let revoked: Option<i64> = r.get(8)?;
+                let degraded = health["missing"].as_array().is_some_and(|m| !m.is_empty())
+                    || health["dropped"]["ring_buffer_full"].as_u64().unwrap_or(0) > 0;
+                let status = match (revoked, stopped, heartbeat_at) {
+                    (Some(_), _, _) => "revoked",
+                    (_, Some(_), _) => "stopped",
+                    (_, _, None) => "unknown",
+                    (_, _, Some(h)) if h + 3 * interval.unwrap_or(60) < t => "offline",
+                    _ if degraded => "degraded",
+                    _ => "online",
+                };
+                Ok(HostStatus {
+                    agent: r.get(0)?,
+                    tenant: r.get(1)?,
+                    hostname: r.get(2)?,
+                    addresses: json(3)?,
+                    status: status.into(),
+                    heartbeat_at,
+                    health,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
     /// Records a detection: a new alert, or one more on the alert of the same rule, agent and
     /// process. Returns the alert id.
     pub fn record_alert(&self, a: &NewAlert<'_>) -> Result<i64, ServerError> {

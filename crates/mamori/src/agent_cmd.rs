@@ -330,7 +330,8 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let deadline = args.duration.map(|s| started + Duration::from_secs(s));
     let events = std::cell::Cell::new(0u64);
-    let mut next_health = Instant::now() + Duration::from_secs(args.health_interval.max(1));
+    // The first report goes out at once: the server's inventory fills on connection.
+    let mut next_health = Instant::now();
     let mut last_drops = 0u64;
     let failure: Option<anyhow::Error> = None;
     let mut hits = Vec::new();
@@ -454,26 +455,33 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
             let depth = spool
                 .as_ref()
                 .and_then(|s| s.lock().ok().map(|s| s.stats()));
-            eprintln!(
-                "{}",
-                health(
-                    &started,
-                    events.get(),
-                    drops,
-                    depth,
-                    &Collecting {
-                        file_hooks: match (fallback.get(), fallback_files.get()) {
-                            (false, _) => file_hooks.get(),
-                            (true, true) => "fanotify (writes only)",
-                            (true, false) => "off",
-                        },
-                        files: files_on && !fallback.get(),
-                        network: network_on && !fallback.get(),
-                        fallback: fallback.get(),
-                        logins: &login_state,
+            let report = health(
+                &started,
+                events.get(),
+                drops,
+                depth,
+                &Collecting {
+                    file_hooks: match (fallback.get(), fallback_files.get()) {
+                        (false, _) => file_hooks.get(),
+                        (true, true) => "fanotify (writes only)",
+                        (true, false) => "off",
                     },
-                )
+                    files: files_on && !fallback.get(),
+                    network: network_on && !fallback.get(),
+                    fallback: fallback.get(),
+                    logins: &login_state,
+                },
             );
+            eprintln!("{report}");
+            // Enrolled or not, the heartbeat goes to the spool: the server learns what is
+            // collected and notices when reports stop.
+            if let Some(sp) = &spool
+                && let Ok(mut sp) = sp.lock()
+                && let Err(e) = sp
+                    .append(heartbeat(&host, &report, args.health_interval, "heartbeat").as_bytes())
+            {
+                eprintln!("mamori agent: spooling the heartbeat failed: {e}");
+            }
         }
         failure.borrow().is_none()
             && deadline.is_none_or(|d| Instant::now() < d)
@@ -567,6 +575,11 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     if let Some(sp) = &spool
         && let Ok(mut sp) = sp.lock()
     {
+        // A sensor that stops says so: the server raises it rather than waiting for silence.
+        let last =
+            json!({"health": {"uptime_s": started.elapsed().as_secs(), "events": events.get()}});
+        sp.append(heartbeat(&host, &last, args.health_interval, "agent-stopped").as_bytes())
+            .context("spooling the stop notice")?;
         sp.sync().context("syncing the spool")?;
     }
     if let Some(s) = shipper.as_mut()
@@ -587,6 +600,20 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
 }
 
 /// The agent's health: what is collected, what was lost, how much it costs.
+/// A heartbeat (or stop notice) as an event for the server.
+fn heartbeat(host: &HostInfo, report: &serde_json::Value, interval_s: u64, action: &str) -> String {
+    json!({
+        "@timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "event": {"kind": "metric", "category": ["host"], "type": ["info"], "action": action,
+                  "module": "mamori", "dataset": "mamori.health"},
+        "host": {"name": host.name, "os": {"type": "linux", "kernel": host.kernel},
+                 "ip": HostInfo::addresses()},
+        "agent": {"version": env!("CARGO_PKG_VERSION")},
+        "mamori": {"health": report.get("health"), "heartbeat_interval_s": interval_s},
+    })
+    .to_string()
+}
+
 /// What the agent collects, for its health report.
 struct Collecting<'a> {
     file_hooks: &'a str,

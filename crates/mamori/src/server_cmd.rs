@@ -51,8 +51,12 @@ pub enum ServerCommand {
         #[arg(long, default_value = "https://127.0.0.1:7443")]
         server: String,
     },
-    /// List enrolled agents.
-    Agents,
+    /// List enrolled agents: inventory and sensor status (online, degraded, offline, stopped).
+    Agents {
+        /// JSON lines with each sensor's last health report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke an agent: its certificate is refused from now on.
     Revoke {
         /// Agent id.
@@ -193,21 +197,37 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        ServerCommand::Agents => {
+        ServerCommand::Agents { json } => {
             let (srv, _) = Server::open(config(None, None)?, None)?;
+            let hosts = srv.state().hosts()?;
+            if json {
+                for h in &hosts {
+                    println!("{}", serde_json::to_string(h)?);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
-                "{:<22} {:<12} {:<24} {:<10}",
-                "AGENT", "TENANT", "HOST", "STATE"
+                "{:<22} {:<12} {:<20} {:<9} {:<8} MISSING",
+                "AGENT", "TENANT", "HOST", "STATUS", "SEEN"
             );
-            for a in srv.state().agents()? {
-                let state = if a.revoked_at.is_some() {
-                    "revoked"
-                } else {
-                    "enrolled"
-                };
+            let now = mamori_server::state::now();
+            for h in hosts {
+                let seen = h
+                    .heartbeat_at
+                    .map(|t| format!("{}s ago", now - t))
+                    .unwrap_or_else(|| "never".into());
+                let missing = h.health["missing"]
+                    .as_array()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|v| v.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
                 println!(
-                    "{:<22} {:<12} {:<24} {:<10}",
-                    a.id, a.tenant, a.hostname, state
+                    "{:<22} {:<12} {:<20} {:<9} {:<8} {}",
+                    h.agent, h.tenant, h.hostname, h.status, seen, missing
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -518,3 +518,117 @@ correlation:
         "echo aGk= | base64 -d | sh"
     );
 }
+
+fn heartbeat(action: &str, missing: &[&str]) -> String {
+    serde_json::json!({
+        "@timestamp": "2026-11-26T10:00:00Z",
+        "event": {"kind": "metric", "category": ["host"], "type": ["info"], "action": action,
+                  "module": "mamori", "dataset": "mamori.health"},
+        "host": {"name": "web1", "os": {"type": "linux"}, "ip": ["10.1.2.3"]},
+        "mamori": {"heartbeat_interval_s": 1,
+                   "health": {"missing": missing, "dropped": {"ring_buffer_full": 0}}},
+    })
+    .to_string()
+}
+
+fn hosts(srv: &Path) -> Vec<serde_json::Value> {
+    let out = mamori(srv)
+        .args(["server", "agents", "--json"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn alerts(srv: &Path) -> Vec<serde_json::Value> {
+    let out = mamori(srv)
+        .args(["server", "alerts", "--json"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn heartbeats_fill_the_inventory_and_silence_or_a_stop_raises_an_alert() {
+    let srv = tempdir("hb-srv");
+    let port = free_port();
+    let (_server, fp) = start_server(&srv, port);
+    let quiet = tempdir("hb-quiet");
+    enroll(&quiet, port, &token(&srv, &[]), &fp).unwrap();
+    let stopping = tempdir("hb-stop");
+    enroll(&stopping, port, &token(&srv, &[]), &fp).unwrap();
+    let (q_id, s_id) = (agent_id(&quiet), agent_id(&stopping));
+    for (dir, actions) in [
+        (&quiet, vec!["heartbeat"]),
+        (&stopping, vec!["heartbeat", "agent-stopped"]),
+    ] {
+        let (mut sp, _) =
+            mamori_spool::Spool::open(dir.join("spool"), mamori_spool::SpoolConfig::default())
+                .unwrap();
+        for a in actions {
+            sp.append(heartbeat(a, &["login"]).as_bytes()).unwrap();
+        }
+        sp.sync().unwrap();
+        drop(sp);
+        let (ok, err) = ship(dir, None);
+        assert!(ok, "{err}");
+    }
+    // The inventory right after: reported, with what is missing (degraded), addresses.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let inv = loop {
+        let h = hosts(&srv);
+        let ready = h.iter().filter(|x| !x["heartbeat_at"].is_null()).count() == 2;
+        if ready || Instant::now() > deadline {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let q = inv.iter().find(|h| h["agent"] == q_id.as_str()).unwrap();
+    assert_eq!(q["status"], "degraded", "{q}");
+    assert_eq!(q["addresses"][0], "10.1.2.3");
+    assert_eq!(q["health"]["missing"][0], "login");
+    let s = inv.iter().find(|h| h["agent"] == s_id.as_str()).unwrap();
+    assert_eq!(s["status"], "stopped", "{s}");
+    // A stop is an alert at once; silence after three 1 s intervals (checked every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let found = loop {
+        let a = alerts(&srv);
+        let silent = a
+            .iter()
+            .any(|x| x["rule_title"] == "Host stopped reporting" && x["agent"] == q_id.as_str());
+        let stopped = a
+            .iter()
+            .any(|x| x["rule_title"] == "Sensor stopped on host" && x["agent"] == s_id.as_str());
+        if (silent && stopped) || Instant::now() > deadline {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let silent: Vec<_> = found
+        .iter()
+        .filter(|x| x["rule_title"] == "Host stopped reporting")
+        .collect();
+    assert_eq!(
+        silent.len(),
+        1,
+        "one silence alert, for the silent agent only: {found:?}"
+    );
+    assert_eq!(silent[0]["agent"], q_id.as_str());
+    assert_eq!(silent[0]["level"], "high");
+    assert!(
+        found
+            .iter()
+            .any(|x| x["rule_title"] == "Sensor stopped on host" && x["agent"] == s_id.as_str()),
+        "{found:?}"
+    );
+    let q = hosts(&srv)
+        .into_iter()
+        .find(|h| h["agent"] == q_id.as_str())
+        .unwrap();
+    assert_eq!(q["status"], "offline");
+}
