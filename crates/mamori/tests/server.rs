@@ -459,14 +459,7 @@ correlation:
     assert!(ok, "{e}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let alerts: Vec<serde_json::Value> = loop {
-        let out = mamori(&srv)
-            .args(["server", "alerts", "--json"])
-            .output()
-            .unwrap();
-        let v: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let v = alerts(&srv);
         let corr = v
             .iter()
             .any(|a| a["rule_title"] == "Repeated Download To Shell");
@@ -531,9 +524,10 @@ fn heartbeat(action: &str, missing: &[&str]) -> String {
     .to_string()
 }
 
-fn hosts(srv: &Path) -> Vec<serde_json::Value> {
+/// JSON lines printed by `mamori server <what> --json`.
+fn server_json(srv: &Path, what: &str) -> Vec<serde_json::Value> {
     let out = mamori(srv)
-        .args(["server", "agents", "--json"])
+        .args(["server", what, "--json"])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -542,15 +536,12 @@ fn hosts(srv: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+fn hosts(srv: &Path) -> Vec<serde_json::Value> {
+    server_json(srv, "agents")
+}
+
 fn alerts(srv: &Path) -> Vec<serde_json::Value> {
-    let out = mamori(srv)
-        .args(["server", "alerts", "--json"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    server_json(srv, "alerts")
 }
 
 #[test]
