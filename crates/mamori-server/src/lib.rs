@@ -5,6 +5,7 @@
 //!   agents, the audit log.
 //! * [`store`]: the ingest log, durable before acknowledgement, replay-proof per agent.
 //! * [`service`]: the gRPC services (enrollment; ingest over mutual TLS).
+//! * [`api`]: the REST API under `/api/v1` (bearer token), on the same port.
 //! * [`detect`]: live detection on every durable event; alerts folded per rule and process.
 //! * [`Server`]: first-start initialisation (CA, server certificate, admin token) and the
 //!   listener.
@@ -13,6 +14,7 @@
 //! everything else needs a client certificate signed by the server's CA for an enrolled,
 //! unrevoked agent.
 
+pub mod api;
 pub mod config;
 pub mod detect;
 pub mod service;
@@ -188,10 +190,7 @@ impl Server {
         });
         let max = mamori_wire::MAX_MESSAGE_BYTES;
         let listen = self.config.listen;
-        let result = tonic::transport::Server::builder()
-            .tls_config(tls)
-            .map_err(|e| ServerError::Transport(e.to_string()))?
-            .concurrency_limit_per_connection(16)
+        let routes = tonic::service::Routes::from(api::router(self.shared.clone()))
             .add_service(
                 EnrollmentServer::new(service::EnrollmentService(self.shared.clone()))
                     .max_decoding_message_size(64 << 10),
@@ -199,7 +198,14 @@ impl Server {
             .add_service(
                 IngestServer::new(service::IngestService(self.shared.clone()))
                     .max_decoding_message_size(max),
-            )
+            );
+        let result = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .map_err(|e| ServerError::Transport(e.to_string()))?
+            // The REST API speaks HTTP/1.1 as well; gRPC needs HTTP/2.
+            .accept_http1(true)
+            .concurrency_limit_per_connection(16)
+            .add_routes(routes)
             .serve_with_shutdown(listen, shutdown)
             .await
             .map_err(|e| ServerError::Transport(format!("{listen}: {e}")));

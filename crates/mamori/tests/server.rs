@@ -32,6 +32,8 @@ fn mamori(data: &Path) -> Command {
 struct ServerProc {
     child: Child,
     stderr: mpsc::Receiver<String>,
+    /// The admin token, printed on first start only.
+    admin: Option<String>,
 }
 
 impl Drop for ServerProc {
@@ -60,6 +62,7 @@ fn start_server(data: &Path, port: u16) -> (ServerProc, String) {
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut fingerprint = None;
+    let mut admin = None;
     loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -68,12 +71,19 @@ fn start_server(data: &Path, port: u16) -> (ServerProc, String) {
         if let Some(fp) = line.strip_prefix("mamori server: CA fingerprint ") {
             fingerprint = Some(fp.to_string());
         }
+        if let Some((_, t)) = line.split_once("stored only as a hash): ") {
+            admin = Some(t.to_string());
+        }
         if line.contains("listening on") {
             break;
         }
     }
     (
-        ServerProc { child, stderr: rx },
+        ServerProc {
+            child,
+            stderr: rx,
+            admin,
+        },
         fingerprint.expect("the server prints its CA fingerprint"),
     )
 }
@@ -432,6 +442,7 @@ correlation:
     let _server = ServerProc {
         child,
         stderr: mpsc::channel().1,
+        admin: None,
     };
     let a = tempdir("detect-agent");
     enroll(&a, port, &token(&srv, &["--tenant", "acme"]), &fp).unwrap();
@@ -622,4 +633,55 @@ fn heartbeats_fill_the_inventory_and_silence_or_a_stop_raises_an_alert() {
         .find(|h| h["agent"] == q_id.as_str())
         .unwrap();
     assert_eq!(q["status"], "offline");
+}
+
+#[test]
+fn rest_api_needs_the_admin_token_and_serves_hosts_alerts_and_openapi() {
+    let srv = tempdir("api-srv");
+    let port = free_port();
+    let (server, fp) = start_server(&srv, port);
+    let admin = server
+        .admin
+        .clone()
+        .expect("first start prints the admin token");
+    let a = tempdir("api-agent");
+    enroll(&a, port, &token(&srv, &["--tenant", "acme"]), &fp).unwrap();
+    let ca = srv.join("server/pki/ca.pem");
+    let get = |path: &str, token: Option<&str>| -> (u32, String) {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-w", "\n%{http_code}", "--cacert"])
+            .arg(&ca)
+            .arg(format!("https://127.0.0.1:{port}{path}"));
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let out = c.output().expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    };
+    // Refused without a token or with a wrong one.
+    assert_eq!(get("/api/v1/hosts", None).0, 401);
+    assert_eq!(get("/api/v1/hosts", Some("mamori_admin_wrong")).0, 401);
+    let (code, body) = get("/api/v1/hosts", Some(&admin));
+    assert_eq!(code, 200, "{body}");
+    let hosts: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(hosts[0]["tenant"], "acme");
+    assert_eq!(hosts[0]["agent"], agent_id(&a).as_str());
+    let (code, body) = get("/api/v1/alerts?limit=5", Some(&admin));
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&body)
+            .unwrap()
+            .is_array()
+    );
+    let (code, body) = get("/api/v1/openapi.json", None);
+    assert_eq!(code, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/api/v1/alerts"].is_object());
+    // gRPC still works on the same port: the agent ships.
+    fill_spool(&a, 0, 2);
+    let (ok, err) = ship(&a, None);
+    assert!(ok, "{err}");
 }
