@@ -69,6 +69,103 @@ async fn hosts(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respons
     }
 }
 
+/// Query parameters of `POST /api/v1/ingest/windows`.
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    host: String,
+    tenant: Option<String>,
+}
+
+/// Largest upload accepted.
+pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
+
+/// Windows telemetry from hosts without an agent: an EVTX file, or JSON lines / a JSON array
+/// of Winlogbeat, ECS or Sysmon-shaped events. Stored and detected like agent events, under
+/// the pseudo-agent `win:<host>`.
+async fn upload_windows(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<UploadQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err((status, message)) = authorise(&shared, &headers) {
+        return error(status, message);
+    }
+    let valid = |v: &str| {
+        !v.is_empty()
+            && v.len() <= 128
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    let tenant = q.tenant.unwrap_or_else(|| "default".into());
+    if !valid(&q.host) || !valid(&tenant) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "host and tenant: letters, digits, '-', '_' and '.'",
+        );
+    }
+    let st = shared.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut events = Vec::new();
+        let stats = mamori_sources::read_bytes(&body, &mut |rec| {
+            let text = rec
+                .text
+                .map(str::to_string)
+                .unwrap_or_else(|| rec.event.data.to_string());
+            if text.trim_start().starts_with('{') {
+                events.push(text.into_bytes());
+            }
+        });
+        if events.is_empty() {
+            return Err(format!(
+                "no events in the upload ({} unreadable records{})",
+                stats.errors,
+                stats
+                    .first_error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        let agent = format!("win:{}", q.host);
+        let appended = {
+            let mut log = st
+                .log
+                .lock()
+                .map_err(|_| "event log lock poisoned".to_string())?;
+            let first = log.watermark(&agent) + 1;
+            log.append(&agent, first, &events)
+                .map_err(|e| e.to_string())?
+        };
+        let _ = st.state.audit(
+            "admin:api",
+            "windows.upload",
+            &format!("host:{}", q.host),
+            &format!(
+                "tenant={tenant} events={} unreadable={}",
+                appended.stored, stats.errors
+            ),
+        );
+        if let Some(queue) = &st.detect {
+            let _ = queue.send(crate::detect::Job {
+                agent,
+                tenant,
+                events,
+            });
+        }
+        Ok(
+            json!({"stored": appended.stored, "unreadable": stats.errors,
+                  "durable_through": appended.durable_through}),
+        )
+    })
+    .await;
+    match result {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(why)) => error(StatusCode::BAD_REQUEST, &why),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
+    }
+}
+
 async fn openapi() -> Response {
     Json(openapi_document()).into_response()
 }
@@ -96,6 +193,18 @@ pub fn openapi_document() -> serde_json::Value {
                 "security": bearer,
                 "responses": {"200": {"description": "hosts"}, "401": unauthorised}
             }},
+            "/api/v1/ingest/windows": {"post": {
+                "summary": "Windows telemetry from a host without an agent: EVTX, or JSON lines / array (Winlogbeat, ECS, Sysmon)",
+                "security": bearer,
+                "parameters": [
+                    {"name": "host", "in": "query", "required": true, "schema": {"type": "string"}},
+                    {"name": "tenant", "in": "query", "schema": {"type": "string"}}
+                ],
+                "requestBody": {"content": {"application/octet-stream": {}, "application/x-ndjson": {}}},
+                "responses": {"200": {"description": "stored and queued for detection"},
+                              "400": {"description": "nothing readable in the upload"},
+                              "401": unauthorised, "413": {"description": "over 64 MiB"}}
+            }},
             "/api/v1/openapi.json": {"get": {
                 "summary": "This document", "responses": {"200": {"description": "OpenAPI"}}
             }}
@@ -109,5 +218,10 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/openapi.json", get(openapi))
+        .route(
+            "/api/v1/ingest/windows",
+            axum::routing::post(upload_windows)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+        )
         .with_state(shared)
 }

@@ -176,7 +176,12 @@ fn run(rules: RuleSet, state: Arc<State>, rx: Receiver<Job>) {
                 health(&state, &job, &value, &raw);
                 continue;
             }
-            let event = Event::with_shape(value, Shape::Ecs);
+            // The sensor's events are ECS; uploads (Windows logs) are recognised by shape.
+            let event = if text(&value, &["event", "module"]) == Some("mamori") {
+                Event::with_shape(value, Shape::Ecs)
+            } else {
+                Event::new(value)
+            };
             hits.clear();
             scanner.scan(&event, &mut hits);
             if hits.is_empty() {

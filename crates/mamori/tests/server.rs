@@ -45,8 +45,13 @@ impl Drop for ServerProc {
 
 /// Starts the server and waits until it listens; returns it and the CA fingerprint.
 fn start_server(data: &Path, port: u16) -> (ServerProc, String) {
+    start_server_with(data, port, &[])
+}
+
+fn start_server_with(data: &Path, port: u16, extra: &[&str]) -> (ServerProc, String) {
     let mut child = mamori(data)
         .args(["server", "run", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -684,4 +689,85 @@ fn rest_api_needs_the_admin_token_and_serves_hosts_alerts_and_openapi() {
     fill_spool(&a, 0, 2);
     let (ok, err) = ship(&a, None);
     assert!(ok, "{err}");
+}
+
+#[test]
+fn windows_logs_uploaded_over_the_api_are_stored_and_detected() {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    let rules = shared.join("sigma/rules/windows/powershell");
+    let evtx = shared.join("evtx/DeepBlueCLI/Powershell-Invoke-Obfuscation-many.evtx");
+    assert!(
+        rules.is_dir() && evtx.is_file(),
+        "shared test data missing in {}",
+        shared.display()
+    );
+    let srv = tempdir("win-srv");
+    let port = free_port();
+    let (server, _) = start_server_with(&srv, port, &["--rules", rules.to_str().unwrap()]);
+    let admin = server.admin.clone().unwrap();
+    let ca = srv.join("server/pki/ca.pem");
+    let post = |path: &str, file: &Path| -> (u32, String) {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &format!("Authorization: Bearer {admin}")])
+            .args(["--data-binary"])
+            .arg(format!("@{}", file.display()))
+            .arg(format!("https://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    };
+    let (code, body) = post("/api/v1/ingest/windows?host=ws01&tenant=acme", &evtx);
+    assert_eq!(code, 200, "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let stored = reply["stored"].as_u64().unwrap();
+    assert!(stored > 0, "{reply}");
+    // Garbage is refused with a reason and stores nothing.
+    let junk = srv.join("junk.bin");
+    std::fs::write(&junk, b"\x00\x01 definitely not a log").unwrap();
+    let (code, body) = post("/api/v1/ingest/windows?host=ws01&tenant=acme", &junk);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("no events"), "{body}");
+    let (code, _) = post("/api/v1/ingest/windows?host=bad%20host", &evtx);
+    assert_eq!(code, 400, "host names are checked");
+    // Live detection on the uploaded Windows events, attributed to the host and tenant.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let found = loop {
+        let a = alerts(&srv);
+        if !a.is_empty() || Instant::now() > deadline {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        !found.is_empty(),
+        "no alert from the obfuscated PowerShell log"
+    );
+    assert!(
+        found
+            .iter()
+            .all(|a| a["agent"] == "win:ws01" && a["tenant"] == "acme")
+    );
+    drop(server);
+    assert_eq!(stored_count(&srv, "win:ws01"), stored);
+}
+
+/// How many events of `agent` the server's log holds.
+fn stored_count(server_data: &Path, agent: &str) -> u64 {
+    let mut log =
+        mamori_server::store::EventLog::open(&server_data.join("server/events"), 1 << 40).unwrap();
+    let mut n = 0;
+    let mut from = 1;
+    loop {
+        let recs = log.read(from, 10_000).unwrap();
+        let Some(last) = recs.last().map(|r| r.log_seq) else {
+            break;
+        };
+        n += recs.iter().filter(|r| r.agent == agent).count() as u64;
+        from = last + 1;
+    }
+    n
 }
