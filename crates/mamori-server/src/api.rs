@@ -39,6 +39,7 @@ fn authorise(shared: &Shared, headers: &HeaderMap) -> Result<(), (StatusCode, &'
 #[derive(Debug, Deserialize)]
 pub struct AlertsQuery {
     tenant: Option<String>,
+    status: Option<String>,
     limit: Option<usize>,
 }
 
@@ -52,8 +53,72 @@ async fn alerts(
     }
     let limit = q.limit.unwrap_or(100).min(10_000);
     let st = shared.clone();
-    match tokio::task::spawn_blocking(move || st.state.alerts(q.tenant.as_deref(), limit)).await {
+    match tokio::task::spawn_blocking(move || {
+        st.state
+            .alerts_where(q.tenant.as_deref(), q.status.as_deref(), None, limit)
+    })
+    .await
+    {
         Ok(Ok(a)) => Json(a).into_response(),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
+    }
+}
+
+async fn alert(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Response {
+    if let Err((status, message)) = authorise(&shared, &headers) {
+        return error(status, message);
+    }
+    let st = shared.clone();
+    match tokio::task::spawn_blocking(move || st.state.alert(id)).await {
+        Ok(Ok(Some(a))) => Json(a).into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "no such alert"),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
+    }
+}
+
+/// Body of `POST /api/v1/alerts/{id}/status`.
+#[derive(Debug, Deserialize)]
+pub struct StatusChange {
+    status: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn alert_status(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err((status, message)) = authorise(&shared, &headers) {
+        return error(status, message);
+    }
+    let change: StatusChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"status\": …, \"reason\": …}}: {e}"),
+            );
+        }
+    };
+    if change.reason.len() > 1000 {
+        return error(StatusCode::BAD_REQUEST, "reason: at most 1000 characters");
+    }
+    let st = shared.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        st.state
+            .set_alert_status("admin:api", id, &change.status, &change.reason)
+    })
+    .await;
+    match r {
+        Ok(Ok(true)) => Json(json!({"id": id, "changed": true})).into_response(),
+        Ok(Ok(false)) => error(StatusCode::NOT_FOUND, "no such alert"),
+        Ok(Err(crate::ServerError::Invalid(why))) => error(StatusCode::BAD_REQUEST, &why),
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
     }
 }
@@ -184,9 +249,27 @@ pub fn openapi_document() -> serde_json::Value {
                 "security": bearer,
                 "parameters": [
                     {"name": "tenant", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "schema": {"enum": ["open", "acknowledged", "closed"]}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 10000}}
                 ],
                 "responses": {"200": {"description": "alerts"}, "401": unauthorised}
+            }},
+            "/api/v1/alerts/{id}": {"get": {
+                "summary": "One alert with its evidence",
+                "security": bearer,
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "the alert"}, "401": unauthorised, "404": {"description": "no such alert"}}
+            }},
+            "/api/v1/alerts/{id}/status": {"post": {
+                "summary": "Change an alert's status (audited)",
+                "security": bearer,
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object",
+                    "required": ["status"], "properties": {
+                        "status": {"enum": ["open", "acknowledged", "closed"]},
+                        "reason": {"type": "string", "maxLength": 1000}}}}}},
+                "responses": {"200": {"description": "changed"}, "400": {"description": "bad status or body"},
+                              "401": unauthorised, "404": {"description": "no such alert"}}
             }},
             "/api/v1/hosts": {"get": {
                 "summary": "Enrolled hosts with sensor status and last health report",
@@ -216,6 +299,11 @@ pub fn openapi_document() -> serde_json::Value {
 pub fn router(shared: Arc<Shared>) -> axum::Router {
     axum::Router::new()
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/alerts/{id}", get(alert))
+        .route(
+            "/api/v1/alerts/{id}/status",
+            axum::routing::post(alert_status),
+        )
         .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/openapi.json", get(openapi))
         .route(

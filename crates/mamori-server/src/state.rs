@@ -624,16 +624,71 @@ impl State {
         })
     }
 
+    /// Changes an alert's status (`open`, `acknowledged`, `closed`), audited with the reason.
+    /// Returns whether the alert exists.
+    pub fn set_alert_status(
+        &self,
+        actor: &str,
+        id: i64,
+        status: &str,
+        reason: &str,
+    ) -> Result<bool, ServerError> {
+        if !["open", "acknowledged", "closed"].contains(&status) {
+            return Err(ServerError::Invalid(format!(
+                "status {status:?}: open, acknowledged or closed"
+            )));
+        }
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE alerts SET status = ?2 WHERE id = ?1",
+                params![id, status],
+            )?;
+            if n > 0 {
+                audit_in(
+                    &tx,
+                    actor,
+                    "alert.status",
+                    &format!("alert:{id}"),
+                    &format!("status={status} reason={reason}"),
+                )?;
+            }
+            tx.commit()?;
+            Ok(n > 0)
+        })
+    }
+
+    /// One alert with its evidence.
+    pub fn alert(&self, id: i64) -> Result<Option<Alert>, ServerError> {
+        Ok(self
+            .alerts_where(None, None, Some(id), 1)?
+            .into_iter()
+            .next())
+    }
+
     /// Alerts, newest first (all tenants when `tenant` is `None`).
     pub fn alerts(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<Alert>, ServerError> {
+        self.alerts_where(tenant, None, None, limit)
+    }
+
+    /// Alerts filtered by tenant, status and id, newest first.
+    pub fn alerts_where(
+        &self,
+        tenant: Option<&str>,
+        status: Option<&str>,
+        id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServerError> {
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT id, tenant, agent, host, rule_id, rule_title, level, tags, user,
                         process_entity, process_executable, command_line, first_seen, last_seen,
                         count, status, evidence
-                 FROM alerts WHERE (?1 IS NULL OR tenant = ?1) ORDER BY id DESC LIMIT ?2",
+                 FROM alerts WHERE (?1 IS NULL OR tenant = ?1) AND (?3 IS NULL OR status = ?3)
+                   AND (?4 IS NULL OR id = ?4)
+                 ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = st.query_map(params![tenant, limit as i64], |r| {
+            let rows = st.query_map(params![tenant, limit as i64, status, id], |r| {
                 let json = |i: usize| -> rusqlite::Result<serde_json::Value> {
                     let t: String = r.get(i)?;
                     Ok(serde_json::from_str(&t).unwrap_or(serde_json::Value::Null))

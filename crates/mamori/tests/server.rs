@@ -540,6 +540,38 @@ fn heartbeat(action: &str, missing: &[&str]) -> String {
     .to_string()
 }
 
+/// An HTTPS request with curl (trusting the server's CA): (status code, body). `data` is a
+/// file to post (`@path`) or a literal body.
+fn curl(
+    srv: &Path,
+    port: u16,
+    token: Option<&str>,
+    path: &str,
+    data: Option<&str>,
+) -> (u32, String) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-w", "\n%{http_code}", "--cacert"])
+        .arg(srv.join("server/pki/ca.pem"));
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(d) = data {
+        c.args([
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            d,
+        ]);
+    }
+    let out = c
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 /// JSON lines printed by `mamori server <what> --json`.
 fn server_json(srv: &Path, what: &str) -> Vec<serde_json::Value> {
     let out = mamori(srv)
@@ -651,20 +683,7 @@ fn rest_api_needs_the_admin_token_and_serves_hosts_alerts_and_openapi() {
         .expect("first start prints the admin token");
     let a = tempdir("api-agent");
     enroll(&a, port, &token(&srv, &["--tenant", "acme"]), &fp).unwrap();
-    let ca = srv.join("server/pki/ca.pem");
-    let get = |path: &str, token: Option<&str>| -> (u32, String) {
-        let mut c = Command::new("curl");
-        c.args(["-s", "-w", "\n%{http_code}", "--cacert"])
-            .arg(&ca)
-            .arg(format!("https://127.0.0.1:{port}{path}"));
-        if let Some(t) = token {
-            c.args(["-H", &format!("Authorization: Bearer {t}")]);
-        }
-        let out = c.output().expect("curl runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_string())
-    };
+    let get = |path: &str, token: Option<&str>| curl(&srv, port, token, path, None);
     // Refused without a token or with a wrong one.
     assert_eq!(get("/api/v1/hosts", None).0, 401);
     assert_eq!(get("/api/v1/hosts", Some("mamori_admin_wrong")).0, 401);
@@ -705,20 +724,14 @@ fn windows_logs_uploaded_over_the_api_are_stored_and_detected() {
     let port = free_port();
     let (server, _) = start_server_with(&srv, port, &["--rules", rules.to_str().unwrap()]);
     let admin = server.admin.clone().unwrap();
-    let ca = srv.join("server/pki/ca.pem");
-    let post = |path: &str, file: &Path| -> (u32, String) {
-        let out = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", "--cacert"])
-            .arg(&ca)
-            .args(["-H", &format!("Authorization: Bearer {admin}")])
-            .args(["--data-binary"])
-            .arg(format!("@{}", file.display()))
-            .arg(format!("https://127.0.0.1:{port}{path}"))
-            .output()
-            .expect("curl runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+    let post = |path: &str, file: &Path| {
+        curl(
+            &srv,
+            port,
+            Some(&admin),
+            path,
+            Some(&format!("@{}", file.display())),
+        )
     };
     let (code, body) = post("/api/v1/ingest/windows?host=ws01&tenant=acme", &evtx);
     assert_eq!(code, 200, "{body}");
@@ -751,6 +764,59 @@ fn windows_logs_uploaded_over_the_api_are_stored_and_detected() {
             .iter()
             .all(|a| a["agent"] == "win:ws01" && a["tenant"] == "acme")
     );
+    // One alert with its evidence; its status changed through the API, audited.
+    let id = found[0]["id"].as_i64().unwrap();
+    let (code, body) = curl(
+        &srv,
+        port,
+        Some(&admin),
+        &format!("/api/v1/alerts/{id}"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let one: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        one["evidence"].as_array().is_some_and(|e| !e.is_empty()),
+        "{one}"
+    );
+    let change = |body: &str| {
+        curl(
+            &srv,
+            port,
+            Some(&admin),
+            &format!("/api/v1/alerts/{id}/status"),
+            Some(body),
+        )
+    };
+    assert_eq!(
+        change(r#"{"status":"closed","reason":"test: known admin script"}"#).0,
+        200
+    );
+    assert_eq!(change(r#"{"status":"deleted"}"#).0, 400, "unknown status");
+    assert_eq!(change("not json").0, 400);
+    let path = format!("/api/v1/alerts/{id}/status");
+    assert_eq!(
+        curl(&srv, port, None, &path, Some(r#"{"status":"open"}"#)).0,
+        401
+    );
+    assert_eq!(
+        curl(&srv, port, Some(&admin), "/api/v1/alerts/999999", None).0,
+        404
+    );
+    let (_, body) = curl(
+        &srv,
+        port,
+        Some(&admin),
+        "/api/v1/alerts?status=closed",
+        None,
+    );
+    let closed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(closed.as_array().map(Vec::len), Some(1), "{closed}");
+    assert_eq!(closed[0]["id"], id);
+    let out = mamori(&srv).args(["server", "audit"]).output().unwrap();
+    let audit = String::from_utf8_lossy(&out.stdout);
+    assert!(audit.contains("\"action\":\"alert.status\"") && audit.contains("known admin script"));
+    assert!(audit.contains("\"action\":\"windows.upload\""));
     drop(server);
     assert_eq!(stored_count(&srv, "win:ws01"), stored);
 }
