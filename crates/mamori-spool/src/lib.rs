@@ -130,9 +130,11 @@ pub struct SpoolStats {
 #[derive(Debug)]
 struct Segment {
     path: PathBuf,
-    /// Last valid sequence number in it (`first - 1` when empty).
+    /// Last valid sequence number in it (the number before its first record when empty).
     last: u64,
     bytes: u64,
+    /// Offsets of damaged stretches already counted by reads: each is counted once.
+    damaged: std::collections::BTreeSet<u64>,
 }
 
 /// The spool. See the module documentation for guarantees and format.
@@ -150,6 +152,9 @@ pub struct Spool {
     /// jump after a reopen: reserved blocks are never reused).
     runs: VecDeque<(u64, u64)>,
     stats: SpoolStats,
+    /// Where the last read stopped (segment, byte offset, next sequence number): a reader
+    /// going forward continues there instead of scanning the segment from its start.
+    cursor: Option<(PathBuf, u64, u64)>,
 }
 
 /// Removes the numbers up to `seq` from the runs; returns how many there were.
@@ -217,7 +222,8 @@ fn decode(buf: &[u8], at: usize) -> Option<(u64, std::ops::Range<usize>, usize)>
 /// Result of scanning one segment's bytes.
 struct Scan {
     records: Vec<(u64, std::ops::Range<usize>)>,
-    corrupted: u64,
+    /// Where each damaged stretch starts.
+    corrupt_at: Vec<usize>,
     corrupted_bytes: u64,
     /// Offset where a partial record starts at the end (nothing valid after it).
     tail: Option<usize>,
@@ -226,7 +232,7 @@ struct Scan {
 fn scan(buf: &[u8]) -> Scan {
     let mut s = Scan {
         records: Vec::new(),
-        corrupted: 0,
+        corrupt_at: Vec::new(),
         corrupted_bytes: 0,
         tail: None,
     };
@@ -242,7 +248,7 @@ fn scan(buf: &[u8]) -> Scan {
             .find(|&i| buf[i..].starts_with(&MAGIC.to_le_bytes()) && decode(buf, i).is_some());
         match next {
             Some(n) => {
-                s.corrupted += 1;
+                s.corrupt_at.push(at);
                 s.corrupted_bytes += (n - at) as u64;
                 at = n;
             }
@@ -299,7 +305,7 @@ impl Spool {
             }
             rec.segments += 1;
             rec.records += s.records.len() as u64;
-            rec.corrupted_records += s.corrupted;
+            rec.corrupted_records += s.corrupt_at.len() as u64;
             rec.corrupted_bytes += s.corrupted_bytes;
             let mut bytes = buf.len() as u64;
             if let Some(tail) = s.tail {
@@ -324,7 +330,12 @@ impl Spool {
                 .last()
                 .map_or(first.saturating_sub(1), |(seq, _)| *seq);
             max_seq = max_seq.max(last);
-            segments.push_back(Segment { path, last, bytes });
+            segments.push_back(Segment {
+                path,
+                last,
+                bytes,
+                damaged: s.corrupt_at.iter().map(|&a| a as u64).collect(),
+            });
         }
         let mut spool = Spool {
             dir,
@@ -335,6 +346,7 @@ impl Spool {
             reserved,
             acked,
             runs,
+            cursor: None,
             stats: SpoolStats::default(),
         };
         spool.drop_acked_segments()?;
@@ -394,6 +406,7 @@ impl Spool {
                 path,
                 last: self.next_seq - 1,
                 bytes: 0,
+                damaged: Default::default(),
             });
             self.writer = Some(BufWriter::with_capacity(1 << 16, f));
         } else if let Some(s) = self.segments.back() {
@@ -479,21 +492,40 @@ impl Spool {
         self.flush(false)?;
         let start = from.max(self.acked + 1);
         let mut out = Vec::new();
-        for s in &self.segments {
+        let Spool {
+            segments,
+            stats,
+            cursor,
+            ..
+        } = self;
+        let mut next_cursor = None;
+        for s in segments.iter_mut() {
             if s.last < start || out.len() >= max {
                 continue;
             }
+            let off = match cursor {
+                Some((p, o, next)) if *p == s.path && *next <= start => *o,
+                _ => 0,
+            };
             let mut buf = Vec::new();
             let mut f = File::open(&s.path).map_err(io(&s.path))?;
-            f.seek(SeekFrom::Start(0)).map_err(io(&s.path))?;
+            f.seek(SeekFrom::Start(off)).map_err(io(&s.path))?;
             f.read_to_end(&mut buf).map_err(io(&s.path))?;
             let scanned = scan(&buf);
-            self.stats.corrupted_records += scanned.corrupted;
+            for &at in &scanned.corrupt_at {
+                if s.damaged.insert(off + at as u64) {
+                    stats.corrupted_records += 1;
+                }
+            }
             for (seq, range) in scanned.records {
                 if seq >= start && out.len() < max {
+                    next_cursor = Some((s.path.clone(), off + range.end as u64, seq + 1));
                     out.push((seq, buf[range].to_vec()));
                 }
             }
+        }
+        if next_cursor.is_some() {
+            *cursor = next_cursor;
         }
         Ok(out)
     }
@@ -556,6 +588,34 @@ fn write_marker(dir: &Path, name: &str, seq: u64) -> Result<(), SpoolError> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn reads_go_forward_from_where_they_stopped_and_count_damage_once() {
+        let dir = std::env::temp_dir().join(format!("mamori-spool-cursor-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut sp, _) = Spool::open(&dir, SpoolConfig::default()).unwrap();
+        for i in 0..6u8 {
+            sp.append(&[b'a' + i; 8]).unwrap();
+        }
+        sp.sync().unwrap();
+        let got: Vec<u64> = sp.read(1, 2).unwrap().iter().map(|r| r.0).collect();
+        assert_eq!(got, vec![1, 2]);
+        let got: Vec<(u64, Vec<u8>)> = sp.read(3, 2).unwrap();
+        assert_eq!(got, vec![(3, vec![b'c'; 8]), (4, vec![b'd'; 8])]);
+        // Damage record 5 on disk after it was written: skipped, counted once however
+        // often it is read, also when a reader rewinds.
+        let seg = sp.segments.back().unwrap().path.clone();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let at = bytes.len() - (HEADER + 8) * 2 + HEADER;
+        bytes[at] ^= 0xff;
+        std::fs::write(&seg, &bytes).unwrap();
+        let got: Vec<u64> = sp.read(5, 10).unwrap().iter().map(|r| r.0).collect();
+        assert_eq!(got, vec![6]);
+        let got: Vec<u64> = sp.read(1, 10).unwrap().iter().map(|r| r.0).collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 6]);
+        assert_eq!(sp.stats().corrupted_records, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn depth_counts_records_across_the_jump_after_a_reopen() {
         let dir = std::env::temp_dir().join(format!("mamori-spool-depth-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -599,7 +659,7 @@ mod tests {
         let s = scan(&buf);
         let seqs: Vec<u64> = s.records.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, vec![1, 3, 4, 5]);
-        assert_eq!(s.corrupted, 1);
+        assert_eq!(s.corrupt_at.len(), 1);
         assert_eq!(s.tail, None);
         let s = scan(&buf[..buf.len() - 3]);
         assert_eq!(s.records.len(), 3);
