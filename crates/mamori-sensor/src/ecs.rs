@@ -827,19 +827,15 @@ fn resolve(pid: u32, dirfd: i32, path: &str, known_cwd: &str) -> String {
     }
 }
 
-/// The absolute path a file event is about (the rename target for renames), resolved
-/// against the process's working directory or directory descriptor.
-pub fn file_path(e: &FileEvent, table: &ProcessTable) -> String {
-    let cwd = table.get(e.pid).map(|p| p.cwd.as_str()).unwrap_or("");
-    if e.op == FileOp::Rename {
-        resolve(e.pid, e.dirfd2, &e.path2, cwd)
-    } else {
-        resolve(e.pid, e.dirfd, &e.path, cwd)
-    }
-}
-
-/// Renders a file event, attributed to its process through the table.
-pub fn render_file(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> String {
+/// Renders a file event, attributed to its process through the table; `None` when the
+/// path rules drop it. The kernel judged absolute paths already; relative ones (and the
+/// fanotify fallback's) are judged here once resolved. A rename is kept if either side is.
+pub fn render_file(
+    e: &FileEvent,
+    table: &ProcessTable,
+    host: &HostInfo,
+    paths: &crate::bpf::PathRules,
+) -> Option<String> {
     let me = acting_process(table, e.pid, &e.comm);
     let process = with_parent(&me, table);
     let (action, kind_type) = match e.op {
@@ -857,6 +853,9 @@ pub fn render_file(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> Stri
     } else {
         (first, None)
     };
+    if !paths.keeps(&path) && !original.as_deref().is_some_and(|o| paths.keeps(o)) {
+        return None;
+    }
     let p = std::path::Path::new(&path);
     let file = FileDoc {
         name: p
@@ -889,7 +888,7 @@ pub fn render_file(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> Stri
         user: host.user_doc(e.uid),
         group: host.group_doc(e.gid),
     };
-    serde_json::to_string(&doc).unwrap_or_default()
+    Some(serde_json::to_string(&doc).unwrap_or_default())
 }
 
 #[derive(Serialize)]
@@ -1021,12 +1020,14 @@ fn render_sys(e: &FileEvent, table: &ProcessTable, host: &HostInfo) -> String {
     serde_json::to_string(&doc).unwrap_or_default()
 }
 
-/// Renders any sensor event (updating the process table for process events).
+/// Renders any sensor event (updating the process table for process events); `None` for
+/// what is not reported (chdir, file events the path rules drop).
 pub fn render_any(
     e: &SensorEvent,
     table: &mut ProcessTable,
     host: &HostInfo,
     hasher: &mut crate::hash::Hasher,
+    paths: &crate::bpf::PathRules,
 ) -> Option<String> {
     Some(match e {
         SensorEvent::Process(p) => render(p, table, host, hasher),
@@ -1049,7 +1050,7 @@ pub fn render_any(
             table.set_cwd(f.pid, dir);
             return None;
         }
-        SensorEvent::File(f) if f.op.is_file() => render_file(f, table, host),
+        SensorEvent::File(f) if f.op.is_file() => return render_file(f, table, host, paths),
         SensorEvent::File(f) => render_sys(f, table, host),
     })
 }

@@ -373,15 +373,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let attached = std::cell::Cell::new(false);
     let on_event = std::cell::RefCell::new(|raw: SensorEvent| {
         let mut table = table.borrow_mut();
-        // Relative paths could not be filtered in the kernel: judge them once resolved.
-        if let SensorEvent::File(f) = &raw
-            && f.op.is_file()
-            && !f.path.starts_with('/')
-            && !paths.keeps(&ecs::file_path(f, &table))
-        {
-            return;
-        }
-        let Some(doc) = ecs::render_any(&raw, &mut table, &host, &mut hasher) else {
+        let Some(doc) = ecs::render_any(&raw, &mut table, &host, &mut hasher, &paths) else {
             return;
         };
         events.set(events.get() + 1);
