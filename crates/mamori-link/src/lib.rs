@@ -264,31 +264,7 @@ pub async fn pinned_ca(server: &str, fingerprint: &str) -> Result<String, LinkEr
         .ok()
         .and_then(|f| f.clone())
         .ok_or_else(|| LinkError::PinMismatch(fingerprint.to_string()))?;
-    Ok(pem_encode(&der))
-}
-
-fn pem_encode(der: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::new();
-    for chunk in der.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or(""));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+    Ok(mamori_pki::der_to_pem(&der))
 }
 
 async fn channel(
@@ -558,12 +534,5 @@ mod tests {
         );
         assert_eq!(host_port("https://[::1]:9").unwrap().1, "::1");
         assert!(host_port("http://x:1").is_err(), "TLS only");
-    }
-
-    #[test]
-    fn pem_round_trip() {
-        let ca = mamori_pki::Ca::generate("t").unwrap();
-        let der = mamori_pki::pem_to_der(ca.cert_pem()).unwrap();
-        assert_eq!(mamori_pki::pem_to_der(&pem_encode(&der)).unwrap(), der);
     }
 }

@@ -39,6 +39,11 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// A DER certificate as PEM text.
+pub fn der_to_pem(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
 /// The DER bytes of the first certificate in a PEM text.
 pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
     let p = pem::parse(pem).map_err(|e| PkiError::Invalid(format!("not PEM: {e}")))?;
@@ -242,6 +247,7 @@ mod tests {
         let (cert, serial) = ca.sign_agent(&csr, "agent-123", "acme", 30).unwrap();
         assert_eq!(serial.len(), 32);
         let der = pem_to_der(&cert).unwrap();
+        assert_eq!(pem_to_der(&der_to_pem(&der)).unwrap(), der);
         // The subject is the agent id; the name the request asked for is not there.
         let text = String::from_utf8_lossy(&der);
         assert!(text.contains("agent-123"));

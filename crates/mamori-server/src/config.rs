@@ -6,7 +6,6 @@
 //! listen = "127.0.0.1:7443"      # MAMORI_LISTEN
 //! data_dir = "/var/lib/mamori"   # MAMORI_DATA_DIR
 //! names = ["edr.example.com"]    # extra names in the server certificate (MAMORI_NAMES, comma-separated)
-//! retention_days = 45
 //! store_quota_gib = 100
 //! ```
 
@@ -27,8 +26,6 @@ pub struct ServerConfig {
     /// Extra DNS names or addresses for the server certificate (the listen address,
     /// `localhost` and `127.0.0.1` are always included).
     pub names: Vec<String>,
-    /// Events are kept at least this many days.
-    pub retention_days: u32,
     /// Size the event log may reach.
     pub store_quota_bytes: u64,
 }
@@ -39,7 +36,6 @@ struct File {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     names: Option<Vec<String>>,
-    retention_days: Option<u32>,
     store_quota_gib: Option<u64>,
 }
 
@@ -58,7 +54,6 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             data_dir,
             names: Vec::new(),
-            retention_days: 45,
             store_quota_bytes: 100 << 30,
         }
     }
@@ -86,9 +81,6 @@ impl ServerConfig {
             if let Some(v) = f.names {
                 c.names = v;
             }
-            if let Some(v) = f.retention_days {
-                c.retention_days = v;
-            }
             if let Some(v) = f.store_quota_gib {
                 c.store_quota_bytes = v << 30;
             }
@@ -102,11 +94,6 @@ impl ServerConfig {
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .collect();
-        }
-        if c.retention_days < 1 {
-            return Err(ServerError::Invalid(
-                "retention_days must be at least 1".into(),
-            ));
         }
         Ok(c)
     }
@@ -138,7 +125,6 @@ mod tests {
             "127.0.0.1:7443",
             "localhost by default"
         );
-        assert_eq!(c.retention_days, 45);
         let dir = std::env::temp_dir().join(format!("mamori-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("server.toml");
