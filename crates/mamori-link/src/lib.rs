@@ -367,8 +367,6 @@ pub struct ShipStats {
     pub acked: std::sync::atomic::AtomicU64,
     /// Connections made.
     pub connects: std::sync::atomic::AtomicU64,
-    /// Whether a stream is currently up.
-    pub connected: AtomicBool,
 }
 
 /// Ships the spool until `stop` is set. Refusals of the agent's identity (revoked, unknown)
@@ -386,7 +384,6 @@ pub async fn ship(
             Ok(()) => return Ok(()),
             Err(LinkError::Refused(why)) => return Err(LinkError::Refused(why)),
             Err(e) => {
-                stats.connected.store(false, Ordering::Relaxed);
                 tracing::warn!(
                     "link to {} lost: {e}; retrying in {backoff:?}",
                     ident.server
@@ -450,7 +447,6 @@ async fn ship_once(
         .map_err(status_error)?;
     let mut acks = response.into_inner();
     stats.connects.fetch_add(1, Ordering::Relaxed);
-    stats.connected.store(true, Ordering::Relaxed);
     let acked_at_start = spool
         .lock()
         .map(|s| s.stats().acked)

@@ -413,18 +413,6 @@ impl State {
         })
     }
 
-    /// All agents.
-    pub fn agents(&self) -> Result<Vec<Agent>, ServerError> {
-        self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT id, tenant, hostname, serial, enrolled_at, last_seen, revoked_at
-                 FROM agents ORDER BY enrolled_at",
-            )?;
-            let rows = st.query_map([], agent_row)?;
-            rows.collect()
-        })
-    }
-
     /// Revokes an agent: its certificate is refused from now on.
     pub fn revoke(&self, actor: &str, id: &str, why: &str) -> Result<bool, ServerError> {
         self.with(|c| {
