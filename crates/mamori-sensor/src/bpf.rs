@@ -374,6 +374,30 @@ fn cstr(b: &[u8]) -> String {
 }
 
 impl RawEvent {
+    /// An event with only its kind, process, parent and time known (the other collectors
+    /// fill in what they learn).
+    pub fn new(kind: Kind, pid: u32, ppid: u32, ts_ns: u64) -> RawEvent {
+        RawEvent {
+            kind,
+            pid,
+            ppid,
+            uid: 0,
+            gid: 0,
+            exit_code: 0,
+            ts_ns,
+            start_ns: 0,
+            parent_start_ns: 0,
+            comm: String::new(),
+            filename: String::new(),
+            args: Vec::new(),
+            args_truncated: false,
+            file_key: None,
+            effective: None,
+            cgroup_id: 0,
+            tty: String::new(),
+        }
+    }
+
     /// Decodes a ring-buffer record; `None` for a record of the wrong size or kind.
     pub fn decode(b: &[u8]) -> Option<RawEvent> {
         if b.len() < EVENT_SIZE {

@@ -198,22 +198,20 @@ struct IdDoc {
 }
 
 impl HostInfo {
-    fn user_doc(&self, uid: u32) -> IdDoc {
-        let name = self.names.lock().ok().and_then(|mut n| n.user(uid));
+    fn id_doc(&self, id: u32, name: fn(&mut crate::names::Names, u32) -> Option<String>) -> IdDoc {
         IdDoc {
-            id: uid.to_string(),
-            name,
+            id: id.to_string(),
+            name: self.names.lock().ok().and_then(|mut n| name(&mut n, id)),
             effective: None,
         }
     }
 
+    fn user_doc(&self, uid: u32) -> IdDoc {
+        self.id_doc(uid, crate::names::Names::user)
+    }
+
     fn group_doc(&self, gid: u32) -> IdDoc {
-        let name = self.names.lock().ok().and_then(|mut n| n.group(gid));
-        IdDoc {
-            id: gid.to_string(),
-            name,
-            effective: None,
-        }
+        self.id_doc(gid, crate::names::Names::group)
     }
 }
 

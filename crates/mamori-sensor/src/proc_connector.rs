@@ -65,25 +65,7 @@ fn decode(msg: &[u8]) -> Option<RawEvent> {
     let what = u32_at(ev, 0)?;
     let ts = u64_at(ev, 8)?;
     let data = ev.get(16..)?;
-    let base = |kind, pid: u32, ppid: u32| RawEvent {
-        kind,
-        pid,
-        ppid,
-        uid: 0,
-        gid: 0,
-        exit_code: 0,
-        ts_ns: ts,
-        start_ns: 0,
-        parent_start_ns: 0,
-        comm: String::new(),
-        filename: String::new(),
-        args: Vec::new(),
-        args_truncated: false,
-        file_key: None,
-        effective: None,
-        cgroup_id: 0,
-        tty: String::new(),
-    };
+    let base = |kind, pid: u32, ppid: u32| RawEvent::new(kind, pid, ppid, ts);
     match what {
         PROC_EVENT_FORK => {
             let (parent_tgid, child_pid, child_tgid) =

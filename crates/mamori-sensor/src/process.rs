@@ -273,23 +273,11 @@ mod tests {
 
     fn ev(kind: Kind, pid: u32, ppid: u32, file: &str, args: &[&str]) -> RawEvent {
         RawEvent {
-            kind,
-            pid,
-            ppid,
-            uid: 0,
-            gid: 0,
-            exit_code: 0,
-            ts_ns: 1,
             start_ns: 100 + u64::from(pid),
-            parent_start_ns: 0,
             comm: "x".into(),
             filename: file.into(),
             args: args.iter().map(|s| s.to_string()).collect(),
-            args_truncated: false,
-            file_key: None,
-            effective: None,
-            cgroup_id: 0,
-            tty: String::new(),
+            ..RawEvent::new(kind, pid, ppid, 1)
         }
     }
 
