@@ -1,38 +1,190 @@
 //! The REST API under `/api/v1`, on the same TLS port as gRPC (HTTP/1.1 and HTTP/2), every
-//! route behind a bearer token (the admin token created on first start; stored only as a
-//! hash). `GET /api/v1/openapi.json` describes it.
+//! route behind a bearer token (stored only as a hash). Tokens have a role (`viewer` reads,
+//! `analyst` also changes alerts and rules and uploads logs, `admin` also manages tokens)
+//! and may be bound to one tenant, whose data is then all they see: another tenant's alert
+//! is "not found", a query's `events` table holds only that tenant's events. The first admin
+//! token is created on first start. Every change is written to the audit log with the
+//! token's id and name. `GET /api/v1/openapi.json` describes it.
+//!
+//! Handlers take a [`Caller`] (the authenticated token, with at least the role the route
+//! needs), do their work off the async threads ([`blocking`]), and answer JSON; a refusal is
+//! `{"error": reason}` with its status.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::ServerError;
 use crate::service::Shared;
+use crate::state::{Principal, Role};
 
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"error": message}))).into_response()
+/// A refusal: the status and the reason given to the caller.
+#[derive(Debug)]
+pub struct Refused(StatusCode, String);
+
+fn refused(status: StatusCode, message: impl Into<String>) -> Refused {
+    Refused(status, message.into())
 }
 
-/// Checks the bearer token; `Err` is the status and message to answer with.
-fn authorise(shared: &Shared, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+fn internal() -> Refused {
+    refused(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+type ApiResult = Result<Response, Refused>;
+
+/// Runs `f` on the blocking pool: state and store calls never stall the async threads.
+/// [`ServerError::Invalid`] is the caller's mistake (400, with the reason); anything else is
+/// logged and answered 500.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, Refused> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(ServerError::Invalid(why))) => Err(refused(StatusCode::BAD_REQUEST, why)),
+        Ok(Err(e)) => {
+            tracing::error!("API request: {e}");
+            Err(internal())
+        }
+        Err(e) => {
+            tracing::error!("API request handler: {e}");
+            Err(internal())
+        }
+    }
+}
+
+/// The role a route needs.
+pub trait Need {
+    /// The least role allowed.
+    const ROLE: Role;
+}
+/// Routes that read.
+pub struct Viewer;
+/// Routes that change alerts and rules, or upload logs.
+pub struct Analyst;
+/// Routes that manage tokens.
+pub struct Admin;
+impl Need for Viewer {
+    const ROLE: Role = Role::Viewer;
+}
+impl Need for Analyst {
+    const ROLE: Role = Role::Analyst;
+}
+impl Need for Admin {
+    const ROLE: Role = Role::Admin;
+}
+
+/// Checks the bearer token in `headers` and that its role is at least `need`.
+async fn authenticate(
+    shared: &Arc<Shared>,
+    headers: &axum::http::HeaderMap,
+    need: Role,
+) -> Result<Principal, Refused> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or((StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
-    match shared.state.is_admin(token) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err((StatusCode::UNAUTHORIZED, "invalid token")),
-        Err(e) => {
-            tracing::error!("checking a token: {e}");
-            Err((StatusCode::INTERNAL_SERVER_ERROR, "internal server error"))
-        }
+        .ok_or_else(|| refused(StatusCode::UNAUTHORIZED, "a bearer token is required"))?
+        .to_string();
+    let st = shared.clone();
+    match blocking(move || st.state.authenticate(&token)).await? {
+        Some(p) if p.role >= need => Ok(p),
+        Some(p) => Err(refused(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this needs the {} role; the token has {}",
+                need.as_str(),
+                p.role.as_str()
+            ),
+        )),
+        None => Err(refused(StatusCode::UNAUTHORIZED, "invalid token")),
     }
+}
+
+/// The caller: a valid bearer token with at least the role `R` (routes without a body).
+pub struct Caller<R>(pub Principal, PhantomData<R>);
+
+impl<R: Need> FromRequestParts<Arc<Shared>> for Caller<R> {
+    type Rejection = Refused;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        shared: &Arc<Shared>,
+    ) -> Result<Self, Self::Rejection> {
+        let p = authenticate(shared, &parts.headers, R::ROLE).await?;
+        Ok(Caller(p, PhantomData))
+    }
+}
+
+/// The caller and the request body, for routes with a body. The body (within the route's
+/// size limit) is read before the token is checked: a refusal sent while the client is
+/// still sending is lost by some clients, so the answer waits for the request.
+pub struct WithBody<R>(pub Principal, pub axum::body::Bytes, PhantomData<R>);
+
+impl<R: Need> FromRequest<Arc<Shared>> for WithBody<R> {
+    type Rejection = Refused;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        shared: &Arc<Shared>,
+    ) -> Result<Self, Self::Rejection> {
+        let headers = req.headers().clone();
+        let body = axum::body::Bytes::from_request(req, shared)
+            .await
+            .map_err(|e| refused(e.status(), e.body_text()))?;
+        let p = authenticate(shared, &headers, R::ROLE).await?;
+        Ok(WithBody(p, body, PhantomData))
+    }
+}
+
+/// The tenant a request works on: a tenant-bound token's own (asking for another is
+/// refused), else what the request names (`None`: all).
+fn tenant_of(p: &Principal, asked: Option<String>) -> Result<Option<String>, Refused> {
+    match (&p.tenant, asked) {
+        (Some(own), Some(a)) if *own != a => Err(refused(
+            StatusCode::FORBIDDEN,
+            format!("this token is limited to tenant {own:?}"),
+        )),
+        (Some(own), _) => Ok(Some(own.clone())),
+        (None, asked) => Ok(asked),
+    }
+}
+
+/// Rule changes apply to every tenant: only tokens not bound to one may make them.
+fn global(p: &Principal) -> Result<(), Refused> {
+    match &p.tenant {
+        None => Ok(()),
+        Some(t) => Err(refused(
+            StatusCode::FORBIDDEN,
+            format!("rules apply to every tenant; this token is limited to {t:?}"),
+        )),
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Refused> {
+    serde_json::from_slice(body)
+        .map_err(|e| refused(StatusCode::BAD_REQUEST, format!("expected {shape}: {e}")))
+}
+
+fn not_found(what: &str) -> Refused {
+    refused(StatusCode::NOT_FOUND, what)
+}
+
+fn created(v: serde_json::Value) -> Response {
+    (StatusCode::CREATED, Json(v)).into_response()
 }
 
 /// Query parameters of `GET /api/v1/alerts`.
@@ -45,38 +197,29 @@ pub struct AlertsQuery {
 
 async fn alerts(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
+    Caller(p, _): Caller<Viewer>,
     Query(q): Query<AlertsQuery>,
-) -> Response {
-    if let Err((status, message)) = authorise(&shared, &headers) {
-        return error(status, message);
-    }
+) -> ApiResult {
+    let tenant = tenant_of(&p, q.tenant)?;
     let limit = q.limit.unwrap_or(100).min(10_000);
-    let st = shared.clone();
-    match tokio::task::spawn_blocking(move || {
-        st.state
-            .alerts_where(q.tenant.as_deref(), q.status.as_deref(), None, limit)
+    let a = blocking(move || {
+        shared
+            .state
+            .alerts_where(tenant.as_deref(), q.status.as_deref(), None, limit)
     })
-    .await
-    {
-        Ok(Ok(a)) => Json(a).into_response(),
-        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
-    }
+    .await?;
+    Ok(Json(a).into_response())
 }
 
 async fn alert(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    axum::extract::Path(id): axum::extract::Path<i64>,
-) -> Response {
-    if let Err((status, message)) = authorise(&shared, &headers) {
-        return error(status, message);
-    }
-    let st = shared.clone();
-    match tokio::task::spawn_blocking(move || st.state.alert(id)).await {
-        Ok(Ok(Some(a))) => Json(a).into_response(),
-        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "no such alert"),
-        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
+    Caller(p, _): Caller<Viewer>,
+    Path(id): Path<i64>,
+) -> ApiResult {
+    match blocking(move || shared.state.alert(id)).await? {
+        // Another tenant's alert does not exist for this token.
+        Some(a) if p.sees(&a.tenant) => Ok(Json(a).into_response()),
+        _ => Err(not_found("no such alert")),
     }
 }
 
@@ -90,54 +233,42 @@ pub struct StatusChange {
 
 async fn alert_status(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    axum::extract::Path(id): axum::extract::Path<i64>,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err((status, message)) = authorise(&shared, &headers) {
-        return error(status, message);
-    }
-    let change: StatusChange = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("expected {{\"status\": …, \"reason\": …}}: {e}"),
-            );
-        }
-    };
+    Path(id): Path<i64>,
+    WithBody(p, body, _): WithBody<Analyst>,
+) -> ApiResult {
+    let change: StatusChange = json_body(&body, r#"{"status": …, "reason": …}"#)?;
     if change.reason.len() > 1000 {
-        return error(StatusCode::BAD_REQUEST, "reason: at most 1000 characters");
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            "reason: at most 1000 characters",
+        ));
     }
-    let st = shared.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        st.state
-            .set_alert_status("admin:api", id, &change.status, &change.reason)
+    let changed = blocking(move || {
+        match shared.state.alert(id)? {
+            Some(a) if p.sees(&a.tenant) => {}
+            _ => return Ok(false),
+        }
+        shared
+            .state
+            .set_alert_status(&p.actor(), id, &change.status, &change.reason)
     })
-    .await;
-    match r {
-        Ok(Ok(true)) => Json(json!({"id": id, "changed": true})).into_response(),
-        Ok(Ok(false)) => error(StatusCode::NOT_FOUND, "no such alert"),
-        Ok(Err(crate::ServerError::Invalid(why))) => error(StatusCode::BAD_REQUEST, &why),
-        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
+    .await?;
+    if !changed {
+        return Err(not_found("no such alert"));
     }
+    Ok(Json(json!({"id": id, "changed": true})).into_response())
 }
 
-async fn hosts(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err((status, message)) = authorise(&shared, &headers) {
-        return error(status, message);
-    }
-    let st = shared.clone();
-    match tokio::task::spawn_blocking(move || st.state.hosts()).await {
-        Ok(Ok(h)) => Json(h).into_response(),
-        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
-    }
+async fn hosts(State(shared): State<Arc<Shared>>, Caller(p, _): Caller<Viewer>) -> ApiResult {
+    let hosts = blocking(move || shared.state.hosts()).await?;
+    let mine: Vec<_> = hosts.into_iter().filter(|h| p.sees(&h.tenant)).collect();
+    Ok(Json(mine).into_response())
 }
 
 /// Query parameters of `POST /api/v1/ingest/windows`.
 #[derive(Debug, Deserialize)]
 pub struct UploadQuery {
-    host: String,
+    host: Option<String>,
     tenant: Option<String>,
 }
 
@@ -149,28 +280,24 @@ pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
 /// the pseudo-agent `win:<host>`.
 async fn upload_windows(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(q): Query<UploadQuery>,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err((status, message)) = authorise(&shared, &headers) {
-        return error(status, message);
-    }
+    WithBody(p, body, _): WithBody<Analyst>,
+) -> ApiResult {
     let valid = |v: &str| {
         !v.is_empty()
             && v.len() <= 128
             && v.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
-    let tenant = q.tenant.unwrap_or_else(|| "default".into());
-    if !valid(&q.host) || !valid(&tenant) {
-        return error(
+    let tenant = tenant_of(&p, q.tenant)?.unwrap_or_else(|| "default".into());
+    let host = q.host.unwrap_or_default();
+    if !valid(&host) || !valid(&tenant) {
+        return Err(refused(
             StatusCode::BAD_REQUEST,
             "host and tenant: letters, digits, '-', '_' and '.'",
-        );
+        ));
     }
-    let st = shared.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let reply = blocking(move || {
         let mut events = Vec::new();
         let stats = mamori_sources::read_bytes(&body, &mut |rec| {
             let text = rec
@@ -182,7 +309,7 @@ async fn upload_windows(
             }
         });
         if events.is_empty() {
-            return Err(format!(
+            return Err(ServerError::Invalid(format!(
                 "no events in the upload ({} unreadable records{})",
                 stats.errors,
                 stats
@@ -190,45 +317,408 @@ async fn upload_windows(
                     .as_deref()
                     .map(|e| format!(": {e}"))
                     .unwrap_or_default()
-            ));
+            )));
         }
-        let agent = format!("win:{}", q.host);
+        let agent = format!("win:{host}");
         let appended = {
-            let mut log = st
+            let mut log = shared
                 .log
                 .lock()
-                .map_err(|_| "event log lock poisoned".to_string())?;
+                .map_err(|_| ServerError::Store("event log lock poisoned".into()))?;
             let first = log.watermark(&agent) + 1;
-            log.append(&agent, first, &events)
-                .map_err(|e| e.to_string())?
+            log.append(&tenant, &agent, first, &events)?
         };
-        let _ = st.state.audit(
-            "admin:api",
+        shared.state.audit(
+            &p.actor(),
             "windows.upload",
-            &format!("host:{}", q.host),
+            &format!("host:{host}"),
             &format!(
                 "tenant={tenant} events={} unreadable={}",
                 appended.stored, stats.errors
             ),
-        );
-        if let Some(queue) = &st.detect {
-            let _ = queue.send(crate::detect::Job {
+        )?;
+        if let Some(queue) = &shared.detect {
+            let _ = queue.send(crate::detect::Msg::Events(crate::detect::Job {
                 agent,
                 tenant,
                 events,
-            });
+            }));
         }
         Ok(
             json!({"stored": appended.stored, "unreadable": stats.errors,
                   "durable_through": appended.durable_through}),
         )
     })
-    .await;
-    match result {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(why)) => error(StatusCode::BAD_REQUEST, &why),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
+    .await?;
+    Ok(Json(reply).into_response())
+}
+
+/// An events query: `GET /api/v1/events?sql=…` or `POST /api/v1/events/query` with this as
+/// the JSON body.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    sql: String,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+    /// Rows returned at most (default 1,000, at most 100,000).
+    limit: Option<usize>,
+    /// Only this tenant's events.
+    tenant: Option<String>,
+}
+
+/// Longest SQL text accepted.
+pub const MAX_SQL_BYTES: usize = 64 << 10;
+
+async fn events_get(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller<Viewer>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult {
+    events_query(shared, caller.0, q).await
+}
+
+async fn events_post(
+    State(shared): State<Arc<Shared>>,
+    WithBody(p, body, _): WithBody<Viewer>,
+) -> ApiResult {
+    let q = json_body(
+        &body,
+        r#"{"sql": …, "format": "json"|"csv", "limit": n, "tenant": …}"#,
+    )?;
+    events_query(shared, p, q).await
+}
+
+async fn events_query(shared: Arc<Shared>, p: Principal, q: EventsQuery) -> ApiResult {
+    if q.sql.len() > MAX_SQL_BYTES {
+        return Err(refused(StatusCode::BAD_REQUEST, "sql: at most 64 KiB"));
     }
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(refused(
+                StatusCode::BAD_REQUEST,
+                format!("format {other:?}: json or csv"),
+            ));
+        }
+    };
+    let scope = match tenant_of(&p, q.tenant)? {
+        Some(t) => mamori_columnar::Scope::Tenant(t),
+        None => mamori_columnar::Scope::All,
+    };
+    let limits = mamori_columnar::Limits {
+        rows: q.limit.unwrap_or(1000).clamp(1, 100_000),
+        ..Default::default()
+    };
+    let table = blocking(move || {
+        shared
+            .events
+            .query(&scope, &q.sql, limits)
+            .map_err(|e| match e {
+                mamori_columnar::StoreError::Query(why) => ServerError::Invalid(why),
+                other => ServerError::Store(other.to_string()),
+            })
+    })
+    .await?;
+    Ok(if csv {
+        (
+            [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            table.to_csv(),
+        )
+            .into_response()
+    } else {
+        Json(table.to_json()).into_response()
+    })
+}
+
+/// Body of `POST /api/v1/tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiToken {
+    name: String,
+    role: String,
+    tenant: Option<String>,
+}
+
+async fn tokens_list(State(shared): State<Arc<Shared>>, Caller(p, _): Caller<Admin>) -> ApiResult {
+    let tokens = blocking(move || shared.state.api_tokens()).await?;
+    let mine: Vec<_> = tokens
+        .into_iter()
+        .filter(|t| p.tenant.is_none() || t.tenant == p.tenant)
+        .collect();
+    Ok(Json(mine).into_response())
+}
+
+async fn tokens_create(
+    State(shared): State<Arc<Shared>>,
+    WithBody(p, body, _): WithBody<Admin>,
+) -> ApiResult {
+    let req: NewApiToken = json_body(
+        &body,
+        r#"{"name": …, "role": "viewer"|"analyst"|"admin", "tenant": …}"#,
+    )?;
+    let role = Role::parse(&req.role)
+        .ok_or_else(|| refused(StatusCode::BAD_REQUEST, "role: viewer, analyst or admin"))?;
+    // A tenant's administrator makes tokens for that tenant only.
+    let tenant = tenant_of(&p, req.tenant)?;
+    let t2 = tenant.clone();
+    let (id, token) = blocking(move || {
+        shared
+            .state
+            .create_api_token(&p.actor(), &req.name, role, t2.as_deref())
+    })
+    .await?;
+    Ok(created(
+        json!({"id": id, "token": token, "role": role, "tenant": tenant,
+                      "note": "shown once: the server keeps only its hash"}),
+    ))
+}
+
+async fn tokens_revoke(
+    State(shared): State<Arc<Shared>>,
+    Caller(p, _): Caller<Admin>,
+    Path(id): Path<i64>,
+) -> ApiResult {
+    let revoked = tokio::task::spawn_blocking(move || {
+        let visible = shared
+            .state
+            .api_tokens()?
+            .into_iter()
+            .any(|t| t.id == id && (p.tenant.is_none() || t.tenant == p.tenant));
+        if !visible {
+            return Ok(false);
+        }
+        shared.state.revoke_api_token(&p.actor(), id)
+    })
+    .await
+    .map_err(|_| internal())?;
+    match revoked {
+        Ok(true) => Ok(Json(json!({"id": id, "revoked": true})).into_response()),
+        Ok(false) => Err(not_found("no such token, or already revoked")),
+        Err(ServerError::Invalid(why)) => Err(refused(StatusCode::CONFLICT, why)),
+        Err(e) => {
+            tracing::error!("revoking an API token: {e}");
+            Err(internal())
+        }
+    }
+}
+
+/// Body of `POST /api/v1/enrollment-tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEnrollToken {
+    tenant: Option<String>,
+    uses: Option<i64>,
+    ttl_seconds: Option<i64>,
+}
+
+async fn enroll_tokens_list(
+    State(shared): State<Arc<Shared>>,
+    Caller(p, _): Caller<Admin>,
+) -> ApiResult {
+    let tokens = blocking(move || shared.state.enroll_tokens(p.tenant.as_deref())).await?;
+    Ok(Json(tokens).into_response())
+}
+
+async fn enroll_tokens_create(
+    State(shared): State<Arc<Shared>>,
+    WithBody(p, body, _): WithBody<Admin>,
+) -> ApiResult {
+    let req: NewEnrollToken = json_body(&body, r#"{"tenant": …, "uses": n, "ttl_seconds": n}"#)?;
+    let tenant = tenant_of(&p, req.tenant)?.unwrap_or_else(|| "default".into());
+    let uses = req.uses.unwrap_or(1);
+    let ttl = req.ttl_seconds.unwrap_or(86_400);
+    if !(1..=100_000).contains(&uses) || !(1..=366 * 86_400).contains(&ttl) {
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            "uses: 1 to 100000; ttl_seconds: 1 to 31622400",
+        ));
+    }
+    let fingerprint = shared.ca.fingerprint();
+    let t = blocking(move || {
+        shared
+            .state
+            .create_enroll_token(&p.actor(), &tenant, ttl, uses)
+    })
+    .await?;
+    Ok(created(
+        json!({"id": t.id, "token": t.token, "tenant": t.tenant, "uses": t.uses,
+                      "expires_at": t.expires_at, "ca_fingerprint": fingerprint,
+                      "note": "shown once: the server keeps only its hash"}),
+    ))
+}
+
+async fn enroll_tokens_revoke(
+    State(shared): State<Arc<Shared>>,
+    Caller(p, _): Caller<Admin>,
+    Path(id): Path<i64>,
+) -> ApiResult {
+    let revoked = blocking(move || {
+        shared
+            .state
+            .revoke_enroll_token(&p.actor(), id, p.tenant.as_deref())
+    })
+    .await?;
+    if !revoked {
+        return Err(not_found("no such usable enrollment token"));
+    }
+    Ok(Json(json!({"id": id, "revoked": true})).into_response())
+}
+
+/// Query parameters of `GET /api/v1/rules`.
+#[derive(Debug, Deserialize)]
+pub struct RulesQuery {
+    /// Words that must all appear in the title or id (case-insensitive).
+    q: Option<String>,
+    /// Only enabled (`true`) or disabled (`false`) rules.
+    enabled: Option<bool>,
+    /// Only custom (`true`) or base (`false`) rules.
+    custom: Option<bool>,
+    limit: Option<usize>,
+}
+
+fn rules_of(shared: &Shared) -> Result<Arc<crate::rules::Rules>, Refused> {
+    shared.rules.clone().ok_or_else(|| {
+        refused(
+            StatusCode::CONFLICT,
+            "this server runs without detection rules",
+        )
+    })
+}
+
+async fn rules_list(
+    State(shared): State<Arc<Shared>>,
+    _caller: Caller<Viewer>,
+    Query(q): Query<RulesQuery>,
+) -> ApiResult {
+    let rules = rules_of(&shared)?;
+    let words: Vec<String> =
+        q.q.unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_lowercase)
+            .collect();
+    let limit = q.limit.unwrap_or(1000).min(100_000);
+    let rows: Vec<_> = rules
+        .list()
+        .into_iter()
+        .filter(|r| q.enabled.is_none_or(|e| r.enabled == e))
+        .filter(|r| q.custom.is_none_or(|c| r.custom == c))
+        .filter(|r| {
+            let hay = format!("{} {}", r.title, r.id).to_lowercase();
+            words.iter().all(|w| hay.contains(w))
+        })
+        .take(limit)
+        .collect();
+    Ok(Json(rows).into_response())
+}
+
+fn send_rules(shared: &Shared, set: Arc<mamori_sigma::RuleSet>) {
+    if let Some(q) = &shared.detect {
+        let _ = q.send(crate::detect::Msg::Rules(set));
+    }
+}
+
+async fn rules_add(
+    State(shared): State<Arc<Shared>>,
+    WithBody(p, body, _): WithBody<Analyst>,
+) -> ApiResult {
+    global(&p)?;
+    let rules = rules_of(&shared)?;
+    let yaml = String::from_utf8(body.to_vec())
+        .map_err(|_| refused(StatusCode::BAD_REQUEST, "the rule is not UTF-8 text"))?;
+    let ids = blocking(move || {
+        let (ids, set) = rules.add_custom(&shared.state, &p.actor(), &yaml)?;
+        send_rules(&shared, set);
+        Ok(ids)
+    })
+    .await
+    .map_err(|Refused(status, why)| {
+        let status = if why.contains("already loaded") {
+            StatusCode::CONFLICT
+        } else {
+            status
+        };
+        refused(status, format!("rule refused: {why}"))
+    })?;
+    Ok(created(json!({"added": ids})))
+}
+
+async fn rules_delete(
+    State(shared): State<Arc<Shared>>,
+    Caller(p, _): Caller<Analyst>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    global(&p)?;
+    let rules = rules_of(&shared)?;
+    let id2 = id.clone();
+    let deleted = blocking(move || {
+        let set = rules.delete_custom(&shared.state, &p.actor(), &id2)?;
+        let deleted = set.is_some();
+        if let Some(set) = set {
+            send_rules(&shared, set);
+        }
+        Ok(deleted)
+    })
+    .await?;
+    if !deleted {
+        return Err(not_found("no custom rule with this id"));
+    }
+    Ok(Json(json!({"id": id, "deleted": true})).into_response())
+}
+
+/// Body of `POST /api/v1/rules/{id}/enable|disable` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSwitch {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn rule_switch(
+    shared: Arc<Shared>,
+    p: Principal,
+    id: String,
+    body: axum::body::Bytes,
+    enabled: bool,
+) -> ApiResult {
+    global(&p)?;
+    let rules = rules_of(&shared)?;
+    let switch: RuleSwitch = if body.iter().all(u8::is_ascii_whitespace) {
+        RuleSwitch::default()
+    } else {
+        json_body(&body, r#"{"reason": …}"#)?
+    };
+    if switch.reason.len() > 1000 {
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            "reason: at most 1000 characters",
+        ));
+    }
+    let id2 = id.clone();
+    let known = blocking(move || {
+        rules.set_enabled(&shared.state, &p.actor(), &id2, enabled, &switch.reason)
+    })
+    .await?;
+    if !known {
+        return Err(not_found("no rule with this id is loaded"));
+    }
+    Ok(Json(json!({"id": id, "enabled": enabled})).into_response())
+}
+
+async fn rule_enable(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    WithBody(p, body, _): WithBody<Analyst>,
+) -> ApiResult {
+    rule_switch(shared, p, id, body, true).await
+}
+
+async fn rule_disable(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    WithBody(p, body, _): WithBody<Analyst>,
+) -> ApiResult {
+    rule_switch(shared, p, id, body, false).await
 }
 
 async fn openapi() -> Response {
@@ -239,6 +729,7 @@ async fn openapi() -> Response {
 pub fn openapi_document() -> serde_json::Value {
     let bearer = json!([{"bearer": []}]);
     let unauthorised = json!({"description": "missing or invalid bearer token"});
+    let forbidden = json!({"description": "the token's role or tenant does not allow this"});
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Mamori server API", "version": "1"},
@@ -288,6 +779,128 @@ pub fn openapi_document() -> serde_json::Value {
                               "400": {"description": "nothing readable in the upload"},
                               "401": unauthorised, "413": {"description": "over 64 MiB"}}
             }},
+            "/api/v1/events": {"get": {
+                "summary": "Search stored events with SQL over the `events` table (read-only; see the README for its columns)",
+                "security": bearer,
+                "parameters": [
+                    {"name": "sql", "in": "query", "required": true, "schema": {"type": "string", "maxLength": 65536},
+                     "example": "SELECT time, host_name, process_command_line FROM events WHERE process_name = 'curl' ORDER BY time DESC"},
+                    {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000}},
+                    {"name": "tenant", "in": "query", "schema": {"type": "string"}}
+                ],
+                "responses": {"200": {"description": "{columns, rows: [{column: value}], truncated} or CSV"},
+                              "400": {"description": "the query was refused or failed, with the reason"},
+                              "401": unauthorised}
+            }},
+            "/api/v1/events/query": {"post": {
+                "summary": "As GET /api/v1/events, with the query in a JSON body",
+                "security": bearer,
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object",
+                    "required": ["sql"], "properties": {
+                        "sql": {"type": "string", "maxLength": 65536},
+                        "format": {"enum": ["json", "csv"]},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": 100000},
+                        "tenant": {"type": "string"}}}}}},
+                "responses": {"200": {"description": "as GET"}, "400": {"description": "refused, with the reason"},
+                              "401": unauthorised}
+            }},
+            "/api/v1/rules": {
+                "get": {
+                    "summary": "Detection rules with whether each is enabled and whether it is custom",
+                    "security": bearer,
+                    "parameters": [
+                        {"name": "q", "in": "query", "schema": {"type": "string"}, "description": "words in the title or id"},
+                        {"name": "enabled", "in": "query", "schema": {"type": "boolean"}},
+                        {"name": "custom", "in": "query", "schema": {"type": "boolean"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 100000}}
+                    ],
+                    "responses": {"200": {"description": "rules"}, "401": unauthorised}
+                },
+                "post": {
+                    "summary": "Add a custom Sigma rule (YAML body, with an id); compiled with the running set first, refused with the reason if it does not compile (analyst, all tenants; audited)",
+                    "security": bearer,
+                    "requestBody": {"content": {"application/yaml": {"schema": {"type": "string", "maxLength": 262144}}}},
+                    "responses": {"201": {"description": "{added: [ids]}; detection uses it at once"},
+                                  "400": {"description": "refused, with the reason"},
+                                  "401": unauthorised, "403": forbidden,
+                                  "409": {"description": "a rule with this id is already loaded"}}
+                }
+            },
+            "/api/v1/rules/{id}": {"delete": {
+                "summary": "Delete a custom rule (analyst, all tenants; audited)",
+                "security": bearer,
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "deleted"}, "401": unauthorised, "403": forbidden,
+                              "404": {"description": "no custom rule with this id"}}
+            }},
+            "/api/v1/rules/{id}/enable": {"post": {
+                "summary": "Enable a rule (analyst, all tenants; audited)",
+                "security": bearer,
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object",
+                    "properties": {"reason": {"type": "string", "maxLength": 1000}}}}}},
+                "responses": {"200": {"description": "enabled"}, "401": unauthorised, "403": forbidden,
+                              "404": {"description": "no such rule"}}
+            }},
+            "/api/v1/rules/{id}/disable": {"post": {
+                "summary": "Disable a rule: no more alerts from it (analyst, all tenants; audited)",
+                "security": bearer,
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object",
+                    "properties": {"reason": {"type": "string", "maxLength": 1000}}}}}},
+                "responses": {"200": {"description": "disabled"}, "401": unauthorised, "403": forbidden,
+                              "404": {"description": "no such rule"}}
+            }},
+            "/api/v1/tokens": {
+                "get": {
+                    "summary": "API tokens (never their secrets) (admin)",
+                    "security": bearer,
+                    "responses": {"200": {"description": "tokens"}, "401": unauthorised, "403": forbidden}
+                },
+                "post": {
+                    "summary": "Create an API token; the secret is in the answer only (admin; audited)",
+                    "security": bearer,
+                    "requestBody": {"content": {"application/json": {"schema": {"type": "object",
+                        "required": ["name", "role"], "properties": {
+                            "name": {"type": "string", "maxLength": 64},
+                            "role": {"enum": ["viewer", "analyst", "admin"]},
+                            "tenant": {"type": "string", "description": "limit the token to this tenant"}}}}}},
+                    "responses": {"201": {"description": "{id, token, role, tenant}"}, "400": {"description": "invalid"},
+                                  "401": unauthorised, "403": forbidden}
+                }
+            },
+            "/api/v1/tokens/{id}": {"delete": {
+                "summary": "Revoke an API token (admin; audited; the last all-tenant admin token cannot be revoked)",
+                "security": bearer,
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "revoked"}, "401": unauthorised, "403": forbidden,
+                              "404": {"description": "no such token"}, "409": {"description": "the last administrator token"}}
+            }},
+            "/api/v1/enrollment-tokens": {
+                "get": {
+                    "summary": "Enrollment tokens still usable (admin)",
+                    "security": bearer,
+                    "responses": {"200": {"description": "tokens"}, "401": unauthorised, "403": forbidden}
+                },
+                "post": {
+                    "summary": "Create an enrollment token for agents; the secret is in the answer only (admin; audited)",
+                    "security": bearer,
+                    "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "tenant": {"type": "string"},
+                        "uses": {"type": "integer", "minimum": 1, "maximum": 100000},
+                        "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": 31622400}}}}}},
+                    "responses": {"201": {"description": "{id, token, tenant, uses, expires_at, ca_fingerprint}"},
+                                  "400": {"description": "invalid"}, "401": unauthorised, "403": forbidden}
+                }
+            },
+            "/api/v1/enrollment-tokens/{id}": {"delete": {
+                "summary": "Withdraw an enrollment token (admin; audited)",
+                "security": bearer,
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "withdrawn"}, "401": unauthorised, "403": forbidden,
+                              "404": {"description": "no such usable token"}}
+            }},
             "/api/v1/openapi.json": {"get": {
                 "summary": "This document", "responses": {"200": {"description": "OpenAPI"}}
             }}
@@ -300,16 +913,38 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
     axum::Router::new()
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/{id}", get(alert))
-        .route(
-            "/api/v1/alerts/{id}/status",
-            axum::routing::post(alert_status),
-        )
+        .route("/api/v1/alerts/{id}/status", post(alert_status))
         .route("/api/v1/hosts", get(hosts))
+        .route(
+            "/api/v1/rules",
+            get(rules_list)
+                .post(rules_add)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::rules::MAX_RULE_BYTES + 1024,
+                )),
+        )
+        .route("/api/v1/rules/{id}", delete(rules_delete))
+        .route("/api/v1/rules/{id}/enable", post(rule_enable))
+        .route("/api/v1/rules/{id}/disable", post(rule_disable))
+        .route("/api/v1/tokens", get(tokens_list).post(tokens_create))
+        .route("/api/v1/tokens/{id}", delete(tokens_revoke))
+        .route(
+            "/api/v1/enrollment-tokens",
+            get(enroll_tokens_list).post(enroll_tokens_create),
+        )
+        .route(
+            "/api/v1/enrollment-tokens/{id}",
+            delete(enroll_tokens_revoke),
+        )
+        .route("/api/v1/events", get(events_get))
+        .route(
+            "/api/v1/events/query",
+            post(events_post).layer(axum::extract::DefaultBodyLimit::max(MAX_SQL_BYTES + 4096)),
+        )
         .route("/api/v1/openapi.json", get(openapi))
         .route(
             "/api/v1/ingest/windows",
-            axum::routing::post(upload_windows)
-                .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+            post(upload_windows).layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
         )
         .with_state(shared)
 }

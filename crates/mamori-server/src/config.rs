@@ -6,7 +6,9 @@
 //! listen = "127.0.0.1:7443"      # MAMORI_LISTEN
 //! data_dir = "/var/lib/mamori"   # MAMORI_DATA_DIR
 //! names = ["edr.example.com"]    # extra names in the server certificate (MAMORI_NAMES, comma-separated)
-//! store_quota_gib = 100
+//! store_quota_gib = 100         # events kept at most (oldest deleted first)
+//! retention_days = 45           # events kept at least this long (if the quota allows)
+//! flush_seconds = 2             # how soon stored events are searchable with SQL
 //! ```
 
 use std::net::SocketAddr;
@@ -26,8 +28,12 @@ pub struct ServerConfig {
     /// Extra DNS names or addresses for the server certificate (the listen address,
     /// `localhost` and `127.0.0.1` are always included).
     pub names: Vec<String>,
-    /// Size the event log may reach.
+    /// Size the event store may reach (the oldest files are deleted first).
     pub store_quota_bytes: u64,
+    /// Days events are kept.
+    pub retention_days: u32,
+    /// Seconds between moves from the ingest log into the columnar store.
+    pub flush_seconds: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -37,6 +43,8 @@ struct File {
     data_dir: Option<PathBuf>,
     names: Option<Vec<String>>,
     store_quota_gib: Option<u64>,
+    retention_days: Option<u32>,
+    flush_seconds: Option<u64>,
 }
 
 /// The default port.
@@ -55,6 +63,8 @@ impl ServerConfig {
             data_dir,
             names: Vec::new(),
             store_quota_bytes: 100 << 30,
+            retention_days: 45,
+            flush_seconds: 2,
         }
     }
 
@@ -83,6 +93,18 @@ impl ServerConfig {
             }
             if let Some(v) = f.store_quota_gib {
                 c.store_quota_bytes = v << 30;
+            }
+            if let Some(v) = f.retention_days {
+                if v == 0 {
+                    return Err(ServerError::Invalid(format!(
+                        "{}: retention_days must be at least 1",
+                        path.display()
+                    )));
+                }
+                c.retention_days = v;
+            }
+            if let Some(v) = f.flush_seconds {
+                c.flush_seconds = v.clamp(1, 3600);
             }
         }
         if let Some(v) = env("MAMORI_LISTEN") {

@@ -9,13 +9,16 @@
 //! correlation (`generate: false`) do not raise alerts of their own. A correlation alert keeps
 //! the contributing events as evidence.
 //!
+//! Rules can change while it runs (`crate::rules`): a new rule set arrives on the queue and
+//! takes over between two batches (correlation windows in progress start again); disabled
+//! rules raise no alerts.
+//!
 //! Runs in its own thread behind a bounded queue: when detection falls behind, ingest waits
 //! (acknowledgements slow down) instead of memory growing.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, SyncSender};
-
-use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
 
 use mamori_model::{Event, Shape};
 use mamori_sigma::{CorrelationInput, Correlator, RuleSet};
@@ -39,14 +42,39 @@ pub struct Job {
     pub events: Vec<Vec<u8>>,
 }
 
+/// What the detection thread receives.
+#[derive(Debug)]
+pub enum Msg {
+    /// Events to scan.
+    Events(Job),
+    /// A new rule set to use from now on.
+    Rules(Arc<RuleSet>),
+}
+
+/// Rule ids whose alerts are suppressed.
+pub type Disabled = Arc<RwLock<HashSet<String>>>;
+
 /// Starts the detection thread; returns its queue.
-pub fn spawn(rules: RuleSet, state: Arc<State>) -> SyncSender<Job> {
+pub fn spawn(rules: Arc<RuleSet>, disabled: Disabled, state: Arc<State>) -> SyncSender<Msg> {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     std::thread::Builder::new()
         .name("mamori-detect".into())
-        .spawn(move || run(rules, state, rx))
+        .spawn(move || {
+            let mut rules = rules;
+            while let Some(next) = run(&rules, &disabled, &state, &rx) {
+                tracing::info!(rules = next.rules().len(), "detection rules replaced");
+                rules = next;
+            }
+        })
         .expect("spawning the detection thread");
     tx
+}
+
+fn is_disabled(disabled: &Disabled, meta: &mamori_sigma::ast::RuleMeta) -> bool {
+    disabled
+        .read()
+        .map(|d| !d.is_empty() && d.contains(crate::rules::rule_id(meta)))
+        .unwrap_or(false)
 }
 
 fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -160,20 +188,30 @@ fn alert_of<'a>(
 /// Events that fed correlations, kept to be the evidence of correlation alerts.
 const FED_KEEP: usize = 4096;
 
-fn run(rules: RuleSet, state: Arc<State>, rx: Receiver<Job>) {
+/// Scans with `rules` until the queue closes (`None`) or brings new rules.
+fn run(
+    rules: &RuleSet,
+    disabled: &Disabled,
+    state: &State,
+    rx: &Receiver<Msg>,
+) -> Option<Arc<RuleSet>> {
     let mut scanner = rules.scanner();
     let mut correlators: HashMap<String, Correlator<'_>> = HashMap::new();
     let mut fed: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
     let mut next_id = 0u64;
     let mut fired = Vec::new();
     let mut hits = Vec::new();
-    for mut job in rx {
+    for msg in rx {
+        let mut job = match msg {
+            Msg::Events(job) => job,
+            Msg::Rules(next) => return Some(next),
+        };
         for raw in std::mem::take(&mut job.events) {
             let Ok(value) = serde_json::from_slice::<Value>(&raw) else {
                 continue;
             };
             if text(&value, &["event", "dataset"]) == Some("mamori.health") {
-                health(&state, &job, &value, &raw);
+                health(state, &job, &value, &raw);
                 continue;
             }
             // The sensor's events are ECS; uploads (Windows logs) are recognised by shape.
@@ -210,10 +248,13 @@ fn run(rules: RuleSet, state: Arc<State>, rx: Receiver<Job>) {
                 fired.clear();
                 correlators
                     .entry(job.tenant.clone())
-                    .or_insert_with(|| Correlator::new(&rules))
+                    .or_insert_with(|| Correlator::new(rules))
                     .push(&input, &mut fired);
                 for m in &fired {
                     let meta = &rules.rules()[m.rule].meta;
+                    if is_disabled(disabled, meta) {
+                        continue;
+                    }
                     let group: Vec<String> =
                         m.group.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     let evidence: Vec<Value> = m
@@ -243,8 +284,8 @@ fn run(rules: RuleSet, state: Arc<State>, rx: Receiver<Job>) {
             }
             for &h in &hits {
                 let info = &scanner.rule_set().rules()[h];
-                if !info.reported {
-                    continue; // feeds a correlation only
+                if !info.reported || is_disabled(disabled, &info.meta) {
+                    continue; // feeds a correlation only, or switched off
                 }
                 let alert = alert_of(&job, v, &info.meta, &raw);
                 if let Err(e) = state.record_alert(&alert) {
@@ -253,4 +294,5 @@ fn run(rules: RuleSet, state: Arc<State>, rx: Receiver<Job>) {
             }
         }
     }
+    None
 }

@@ -4,6 +4,8 @@
 //! * [`state`]: the state database (SQLite): admin and enrollment tokens (hashes only),
 //!   agents, the audit log.
 //! * [`store`]: the ingest log, durable before acknowledgement, replay-proof per agent.
+//! * [`compact`]: moves the log into the columnar store (`mamori-columnar`: Parquet files
+//!   searched with SQL), then releases it; retention by age and size.
 //! * [`service`]: the gRPC services (enrollment; ingest over mutual TLS).
 //! * [`api`]: the REST API under `/api/v1` (bearer token), on the same port.
 //! * [`detect`]: live detection on every durable event; alerts folded per rule and process.
@@ -15,18 +17,20 @@
 //! unrevoked agent.
 
 pub mod api;
+pub mod compact;
 pub mod config;
 pub mod detect;
+pub mod rules;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use mamori_wire::enrollment::enrollment_server::EnrollmentServer;
 use mamori_wire::ingest::ingest_server::IngestServer;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 pub use config::ServerConfig;
 
@@ -87,13 +91,64 @@ pub struct Initialised {
     pub admin_token: Option<String>,
     /// The CA fingerprint agents pin.
     pub ca_fingerprint: String,
+    /// What loading the detection rules produced (none without detection).
+    pub rules: Option<rules::LoadReport>,
+}
+
+/// The state database and CA, for local administration while a server may be running
+/// (the event log and store belong to the running server and are not opened).
+pub struct Admin {
+    state: state::State,
+    /// The CA fingerprint agents pin.
+    pub ca_fingerprint: String,
+}
+
+impl Admin {
+    /// Opens the state of the server in `config.data_dir` (created on first use).
+    pub fn open(config: &ServerConfig) -> Result<Admin, ServerError> {
+        let ca = load_or_create_ca(&config.data_dir.join("pki"))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(io(&config.data_dir))?;
+        let state = state::State::open(&config.data_dir.join("state.db"))?;
+        Ok(Admin {
+            state,
+            ca_fingerprint: ca.fingerprint(),
+        })
+    }
+
+    /// The state database.
+    pub fn state(&self) -> &state::State {
+        &self.state
+    }
+}
+
+/// The columnar store's directory.
+pub fn columnar_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("columnar")
+}
+
+fn load_or_create_ca(pki: &Path) -> Result<mamori_pki::Ca, ServerError> {
+    std::fs::create_dir_all(pki).map_err(io(pki))?;
+    let ca_cert = pki.join("ca.pem");
+    let ca_key = pki.join("ca.key");
+    if ca_cert.exists() {
+        let c = std::fs::read_to_string(&ca_cert).map_err(io(&ca_cert))?;
+        let k = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
+        Ok(mamori_pki::Ca::load(&c, &k)?)
+    } else {
+        let ca = mamori_pki::Ca::generate("Mamori CA")?;
+        write_private(&ca_key, ca.key_pem())?;
+        std::fs::write(&ca_cert, ca.cert_pem()).map_err(io(&ca_cert))?;
+        tracing::info!(fingerprint = %ca.fingerprint(), "created the server's CA");
+        Ok(ca)
+    }
 }
 
 /// A server ready to listen.
 pub struct Server {
     shared: Arc<service::Shared>,
     config: ServerConfig,
-    identity: Identity,
+    /// Server certificate chain and key (PEM).
+    identity: (Vec<u8>, Vec<u8>),
 }
 
 impl Server {
@@ -101,24 +156,11 @@ impl Server {
     /// first admin token when they do not exist yet.
     pub fn open(
         config: ServerConfig,
-        rules: Option<mamori_sigma::RuleSet>,
+        rules: Option<rules::RuleSource>,
     ) -> Result<(Server, Initialised), ServerError> {
         let dir = &config.data_dir;
         let pki = dir.join("pki");
-        std::fs::create_dir_all(&pki).map_err(io(&pki))?;
-        let ca_cert = pki.join("ca.pem");
-        let ca_key = pki.join("ca.key");
-        let ca = if ca_cert.exists() {
-            let c = std::fs::read_to_string(&ca_cert).map_err(io(&ca_cert))?;
-            let k = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
-            mamori_pki::Ca::load(&c, &k)?
-        } else {
-            let ca = mamori_pki::Ca::generate("Mamori CA")?;
-            write_private(&ca_key, ca.key_pem())?;
-            std::fs::write(&ca_cert, ca.cert_pem()).map_err(io(&ca_cert))?;
-            tracing::info!(fingerprint = %ca.fingerprint(), "created the server's CA");
-            ca
-        };
+        let ca = load_or_create_ca(&pki)?;
         // The server certificate names what agents dial; reissued when the names change.
         let names = config.certificate_names();
         let srv_cert = pki.join("server.pem");
@@ -134,23 +176,43 @@ impl Server {
                 .map_err(io(&srv_cert))?;
             std::fs::write(&srv_names, &wanted).map_err(io(&srv_names))?;
         }
-        let identity = Identity::from_pem(
+        let identity = (
             std::fs::read(&srv_cert).map_err(io(&srv_cert))?,
             std::fs::read(&srv_key).map_err(io(&srv_key))?,
         );
         let state = Arc::new(state::State::open(&dir.join("state.db"))?);
         let admin_token = state.first_admin_token()?;
         let log = store::EventLog::open(&dir.join("events"), config.store_quota_bytes)?;
+        let events = mamori_columnar::ParquetStore::open(
+            &columnar_dir(dir),
+            mamori_columnar::Retention {
+                max_age_days: config.retention_days,
+                max_bytes: config.store_quota_bytes,
+            },
+        )
+        .map_err(|e| ServerError::Store(e.to_string()))?;
+        let (rules, report) = match rules {
+            Some(source) => {
+                let (r, report) = rules::Rules::load(source, &state)?;
+                (Some(Arc::new(r)), Some(report))
+            }
+            None => (None, None),
+        };
         let init = Initialised {
             admin_token,
             ca_fingerprint: ca.fingerprint(),
+            rules: report,
         };
-        let detect = rules.map(|r| detect::spawn(r, state.clone()));
+        let detect = rules
+            .as_ref()
+            .map(|r| detect::spawn(r.current(), r.disabled(), state.clone()));
         let shared = Arc::new(service::Shared {
             state,
             detect,
+            rules,
             ca,
             log: Mutex::new(log),
+            events: Arc::new(events),
             limits: service::Limits::default(),
         });
         Ok((
@@ -173,11 +235,16 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), ServerError> {
-        let tls = ServerTlsConfig::new()
-            .identity(self.identity)
-            .client_ca_root(Certificate::from_pem(self.shared.ca.cert_pem()))
-            // Enrollment has no client certificate yet; ingest checks for one itself.
-            .client_auth_optional(true);
+        let tls = tls::config(
+            &self.identity.0,
+            &self.identity.1,
+            self.shared.ca.cert_pem().as_bytes(),
+        )?;
+        let listen = self.config.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| ServerError::Transport(format!("{listen}: {e}")))?;
+        let (incoming, acceptor) = tls::incoming(listener, tls);
         // Silent sensors: checked every two seconds.
         let state = self.shared.state.clone();
         let watcher = tokio::spawn(async move {
@@ -188,8 +255,17 @@ impl Server {
                 let _ = tokio::task::spawn_blocking(move || detect::silent_hosts(&st)).await;
             }
         });
+        // Events into the columnar store.
+        let (stop_compactor, stop) = std::sync::mpsc::channel();
+        let compactor = {
+            let shared = self.shared.clone();
+            let every = std::time::Duration::from_secs(self.config.flush_seconds);
+            std::thread::Builder::new()
+                .name("mamori-compact".into())
+                .spawn(move || compact::run(shared, every, stop))
+                .map_err(|e| ServerError::Transport(format!("starting the compactor: {e}")))?
+        };
         let max = mamori_wire::MAX_MESSAGE_BYTES;
-        let listen = self.config.listen;
         let routes = tonic::service::Routes::from(api::router(self.shared.clone()))
             .add_service(
                 EnrollmentServer::new(service::EnrollmentService(self.shared.clone()))
@@ -200,16 +276,17 @@ impl Server {
                     .max_decoding_message_size(max),
             );
         let result = tonic::transport::Server::builder()
-            .tls_config(tls)
-            .map_err(|e| ServerError::Transport(e.to_string()))?
             // The REST API speaks HTTP/1.1 as well; gRPC needs HTTP/2.
             .accept_http1(true)
             .concurrency_limit_per_connection(16)
             .add_routes(routes)
-            .serve_with_shutdown(listen, shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .map_err(|e| ServerError::Transport(format!("{listen}: {e}")));
+        acceptor.abort();
         watcher.abort();
+        let _ = stop_compactor.send(());
+        let _ = compactor.join();
         if let Ok(log) = Arc::try_unwrap(self.shared).map(|s| s.log)
             && let Ok(log) = log.into_inner()
         {

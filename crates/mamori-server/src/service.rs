@@ -38,11 +38,15 @@ pub struct Shared {
     /// State database.
     pub state: Arc<State>,
     /// The detection queue (none when the server runs without rules).
-    pub detect: Option<std::sync::mpsc::SyncSender<crate::detect::Job>>,
+    pub detect: Option<std::sync::mpsc::SyncSender<crate::detect::Msg>>,
+    /// The rules detection runs (none without detection).
+    pub rules: Option<Arc<crate::rules::Rules>>,
     /// The CA.
     pub ca: mamori_pki::Ca,
     /// The ingest log (one writer at a time; appends are synced before acknowledgement).
     pub log: Mutex<EventLog>,
+    /// The columnar store the compactor fills from the log; queries read it.
+    pub events: Arc<dyn mamori_columnar::EventStore>,
     /// Limits.
     pub limits: Limits,
 }
@@ -232,7 +236,7 @@ impl Ingest for IngestService {
                             .log
                             .lock()
                             .map_err(|_| "event log lock poisoned".to_string())?;
-                        log.append(&agent2, batch.first_seq, &batch.events)
+                        log.append(&tenant2, &agent2, batch.first_seq, &batch.events)
                             .map_err(|e| e.to_string())?
                     };
                     // Durable: detect on what was new (a full queue makes ingest wait).
@@ -240,11 +244,11 @@ impl Ingest for IngestService {
                         && a.stored > 0
                     {
                         let skip = (batch.events.len() as u64 - a.stored) as usize;
-                        let _ = q.send(crate::detect::Job {
+                        let _ = q.send(crate::detect::Msg::Events(crate::detect::Job {
                             agent: agent2,
                             tenant: tenant2,
                             events: batch.events.into_iter().skip(skip).collect(),
-                        });
+                        }));
                     }
                     Ok::<_, String>(a)
                 })

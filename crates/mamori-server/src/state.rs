@@ -55,6 +55,111 @@ pub struct NewToken {
     pub uses: i64,
 }
 
+/// What an API token may do. Each role may do what the roles before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read alerts, hosts and events.
+    Viewer,
+    /// Also change alerts, upload Windows logs, manage rules.
+    Analyst,
+    /// Also create and revoke API and enrollment tokens.
+    Admin,
+}
+
+impl Role {
+    /// Parses `viewer`, `analyst` or `admin`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "analyst" => Some(Role::Analyst),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Analyst => "analyst",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Who is calling the API: an API token's identity (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Token id.
+    pub token_id: i64,
+    /// The name given to the token (a person or an integration).
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// The one tenant it may see; `None`: every tenant.
+    pub tenant: Option<String>,
+}
+
+impl Principal {
+    /// The actor written to the audit log.
+    pub fn actor(&self) -> String {
+        format!("token:{}:{}", self.token_id, self.name)
+    }
+
+    /// Whether it may see `tenant`'s data.
+    pub fn sees(&self, tenant: &str) -> bool {
+        self.tenant.as_deref().is_none_or(|t| t == tenant)
+    }
+}
+
+/// An API token as listed (the secret exists only as a hash).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApiToken {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Tenant it is limited to.
+    pub tenant: Option<String>,
+    /// Created, seconds since the epoch.
+    pub created_at: i64,
+    /// Revoked, if it was.
+    pub revoked_at: Option<i64>,
+}
+
+/// An enrollment token as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EnrollToken {
+    /// Id.
+    pub id: i64,
+    /// Tenant of the agents that enroll with it.
+    pub tenant: String,
+    /// Expiry, seconds since the epoch.
+    pub expires_at: i64,
+    /// Uses left.
+    pub uses_left: i64,
+    /// Created, seconds since the epoch.
+    pub created_at: i64,
+}
+
+/// Checks a tenant name: letters, digits, `-`, `_`, `.`; at most 64.
+pub fn check_tenant(tenant: &str) -> Result<(), ServerError> {
+    if tenant.is_empty()
+        || tenant.len() > 64
+        || !tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ServerError::Invalid(format!(
+            "tenant {tenant:?}: 1 to 64 letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(())
+}
+
 /// An enrolled agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agent {
@@ -203,6 +308,10 @@ CREATE TABLE IF NOT EXISTS alerts (
     last_seen TEXT NOT NULL, count INTEGER NOT NULL, status TEXT NOT NULL,
     evidence TEXT NOT NULL, created_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS alerts_tenant ON alerts (tenant, id);
+CREATE TABLE IF NOT EXISTS custom_rules (
+    id TEXT PRIMARY KEY, title TEXT NOT NULL, yaml TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS disabled_rules (
+    id TEXT PRIMARY KEY, at INTEGER NOT NULL, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
     target TEXT NOT NULL, detail TEXT NOT NULL);
@@ -220,6 +329,18 @@ impl State {
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         // Columns added after the first release of the schema.
+        for col in [
+            "name TEXT NOT NULL DEFAULT 'admin'",
+            "role TEXT NOT NULL DEFAULT 'admin'",
+            "tenant TEXT",
+            "revoked_at INTEGER",
+        ] {
+            match conn.execute(&format!("ALTER TABLE admin_tokens ADD COLUMN {col}"), []) {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("duplicate column") => {}
+                Err(e) => return Err(db(e)),
+            }
+        }
         for col in [
             "heartbeat_at INTEGER",
             "heartbeat_interval INTEGER",
@@ -269,18 +390,262 @@ impl State {
         })
     }
 
-    /// Whether `token` is a valid admin token.
-    pub fn is_admin(&self, token: &str) -> Result<bool, ServerError> {
+    /// The principal behind an API token, if the token is valid and not revoked.
+    pub fn authenticate(&self, token: &str) -> Result<Option<Principal>, ServerError> {
         let hash = Secret::hash(token);
         self.with(|c| {
-            let found: Option<String> = c
+            let found: Option<(i64, String, String, String, Option<String>)> = c
                 .query_row(
-                    "SELECT hash FROM admin_tokens WHERE hash = ?1",
+                    "SELECT id, hash, name, role, tenant FROM admin_tokens
+                     WHERE hash = ?1 AND revoked_at IS NULL",
                     params![hash],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()?;
-            Ok(found.is_some_and(|h| Secret::verify(token, &h)))
+            Ok(found.and_then(|(id, h, name, role, tenant)| {
+                (Secret::verify(token, &h)).then_some(())?;
+                Some(Principal {
+                    token_id: id,
+                    name,
+                    role: Role::parse(&role)?,
+                    tenant,
+                })
+            }))
+        })
+    }
+
+    /// Creates an API token (the secret is returned once).
+    pub fn create_api_token(
+        &self,
+        actor: &str,
+        name: &str,
+        role: Role,
+        tenant: Option<&str>,
+    ) -> Result<(i64, String), ServerError> {
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(ServerError::Invalid(
+                "name: 1 to 64 printable characters".into(),
+            ));
+        }
+        if let Some(t) = tenant {
+            check_tenant(t)?;
+        }
+        let (token, hash) = Secret::generate("mamori_api");
+        let id = self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO admin_tokens (hash, created_at, name, role, tenant)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![hash, now(), name, role.as_str(), tenant],
+            )?;
+            let id = tx.last_insert_rowid();
+            audit_in(
+                &tx,
+                actor,
+                "api-token.create",
+                &format!("api-token:{id}"),
+                &format!(
+                    "name={name} role={} tenant={}",
+                    role.as_str(),
+                    tenant.unwrap_or("*")
+                ),
+            )?;
+            tx.commit()?;
+            Ok(id)
+        })?;
+        Ok((id, token))
+    }
+
+    /// API tokens, oldest first.
+    pub fn api_tokens(&self) -> Result<Vec<ApiToken>, ServerError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, name, role, tenant, created_at, revoked_at FROM admin_tokens ORDER BY id",
+            )?;
+            let rows = st.query_map([], |r| {
+                let role: String = r.get(2)?;
+                Ok(ApiToken {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    role: Role::parse(&role).unwrap_or(Role::Viewer),
+                    tenant: r.get(3)?,
+                    created_at: r.get(4)?,
+                    revoked_at: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Revokes an API token; false if there is no such token or it was already revoked.
+    /// The last unrevoked all-tenant admin token cannot be revoked (nobody could administer
+    /// the server any more).
+    pub fn revoke_api_token(&self, actor: &str, id: i64) -> Result<bool, ServerError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let row: Option<(String, Option<String>)> = tx
+                .query_row(
+                    "SELECT role, tenant FROM admin_tokens WHERE id = ?1 AND revoked_at IS NULL",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((role, tenant)) = row else {
+                return Ok(Ok(false));
+            };
+            if role == "admin" && tenant.is_none() {
+                let others: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM admin_tokens
+                     WHERE role = 'admin' AND tenant IS NULL AND revoked_at IS NULL AND id != ?1",
+                    params![id],
+                    |r| r.get(0),
+                )?;
+                if others == 0 {
+                    return Ok(Err(()));
+                }
+            }
+            tx.execute(
+                "UPDATE admin_tokens SET revoked_at = ?2 WHERE id = ?1",
+                params![id, now()],
+            )?;
+            audit_in(
+                &tx,
+                actor,
+                "api-token.revoke",
+                &format!("api-token:{id}"),
+                "",
+            )?;
+            tx.commit()?;
+            Ok(Ok(true))
+        })?
+        .map_err(|()| {
+            ServerError::Invalid(
+                "this is the last administrator token: create another before revoking it".into(),
+            )
+        })
+    }
+
+    /// Custom rules: (id, YAML), oldest first.
+    pub fn custom_rules(&self) -> Result<Vec<(String, String)>, ServerError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT id, yaml FROM custom_rules ORDER BY created_at, id")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// Stores a custom rule (already validated).
+    pub fn add_custom_rule(
+        &self,
+        actor: &str,
+        id: &str,
+        title: &str,
+        yaml: &str,
+    ) -> Result<(), ServerError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO custom_rules (id, title, yaml, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![id, title, yaml, now()],
+            )?;
+            audit_in(&tx, actor, "rule.add", &format!("rule:{id}"), title)?;
+            tx.commit()
+        })
+    }
+
+    /// Deletes a custom rule.
+    pub fn delete_custom_rule(&self, actor: &str, id: &str) -> Result<(), ServerError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM custom_rules WHERE id = ?1", params![id])?;
+            audit_in(&tx, actor, "rule.delete", &format!("rule:{id}"), "")?;
+            tx.commit()
+        })
+    }
+
+    /// Ids of disabled rules.
+    pub fn disabled_rules(&self) -> Result<Vec<String>, ServerError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT id FROM disabled_rules")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Enables or disables a rule (audited with the reason).
+    pub fn set_rule_enabled(
+        &self,
+        actor: &str,
+        id: &str,
+        enabled: bool,
+        reason: &str,
+    ) -> Result<(), ServerError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            if enabled {
+                tx.execute("DELETE FROM disabled_rules WHERE id = ?1", params![id])?;
+            } else {
+                tx.execute(
+                    "INSERT OR REPLACE INTO disabled_rules (id, at, reason) VALUES (?1, ?2, ?3)",
+                    params![id, now(), reason],
+                )?;
+            }
+            let action = if enabled {
+                "rule.enable"
+            } else {
+                "rule.disable"
+            };
+            audit_in(&tx, actor, action, &format!("rule:{id}"), reason)?;
+            tx.commit()
+        })
+    }
+
+    /// Enrollment tokens still usable (not expired, uses left), limited to `tenant` if given.
+    pub fn enroll_tokens(&self, tenant: Option<&str>) -> Result<Vec<EnrollToken>, ServerError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, tenant, expires_at, uses_left, created_at FROM enroll_tokens
+                 WHERE expires_at > ?1 AND uses_left > 0 AND (?2 IS NULL OR tenant = ?2)
+                 ORDER BY id",
+            )?;
+            let rows = st.query_map(params![now(), tenant], |r| {
+                Ok(EnrollToken {
+                    id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    expires_at: r.get(2)?,
+                    uses_left: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Withdraws an enrollment token (no more uses). Limited to `tenant` if given.
+    pub fn revoke_enroll_token(
+        &self,
+        actor: &str,
+        id: i64,
+        tenant: Option<&str>,
+    ) -> Result<bool, ServerError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE enroll_tokens SET uses_left = 0
+                 WHERE id = ?1 AND uses_left > 0 AND (?2 IS NULL OR tenant = ?2)",
+                params![id, tenant],
+            )?;
+            if n > 0 {
+                audit_in(
+                    &tx,
+                    actor,
+                    "enroll-token.revoke",
+                    &format!("token:{id}"),
+                    "",
+                )?;
+            }
+            tx.commit()?;
+            Ok(n > 0)
         })
     }
 
@@ -292,15 +657,7 @@ impl State {
         ttl_secs: i64,
         uses: i64,
     ) -> Result<NewToken, ServerError> {
-        if tenant.is_empty()
-            || !tenant
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(ServerError::Invalid(format!(
-                "tenant {tenant:?}: use letters, digits, '-', '_' and '.'"
-            )));
-        }
+        check_tenant(tenant)?;
         if ttl_secs <= 0 || uses <= 0 {
             return Err(ServerError::Invalid(
                 "an enrollment token needs a positive lifetime and number of uses".into(),
@@ -751,8 +1108,29 @@ mod tests {
         let (s, dir) = state();
         let admin = s.first_admin_token().unwrap().expect("first start");
         assert!(s.first_admin_token().unwrap().is_none(), "shown once");
-        assert!(s.is_admin(&admin).unwrap());
-        assert!(!s.is_admin("mamori_admin_nope").unwrap());
+        let p = s
+            .authenticate(&admin)
+            .unwrap()
+            .expect("the first token works");
+        assert_eq!((p.role, p.tenant.as_deref()), (Role::Admin, None));
+        assert!(s.authenticate("mamori_admin_nope").unwrap().is_none());
+        // Roles and tenants; revocation; the last administrator stays.
+        let (id, viewer) = s
+            .create_api_token("test", "acme-soc", Role::Viewer, Some("acme"))
+            .unwrap();
+        let v = s.authenticate(&viewer).unwrap().unwrap();
+        assert_eq!((v.role, v.tenant.as_deref()), (Role::Viewer, Some("acme")));
+        assert!(v.sees("acme") && !v.sees("other") && p.sees("other"));
+        assert!(
+            s.create_api_token("test", "x", Role::Viewer, Some("../x"))
+                .is_err()
+        );
+        assert!(s.revoke_api_token("test", id).unwrap());
+        assert!(s.authenticate(&viewer).unwrap().is_none());
+        assert!(!s.revoke_api_token("test", id).unwrap(), "already revoked");
+        let e = s.revoke_api_token("test", p.token_id).unwrap_err();
+        assert!(e.to_string().contains("last administrator"), "{e}");
+        assert_eq!(s.api_tokens().unwrap().len(), 2);
         let t = s.create_enroll_token("admin", "acme", 3600, 2).unwrap();
         assert_eq!(
             s.spend_enroll_token(&t.token).unwrap().map(|x| x.1),

@@ -8,8 +8,8 @@
 //! start from a checkpoint plus the records written after it, so a crash between the sync and
 //! the acknowledgement loses nothing and duplicates nothing.
 //!
-//! Downstream consumers (the columnar store, live detection) read the log; compaction into
-//! columnar files comes with the query engine.
+//! The log is the write-ahead part of the store: the compactor (`crate::compact`) reads it
+//! in order into the columnar store and then releases what it has stored ([`EventLog::ack`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,8 @@ use crate::ServerError;
 pub struct Stored {
     /// Position in the log.
     pub log_seq: u64,
+    /// The tenant it belongs to.
+    pub tenant: String,
     /// The agent that sent it.
     pub agent: String,
     /// Its sequence number at the agent.
@@ -62,20 +64,28 @@ pub struct Appended {
     pub durable_through: u64,
 }
 
-fn encode(agent: &str, seq: u64, event: &[u8]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(2 + agent.len() + 8 + event.len());
+/// A record: `u16 len, agent, u16 len, tenant, u64 seq, event` (little endian).
+fn encode(tenant: &str, agent: &str, seq: u64, event: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(4 + agent.len() + tenant.len() + 8 + event.len());
     r.extend_from_slice(&(agent.len() as u16).to_le_bytes());
     r.extend_from_slice(agent.as_bytes());
+    r.extend_from_slice(&(tenant.len() as u16).to_le_bytes());
+    r.extend_from_slice(tenant.as_bytes());
     r.extend_from_slice(&seq.to_le_bytes());
     r.extend_from_slice(event);
     r
 }
 
-fn decode(r: &[u8]) -> Option<(String, u64, Vec<u8>)> {
-    let n = u16::from_le_bytes([*r.first()?, *r.get(1)?]) as usize;
-    let agent = std::str::from_utf8(r.get(2..2 + n)?).ok()?.to_string();
-    let seq = u64::from_le_bytes(r.get(2 + n..10 + n)?.try_into().ok()?);
-    Some((agent, seq, r.get(10 + n..)?.to_vec()))
+fn decode(r: &[u8]) -> Option<(String, String, u64, Vec<u8>)> {
+    let text = |at: usize| -> Option<(String, usize)> {
+        let n = u16::from_le_bytes([*r.get(at)?, *r.get(at + 1)?]) as usize;
+        let s = std::str::from_utf8(r.get(at + 2..at + 2 + n)?).ok()?;
+        Some((s.to_string(), at + 2 + n))
+    };
+    let (agent, at) = text(0)?;
+    let (tenant, at) = text(at)?;
+    let seq = u64::from_le_bytes(r.get(at..at + 8)?.try_into().ok()?);
+    Some((agent, tenant, seq, r.get(at + 8..)?.to_vec()))
 }
 
 const CHECKPOINT_EVERY: u64 = 64;
@@ -116,7 +126,7 @@ impl EventLog {
                 break;
             };
             for (log_seq, r) in &recs {
-                if let Some((agent, seq, _)) = decode(r) {
+                if let Some((agent, _, seq, _)) = decode(r) {
                     let w = watermarks.entry(agent).or_insert(0);
                     *w = (*w).max(seq);
                 }
@@ -163,6 +173,7 @@ impl EventLog {
     /// watermark. Replayed numbers are skipped.
     pub fn append(
         &mut self,
+        tenant: &str,
         agent: &str,
         first_seq: u64,
         events: &[Vec<u8>],
@@ -181,7 +192,10 @@ impl EventLog {
                 out.duplicates += 1;
                 continue;
             }
-            self.last_log_seq = self.spool.append(&encode(agent, seq, ev)).map_err(store)?;
+            self.last_log_seq = self
+                .spool
+                .append(&encode(tenant, agent, seq, ev))
+                .map_err(store)?;
             out.stored += 1;
             out.durable_through = seq;
         }
@@ -206,14 +220,30 @@ impl EventLog {
         Ok(recs
             .into_iter()
             .filter_map(|(log_seq, r)| {
-                decode(&r).map(|(agent, seq, event)| Stored {
+                decode(&r).map(|(agent, tenant, seq, event)| Stored {
                     log_seq,
+                    tenant,
                     agent,
                     seq,
                     event,
                 })
             })
             .collect())
+    }
+
+    /// Releases the log through `log_seq` (stored downstream): whole segments are deleted.
+    pub fn ack(&mut self, log_seq: u64) -> Result<(), ServerError> {
+        // Watermarks are rebuilt from the records after the checkpoint, and acknowledged
+        // records are not read again: the checkpoint must cover them first.
+        self.write_checkpoint()?;
+        self.spool
+            .ack(log_seq)
+            .map_err(|e| ServerError::Store(e.to_string()))
+    }
+
+    /// The last position written.
+    pub fn last_position(&self) -> u64 {
+        self.last_log_seq
     }
 
     /// Writes the checkpoint (on shutdown).
@@ -242,21 +272,21 @@ mod tests {
     fn replays_are_not_stored_twice_even_across_restarts() {
         let d = dir("replay");
         let mut log = EventLog::open(&d, 1 << 30).unwrap();
-        let a = log.append("a1", 1, &evs(3)).unwrap();
+        let a = log.append("t", "a1", 1, &evs(3)).unwrap();
         assert_eq!((a.stored, a.durable_through, a.gap), (3, 3, 0));
         // The same batch again, and an overlapping one.
-        let a = log.append("a1", 1, &evs(3)).unwrap();
+        let a = log.append("t", "a1", 1, &evs(3)).unwrap();
         assert_eq!((a.stored, a.duplicates, a.durable_through), (0, 3, 3));
-        let a = log.append("a1", 2, &evs(4)).unwrap();
+        let a = log.append("t", "a1", 2, &evs(4)).unwrap();
         assert_eq!((a.stored, a.duplicates, a.durable_through), (2, 2, 5));
         // Another agent has its own numbers.
-        assert_eq!(log.append("a2", 1, &evs(1)).unwrap().stored, 1);
+        assert_eq!(log.append("t", "a2", 1, &evs(1)).unwrap().stored, 1);
         // No checkpoint written since open: the watermarks come back from the records.
         drop(log);
         let mut log = EventLog::open(&d, 1 << 30).unwrap();
         assert_eq!((log.watermark("a1"), log.watermark("a2")), (5, 1));
-        assert_eq!(log.append("a1", 1, &evs(5)).unwrap().stored, 0);
-        let a = log.append("a1", 8, &evs(1)).unwrap();
+        assert_eq!(log.append("t", "a1", 1, &evs(5)).unwrap().stored, 0);
+        let a = log.append("t", "a1", 8, &evs(1)).unwrap();
         assert_eq!((a.gap, a.durable_through), (2, 8), "6 and 7 never arrived");
         let all = log.read(1, 100).unwrap();
         let a1: Vec<u64> = all

@@ -13,6 +13,7 @@ mod agent_cmd;
 mod data;
 mod demo_cmd;
 mod hunt_cmd;
+mod query_cmd;
 mod rules_cmd;
 mod server_cmd;
 mod up_cmd;
@@ -50,6 +51,24 @@ enum Command {
         /// Sensor collectors to turn off (as `mamori agent --without`).
         #[arg(long, value_delimiter = ',')]
         without: Vec<String>,
+    },
+    /// Search stored events with SQL: `mamori query "SELECT time, host_name,
+    /// process_command_line FROM events WHERE process_name = 'curl'"`.
+    ///
+    /// The table is `events` (columns: `mamori query "DESCRIBE events"`); `json_get(raw,
+    /// 'dotted.path')` reads any other field. Read-only.
+    Query {
+        /// The SQL query.
+        sql: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: query_cmd::Format,
+        /// Rows at most.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Only this tenant's events.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Demonstrations.
     #[command(subcommand)]
@@ -150,6 +169,12 @@ fn main() -> ExitCode {
         Command::Server(cmd) => server_cmd::run(cmd),
         Command::Up { rules, without } => up_cmd::run(&rules, &without),
         Command::Demo(DemoCommand::Attack) => demo_cmd::attack(),
+        Command::Query {
+            sql,
+            format,
+            limit,
+            tenant,
+        } => query_cmd::run(&sql, format, limit, tenant),
         Command::Rules(RulesCommand::Check {
             paths,
             placeholders,

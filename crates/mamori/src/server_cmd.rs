@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use mamori_server::{Server, ServerConfig};
+use mamori_server::rules::RuleSource;
+use mamori_server::{Admin, Server, ServerConfig};
 
 use crate::data;
 
@@ -50,6 +51,19 @@ pub enum ServerCommand {
         /// The server address agents will use (for the printed command).
         #[arg(long, default_value = "https://127.0.0.1:7443")]
         server: String,
+    },
+    /// Create an API token (shown once) for a person or an integration.
+    ApiToken {
+        /// Who or what it is for (kept in the audit log with every change it makes).
+        #[arg(long)]
+        name: String,
+        /// viewer (read), analyst (also change alerts and rules, upload logs), admin (also
+        /// manage tokens).
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// Limit it to one tenant's data.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// List enrolled agents: inventory and sensor status (online, degraded, offline, stopped).
     Agents {
@@ -98,37 +112,57 @@ fn parse_ttl(t: &str) -> Result<i64> {
     })
 }
 
-/// The detection rules of the server: `--rules`, else the installed SigmaHQ corpus with
-/// Mamori's own rules, else Mamori's own rules alone (with a warning).
-pub fn load_server_rules(rules: &[PathBuf]) -> Result<mamori_sigma::RuleSet> {
-    let opts = mamori_sigma::CompileOptions::default();
-    let loaded = if rules.is_empty() && !data::sigmahq_dir().is_dir() {
+/// Where the server's base rules come from: `--rules`, else the installed SigmaHQ corpus
+/// with Mamori's own rules, else Mamori's own rules alone (with a warning).
+pub fn server_rules(rules: &[PathBuf]) -> RuleSource {
+    let own = || {
+        data::own_rules()
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect()
+    };
+    if !rules.is_empty() {
+        return RuleSource {
+            paths: rules.to_vec(),
+            ..RuleSource::default()
+        };
+    }
+    if !data::sigmahq_dir().is_dir() {
         eprintln!(
             "mamori server: the SigmaHQ corpus is not installed ({}): detecting with Mamori's \
              own rules only; install it with `mamori rules install --from DIR`",
             data::sigmahq_dir().display()
         );
-        mamori_sigma::load::load(&[], &data::own_rules(), opts)?
-    } else {
-        data::load_rules(rules, opts)?
-    };
-    eprintln!(
-        "mamori server: live detection with {} rules",
-        loaded.rules.rules().len()
-    );
-    // A broken rule is refused with its reason, never loaded.
-    if loaded.failed() > 0 {
+        return RuleSource {
+            texts: own(),
+            ..RuleSource::default()
+        };
+    }
+    RuleSource {
+        paths: data::DEFAULT_SIGMA_DIRS
+            .iter()
+            .map(|d| data::sigmahq_dir().join(d))
+            .filter(|p| p.is_dir())
+            .collect(),
+        texts: own(),
+        ..RuleSource::default()
+    }
+}
+
+/// Prints what loading the rules produced. A broken rule is refused with its reason, never
+/// loaded.
+pub fn print_rules_report(init: &mamori_server::Initialised) {
+    let Some(r) = &init.rules else { return };
+    eprintln!("mamori server: live detection with {} rules", r.loaded);
+    if !r.refused.is_empty() {
         eprintln!(
             "mamori server: {} rule documents refused (`mamori rules check` lists them all)",
-            loaded.failed()
+            r.refused.len()
         );
-        for o in loaded.report.iter().filter(|o| o.error.is_some()).take(5) {
-            if let Some(e) = &o.error {
-                eprintln!("mamori server:   {}: {e}", o.path.display());
-            }
+        for (path, why) in r.refused.iter().take(5) {
+            eprintln!("mamori server:   {path}: {why}");
         }
     }
-    Ok(loaded.rules)
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -157,8 +191,8 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
         } => {
             let c = config(file.as_deref(), listen)?;
             let listen = c.listen;
-            let rules = load_server_rules(&rules)?;
-            let (server, init) = Server::open(c.clone(), Some(rules))?;
+            let (server, init) = Server::open(c.clone(), Some(server_rules(&rules)))?;
+            print_rules_report(&init);
             eprintln!("mamori server: data in {}", c.data_dir.display());
             if let Some(token) = &init.admin_token {
                 eprintln!(
@@ -185,7 +219,7 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             ttl,
             server,
         } => {
-            let (srv, init) = Server::open(config(None, None)?, None)?;
+            let srv = Admin::open(&config(None, None)?)?;
             let t =
                 srv.state()
                     .create_enroll_token("admin:cli", &tenant, parse_ttl(&ttl)?, uses)?;
@@ -193,12 +227,31 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             eprintln!(
                 "enrollment token {} for tenant {:?}: {} use(s), expires in {ttl}. On the host:\n  \
                  sudo mamori agent enroll --server {server} --token {} --ca-fingerprint {}",
-                t.id, t.tenant, t.uses, t.token, init.ca_fingerprint
+                t.id, t.tenant, t.uses, t.token, srv.ca_fingerprint
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ServerCommand::ApiToken { name, role, tenant } => {
+            let Some(r) = mamori_server::state::Role::parse(&role) else {
+                bail!("--role {role:?}: viewer, analyst or admin");
+            };
+            let srv = Admin::open(&config(None, None)?)?;
+            let (id, token) =
+                srv.state()
+                    .create_api_token("admin:cli", &name, r, tenant.as_deref())?;
+            println!("{token}");
+            eprintln!(
+                "API token {id} ({role}{}) for {name:?}: shown once, stored only as a hash. \
+                 Use it as `Authorization: Bearer <token>`.",
+                tenant
+                    .as_deref()
+                    .map(|t| format!(", tenant {t}"))
+                    .unwrap_or_default()
             );
             Ok(ExitCode::SUCCESS)
         }
         ServerCommand::Agents { json } => {
-            let (srv, _) = Server::open(config(None, None)?, None)?;
+            let srv = Admin::open(&config(None, None)?)?;
             let hosts = srv.state().hosts()?;
             if json {
                 for h in &hosts {
@@ -233,7 +286,7 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ServerCommand::Revoke { id, reason } => {
-            let (srv, _) = Server::open(config(None, None)?, None)?;
+            let srv = Admin::open(&config(None, None)?)?;
             if srv.state().agent(&id)?.is_none() {
                 bail!("no agent {id:?}");
             }
@@ -249,7 +302,7 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             limit,
             json,
         } => {
-            let (srv, _) = Server::open(config(None, None)?, None)?;
+            let srv = Admin::open(&config(None, None)?)?;
             let alerts = srv.state().alerts(tenant.as_deref(), limit)?;
             if json {
                 for a in &alerts {
@@ -279,7 +332,7 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             })
         }
         ServerCommand::Audit => {
-            let (srv, _) = Server::open(config(None, None)?, None)?;
+            let srv = Admin::open(&config(None, None)?)?;
             for r in srv.state().audit_log()? {
                 println!("{}", serde_json::to_string(&r)?);
             }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::{agent_cmd, data, server_cmd};
+use crate::{agent_cmd, server_cmd};
 
 /// Runs server and sensor until SIGTERM/SIGINT.
 pub fn run(rules: &[std::path::PathBuf], without: &[String]) -> Result<ExitCode> {
@@ -15,8 +15,9 @@ pub fn run(rules: &[std::path::PathBuf], without: &[String]) -> Result<ExitCode>
         std::env::var(k).ok()
     })?;
     let url = format!("https://{}", config.listen);
-    let rule_set = server_cmd::load_server_rules(rules)?;
-    let (server, init) = mamori_server::Server::open(config.clone(), Some(rule_set))?;
+    let (server, init) =
+        mamori_server::Server::open(config.clone(), Some(server_cmd::server_rules(rules)))?;
+    server_cmd::print_rules_report(&init);
     let ident_dir = agent_cmd::identity_dir();
     let enrolled = mamori_link::Identity::load(&ident_dir)?.is_some_and(|i| i.server == url);
     let root = agent_cmd::is_root();
@@ -47,14 +48,6 @@ pub fn run(rules: &[std::path::PathBuf], without: &[String]) -> Result<ExitCode>
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!(
-        "mamori up: server on {url} (data in {})",
-        config.data_dir.display()
-    );
-    if let Some(t) = &init.admin_token {
-        eprintln!("mamori up: admin API token (shown once, stored only as a hash): {t}");
-    }
-    eprintln!("mamori up: CA fingerprint {}", init.ca_fingerprint);
     if let Some(token) = token {
         let facts = agent_cmd::host_facts();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -74,11 +67,37 @@ pub fn run(rules: &[std::path::PathBuf], without: &[String]) -> Result<ExitCode>
             ident.agent_id
         );
     }
-    eprintln!(
-        "mamori up: alerts: `mamori server alerts`; agents: `mamori server agents`; \
-         audit log: `mamori server audit`; try `mamori demo attack` in another terminal"
-    );
-    eprintln!("mamori up: data directory {}", data::data_dir().display());
+    let dir = config.data_dir.display();
+    let mut lines = vec![
+        format!(
+            "server      {url}  (TLS; CA {dir}/pki/ca.pem, fingerprint {})",
+            init.ca_fingerprint
+        ),
+        format!(
+            "data        {dir}  (events: columnar/, state: state.db; kept {} days)",
+            config.retention_days
+        ),
+        format!("API         {url}/api/v1  (description: {url}/api/v1/openapi.json)"),
+    ];
+    match &init.admin_token {
+        Some(t) => lines.push(format!(
+            "admin token {t}  (shown once, stored only as a hash; more: mamori server api-token)"
+        )),
+        None => lines.push(
+            "admin token shown on first start only; make another with `mamori server api-token --role admin --name NAME`".into(),
+        ),
+    }
+    lines.extend([
+        "try         mamori demo attack                      (in another terminal)".to_string(),
+        "alerts      mamori server alerts [--json]           (API: GET /api/v1/alerts)".to_string(),
+        "hosts       mamori server agents                    (API: GET /api/v1/hosts)".to_string(),
+        "search      mamori query \"SELECT time, host_name, process_command_line FROM events ORDER BY time DESC LIMIT 20\"".to_string(),
+        "audit log   mamori server audit".to_string(),
+    ]);
+    eprintln!("mamori up: ready");
+    for l in lines {
+        eprintln!("  {l}");
+    }
     if !root {
         eprintln!(
             "mamori up: not root: the server runs, the sensor does not (it loads eBPF \

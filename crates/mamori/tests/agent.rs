@@ -1001,6 +1001,31 @@ fn up_and_demo_attack_raise_alerts_end_to_end() {
         "{evidence}"
     );
     assert_eq!(evidence["event"]["action"], "create");
+    // The demo's commands are stored and searchable with SQL within a few seconds.
+    let sql = "SELECT process_command_line, host_id FROM events \
+               WHERE event_action = 'exec' AND process_command_line LIKE '%base64 -d%'";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_mamori"))
+            .args(["query", "--format", "json", sql])
+            .env("MAMORI_DATA_DIR", &data)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let rows = v["rows"].as_array().cloned().unwrap_or_default();
+        if !rows.is_empty() || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        !rows.is_empty(),
+        "the demo's encoded command is not in the store"
+    );
+    assert!(
+        rows[0]["host_id"].as_str().unwrap().starts_with("agt-"),
+        "{rows:?}"
+    );
     // SIGTERM stops both, cleanly.
     assert!(
         Command::new("kill")

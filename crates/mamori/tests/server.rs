@@ -159,24 +159,60 @@ fn agent_id(agent_data: &Path) -> String {
     ident.agent_id
 }
 
-/// Every stored event of `agent`, as (agent seq, n).
-fn stored(server_data: &Path, agent: &str) -> Vec<(u64, u64)> {
-    let mut log =
-        mamori_server::store::EventLog::open(&server_data.join("server/events"), 1 << 40).unwrap();
-    let mut out = Vec::new();
-    let mut from = 1;
-    loop {
-        let recs = log.read(from, 10_000).unwrap();
-        let Some(last) = recs.last().map(|r| r.log_seq) else {
-            break;
-        };
-        for r in recs.into_iter().filter(|r| r.agent == agent) {
-            let v: serde_json::Value = serde_json::from_slice(&r.event).unwrap();
-            out.push((r.seq, v["n"].as_u64().unwrap()));
-        }
-        from = last + 1;
+/// Stops the server with SIGTERM (it moves what its log holds into the columnar store
+/// before exiting) and waits for it.
+fn stop_server(server: &mut ServerProc) {
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
-    out
+    while server.stderr.try_recv().is_ok() {}
+}
+
+/// `mamori query` as JSON rows.
+fn query(server_data: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let out = mamori(server_data)
+        .args(["query", "--format", "json", "--limit", "10000000", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["truncated"], false);
+    v["rows"].as_array().unwrap().clone()
+}
+
+/// Every stored event of `agent` in the columnar store, as (agent seq, n), in store order.
+fn stored(server_data: &Path, agent: &str) -> Vec<(u64, u64)> {
+    query(
+        server_data,
+        &format!(
+            "SELECT seq, json_get(raw, 'n') AS n FROM events WHERE host_id = '{agent}' ORDER BY seq"
+        ),
+    )
+    .iter()
+    .map(|r| {
+        (
+            r["seq"].as_u64().unwrap(),
+            r["n"].as_str().unwrap().parse().unwrap(),
+        )
+    })
+    .collect()
 }
 
 #[test]
@@ -270,9 +306,7 @@ fn enrollment_trust_and_every_refusal() {
     assert!(!ok && err.contains("revoked"), "{err}");
 
     // What reached the store: the three events of the enrolled agent, once each.
-    let _ = server.child.kill();
-    let _ = server.child.wait();
-    while server.stderr.try_recv().is_ok() {}
+    stop_server(&mut server);
     assert_eq!(stored(&srv, &a_id), vec![(1, 0), (2, 1), (3, 2)]);
     assert!(stored(&srv, "agt-ghost").is_empty());
 
@@ -366,8 +400,10 @@ fn server_killed_with_sigkill_loses_and_duplicates_nothing() {
         "only {connects} connections: the kills missed the stream\n{err}"
     );
     eprintln!("shipper: {}", err.lines().last().unwrap_or(""));
-    drop(server);
+    stop_server(server.as_mut().unwrap());
     assert_eq!(kills, 4);
+    // Counted by SQL over the columnar store, which the compactor filled while the server
+    // was being killed.
     let got = stored(&srv, &id);
     assert_eq!(got.len() as u64, n, "every event stored exactly once");
     for (i, (seq, value)) in got.iter().enumerate() {
@@ -704,6 +740,19 @@ fn rest_api_needs_the_admin_token_and_serves_hosts_alerts_and_openapi() {
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/api/v1/alerts"].is_object());
+    // HTTP/1.1 clients too (ALPN offers both), refusals before the body included.
+    let out = Command::new("curl")
+        .args(["-s", "--http1.1", "-w", "\n%{http_code}", "--cacert"])
+        .arg(srv.join("server/pki/ca.pem"))
+        .args(["--data-binary", "{\"status\":\"closed\"}"])
+        .arg(format!("https://127.0.0.1:{port}/api/v1/alerts/1/status"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.ends_with("\n401") && text.contains("bearer token"),
+        "{text}"
+    );
     // gRPC still works on the same port: the agent ships.
     fill_spool(&a, 0, 2);
     let (ok, err) = ship(&a, None);
@@ -817,23 +866,457 @@ fn windows_logs_uploaded_over_the_api_are_stored_and_detected() {
     let audit = String::from_utf8_lossy(&out.stdout);
     assert!(audit.contains("\"action\":\"alert.status\"") && audit.contains("known admin script"));
     assert!(audit.contains("\"action\":\"windows.upload\""));
+    assert_eq!(stored_count(&srv, port, &admin, "win:ws01", stored), stored);
+    // Windows fields land in the shared columns.
+    let (code, body) = api(
+        &srv,
+        port,
+        Some(&admin),
+        "GET",
+        "/api/v1/events?sql=SELECT%20DISTINCT%20tenant,host_name,event_code%20FROM%20events%20WHERE%20host_id%3D'win:ws01'",
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["tenant"] == "acme"
+                && r["host_name"].is_string()
+                && r["event_code"].is_string()),
+        "{v}"
+    );
     drop(server);
-    assert_eq!(stored_count(&srv, "win:ws01"), stored);
 }
 
-/// How many events of `agent` the server's log holds.
-fn stored_count(server_data: &Path, agent: &str) -> u64 {
-    let mut log =
-        mamori_server::store::EventLog::open(&server_data.join("server/events"), 1 << 40).unwrap();
-    let mut n = 0;
-    let mut from = 1;
+/// How many events of `agent` the columnar store holds, asked through the API (waits for
+/// the compactor to move them there).
+fn stored_count(srv: &Path, port: u16, token: &str, agent: &str, expect: u64) -> u64 {
+    let sql = format!("SELECT count(*) AS n FROM events WHERE host_id = '{agent}'");
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let recs = log.read(from, 10_000).unwrap();
-        let Some(last) = recs.last().map(|r| r.log_seq) else {
-            break;
-        };
-        n += recs.iter().filter(|r| r.agent == agent).count() as u64;
-        from = last + 1;
+        let (code, body) = api(
+            srv,
+            port,
+            Some(token),
+            "POST",
+            "/api/v1/events/query",
+            Some(&serde_json::json!({"sql": sql}).to_string()),
+        );
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let n = v["rows"][0]["n"].as_u64().unwrap();
+        if n >= expect || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    n
+}
+
+/// An API call with any method and a JSON (or YAML) body.
+fn api(
+    srv: &Path,
+    port: u16,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u32, String) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-w", "\n%{http_code}", "-X", method, "--cacert"])
+        .arg(srv.join("server/pki/ca.pem"));
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(d) = body {
+        c.args(["-H", "Content-Type: application/json", "--data-binary", d]);
+    }
+    let out = c
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn exec_event(pid: u32, cmd: &str) -> String {
+    format!(
+        r#"{{"@timestamp":"2026-11-26T10:00:00Z","event":{{"kind":"event","category":["process"],"type":["start"],"action":"exec","module":"mamori","dataset":"mamori.process"}},"host":{{"name":"web1","os":{{"type":"linux"}}}},"process":{{"pid":{pid},"entity_id":"boot:{pid}:1","executable":"/bin/sh","name":"sh","command_line":"{cmd}","args":["sh","-c","{cmd}"],"parent":{{"pid":1,"executable":"/usr/sbin/cron","command_line":"cron"}}}},"user":{{"id":"0","name":"root"}}}}"#
+    )
+}
+
+/// Queues events in an agent's spool and ships them.
+fn send(agent_data: &Path, events: &[String]) {
+    let (mut sp, _) = mamori_spool::Spool::open(
+        agent_data.join("spool"),
+        mamori_spool::SpoolConfig::default(),
+    )
+    .unwrap();
+    for e in events {
+        sp.append(e.as_bytes()).unwrap();
+    }
+    sp.sync().unwrap();
+    drop(sp);
+    let (ok, e) = ship(agent_data, None);
+    assert!(ok, "{e}");
+}
+
+/// Waits until `pred` holds for the alerts, or 10 s.
+fn wait_alerts(srv: &Path, pred: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = alerts(srv);
+        if pred(&a) || Instant::now() > deadline {
+            return a;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn tokens_tenants_custom_rules_and_sql_search_over_the_api() {
+    let srv = tempdir("rbac-srv");
+    let rules = srv.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("test.yml"),
+        "title: Test Encoded Shell\nid: 5b7f6a4e-0000-4000-8000-00000000c0de\nstatus: test\n\
+         level: high\nlogsource:\n  product: linux\n  category: process_creation\n\
+         detection:\n  selection:\n    CommandLine|contains: 'base64 -d | sh'\n  condition: selection\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let (server, fp) = start_server_with(&srv, port, &["--rules", rules.to_str().unwrap()]);
+    let admin = server.admin.clone().unwrap();
+    let call = |token: &str, method: &str, path: &str, body: Option<&str>| {
+        let (code, text) = api(&srv, port, Some(token), method, path, body);
+        let v = serde_json::from_str::<serde_json::Value>(&text)
+            .unwrap_or(serde_json::Value::String(text));
+        (code, v)
+    };
+
+    // Tokens through the API: a viewer bound to tenant acme, an analyst for all tenants.
+    let (code, v) = call(
+        &admin,
+        "POST",
+        "/api/v1/tokens",
+        Some(r#"{"name":"acme-viewer","role":"viewer","tenant":"acme"}"#),
+    );
+    assert_eq!(code, 201, "{v}");
+    let viewer = v["token"].as_str().unwrap().to_string();
+    let viewer_id = v["id"].as_i64().unwrap();
+    let (code, v) = call(
+        &admin,
+        "POST",
+        "/api/v1/tokens",
+        Some(r#"{"name":"soc","role":"analyst"}"#),
+    );
+    assert_eq!(code, 201, "{v}");
+    let analyst = v["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        call(
+            &admin,
+            "POST",
+            "/api/v1/tokens",
+            Some(r#"{"name":"x","role":"root"}"#)
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        call(&analyst, "GET", "/api/v1/tokens", None).0,
+        403,
+        "admins only"
+    );
+
+    // Enrollment tokens through the API.
+    assert_eq!(
+        call(&viewer, "POST", "/api/v1/enrollment-tokens", Some("{}")).0,
+        403
+    );
+    let (code, v) = call(
+        &admin,
+        "POST",
+        "/api/v1/enrollment-tokens",
+        Some(r#"{"tenant":"acme","uses":1,"ttl_seconds":600}"#),
+    );
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["ca_fingerprint"], fp.as_str());
+    let (code, listed) = call(&admin, "GET", "/api/v1/enrollment-tokens", None);
+    assert_eq!(code, 200);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == v["id"])
+    );
+    assert!(
+        !listed.to_string().contains(v["token"].as_str().unwrap()),
+        "no secrets listed"
+    );
+    let a = tempdir("rbac-a");
+    enroll(&a, port, v["token"].as_str().unwrap(), &fp).unwrap();
+    let b = tempdir("rbac-b");
+    enroll(&b, port, &token(&srv, &["--tenant", "other"]), &fp).unwrap();
+
+    send(
+        &a,
+        &[
+            exec_event(100, "echo aGk= | base64 -d | sh"),
+            exec_event(200, "ls /tmp"),
+        ],
+    );
+    send(&b, &[exec_event(300, "echo aGk= | base64 -d | sh")]);
+    let all = wait_alerts(&srv, |a| a.len() >= 2);
+    assert_eq!(all.len(), 2, "{all:?}");
+    let other_id = all.iter().find(|a| a["tenant"] == "other").unwrap()["id"]
+        .as_i64()
+        .unwrap();
+
+    // The viewer sees its tenant only, and changes nothing.
+    let (code, v) = call(&viewer, "GET", "/api/v1/alerts", None);
+    assert_eq!(code, 200);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["tenant"], "acme");
+    assert_eq!(
+        call(&viewer, "GET", "/api/v1/alerts?tenant=other", None).0,
+        403
+    );
+    assert_eq!(
+        call(&viewer, "GET", &format!("/api/v1/alerts/{other_id}"), None).0,
+        404
+    );
+    assert_eq!(
+        call(&admin, "GET", &format!("/api/v1/alerts/{other_id}"), None).0,
+        200
+    );
+    let (code, v) = call(
+        &viewer,
+        "POST",
+        &format!("/api/v1/alerts/{other_id}/status"),
+        Some(r#"{"status":"closed"}"#),
+    );
+    assert_eq!(code, 403, "{v}");
+    let (_, hosts) = call(&viewer, "GET", "/api/v1/hosts", None);
+    assert_eq!(hosts.as_array().unwrap().len(), 1);
+    assert_eq!(hosts[0]["tenant"], "acme");
+
+    // SQL over stored events: the viewer's table holds acme's events only.
+    assert_eq!(stored_count(&srv, port, &admin, &agent_id(&b), 1), 1);
+    assert_eq!(stored_count(&srv, port, &admin, &agent_id(&a), 2), 2);
+    let sql = "SELECT count(*) AS n, count(DISTINCT tenant) AS t FROM events";
+    let (code, v) = call(
+        &viewer,
+        "POST",
+        "/api/v1/events/query",
+        Some(&serde_json::json!({"sql": sql}).to_string()),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (v["rows"][0]["n"].as_i64(), v["rows"][0]["t"].as_i64()),
+        (Some(2), Some(1))
+    );
+    let (code, v) = call(
+        &admin,
+        "POST",
+        "/api/v1/events/query",
+        Some(&serde_json::json!({"sql": sql}).to_string()),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(v["rows"][0]["n"], 3);
+    let (code, csv) = api(
+        &srv,
+        port,
+        Some(&admin),
+        "GET",
+        "/api/v1/events?format=csv&sql=SELECT%20process_pid,process_command_line%20FROM%20events%20WHERE%20process_pid%3D200",
+        None,
+    );
+    assert_eq!(code, 200, "{csv}");
+    assert_eq!(csv, "process_pid,process_command_line\r\n200,ls /tmp\r\n");
+    let (code, v) = call(
+        &admin,
+        "GET",
+        "/api/v1/events?sql=SELECT%20nope%20FROM%20events",
+        None,
+    );
+    assert_eq!(code, 400);
+    assert!(v["error"].as_str().unwrap().contains("nope"), "{v}");
+    let ddl =
+        serde_json::json!({"sql": "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/shadow'"})
+            .to_string();
+    let (code, v) = call(&admin, "POST", "/api/v1/events/query", Some(&ddl));
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(
+        call(
+            &viewer,
+            "GET",
+            "/api/v1/events?sql=SELECT%201&tenant=other",
+            None
+        )
+        .0,
+        403
+    );
+
+    // Custom rules: validated against the running set, refused with a reason.
+    let custom = "title: Test Listing Tmp\nid: 7d0c1f00-0000-4000-8000-0000000000aa\nstatus: test\nlevel: medium\n\
+                  logsource:\n  product: linux\n  category: process_creation\n\
+                  detection:\n  selection:\n    CommandLine: 'ls /tmp'\n  condition: selection\n";
+    let (code, v) = call(
+        &analyst,
+        "POST",
+        "/api/v1/rules",
+        Some(
+            "title: Broken\nid: 7d0c1f00-0000-4000-8000-0000000000bb\nlogsource:\n  product: linux\ndetection:\n  sel:\n    a: b\n  condition: sel and nothing\n",
+        ),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().starts_with("rule refused"),
+        "{v}"
+    );
+    let (code, v) = call(
+        &analyst,
+        "POST",
+        "/api/v1/rules",
+        Some(&custom.replace("id: 7d0c1f00-0000-4000-8000-0000000000aa\n", "")),
+    );
+    assert_eq!(code, 400);
+    assert!(
+        v["error"].as_str().unwrap().contains("needs an `id`"),
+        "{v}"
+    );
+    assert_eq!(call(&viewer, "POST", "/api/v1/rules", Some(custom)).0, 403);
+    let (code, v) = call(&analyst, "POST", "/api/v1/rules", Some(custom));
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(
+        call(&analyst, "POST", "/api/v1/rules", Some(custom)).0,
+        409,
+        "same id again"
+    );
+    let (_, v) = call(&viewer, "GET", "/api/v1/rules?custom=true", None);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["title"], "Test Listing Tmp");
+    // Disable the base rule; the custom one alerts at once.
+    let base = "5b7f6a4e-0000-4000-8000-00000000c0de";
+    let (code, v) = call(
+        &analyst,
+        "POST",
+        &format!("/api/v1/rules/{base}/disable"),
+        Some(r#"{"reason":"too noisy"}"#),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        call(&analyst, "POST", "/api/v1/rules/no-such-rule/disable", None).0,
+        404
+    );
+    send(
+        &a,
+        &[
+            exec_event(101, "echo aGk= | base64 -d | sh"),
+            exec_event(201, "ls /tmp"),
+        ],
+    );
+    let now = wait_alerts(&srv, |a| {
+        a.iter().any(|x| x["rule_title"] == "Test Listing Tmp")
+    });
+    assert!(
+        now.iter().any(|x| x["rule_title"] == "Test Listing Tmp"),
+        "{now:?}"
+    );
+    assert!(
+        !now.iter().any(|x| x["process_entity"] == "boot:101:1"),
+        "a disabled rule raised an alert"
+    );
+    // Enabled again: alerts again.
+    assert_eq!(
+        call(
+            &analyst,
+            "POST",
+            &format!("/api/v1/rules/{base}/enable"),
+            None
+        )
+        .0,
+        200
+    );
+    send(&a, &[exec_event(102, "echo aGk= | base64 -d | sh")]);
+    let now = wait_alerts(&srv, |a| {
+        a.iter().any(|x| x["process_entity"] == "boot:102:1")
+    });
+    assert!(
+        now.iter().any(|x| x["process_entity"] == "boot:102:1"),
+        "{now:?}"
+    );
+    assert_eq!(
+        call(
+            &analyst,
+            "DELETE",
+            "/api/v1/rules/7d0c1f00-0000-4000-8000-0000000000aa",
+            None
+        )
+        .0,
+        200
+    );
+    let (_, v) = call(&viewer, "GET", "/api/v1/rules?custom=true", None);
+    assert_eq!(v.as_array().unwrap().len(), 0);
+
+    // Revocation; the last administrator token stays.
+    assert_eq!(
+        call(
+            &admin,
+            "DELETE",
+            &format!("/api/v1/tokens/{viewer_id}"),
+            None
+        )
+        .0,
+        200
+    );
+    assert_eq!(call(&viewer, "GET", "/api/v1/alerts", None).0, 401);
+    let (_, tokens) = call(&admin, "GET", "/api/v1/tokens", None);
+    let admin_id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["role"] == "admin")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let (code, v) = call(
+        &admin,
+        "DELETE",
+        &format!("/api/v1/tokens/{admin_id}"),
+        None,
+    );
+    assert_eq!(code, 409, "{v}");
+
+    // Every change is audited with the token that made it.
+    let out = mamori(&srv).args(["server", "audit"]).output().unwrap();
+    let audit = String::from_utf8_lossy(&out.stdout);
+    for action in [
+        "api-token.create",
+        "api-token.revoke",
+        "enroll-token.create",
+        "rule.add",
+        "rule.disable",
+        "rule.enable",
+        "rule.delete",
+    ] {
+        assert!(
+            audit.contains(&format!("\"action\":\"{action}\"")),
+            "{action}: {audit}"
+        );
+    }
+    assert!(
+        audit.contains("\"actor\":\"token:") && audit.contains(":soc\""),
+        "{audit}"
+    );
+    assert!(audit.contains("too noisy"));
+    assert!(
+        !audit.contains(&viewer) && !audit.contains(&analyst),
+        "a secret in the audit log"
+    );
 }

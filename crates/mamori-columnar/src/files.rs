@@ -1,0 +1,275 @@
+//! The files: `<root>/tenant=<tenant>/day=<YYYY-MM-DD>/<from>-<to>.parquet`.
+//!
+//! `day` is the day the server stored the events (UTC), so that retention by age keeps
+//! what arrived recently even when its own timestamps are old (an EVTX file from last
+//! year uploaded today). `<from>-<to>` are the positions in the ingest log of the first
+//! and last event the file holds: the writer uses them to never store an event twice, even
+//! when it crashed half-way through a flush, and a merge names its result with the range of
+//! its inputs, so a crash between writing the merged file and deleting its inputs is
+//! repaired on the next open (files inside another file's range are removed).
+//!
+//! Every file is written as `.tmp`, synced, renamed, and its directory synced.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+
+use crate::StoreError;
+
+/// One stored file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// Tenant (decoded).
+    pub tenant: String,
+    /// Day stored, `YYYY-MM-DD`.
+    pub day: String,
+    /// First log position it holds.
+    pub from: u64,
+    /// Last log position it holds.
+    pub to: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// Encodes a tenant for a directory name: letters, digits, `-`, `_` and `.` stay, anything
+/// else (and a leading `.`) becomes `%XX`.
+pub fn encode_tenant(t: &str) -> String {
+    let mut out = String::with_capacity(t.len());
+    for (i, b) in t.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode_tenant(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The directory of a tenant.
+pub fn tenant_dir(root: &Path, tenant: &str) -> PathBuf {
+    root.join(format!("tenant={}", encode_tenant(tenant)))
+}
+
+fn day_dir(root: &Path, tenant: &str, day: &str) -> PathBuf {
+    tenant_dir(root, tenant).join(format!("day={day}"))
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Io(format!("{}: {e}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".parquet")?;
+    let (a, b) = stem.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Lists the stored files, oldest day first; removes leftovers of interrupted writes and
+/// merges (`.tmp` files, files whose range another file of the same day covers).
+pub fn scan(root: &Path) -> Result<Vec<DataFile>, StoreError> {
+    let mut out = Vec::new();
+    let Ok(tenants) = std::fs::read_dir(root) else {
+        return Ok(out);
+    };
+    for t in tenants.flatten() {
+        let tname = t.file_name().to_string_lossy().to_string();
+        let Some(tenant) = tname.strip_prefix("tenant=").and_then(decode_tenant) else {
+            continue;
+        };
+        let Ok(days) = std::fs::read_dir(t.path()) else {
+            continue;
+        };
+        for d in days.flatten() {
+            let dname = d.file_name().to_string_lossy().to_string();
+            let Some(day) = dname.strip_prefix("day=") else {
+                continue;
+            };
+            let mut files: Vec<DataFile> = Vec::new();
+            for f in std::fs::read_dir(d.path())
+                .map_err(io(&d.path()))?
+                .flatten()
+            {
+                let name = f.file_name().to_string_lossy().to_string();
+                if name.ends_with(".tmp") {
+                    let _ = std::fs::remove_file(f.path());
+                    continue;
+                }
+                let Some((from, to)) = parse_name(&name) else {
+                    continue;
+                };
+                let bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+                files.push(DataFile {
+                    path: f.path(),
+                    tenant: tenant.clone(),
+                    day: day.to_string(),
+                    from,
+                    to,
+                    bytes,
+                });
+            }
+            // A merge that stopped before deleting its inputs: the inputs lie inside the
+            // merged file's range.
+            files.sort_by_key(|f| (f.from, std::cmp::Reverse(f.to)));
+            let mut kept: Vec<DataFile> = Vec::with_capacity(files.len());
+            for f in files {
+                if let Some(last) = kept.last()
+                    && f.from >= last.from
+                    && f.to <= last.to
+                {
+                    tracing::info!(file = %f.path.display(), "removing a merged file's input");
+                    let _ = std::fs::remove_file(&f.path);
+                    continue;
+                }
+                kept.push(f);
+            }
+            out.extend(kept);
+        }
+    }
+    out.sort_by(|a, b| (&a.day, a.from).cmp(&(&b.day, b.from)));
+    Ok(out)
+}
+
+fn properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build()
+}
+
+/// Writes `batches` as the file for log positions `from..=to` of `tenant` on `day`.
+pub fn write(
+    root: &Path,
+    tenant: &str,
+    day: &str,
+    from: u64,
+    to: u64,
+    batches: &[RecordBatch],
+) -> Result<DataFile, StoreError> {
+    let dir = day_dir(root, tenant, day);
+    let new_dir = !dir.exists();
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    if new_dir {
+        sync_dir(dir.parent().unwrap_or(root))?;
+    }
+    let path = dir.join(format!("{from:020}-{to:020}.parquet"));
+    let tmp = path.with_extension("tmp");
+    let Some(first) = batches.first() else {
+        return Err(StoreError::Invalid("nothing to write".into()));
+    };
+    {
+        let f = File::create(&tmp).map_err(io(&tmp))?;
+        let mut w = ArrowWriter::try_new(f, first.schema(), Some(properties()))
+            .map_err(|e| StoreError::Io(format!("{}: {e}", tmp.display())))?;
+        for b in batches {
+            w.write(b)
+                .map_err(|e| StoreError::Io(format!("{}: {e}", tmp.display())))?;
+        }
+        let f = w
+            .into_inner()
+            .map_err(|e| StoreError::Io(format!("{}: {e}", tmp.display())))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    sync_dir(&dir)?;
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    Ok(DataFile {
+        path,
+        tenant: tenant.to_string(),
+        day: day.to_string(),
+        from,
+        to,
+        bytes,
+    })
+}
+
+/// Reads a file back.
+pub fn read(path: &Path) -> Result<Vec<RecordBatch>, StoreError> {
+    let f = File::open(path).map_err(io(path))?;
+    let r = ParquetRecordBatchReaderBuilder::try_new(f)
+        .and_then(|b| b.with_batch_size(64 * 1024).build())
+        .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+    r.collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))
+}
+
+/// Merges the files of one tenant and day into one (inputs deleted after the merged file
+/// is durable). Returns the merged file.
+pub fn merge(root: &Path, inputs: &[DataFile]) -> Result<DataFile, StoreError> {
+    let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
+        return Err(StoreError::Invalid("nothing to merge".into()));
+    };
+    let mut batches = Vec::new();
+    for f in inputs {
+        batches.extend(read(&f.path)?);
+    }
+    let from = inputs.iter().map(|f| f.from).min().unwrap_or(first.from);
+    let to = inputs.iter().map(|f| f.to).max().unwrap_or(last.to);
+    let merged = write(root, &first.tenant, &first.day, from, to, &batches)?;
+    for f in inputs {
+        if f.path != merged.path {
+            std::fs::remove_file(&f.path).map_err(io(&f.path))?;
+        }
+    }
+    Ok(merged)
+}
+
+/// Per tenant, the highest log position stored (what a restarted writer must skip: a
+/// flush writes one file per tenant, and may have stopped after some of them).
+pub fn high_water(files: &[DataFile]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for f in files {
+        let e = m.entry(f.tenant.clone()).or_insert(0);
+        *e = (*e).max(f.to);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_names_are_safe_directory_names_and_come_back() {
+        for t in [
+            "default",
+            "acme-corp_1.jp",
+            "../../etc",
+            ".hidden",
+            "テナント",
+            "a/b",
+        ] {
+            let e = encode_tenant(t);
+            assert!(!e.contains('/') && !e.starts_with('.'), "{t} -> {e}");
+            assert_eq!(decode_tenant(&e).as_deref(), Some(t));
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! The `events` table: one row per stored event, the fields hunters filter on as typed
+//! columns, and the whole event as JSON in `raw`.
+//!
+//! Column names are ECS names with `_` for `.` (`process.command_line` →
+//! `process_command_line`), so SQL needs no quoting. Windows events (EVTX, Winlogbeat,
+//! Sysmon JSON) fill the same columns from their own field names (`CommandLine`, `Image`,
+//! `ParentImage`, `TargetFilename`, …): one query finds a command line on Linux and Windows
+//! hosts alike.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use mamori_model::{Event, Shape};
+use serde_json::Value;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ty {
+    Str,
+    Int,
+}
+
+/// A column filled from the event: its name, type, the ECS path (Mamori's own sensor
+/// events, ECS and Winlogbeat documents) and other names the field has in Windows events.
+struct Col {
+    name: &'static str,
+    ty: Ty,
+    ecs: &'static str,
+    other: &'static [&'static str],
+}
+
+const fn col(name: &'static str, ty: Ty, ecs: &'static str, other: &'static [&'static str]) -> Col {
+    Col {
+        name,
+        ty,
+        ecs,
+        other,
+    }
+}
+
+use Ty::{Int, Str};
+
+/// The columns taken from the event, in table order (after the fixed ones).
+const COLS: &[Col] = &[
+    col("event_category", Str, "event.category", &[]),
+    col("event_type", Str, "event.type", &[]),
+    col("event_action", Str, "event.action", &[]),
+    col("event_outcome", Str, "event.outcome", &[]),
+    col(
+        "event_code",
+        Str,
+        "event.code",
+        &["EventID", "winlog.event_id"],
+    ),
+    col("process_pid", Int, "process.pid", &["ProcessId"]),
+    col(
+        "process_entity_id",
+        Str,
+        "process.entity_id",
+        &["ProcessGuid"],
+    ),
+    col("process_name", Str, "process.name", &[]),
+    col(
+        "process_executable",
+        Str,
+        "process.executable",
+        &["Image", "NewProcessName"],
+    ),
+    col(
+        "process_command_line",
+        Str,
+        "process.command_line",
+        &["CommandLine"],
+    ),
+    col(
+        "process_working_directory",
+        Str,
+        "process.working_directory",
+        &["CurrentDirectory"],
+    ),
+    col(
+        "process_parent_pid",
+        Int,
+        "process.parent.pid",
+        &["ParentProcessId"],
+    ),
+    col(
+        "process_parent_executable",
+        Str,
+        "process.parent.executable",
+        &["ParentImage", "ParentProcessName"],
+    ),
+    col(
+        "process_parent_command_line",
+        Str,
+        "process.parent.command_line",
+        &["ParentCommandLine"],
+    ),
+    col(
+        "process_hash_sha256",
+        Str,
+        "process.hash.sha256",
+        &["Hashes"],
+    ),
+    col(
+        "user_name",
+        Str,
+        "user.name",
+        &["User", "TargetUserName", "SubjectUserName"],
+    ),
+    col(
+        "user_id",
+        Str,
+        "user.id",
+        &["TargetUserSid", "SubjectUserSid"],
+    ),
+    col(
+        "file_path",
+        Str,
+        "file.path",
+        &["TargetFilename", "ObjectName"],
+    ),
+    col("source_ip", Str, "source.ip", &["SourceIp", "IpAddress"]),
+    col("source_port", Int, "source.port", &["SourcePort", "IpPort"]),
+    col("destination_ip", Str, "destination.ip", &["DestinationIp"]),
+    col(
+        "destination_port",
+        Int,
+        "destination.port",
+        &["DestinationPort"],
+    ),
+    col("network_transport", Str, "network.transport", &["Protocol"]),
+    col(
+        "dns_question_name",
+        Str,
+        "dns.question.name",
+        &["QueryName"],
+    ),
+];
+
+/// Columns before [`COLS`]: where the row comes from.
+const FIXED: usize = 5;
+
+/// Index of `process_executable` in [`COLS`].
+const PROCESS_EXECUTABLE: usize = 8;
+
+/// The table's schema.
+pub fn schema() -> SchemaRef {
+    let mut fields = vec![
+        Field::new(
+            "time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("tenant", DataType::Utf8, false),
+        Field::new("host_id", DataType::Utf8, false),
+        Field::new("host_name", DataType::Utf8, true),
+        Field::new("seq", DataType::UInt64, false),
+    ];
+    debug_assert_eq!(fields.len(), FIXED);
+    for c in COLS {
+        let ty = match c.ty {
+            Str => DataType::Utf8,
+            Int => DataType::Int64,
+        };
+        fields.push(Field::new(c.name, ty, true));
+    }
+    fields.push(Field::new("raw", DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Where a row comes from, besides the event itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The host's id (agent id, or `win:<host>` for uploaded Windows logs).
+    pub host_id: &'a str,
+    /// The event's sequence number at its source.
+    pub seq: u64,
+    /// When the server received it (used when the event has no time of its own),
+    /// microseconds since the epoch.
+    pub received_us: i64,
+}
+
+enum Builder {
+    Str(StringBuilder),
+    Int(Int64Builder),
+}
+
+/// Turns events into Arrow record batches of the [`schema`].
+pub struct RowBuilder {
+    schema: SchemaRef,
+    time: TimestampMicrosecondBuilder,
+    tenant: StringBuilder,
+    host_id: StringBuilder,
+    host_name: StringBuilder,
+    seq: UInt64Builder,
+    cols: Vec<Builder>,
+    raw: StringBuilder,
+    rows: usize,
+    bytes: usize,
+    found: Vec<Option<Value>>,
+    name_buf: String,
+}
+
+impl Default for RowBuilder {
+    fn default() -> Self {
+        RowBuilder::new()
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(a) => {
+            let parts: Vec<String> = a.iter().filter_map(text).collect();
+            (!parts.is_empty()).then(|| parts.join(","))
+        }
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => {
+            let s = s.trim();
+            match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                Some(h) => i64::from_str_radix(h, 16).ok(),
+                None => s.parse().ok(),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `SHA256=…` out of Sysmon's `Hashes` (`SHA1=…,MD5=…,SHA256=…,IMPHASH=…`), or the value
+/// itself when it is one bare SHA-256.
+fn sha256_of(v: &str) -> Option<String> {
+    if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Some(v.to_ascii_lowercase());
+    }
+    v.split(',').find_map(|p| {
+        let (k, h) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("sha256")
+            .then(|| h.trim().to_ascii_lowercase())
+    })
+}
+
+impl RowBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        debug_assert_eq!(COLS[PROCESS_EXECUTABLE].name, "process_executable");
+        RowBuilder {
+            schema: schema(),
+            time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            tenant: StringBuilder::new(),
+            host_id: StringBuilder::new(),
+            host_name: StringBuilder::new(),
+            seq: UInt64Builder::new(),
+            cols: COLS
+                .iter()
+                .map(|c| match c.ty {
+                    Str => Builder::Str(StringBuilder::new()),
+                    Int => Builder::Int(Int64Builder::new()),
+                })
+                .collect(),
+            raw: StringBuilder::new(),
+            rows: 0,
+            bytes: 0,
+            found: vec![None; COLS.len()],
+            name_buf: String::new(),
+        }
+    }
+
+    /// Rows added since the last [`RowBuilder::finish`].
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes of raw event JSON added since the last [`RowBuilder::finish`].
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds one event. An event that is not valid JSON is stored with only its origin and
+    /// raw text (nothing is dropped).
+    pub fn push(&mut self, origin: Origin<'_>, event: &[u8]) {
+        let raw = String::from_utf8_lossy(event);
+        let parsed = serde_json::from_slice::<Value>(event).ok().map(Event::new);
+        for f in self.found.iter_mut() {
+            *f = None;
+        }
+        let mut time = None;
+        let mut host = None;
+        if let Some(ev) = &parsed {
+            time = ev.timestamp().map(|t| t.timestamp_micros());
+            host = ev.host().map(str::to_string);
+            if ev.shape == Shape::Ecs {
+                for (i, c) in COLS.iter().enumerate() {
+                    self.found[i] = ev.get_path(c.ecs).cloned();
+                }
+            }
+            // Other names (and ECS events that lacked a field): one walk over the fields.
+            if self.found.iter().any(Option::is_none) {
+                let found = &mut self.found;
+                ev.for_each_field_with(&mut self.name_buf, &mut |name, v| {
+                    for (i, c) in COLS.iter().enumerate() {
+                        if found[i].is_none() && (name == c.ecs || c.other.contains(&name)) {
+                            found[i] = Some(v.clone());
+                        }
+                    }
+                });
+            }
+        }
+        self.time.append_value(time.unwrap_or(origin.received_us));
+        self.tenant.append_value(origin.tenant);
+        self.host_id.append_value(origin.host_id);
+        self.host_name.append_option(host);
+        self.seq.append_value(origin.seq);
+        for (i, (c, b)) in COLS.iter().zip(self.cols.iter_mut()).enumerate() {
+            let v = self.found[i].as_ref();
+            match b {
+                Builder::Str(b) => {
+                    let mut s = v.and_then(text);
+                    if c.name == "process_hash_sha256" {
+                        s = s.as_deref().and_then(sha256_of);
+                    } else if c.name == "process_name" && s.is_none() {
+                        // Windows events name the image only: its file name, as ECS does.
+                        s = self.found[PROCESS_EXECUTABLE]
+                            .as_ref()
+                            .and_then(Value::as_str)
+                            .and_then(|p| p.rsplit(['\\', '/']).next())
+                            .filter(|n| !n.is_empty())
+                            .map(str::to_string);
+                    }
+                    b.append_option(s)
+                }
+                Builder::Int(b) => b.append_option(v.and_then(int)),
+            }
+        }
+        self.raw.append_value(&raw);
+        self.rows += 1;
+        self.bytes += event.len();
+    }
+
+    /// The rows added so far as one batch; the builder is empty afterwards.
+    pub fn finish(&mut self) -> RecordBatch {
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.time.finish()),
+            Arc::new(self.tenant.finish()),
+            Arc::new(self.host_id.finish()),
+            Arc::new(self.host_name.finish()),
+            Arc::new(self.seq.finish()),
+        ];
+        for b in &mut self.cols {
+            cols.push(match b {
+                Builder::Str(b) => Arc::new(b.finish()),
+                Builder::Int(b) => Arc::new(b.finish()),
+            });
+        }
+        cols.push(Arc::new(self.raw.finish()));
+        self.rows = 0;
+        self.bytes = 0;
+        RecordBatch::try_new(self.schema.clone(), cols)
+            .expect("builders follow the schema by construction")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Int64Type;
+
+    fn column<'a>(b: &'a RecordBatch, name: &str) -> &'a ArrayRef {
+        b.column(b.schema().index_of(name).unwrap())
+    }
+
+    #[test]
+    fn linux_and_windows_events_fill_the_same_columns() {
+        let mut rb = RowBuilder::new();
+        let o = Origin {
+            tenant: "t1",
+            host_id: "agt-1",
+            seq: 7,
+            received_us: 1,
+        };
+        rb.push(
+            o,
+            br#"{"@timestamp":"2026-11-26T10:00:00Z","event":{"category":["process"],"action":"exec"},
+                "host":{"name":"web1"},"process":{"pid":42,"name":"curl","executable":"/usr/bin/curl",
+                "command_line":"curl -s http://x","parent":{"pid":1,"executable":"/bin/bash"},
+                "hash":{"sha256":"AB"}},"user":{"name":"root"}}"#,
+        );
+        rb.push(
+            Origin {
+                host_id: "win:pc1",
+                seq: 8,
+                ..o
+            },
+            br##"{"Event":{"System":{"EventID":1,"Computer":"pc1.corp",
+                "TimeCreated":{"#attributes":{"SystemTime":"2026-11-26T11:00:00.5Z"}}},
+                "EventData":{"Image":"C:\\Windows\\System32\\cmd.exe","CommandLine":"cmd /c whoami",
+                "ProcessId":"0x1a4","ParentImage":"C:\\Windows\\explorer.exe","User":"CORP\\bob",
+                "Hashes":"SHA1=00,SHA256=ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789"}}}"##,
+        );
+        rb.push(Origin { seq: 9, ..o }, b"{not json");
+        let b = rb.finish();
+        assert_eq!(b.num_rows(), 3);
+        assert_eq!(rb.rows(), 0);
+        let s = |name: &str, row: usize| {
+            let a = column(&b, name).as_string::<i32>();
+            (!a.is_null(row)).then(|| a.value(row).to_string())
+        };
+        let i = |name: &str, row: usize| {
+            let a = column(&b, name).as_primitive::<Int64Type>();
+            (!a.is_null(row)).then(|| a.value(row))
+        };
+        assert_eq!(s("host_name", 0).as_deref(), Some("web1"));
+        assert_eq!(s("event_category", 0).as_deref(), Some("process"));
+        assert_eq!(
+            s("process_command_line", 0).as_deref(),
+            Some("curl -s http://x")
+        );
+        assert_eq!(
+            s("process_parent_executable", 0).as_deref(),
+            Some("/bin/bash")
+        );
+        assert_eq!(i("process_pid", 0), Some(42));
+        assert_eq!(s("process_hash_sha256", 0), None, "not a SHA-256");
+        assert_eq!(s("host_name", 1).as_deref(), Some("pc1.corp"));
+        assert_eq!(
+            s("process_command_line", 1).as_deref(),
+            Some("cmd /c whoami")
+        );
+        assert_eq!(s("event_code", 1).as_deref(), Some("1"));
+        assert_eq!(i("process_pid", 1), Some(0x1a4));
+        assert_eq!(s("user_name", 1).as_deref(), Some("CORP\\bob"));
+        assert_eq!(
+            s("process_hash_sha256", 1).as_deref(),
+            Some("abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789")
+        );
+        // Not JSON: kept with its origin, raw text and the time it was received.
+        assert_eq!(s("raw", 2).as_deref(), Some("{not json"));
+        assert_eq!(s("process_command_line", 2), None);
+        let t = column(&b, "time")
+            .as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>();
+        assert_eq!(t.value(2), 1);
+        assert_eq!(t.value(1), 1_795_690_800_500_000);
+        assert_eq!(
+            s("process_name", 1).as_deref(),
+            Some("cmd.exe"),
+            "from the image"
+        );
+    }
+}

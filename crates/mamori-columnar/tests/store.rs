@@ -1,0 +1,292 @@
+//! The Parquet store end to end: writes, SQL, tenant scoping, crash repair, merges,
+//! retention, and refusals.
+
+use std::path::PathBuf;
+
+use mamori_columnar::{EventStore, Limits, Origin, ParquetStore, Retention, Row, Scope};
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mamori-col-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const DAY_US: i64 = 86_400 * 1_000_000;
+/// 2026-11-26T12:00:00Z.
+const NOW: i64 = 1_795_694_400_000_000;
+
+fn event(i: u64) -> String {
+    format!(
+        r#"{{"@timestamp":"2026-11-26T10:00:{:02}Z","event":{{"category":["process"],"action":"exec"}},"host":{{"name":"h{}"}},"process":{{"pid":{i},"name":"{}","command_line":"cmd {i}","args":["a{i}","b"]}}}}"#,
+        i % 60,
+        i % 3,
+        if i.is_multiple_of(10) { "curl" } else { "ls" }
+    )
+}
+
+/// Rows for log positions `from..from+n`, alternating tenants `a` and `b`.
+fn rows(events: &[String], from: u64) -> Vec<Row<'_>> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Row {
+            log_seq: from + i as u64,
+            origin: Origin {
+                tenant: if i.is_multiple_of(2) { "a" } else { "b" },
+                host_id: "agt-1",
+                seq: from + i as u64,
+                received_us: NOW,
+            },
+            event: e.as_bytes(),
+        })
+        .collect()
+}
+
+fn count(store: &ParquetStore, scope: &Scope, filter: &str) -> i64 {
+    let t = store
+        .query(
+            scope,
+            &format!("SELECT count(*) AS n FROM events {filter}"),
+            Limits::default(),
+        )
+        .unwrap();
+    t.to_json()["rows"][0]["n"].as_i64().unwrap()
+}
+
+#[test]
+fn writes_are_searchable_per_tenant_and_never_duplicated_after_a_crash() {
+    let d = tempdir("write");
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    let evs: Vec<String> = (0..1000).map(event).collect();
+    let w = store.write(&rows(&evs, 1), 1000, NOW).unwrap();
+    assert_eq!((w.rows, w.files, w.skipped), (1000, 2, 0));
+    assert_eq!(store.position(), 1000);
+    assert_eq!(count(&store, &Scope::All, ""), 1000);
+    assert_eq!(count(&store, &Scope::Tenant("a".into()), ""), 500);
+    assert_eq!(
+        count(&store, &Scope::Tenant("b".into()), "WHERE tenant = 'a'"),
+        0,
+        "a tenant's table holds nothing else"
+    );
+    assert_eq!(count(&store, &Scope::Tenant("nobody".into()), ""), 0);
+    assert_eq!(
+        count(&store, &Scope::All, "WHERE process_name = 'curl'"),
+        100
+    );
+
+    // A flush that stopped after tenant a's file: simulated by writing a's part of the
+    // next batch alone, without moving the recorded position.
+    let more: Vec<String> = (1000..1100).map(event).collect();
+    let batch = rows(&more, 1001);
+    let only_a: Vec<Row<'_>> = batch
+        .iter()
+        .copied()
+        .filter(|r| r.origin.tenant == "a")
+        .collect();
+    store.write(&only_a, 0, NOW).unwrap();
+    assert_eq!(store.position(), 1000, "the position did not move");
+    drop(store);
+    // Restart: the writer repeats the whole batch.
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    let w = store.write(&batch, 1100, NOW).unwrap();
+    assert_eq!(
+        (w.rows, w.skipped),
+        (50, 50),
+        "a's rows are not stored twice"
+    );
+    assert_eq!(count(&store, &Scope::All, ""), 1100);
+    let distinct = store
+        .query(
+            &Scope::All,
+            "SELECT count(DISTINCT seq) AS n FROM events",
+            Limits::default(),
+        )
+        .unwrap();
+    assert_eq!(distinct.to_json()["rows"][0]["n"], 1100);
+    // A replay of old positions is skipped entirely.
+    let w = store.write(&rows(&evs, 1), 1000, NOW).unwrap();
+    assert_eq!((w.rows, w.skipped), (0, 1000));
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn sql_results_as_json_csv_and_text_with_fields_beyond_the_columns() {
+    let d = tempdir("sql");
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    let evs: Vec<String> = (0..30).map(event).collect();
+    store.write(&rows(&evs, 1), 30, NOW).unwrap();
+    let t = store
+        .query(
+            &Scope::All,
+            "SELECT process_pid, process_command_line, json_get(raw, 'process.args.0') AS arg0, \
+             json_get(raw, 'process.args') AS args, json_get(raw, 'no.such') AS missing \
+             FROM events WHERE process_name = 'curl' ORDER BY process_pid",
+            Limits::default(),
+        )
+        .unwrap();
+    let j = t.to_json();
+    assert_eq!(j["columns"][0], "process_pid");
+    assert_eq!(j["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(j["rows"][1]["process_pid"], 10, "numbers stay numbers");
+    assert_eq!(j["rows"][1]["process_command_line"], "cmd 10");
+    assert_eq!(j["rows"][1]["arg0"], "a10");
+    assert_eq!(j["rows"][1]["args"], r#"["a10","b"]"#);
+    assert!(j["rows"][1]["missing"].is_null());
+    assert_eq!(
+        t.to_csv().lines().take(2).collect::<Vec<_>>(),
+        vec![
+            "process_pid,process_command_line,arg0,args,missing",
+            r#"0,cmd 0,a0,"[""a0"",""b""]","#
+        ]
+    );
+    let text = t.to_text();
+    assert!(
+        text.contains("| cmd 20 ") && text.ends_with("3 rows\n"),
+        "{text}"
+    );
+    // Limits cut and say so.
+    let t = store
+        .query(
+            &Scope::All,
+            "SELECT seq FROM events",
+            Limits {
+                rows: 7,
+                ..Limits::default()
+            },
+        )
+        .unwrap();
+    assert_eq!((t.rows(), t.truncated), (7, true));
+    // Time filters work on the event's own time.
+    assert_eq!(
+        count(
+            &store,
+            &Scope::All,
+            "WHERE time >= TIMESTAMP '2026-11-26T10:00:20Z'"
+        ),
+        10
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn only_reading_is_allowed_and_bad_sql_gets_a_reason() {
+    let d = tempdir("refuse");
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    let evs: Vec<String> = (0..3).map(event).collect();
+    store.write(&rows(&evs, 1), 3, NOW).unwrap();
+    for (sql, why) in [
+        (
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+            "DDL",
+        ),
+        ("INSERT INTO events SELECT * FROM events", "DML"),
+        ("COPY events TO '/tmp/x.parquet'", "DML"),
+        ("SET datafusion.execution.batch_size = 1", "Statement"),
+        ("SELEC 1", "Expected"),
+        ("SELECT nope FROM events", "nope"),
+        ("SELECT * FROM other_table", "other_table"),
+    ] {
+        let e = store
+            .query(&Scope::All, sql, Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why), "{sql}: {e}");
+    }
+    assert_eq!(count(&store, &Scope::All, ""), 3, "nothing changed");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn small_files_are_merged_and_an_interrupted_merge_is_repaired() {
+    let d = tempdir("merge");
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    let evs: Vec<String> = (0..60).map(event).collect();
+    // 30 flushes of one event each for tenant a.
+    for i in 0..30u64 {
+        let r = Row {
+            log_seq: i + 1,
+            origin: Origin {
+                tenant: "a",
+                host_id: "agt-1",
+                seq: i + 1,
+                received_us: NOW,
+            },
+            event: evs[i as usize].as_bytes(),
+        };
+        store.write(&[r], i + 1, NOW).unwrap();
+    }
+    assert_eq!(store.stats().files, 30);
+    let input = std::fs::read_dir(d.join("tenant=a/day=2026-11-26"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .min()
+        .unwrap();
+    let saved = std::fs::read(&input).unwrap();
+    let m = store.maintain(NOW).unwrap();
+    assert_eq!(m.merges, 1);
+    assert_eq!(store.stats().files, 1);
+    assert_eq!(count(&store, &Scope::All, ""), 30);
+    // A crash after the merged file was written but before an input was deleted.
+    std::fs::write(&input, saved).unwrap();
+    drop(store);
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    assert_eq!(store.stats().files, 1, "the leftover input was removed");
+    assert_eq!(count(&store, &Scope::All, ""), 30);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn retention_by_age_and_by_size() {
+    let d = tempdir("retention");
+    let retention = Retention {
+        max_age_days: 45,
+        max_bytes: 1 << 40,
+    };
+    let store = ParquetStore::open(&d, retention).unwrap();
+    let evs: Vec<String> = (0..40).map(event).collect();
+    let r = rows(&evs, 1);
+    // Stored 50, 44 and 0 days ago.
+    store.write(&r[0..10], 10, NOW - 50 * DAY_US).unwrap();
+    store.write(&r[10..20], 20, NOW - 44 * DAY_US).unwrap();
+    store.write(&r[20..40], 40, NOW).unwrap();
+    let m = store.maintain(NOW).unwrap();
+    assert_eq!(m.expired_files, 2, "both tenants' files of 50 days ago");
+    assert_eq!(count(&store, &Scope::All, ""), 30, "44 days old is kept");
+    drop(store);
+    // Over the size limit: the oldest files go first.
+    let size: u64 = walk(&d);
+    let store = ParquetStore::open(
+        &d,
+        Retention {
+            max_age_days: 45,
+            max_bytes: size / 2,
+        },
+    )
+    .unwrap();
+    let m = store.maintain(NOW).unwrap();
+    assert!(m.evicted_files >= 1, "{m:?}");
+    assert_eq!(m.expired_files, 0);
+    assert!(store.stats().bytes <= size / 2);
+    let left = count(&store, &Scope::All, "");
+    assert_eq!(
+        left,
+        count(&store, &Scope::All, "WHERE seq > 20"),
+        "what is left is the newest: {left}"
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+fn walk(d: &std::path::Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            n += walk(&p);
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            n += e.metadata().unwrap().len();
+        }
+    }
+    n
+}
