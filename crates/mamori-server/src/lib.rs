@@ -1,14 +1,18 @@
 //! The Mamori server.
 //!
 //! * [`config`]: TOML file, then environment, then flags; safe defaults (localhost, TLS).
-//! * [`state`]: the state database (SQLite): admin and enrollment tokens (hashes only),
-//!   agents, the audit log.
+//! * [`state`]: the state database (SQLite): API tokens (role, tenant) and enrollment
+//!   tokens (hashes only), agents, alerts, custom and disabled rules, the audit log.
 //! * [`store`]: the ingest log, durable before acknowledgement, replay-proof per agent.
 //! * [`compact`]: moves the log into the columnar store (`mamori-columnar`: Parquet files
 //!   searched with SQL), then releases it; retention by age and size.
 //! * [`service`]: the gRPC services (enrollment; ingest over mutual TLS).
-//! * [`api`]: the REST API under `/api/v1` (bearer token), on the same port.
+//! * [`api`]: the REST API under `/api/v1` (bearer tokens with roles, scoped per tenant), on
+//!   the same port.
+//! * [`tls`]: the listener (rustls; ALPN h2 and http/1.1; optional client certificates).
 //! * [`detect`]: live detection on every durable event; alerts folded per rule and process.
+//! * [`rules`]: the running rule set; custom rules validated by compiling, enable/disable.
+//! * [`Admin`]: the state database alone, for local administration beside a running server.
 //! * [`Server`]: first-start initialisation (CA, server certificate, admin token) and the
 //!   listener.
 //!
