@@ -51,8 +51,9 @@ fn event(i: u64) -> String {
     let host = r % HOSTS;
     let pid = 1000 + (r >> 16) % 60_000;
     let t = T0 + (i as i64) * 8_000; // one event every 8 ms: 10 M events over ~22 hours
-    let secs = t / 1_000_000;
-    let time = chrono_like(secs, (t % 1_000_000) as u32);
+    let time = chrono::DateTime::from_timestamp_micros(t)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     // One in 200,000 is the attack the queries look for.
     let (exe, cmd) = if r % 200_000 == 7 {
         (
@@ -87,28 +88,6 @@ fn event(i: u64) -> String {
             f = r % 100_000
         ),
     }
-}
-
-/// RFC 3339 UTC with microseconds.
-fn chrono_like(secs: i64, micros: u32) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 fn peak_rss_mib() -> u64 {

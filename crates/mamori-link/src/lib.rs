@@ -267,7 +267,9 @@ pub async fn pinned_ca(server: &str, fingerprint: &str) -> Result<String, LinkEr
     Ok(mamori_pki::der_to_pem(&der))
 }
 
-async fn channel(
+/// A gRPC channel to `server` trusting only `ca_pem`, with the agent's certificate and key
+/// when given (ingest needs them; enrollment does not).
+pub async fn channel(
     server: &str,
     ca_pem: &str,
     client: Option<(&str, &str)>,

@@ -328,6 +328,7 @@ async fn upload_windows(
             let first = log.watermark(&agent) + 1;
             log.append(&tenant, &agent, first, &events)?
         };
+        shared.commit.wait(&shared.log, appended.position)?;
         shared.state.audit(
             &p.actor(),
             "windows.upload",

@@ -216,6 +216,7 @@ impl Server {
             rules,
             ca,
             log: Mutex::new(log),
+            commit: store::GroupCommit::default(),
             events: Arc::new(events),
             limits: service::Limits::default(),
         });

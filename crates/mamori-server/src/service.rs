@@ -45,6 +45,8 @@ pub struct Shared {
     pub ca: mamori_pki::Ca,
     /// The ingest log (one writer at a time; appends are synced before acknowledgement).
     pub log: Mutex<EventLog>,
+    /// Syncs of the log shared by concurrent batches.
+    pub commit: crate::store::GroupCommit,
     /// The columnar store the compactor fills from the log; queries read it.
     pub events: Arc<dyn mamori_columnar::EventStore>,
     /// Limits.
@@ -239,6 +241,12 @@ impl Ingest for IngestService {
                         log.append(&tenant2, &agent2, batch.first_seq, &batch.events)
                             .map_err(|e| e.to_string())?
                     };
+                    // Durable before acknowledged: one sync serves every batch appended
+                    // while the previous one ran.
+                    shared2
+                        .commit
+                        .wait(&shared2.log, a.position)
+                        .map_err(|e| e.to_string())?;
                     // Durable: detect on what was new (a full queue makes ingest wait).
                     if let Some(q) = &shared2.detect
                         && a.stored > 0

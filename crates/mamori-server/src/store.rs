@@ -48,6 +48,13 @@ pub struct EventLog {
     checkpoint: PathBuf,
     since_checkpoint: u64,
     last_log_seq: u64,
+    /// A write or sync failed: nothing more is written until a restart.
+    failed: bool,
+    /// Syncs done (how well group commit groups).
+    pub syncs: u64,
+    /// The position the last sync reached: readers must not go past it (what is beyond may
+    /// still be lost, and then sent again by its agent).
+    synced: u64,
 }
 
 /// What an append did.
@@ -60,8 +67,57 @@ pub struct Appended {
     /// Sequence numbers missing between the watermark and this batch (lost at the agent,
     /// e.g. evicted from a full spool).
     pub gap: u64,
-    /// The agent's watermark after the append: acknowledge through this.
+    /// The agent's watermark after the append: acknowledge through this once durable.
     pub durable_through: u64,
+    /// The log position of the last record written: durable once a sync reaches it.
+    pub position: u64,
+}
+
+/// Group commit: appenders wait until a sync covers their position; one of them runs the
+/// sync for everyone who appended meanwhile, so one fsync serves many batches.
+#[derive(Default)]
+pub struct GroupCommit {
+    state: std::sync::Mutex<(u64, bool, bool)>, // (synced through, a sync is running, failed)
+    done: std::sync::Condvar,
+}
+
+impl GroupCommit {
+    /// Returns once `position` is durable in `log` (syncing it if no one else is).
+    pub fn wait(&self, log: &std::sync::Mutex<EventLog>, position: u64) -> Result<(), ServerError> {
+        let poisoned = || ServerError::Store("event log lock poisoned".into());
+        let mut g = self.state.lock().map_err(|_| poisoned())?;
+        loop {
+            if g.0 >= position {
+                return Ok(());
+            }
+            if g.2 {
+                return Err(ServerError::Store(
+                    "the event log failed earlier; restart the server".into(),
+                ));
+            }
+            if !g.1 {
+                g.1 = true;
+                drop(g);
+                let synced = log
+                    .lock()
+                    .map_err(|_| poisoned())
+                    .and_then(|mut l| l.sync());
+                g = self.state.lock().map_err(|_| poisoned())?;
+                g.1 = false;
+                match synced {
+                    Ok(through) => g.0 = g.0.max(through),
+                    Err(e) => {
+                        g.2 = true;
+                        self.done.notify_all();
+                        return Err(e);
+                    }
+                }
+                self.done.notify_all();
+                continue;
+            }
+            g = self.done.wait(g).map_err(|_| poisoned())?;
+        }
+    }
 }
 
 /// A record: `u16 len, agent, u16 len, tenant, u64 seq, event` (little endian).
@@ -140,6 +196,9 @@ impl EventLog {
             checkpoint,
             since_checkpoint: 0,
             last_log_seq: last,
+            failed: false,
+            syncs: 0,
+            synced: last,
         };
         log.write_checkpoint()?;
         Ok(log)
@@ -169,8 +228,11 @@ impl EventLog {
         self.watermarks.get(agent).copied().unwrap_or(0)
     }
 
-    /// Stores a batch (events numbered from `first_seq`) durably and returns the new
-    /// watermark. Replayed numbers are skipped.
+    /// Appends a batch (events numbered from `first_seq`), skipping replayed numbers, and
+    /// moves the agent's watermark. Not durable yet: [`Appended::position`] is durable once
+    /// [`EventLog::sync`] (or [`GroupCommit::wait`]) has covered it, and only then may the
+    /// agent be acknowledged. After any storage error the log refuses further writes (the
+    /// server must restart and recover from disk, never acknowledge what may be lost).
     pub fn append(
         &mut self,
         tenant: &str,
@@ -178,13 +240,18 @@ impl EventLog {
         first_seq: u64,
         events: &[Vec<u8>],
     ) -> Result<Appended, ServerError> {
-        let store = |e: mamori_spool::SpoolError| ServerError::Store(e.to_string());
+        if self.failed {
+            return Err(ServerError::Store(
+                "the event log failed earlier; restart the server".into(),
+            ));
+        }
         let w = self.watermark(agent);
         let mut out = Appended {
             stored: 0,
             duplicates: 0,
             gap: first_seq.saturating_sub(w + 1),
             durable_through: w,
+            position: self.last_log_seq,
         };
         for (i, ev) in events.iter().enumerate() {
             let seq = first_seq + i as u64;
@@ -192,33 +259,58 @@ impl EventLog {
                 out.duplicates += 1;
                 continue;
             }
-            self.last_log_seq = self
-                .spool
-                .append(&encode(tenant, agent, seq, ev))
-                .map_err(store)?;
+            match self.spool.append(&encode(tenant, agent, seq, ev)) {
+                Ok(pos) => self.last_log_seq = pos,
+                Err(e) => {
+                    self.failed = true;
+                    return Err(ServerError::Store(e.to_string()));
+                }
+            }
             out.stored += 1;
             out.durable_through = seq;
         }
+        out.position = self.last_log_seq;
         if out.stored > 0 {
-            self.spool.sync().map_err(store)?;
             self.watermarks
                 .insert(agent.to_string(), out.durable_through);
-            self.since_checkpoint += 1;
-            if self.since_checkpoint >= CHECKPOINT_EVERY {
-                self.write_checkpoint()?;
-            }
         }
         Ok(out)
     }
 
-    /// Reads stored events from log position `from` (for consumers and tests).
+    /// Makes everything appended so far durable; returns the position it reached. Writes the
+    /// watermark checkpoint now and then (it must only ever cover durable records).
+    pub fn sync(&mut self) -> Result<u64, ServerError> {
+        if self.failed {
+            return Err(ServerError::Store(
+                "the event log failed earlier; restart the server".into(),
+            ));
+        }
+        if let Err(e) = self.spool.sync() {
+            self.failed = true;
+            return Err(ServerError::Store(e.to_string()));
+        }
+        self.syncs += 1;
+        self.synced = self.last_log_seq;
+        self.since_checkpoint += 1;
+        if self.since_checkpoint >= CHECKPOINT_EVERY {
+            self.write_checkpoint()?;
+        }
+        Ok(self.last_log_seq)
+    }
+
+    /// Reads durable events from log position `from` (for consumers and tests).
     pub fn read(&mut self, from: u64, max: usize) -> Result<Vec<Stored>, ServerError> {
+        if from > self.synced {
+            return Ok(Vec::new());
+        }
         let recs = self
             .spool
             .read(from, max)
             .map_err(|e| ServerError::Store(e.to_string()))?;
+        let synced = self.synced;
         Ok(recs
             .into_iter()
+            .take_while(|(log_seq, _)| *log_seq <= synced)
             .filter_map(|(log_seq, r)| {
                 decode(&r).map(|(agent, tenant, seq, event)| Stored {
                     log_seq,
@@ -234,7 +326,9 @@ impl EventLog {
     /// Releases the log through `log_seq` (stored downstream): whole segments are deleted.
     pub fn ack(&mut self, log_seq: u64) -> Result<(), ServerError> {
         // Watermarks are rebuilt from the records after the checkpoint, and acknowledged
-        // records are not read again: the checkpoint must cover them first.
+        // records are not read again: the checkpoint must cover them first, and it may only
+        // cover durable records.
+        self.sync()?;
         self.write_checkpoint()?;
         self.spool
             .ack(log_seq)
@@ -246,8 +340,9 @@ impl EventLog {
         self.last_log_seq
     }
 
-    /// Writes the checkpoint (on shutdown).
+    /// Syncs and writes the checkpoint (on shutdown).
     pub fn close(mut self) -> Result<(), ServerError> {
+        self.sync()?;
         self.write_checkpoint()
     }
 }
@@ -282,6 +377,7 @@ mod tests {
         // Another agent has its own numbers.
         assert_eq!(log.append("t", "a2", 1, &evs(1)).unwrap().stored, 1);
         // No checkpoint written since open: the watermarks come back from the records.
+        log.sync().unwrap();
         drop(log);
         let mut log = EventLog::open(&d, 1 << 30).unwrap();
         assert_eq!((log.watermark("a1"), log.watermark("a2")), (5, 1));
@@ -298,6 +394,40 @@ mod tests {
         log.close().unwrap();
         let log = EventLog::open(&d, 1 << 30).unwrap();
         assert_eq!(log.watermark("a1"), 8);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn group_commit_makes_every_batch_durable_with_fewer_syncs() {
+        let d = dir("group");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(EventLog::open(&d, 1 << 30).unwrap()));
+        let commit = std::sync::Arc::new(GroupCommit::default());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let (log, commit) = (log.clone(), commit.clone());
+                std::thread::spawn(move || {
+                    for b in 0..50u64 {
+                        let a = log
+                            .lock()
+                            .unwrap()
+                            .append("t", &format!("a{t}"), b * 2 + 1, &evs(2))
+                            .unwrap();
+                        commit.wait(&log, a.position).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let syncs = log.lock().unwrap().syncs;
+        assert!(syncs <= 400, "{syncs} syncs for 400 batches");
+        eprintln!("{syncs} syncs for 400 batches");
+        // Everything acknowledged is on disk: reopen without closing.
+        drop(log);
+        let mut log = EventLog::open(&d, 1 << 30).unwrap();
+        assert_eq!(log.read(1, 10_000).unwrap().len(), 800);
+        assert_eq!(log.watermark("a7"), 100);
         let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -1,0 +1,407 @@
+//! Load generator: many simulated agents over real mutual TLS against a running server.
+//!
+//! Each simulated agent has its own key and certificate (enrolled with one multi-use token,
+//! cached in `--cache` so reruns skip enrollment), its own ingest stream, and sends one
+//! batch of synthetic sensor events every `--interval-ms`. Among the events, `--markers`
+//! per second are a base64-to-shell command line with a unique process: each becomes an
+//! alert, and a poller reading `GET /api/v1/alerts` measures the time from the event's
+//! creation to the alert being visible in the API.
+//!
+//! ```sh
+//! loadgen --server https://127.0.0.1:7443 --fingerprint sha256:… --token ENROLL \
+//!         --api-token API --agents 1000 --rate 100000 --seconds 30 --server-pid PID
+//! ```
+//!
+//! `scripts/bench-load.sh` starts a server and runs this at several agent counts.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mamori_link::{HostFacts, Identity};
+use mamori_wire::Batch;
+use mamori_wire::ingest::ingest_client::IngestClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+
+struct Args {
+    server: String,
+    fingerprint: String,
+    token: String,
+    api_token: String,
+    agents: usize,
+    rate: u64,
+    seconds: u64,
+    markers: u64,
+    interval_ms: u64,
+    cache: PathBuf,
+    server_pid: Option<u32>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        server: String::new(),
+        fingerprint: String::new(),
+        token: String::new(),
+        api_token: String::new(),
+        agents: 100,
+        rate: 10_000,
+        seconds: 20,
+        markers: 10,
+        interval_ms: 1000,
+        cache: PathBuf::from("/tmp/mamori-loadgen"),
+        server_pid: None,
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    for pair in v.chunks(2) {
+        let (k, val) = (pair[0].as_str(), pair.get(1).cloned().unwrap_or_default());
+        match k {
+            "--server" => a.server = val,
+            "--fingerprint" => a.fingerprint = val,
+            "--token" => a.token = val,
+            "--api-token" => a.api_token = val,
+            "--agents" => a.agents = val.parse().expect("--agents N"),
+            "--rate" => a.rate = val.parse().expect("--rate events/s"),
+            "--seconds" => a.seconds = val.parse().expect("--seconds S"),
+            "--markers" => a.markers = val.parse().expect("--markers per second"),
+            "--interval-ms" => a.interval_ms = val.parse().expect("--interval-ms MS"),
+            "--cache" => a.cache = PathBuf::from(val),
+            "--server-pid" => a.server_pid = Some(val.parse().expect("--server-pid PID")),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    assert!(
+        !a.server.is_empty() && !a.fingerprint.is_empty(),
+        "--server and --fingerprint"
+    );
+    a
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// A process start; a marker is an encoded command piped to a shell, with a process entity
+/// that carries its creation time.
+fn event(agent: usize, n: u64, marker: bool) -> Vec<u8> {
+    let ns = now_ns();
+    let (exe, cmd, entity) = if marker {
+        (
+            "/usr/bin/sh",
+            "sh -c echo bG9hZGdlbgo= | base64 -d | sh".to_string(),
+            format!("loadgen:{ns}:{agent}:{n}"),
+        )
+    } else {
+        (
+            "/usr/bin/python3",
+            format!("python3 /opt/app/worker.py --queue default --job {n}"),
+            format!("boot:{agent}:{n}"),
+        )
+    };
+    format!(
+        r#"{{"@timestamp":"{}","event":{{"kind":"event","category":["process"],"type":["start"],"action":"exec","module":"mamori","dataset":"mamori.process"}},"host":{{"name":"sim-{agent:05}","os":{{"type":"linux","kernel":"6.18.0"}}}},"process":{{"pid":{},"entity_id":"{entity}","executable":"{exe}","name":"{}","command_line":"{cmd}","parent":{{"pid":1,"executable":"/usr/bin/bash","name":"bash","command_line":"bash"}}}},"user":{{"id":"1000","name":"app"}}}}"#,
+        rfc3339(ns),
+        1000 + n % 60_000,
+        exe.rsplit('/').next().unwrap_or(exe),
+    )
+    .into_bytes()
+}
+
+/// RFC 3339 UTC with microseconds.
+fn rfc3339(ns: u128) -> String {
+    chrono::DateTime::from_timestamp_micros((ns / 1000) as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn proc_stat(pid: u32) -> Option<(u64, u64, u64)> {
+    // (utime + stime ticks, RSS kB, peak RSS kB)
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Some((ticks, kb("VmRSS:"), kb("VmHWM:")))
+}
+
+async fn identities(a: &Args, ca_pem: &str) -> Vec<Identity> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..a.agents {
+        let dir = a.cache.join(format!("{i:05}"));
+        let (server, token, fp, sem) = (
+            a.server.clone(),
+            a.token.clone(),
+            a.fingerprint.clone(),
+            sem.clone(),
+        );
+        let ca = ca_pem.to_string();
+        set.spawn(async move {
+            if let Ok(Some(id)) = Identity::load(&dir)
+                && id.server == server
+                && id.ca_pem == ca
+            {
+                return (i, id);
+            }
+            let _permit = sem.acquire().await.expect("semaphore");
+            let facts = HostFacts {
+                hostname: format!("sim-{i:05}"),
+                os: "linux".into(),
+                kernel: "6.18.0".into(),
+                agent_version: "loadgen".into(),
+            };
+            let id = mamori_link::enroll(&server, &token, &fp, &facts)
+                .await
+                .expect("enrolling a simulated agent");
+            id.save(&dir).expect("caching the identity");
+            (i, id)
+        });
+    }
+    let mut out: Vec<Option<Identity>> = vec![None; a.agents];
+    while let Some(r) = set.join_next().await {
+        let (i, id) = r.expect("enrollment task");
+        out[i] = Some(id);
+    }
+    out.into_iter().map(|i| i.expect("every agent")).collect()
+}
+
+/// GETs `path` from the API (HTTP/1.1 over TLS, a new connection each time).
+async fn api_get(
+    connector: &tokio_rustls::TlsConnector,
+    addr: &str,
+    token: &str,
+    path: &str,
+) -> Option<String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").ok()?;
+    let mut tls = connector.connect(name, tcp).await.ok()?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let a = args();
+    let ca_pem = mamori_link::pinned_ca(&a.server, &a.fingerprint)
+        .await
+        .expect("the server's CA");
+    let started = Instant::now();
+    let ids = identities(&a, &ca_pem).await;
+    println!(
+        "{} agents enrolled or loaded in {:.1} s",
+        ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let base = a.server_pid.and_then(proc_stat);
+
+    // Connect every agent: a channel and an ingest stream each.
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, id) in ids.into_iter().enumerate() {
+        let (sem, acked) = (sem.clone(), acked.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire().await.expect("semaphore");
+            let ch =
+                mamori_link::channel(&id.server, &id.ca_pem, Some((&id.cert_pem, &id.key_pem)))
+                    .await
+                    .expect("connecting a simulated agent");
+            let mut client = IngestClient::new(ch);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(4);
+            let mut acks = client
+                .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .expect("opening an ingest stream")
+                .into_inner();
+            tokio::spawn(async move {
+                let mut last = 0;
+                while let Ok(Some(ack)) = acks.message().await {
+                    acked.fetch_add(ack.durable_through.saturating_sub(last), Ordering::Relaxed);
+                    last = ack.durable_through;
+                }
+            });
+            (i, tx, client)
+        });
+    }
+    let mut senders = Vec::with_capacity(a.agents);
+    while let Some(r) = set.join_next().await {
+        senders.push(r.expect("connection task"));
+    }
+    senders.sort_by_key(|s| s.0);
+    println!(
+        "{} agents connected over mutual TLS in {:.1} s",
+        senders.len(),
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let connected = a.server_pid.and_then(proc_stat);
+
+    // Load.
+    let per_batch = ((a.rate * a.interval_ms) / 1000 / a.agents as u64).max(1);
+    let marker_every = a.rate.checked_div(a.markers).map_or(u64::MAX, |e| e.max(1));
+    let counter = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let markers_sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (i, tx, client) in senders {
+        let (counter, sent, stop, markers_sent) = (
+            counter.clone(),
+            sent.clone(),
+            stop.clone(),
+            markers_sent.clone(),
+        );
+        let interval = Duration::from_millis(a.interval_ms);
+        tasks.push(tokio::spawn(async move {
+            let _keep_open = client;
+            // Spread the agents over the interval.
+            tokio::time::sleep(interval * (i as u32 % 1000) / 1000).await;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seq = 1u64;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let events: Vec<Vec<u8>> = (0..per_batch)
+                    .map(|_| {
+                        let n = counter.fetch_add(1, Ordering::Relaxed);
+                        let marker = n % marker_every == marker_every - 1;
+                        if marker {
+                            markers_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        event(i, n, marker)
+                    })
+                    .collect();
+                let k = events.len() as u64;
+                if tx
+                    .send(Batch {
+                        first_seq: seq,
+                        events,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                seq += k;
+                sent.fetch_add(k, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    // The poller: alerts of markers, as the API shows them.
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("CA PEM")).expect("CA");
+    }
+    let mut cfg = tokio_rustls::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let addr = a.server.trim_start_matches("https://").to_string();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut latencies: Vec<f64> = Vec::new();
+    let t0 = Instant::now();
+    let load_start = a.server_pid.and_then(proc_stat);
+    let acked_start = acked.load(Ordering::Relaxed);
+    let poll = |body: &str, seen: &mut HashSet<String>, lat: &mut Vec<f64>| {
+        let now = now_ns();
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+            return;
+        };
+        for al in v.as_array().into_iter().flatten() {
+            let ent = al["process_entity"].as_str().unwrap_or("");
+            if let Some(rest) = ent.strip_prefix("loadgen:")
+                && seen.insert(ent.to_string())
+                && let Some(ns) = rest.split(':').next().and_then(|x| x.parse::<u128>().ok())
+            {
+                lat.push((now.saturating_sub(ns)) as f64 / 1e6);
+            }
+        }
+    };
+    while t0.elapsed() < Duration::from_secs(a.seconds) {
+        if let Some(body) =
+            api_get(&connector, &addr, &a.api_token, "/api/v1/alerts?limit=50").await
+        {
+            poll(&body, &mut seen, &mut latencies);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let load_secs = t0.elapsed().as_secs_f64();
+    let acked_load = acked.load(Ordering::Relaxed) - acked_start;
+    let load_end = a.server_pid.and_then(proc_stat);
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Last alerts.
+    for _ in 0..40 {
+        if let Some(body) =
+            api_get(&connector, &addr, &a.api_token, "/api/v1/alerts?limit=200").await
+        {
+            poll(&body, &mut seen, &mut latencies);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    latencies.sort_by(|x, y| x.total_cmp(y));
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "sent {} events, acknowledged {} during {:.1} s of load: {:.0} events/s durable \
+         ({per_batch} per batch, one batch per agent every {} ms)",
+        sent.load(Ordering::Relaxed),
+        acked_load,
+        load_secs,
+        acked_load as f64 / load_secs,
+        a.interval_ms
+    );
+    println!(
+        "event to alert visible in the API: {} of {} markers seen; p50 {:.0} ms, p99 {:.0} ms, \
+         max {:.0} ms (poll every 50 ms)",
+        latencies.len(),
+        markers_sent.load(Ordering::Relaxed),
+        pct(0.5),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(f64::NAN)
+    );
+    if let (Some(b), Some(c), Some(s), Some(e)) = (base, connected, load_start, load_end) {
+        let hz = 100.0;
+        let cpu = (e.0 - s.0) as f64 / hz;
+        println!(
+            "server: RSS {} MiB before, {} MiB with {} agents connected ({:.1} KiB per agent), \
+             peak {} MiB; CPU {:.1} s over {:.1} s = {:.0} events per CPU-second",
+            b.1 / 1024,
+            c.1 / 1024,
+            a.agents,
+            (c.1.saturating_sub(b.1)) as f64 / a.agents as f64,
+            e.2 / 1024,
+            cpu,
+            load_secs,
+            acked_load as f64 / cpu.max(0.01)
+        );
+    }
+}
