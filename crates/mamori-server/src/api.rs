@@ -329,6 +329,9 @@ async fn upload_windows(
             log.append(&tenant, &agent, first, &events)?
         };
         shared.commit.wait(&shared.log, appended.position)?;
+        shared
+            .state
+            .record_upload(&tenant, &host, appended.stored)?;
         shared.state.audit(
             &p.actor(),
             "windows.upload",

@@ -308,6 +308,9 @@ CREATE TABLE IF NOT EXISTS alerts (
     last_seen TEXT NOT NULL, count INTEGER NOT NULL, status TEXT NOT NULL,
     evidence TEXT NOT NULL, created_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS alerts_tenant ON alerts (tenant, id);
+CREATE TABLE IF NOT EXISTS uploaded_hosts (
+    tenant TEXT NOT NULL, host TEXT NOT NULL, first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL, events INTEGER NOT NULL, PRIMARY KEY (tenant, host));
 CREATE TABLE IF NOT EXISTS custom_rules (
     id TEXT PRIMARY KEY, title TEXT NOT NULL, yaml TEXT NOT NULL, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS disabled_rules (
@@ -923,7 +926,44 @@ impl State {
                     health,
                 })
             })?;
-            rows.collect()
+            let mut hosts: Vec<HostStatus> = rows.collect::<rusqlite::Result<_>>()?;
+            // Windows hosts without an agent, known from their uploaded logs.
+            let mut st = c.prepare(
+                "SELECT tenant, host, first_seen, last_seen, events FROM uploaded_hosts
+                 ORDER BY first_seen",
+            )?;
+            let uploaded = st.query_map([], |r| {
+                let host: String = r.get(1)?;
+                let (first, last, events): (i64, i64, i64) = (r.get(2)?, r.get(3)?, r.get(4)?);
+                Ok(HostStatus {
+                    agent: format!("win:{host}"),
+                    tenant: r.get(0)?,
+                    hostname: host,
+                    addresses: serde_json::Value::Null,
+                    status: "uploads".into(),
+                    heartbeat_at: Some(last),
+                    health: serde_json::json!({"source": "uploaded Windows logs",
+                        "first_seen": first, "last_seen": last, "events": events}),
+                })
+            })?;
+            for h in uploaded {
+                hosts.push(h?);
+            }
+            Ok(hosts)
+        })
+    }
+
+    /// Records an upload of `events` Windows events for `host` (a host without an agent).
+    pub fn record_upload(&self, tenant: &str, host: &str, events: u64) -> Result<(), ServerError> {
+        let t = now();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO uploaded_hosts (tenant, host, first_seen, last_seen, events)
+                 VALUES (?1, ?2, ?3, ?3, ?4)
+                 ON CONFLICT (tenant, host) DO UPDATE SET last_seen = ?3, events = events + ?4",
+                params![tenant, host, t, events as i64],
+            )?;
+            Ok(())
         })
     }
 

@@ -867,6 +867,20 @@ fn windows_logs_uploaded_over_the_api_are_stored_and_detected() {
     assert!(audit.contains("\"action\":\"alert.status\"") && audit.contains("known admin script"));
     assert!(audit.contains("\"action\":\"windows.upload\""));
     assert_eq!(stored_count(&srv, port, &admin, "win:ws01", stored), stored);
+    // The host is in the inventory, known from its logs.
+    let (_, body) = curl(&srv, port, Some(&admin), "/api/v1/hosts", None);
+    let hosts: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ws = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["agent"] == "win:ws01")
+        .unwrap_or_else(|| panic!("{hosts}"));
+    assert_eq!(
+        (ws["status"].as_str(), ws["tenant"].as_str()),
+        (Some("uploads"), Some("acme"))
+    );
+    assert_eq!(ws["health"]["events"].as_u64(), Some(stored));
     // Windows fields land in the shared columns.
     let (code, body) = api(
         &srv,
