@@ -23,9 +23,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mamori_link::{HostFacts, Identity};
 use mamori_wire::Batch;
 use mamori_wire::ingest::ingest_client::IngestClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::rustls::pki_types::CertificateDer;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
 
 struct Args {
     server: String,
@@ -178,26 +175,6 @@ async fn identities(a: &Args, ca_pem: &str) -> Vec<Identity> {
     out.into_iter().map(|i| i.expect("every agent")).collect()
 }
 
-/// GETs `path` from the API (HTTP/1.1 over TLS, a new connection each time).
-async fn api_get(
-    connector: &tokio_rustls::TlsConnector,
-    addr: &str,
-    token: &str,
-    path: &str,
-) -> Option<String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").ok()?;
-    let mut tls = connector.connect(name, tcp).await.ok()?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    );
-    tls.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    let _ = tls.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf);
-    Some(text.split_once("\r\n\r\n")?.1.to_string())
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a = args();
@@ -309,16 +286,17 @@ async fn main() {
     }
 
     // The poller: alerts of markers, as the API shows them.
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.expect("CA PEM")).expect("CA");
-    }
-    let mut cfg = tokio_rustls::rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let addr = a.server.trim_start_matches("https://").to_string();
+    let api = mamori_link::api::Api::new(&a.server, &ca_pem, &a.api_token).expect("API client");
+    let get = |path: &'static str| {
+        let api = api.clone();
+        async move {
+            api.request("GET", path, None)
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+                .map(|r| r.body)
+        }
+    };
     let mut seen: HashSet<String> = HashSet::new();
     let mut latencies: Vec<f64> = Vec::new();
     let t0 = Instant::now();
@@ -340,9 +318,7 @@ async fn main() {
         }
     };
     while t0.elapsed() < Duration::from_secs(a.seconds) {
-        if let Some(body) =
-            api_get(&connector, &addr, &a.api_token, "/api/v1/alerts?limit=50").await
-        {
+        if let Some(body) = get("/api/v1/alerts?limit=50").await {
             poll(&body, &mut seen, &mut latencies);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -356,9 +332,7 @@ async fn main() {
     }
     // Last alerts.
     for _ in 0..40 {
-        if let Some(body) =
-            api_get(&connector, &addr, &a.api_token, "/api/v1/alerts?limit=200").await
-        {
+        if let Some(body) = get("/api/v1/alerts?limit=200").await {
             poll(&body, &mut seen, &mut latencies);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -11,6 +11,7 @@
 //!   they are durable. After any failure it reconnects with backoff and resends from the
 //!   acknowledgement: delivery is at-least-once, and the server's per-agent watermark makes
 //!   it exactly-once in the store.
+//! * [`api`]: a small client for the server's REST API (the CLI and tools use it).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,6 +123,8 @@ impl Identity {
         Ok(Some(ident))
     }
 }
+
+pub mod api;
 
 /// `host:port` and host name of a server URL (`https://host:port`).
 fn host_port(server: &str) -> Result<(String, String), LinkError> {

@@ -16,7 +16,7 @@ use mamori_columnar::{EventStore, Origin, Row};
 use crate::store::EventLog;
 
 /// Events read from the log per file at most.
-const MAX_ROWS: usize = 200_000;
+const MAX_ROWS: usize = 65_536;
 /// Events read per lock of the log (ingest waits while the log is read).
 const CHUNK: usize = 8192;
 

@@ -69,6 +69,8 @@ enum Command {
         /// Only this tenant's events.
         #[arg(long)]
         tenant: Option<String>,
+        #[command(flatten)]
+        target: query_cmd::Target,
     },
     /// Demonstrations.
     #[command(subcommand)]
@@ -174,7 +176,8 @@ fn main() -> ExitCode {
             format,
             limit,
             tenant,
-        } => query_cmd::run(&sql, format, limit, tenant),
+            target,
+        } => query_cmd::run(&sql, format, limit, tenant, target),
         Command::Rules(RulesCommand::Check {
             paths,
             placeholders,

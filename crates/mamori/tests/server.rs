@@ -1175,6 +1175,35 @@ fn tokens_tenants_custom_rules_and_sql_search_over_the_api() {
         .0,
         403
     );
+    // The CLI through the API, with the viewer's token: its tenant's events only.
+    let out = mamori(&srv)
+        .args([
+            "query",
+            "--format",
+            "json",
+            "--server",
+            &format!("https://127.0.0.1:{port}"),
+        ])
+        .args(["--token", &viewer, "SELECT count(*) AS n FROM events"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rows"][0]["n"], 2, "{v}");
+    let out = mamori(&srv)
+        .args(["query", "--server", &format!("https://127.0.0.1:{port}")])
+        .args(["--token", &viewer, "SELECT nope FROM events"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("400"),
+        "{out:?}"
+    );
 
     // Custom rules: validated against the running set, refused with a reason.
     let custom = "title: Test Listing Tmp\nid: 7d0c1f00-0000-4000-8000-0000000000aa\nstatus: test\nlevel: medium\n\
