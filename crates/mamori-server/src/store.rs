@@ -384,6 +384,9 @@ mod tests {
         assert_eq!(log.append("t", "a1", 1, &evs(5)).unwrap().stored, 0);
         let a = log.append("t", "a1", 8, &evs(1)).unwrap();
         assert_eq!((a.gap, a.durable_through), (2, 8), "6 and 7 never arrived");
+        // Readers see only synced records.
+        assert_eq!(log.read(a.position, 10).unwrap().len(), 0);
+        assert_eq!(log.sync().unwrap(), a.position);
         let all = log.read(1, 100).unwrap();
         let a1: Vec<u64> = all
             .iter()
