@@ -209,7 +209,7 @@ impl EventStore for ParquetStore {
         let mut inner = self.lock();
         let day = day_of(now_us);
         let mut out = Written::default();
-        // One builder per tenant, in order of first appearance.
+        // One builder (and one file) per tenant.
         let mut by_tenant: BTreeMap<&str, (RowBuilder, u64, u64)> = BTreeMap::new();
         for r in rows {
             let hw = inner.high_water.get(r.origin.tenant).copied().unwrap_or(0);

@@ -181,10 +181,12 @@ fn stop_server(server: &mut ServerProc) {
     while server.stderr.try_recv().is_ok() {}
 }
 
-/// `mamori query` as JSON rows.
-fn query(server_data: &Path, sql: &str) -> Vec<serde_json::Value> {
+/// `mamori query` as JSON rows: the local files, or with `extra` (`--server …`) the API.
+fn query_with(server_data: &Path, extra: &[&str], sql: &str) -> Vec<serde_json::Value> {
     let out = mamori(server_data)
-        .args(["query", "--format", "json", "--limit", "10000000", sql])
+        .args(["query", "--format", "json", "--limit", "10000000"])
+        .args(extra)
+        .arg(sql)
         .output()
         .unwrap();
     assert!(
@@ -195,6 +197,11 @@ fn query(server_data: &Path, sql: &str) -> Vec<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["truncated"], false);
     v["rows"].as_array().unwrap().clone()
+}
+
+/// `mamori query` over the local files, as JSON rows.
+fn query(server_data: &Path, sql: &str) -> Vec<serde_json::Value> {
+    query_with(server_data, &[], sql)
 }
 
 /// Every stored event of `agent` in the columnar store, as (agent seq, n), in store order.
@@ -1176,27 +1183,16 @@ fn tokens_tenants_custom_rules_and_sql_search_over_the_api() {
         403
     );
     // The CLI through the API, with the viewer's token: its tenant's events only.
-    let out = mamori(&srv)
-        .args([
-            "query",
-            "--format",
-            "json",
-            "--server",
-            &format!("https://127.0.0.1:{port}"),
-        ])
-        .args(["--token", &viewer, "SELECT count(*) AS n FROM events"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let url = format!("https://127.0.0.1:{port}");
+    let rows = query_with(
+        &srv,
+        &["--server", &url, "--token", &viewer],
+        "SELECT count(*) AS n FROM events",
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["rows"][0]["n"], 2, "{v}");
+    assert_eq!(rows[0]["n"], 2, "{rows:?}");
     let out = mamori(&srv)
-        .args(["query", "--server", &format!("https://127.0.0.1:{port}")])
-        .args(["--token", &viewer, "SELECT nope FROM events"])
+        .args(["query", "--server", &url, "--token", &viewer])
+        .arg("SELECT nope FROM events")
         .output()
         .unwrap();
     assert!(!out.status.success());
