@@ -181,11 +181,6 @@ impl ParquetStore {
         })
     }
 
-    /// The directory the files are in.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -244,7 +239,7 @@ impl EventStore for ParquetStore {
     fn query(&self, scope: &Scope, sql: &str, limits: Limits) -> Result<Table, StoreError> {
         match self.engine.run(&self.root, scope, sql, limits) {
             // A merge or retention may have removed a file between listing and reading it.
-            Err(StoreError::Query(m)) if m.contains("No such file") || m.contains("not found") => {
+            Err(StoreError::Query(m)) if m.contains("No such file") => {
                 self.engine.run(&self.root, scope, sql, limits)
             }
             r => r,

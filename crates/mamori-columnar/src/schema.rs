@@ -201,7 +201,6 @@ pub struct RowBuilder {
     cols: Vec<Builder>,
     raw: StringBuilder,
     rows: usize,
-    bytes: usize,
     found: Vec<Option<Value>>,
     name_buf: String,
 }
@@ -273,7 +272,6 @@ impl RowBuilder {
                 .collect(),
             raw: StringBuilder::new(),
             rows: 0,
-            bytes: 0,
             found: vec![None; COLS.len()],
             name_buf: String::new(),
         }
@@ -282,11 +280,6 @@ impl RowBuilder {
     /// Rows added since the last [`RowBuilder::finish`].
     pub fn rows(&self) -> usize {
         self.rows
-    }
-
-    /// Bytes of raw event JSON added since the last [`RowBuilder::finish`].
-    pub fn bytes(&self) -> usize {
-        self.bytes
     }
 
     /// Adds one event. An event that is not valid JSON is stored with only its origin and
@@ -347,7 +340,6 @@ impl RowBuilder {
         }
         self.raw.append_value(&raw);
         self.rows += 1;
-        self.bytes += event.len();
     }
 
     /// The rows added so far as one batch; the builder is empty afterwards.
@@ -367,7 +359,6 @@ impl RowBuilder {
         }
         cols.push(Arc::new(self.raw.finish()));
         self.rows = 0;
-        self.bytes = 0;
         RecordBatch::try_new(self.schema.clone(), cols)
             .expect("builders follow the schema by construction")
     }

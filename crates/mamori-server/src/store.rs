@@ -335,11 +335,6 @@ impl EventLog {
             .map_err(|e| ServerError::Store(e.to_string()))
     }
 
-    /// The last position written.
-    pub fn last_position(&self) -> u64 {
-        self.last_log_seq
-    }
-
     /// Syncs and writes the checkpoint (on shutdown).
     pub fn close(mut self) -> Result<(), ServerError> {
         self.sync()?;
