@@ -38,5 +38,16 @@ fn main() {
                 .build(),
         )
         .build();
-    Builder::new().compile(&[enrollment, ingest]);
+    let control = Service::builder()
+        .name("Control")
+        .package("mamori.v1")
+        .comment("Mutual TLS only: signed response commands out, reports of their outcome in.")
+        .method(
+            method("channel", "Channel", "Report", "SignedCommand")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
+        .build();
+    Builder::new().compile(&[enrollment, ingest, control]);
 }

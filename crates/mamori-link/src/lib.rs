@@ -11,6 +11,7 @@
 //!   they are durable. After any failure it reconnects with backoff and resends from the
 //!   acknowledgement: delivery is at-least-once, and the server's per-agent watermark makes
 //!   it exactly-once in the store.
+//! * [`control`]: the response command channel: signed commands in, outcomes out.
 //! * [`api`]: a small client for the server's REST API (the CLI and tools use it).
 
 use std::path::{Path, PathBuf};
@@ -125,6 +126,7 @@ impl Identity {
 }
 
 pub mod api;
+pub mod control;
 
 /// `host:port` and host name of a server URL (`https://host:port`).
 fn host_port(server: &str) -> Result<(String, String), LinkError> {

@@ -10,6 +10,10 @@
 //! * Secrets (admin API tokens, enrollment tokens): random, shown once, stored only as
 //!   SHA-256 hashes and compared in constant time ([`Secret`]).
 //!
+//! * Command signatures: the server signs every response command with the CA key
+//!   ([`Ca::sign`]); an agent checks it against the CA it pinned ([`verify`]), so a command
+//!   cannot be forged or altered by anything between them.
+//!
 //! Keys are ECDSA P-256 (rcgen with *ring*).
 
 use rcgen::{
@@ -37,6 +41,18 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Checks that `signature` is the CA's signature of `message` ([`Ca::sign`]), with the CA
+/// certificate the caller trusts.
+pub fn verify(ca_pem: &str, message: &[u8], signature: &[u8]) -> Result<(), PkiError> {
+    let der = pem_to_der(ca_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| PkiError::Invalid(format!("CA certificate: {e}")))?;
+    let key = cert.public_key().subject_public_key.data.as_ref();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, key)
+        .verify(message, signature)
+        .map_err(|_| PkiError::Invalid("bad signature".into()))
 }
 
 /// A DER certificate as PEM text.
@@ -75,6 +91,7 @@ pub struct Ca {
     key_pem: String,
     der: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
+    signer: KeyPair,
 }
 
 impl std::fmt::Debug for Ca {
@@ -128,6 +145,7 @@ impl Ca {
             key_pem: key_pem.to_string(),
             der,
             issuer,
+            signer: KeyPair::from_pem(key_pem)?,
         })
     }
 
@@ -144,6 +162,12 @@ impl Ca {
     /// The pin agents are given: the SHA-256 of the CA certificate.
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.der)
+    }
+
+    /// An ECDSA P-256 / SHA-256 signature (ASN.1 DER) of `message` with the CA key.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, PkiError> {
+        use rcgen::SigningKey;
+        Ok(self.signer.sign(message)?)
     }
 
     /// A server certificate for these DNS names and IP addresses, valid for a year.
@@ -235,6 +259,26 @@ impl Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_verify_only_with_the_signing_ca_and_unaltered() {
+        let ca = Ca::generate("test").unwrap();
+        let other = Ca::generate("other").unwrap();
+        let msg = br#"{"action":"isolate"}"#;
+        let sig = ca.sign(msg).unwrap();
+        verify(ca.cert_pem(), msg, &sig).unwrap();
+        assert!(verify(other.cert_pem(), msg, &sig).is_err(), "another CA");
+        assert!(
+            verify(ca.cert_pem(), br#"{"action":"release"}"#, &sig).is_err(),
+            "altered"
+        );
+        let mut bad = sig.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(verify(ca.cert_pem(), msg, &bad).is_err(), "altered signature");
+        assert!(verify(ca.cert_pem(), msg, &[]).is_err());
+        assert!(verify("not pem", msg, &sig).is_err());
+    }
 
     #[test]
     fn ca_signs_agents_with_the_servers_choice_of_identity() {

@@ -265,6 +265,131 @@ async fn hosts(State(shared): State<Arc<Shared>>, Caller(p, _): Caller<Viewer>) 
     Ok(Json(mine).into_response())
 }
 
+/// Body of `POST /api/v1/hosts/{agent}/actions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    action: mamori_wire::command::Action,
+    reason: String,
+    ttl_seconds: Option<i64>,
+}
+
+/// The agent `id` if the caller may see it: (agent, tenant).
+fn visible_agent(
+    shared: &Shared,
+    p: &Principal,
+    id: &str,
+) -> Result<Option<crate::state::Agent>, ServerError> {
+    Ok(shared.state.agent(id)?.filter(|a| p.sees(&a.tenant)))
+}
+
+async fn action_request(
+    State(shared): State<Arc<Shared>>,
+    Path(agent): Path<String>,
+    WithBody(p, body, _): WithBody<Analyst>,
+) -> ApiResult {
+    let req: ActionRequest = json_body(
+        &body,
+        r#"{"action": {"type": "isolate"|"release"|"kill"|…, …}, "reason": …, "ttl_seconds": n}"#,
+    )?;
+    let rec = blocking(move || {
+        let Some(a) = visible_agent(&shared, &p, &agent)? else {
+            return Ok(None);
+        };
+        if a.revoked_at.is_some() {
+            return Err(ServerError::Invalid(format!("agent {agent} is revoked")));
+        }
+        crate::actions::issue(
+            &shared,
+            &p.actor(),
+            &a.id,
+            &a.tenant,
+            req.action,
+            &req.reason,
+            req.ttl_seconds,
+        )
+        .map(Some)
+    })
+    .await?
+    .ok_or_else(|| not_found("no such host"))?;
+    Ok((StatusCode::ACCEPTED, Json(rec)).into_response())
+}
+
+async fn host_isolation(
+    State(shared): State<Arc<Shared>>,
+    Caller(p, _): Caller<Viewer>,
+    Path(agent): Path<String>,
+) -> ApiResult {
+    let v = blocking(move || match visible_agent(&shared, &p, &agent)? {
+        Some(a) => shared.state.isolation(&a.id).map(Some),
+        None => Ok(None),
+    })
+    .await?
+    .ok_or_else(|| not_found("no such host"))?;
+    Ok(Json(v).into_response())
+}
+
+/// Query parameters of `GET /api/v1/actions`.
+#[derive(Debug, Deserialize)]
+pub struct ActionsQuery {
+    agent: Option<String>,
+    tenant: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn actions_list(
+    State(shared): State<Arc<Shared>>,
+    Caller(p, _): Caller<Viewer>,
+    Query(q): Query<ActionsQuery>,
+) -> ApiResult {
+    let tenant = tenant_of(&p, q.tenant)?;
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let list = blocking(move || {
+        shared
+            .state
+            .commands(tenant.as_deref(), q.agent.as_deref(), limit)
+    })
+    .await?;
+    Ok(Json(list).into_response())
+}
+
+async fn action_get(
+    State(shared): State<Arc<Shared>>,
+    Caller(p, _): Caller<Viewer>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    match blocking(move || shared.state.command(&id)).await? {
+        Some(c) if p.sees(&c.tenant) => Ok(Json(c).into_response()),
+        _ => Err(not_found("no such action")),
+    }
+}
+
+async fn action_file(
+    State(shared): State<Arc<Shared>>,
+    Caller(p, _): Caller<Analyst>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let bytes = blocking(move || {
+        let Some(c) = shared.state.command(&id)? else {
+            return Ok(None);
+        };
+        if !p.sees(&c.tenant) || c.action != "collect_file" || c.status != "succeeded" {
+            return Ok(None);
+        }
+        let path = shared.collected_dir.join(format!("{}.bin", c.id));
+        let b = std::fs::read(&path).map_err(|e| ServerError::Store(format!("{}: {e}", path.display())))?;
+        shared.state.audit(&p.actor(), "response.collected_file.read", &format!("command:{}", c.id), "")?;
+        Ok(Some(b))
+    })
+    .await?
+    .ok_or_else(|| not_found("no collected file for this action"))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
+}
+
 /// Query parameters of `POST /api/v1/ingest/windows`.
 #[derive(Debug, Deserialize)]
 pub struct UploadQuery {
@@ -771,6 +896,51 @@ pub fn openapi_document() -> serde_json::Value {
                 "security": bearer,
                 "responses": {"200": {"description": "hosts"}, "401": unauthorised}
             }},
+            "/api/v1/hosts/{agent}/actions": {"post": {
+                "summary": "Ask a host's agent to respond: isolate, release, kill, quarantine, restore, delete_quarantined, list_quarantine, collect_file, collect_process, triage (analyst; signed by the server, queued while the host is offline, audited)",
+                "security": bearer,
+                "parameters": [{"name": "agent", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object",
+                    "required": ["action", "reason"], "properties": {
+                        "action": {"type": "object", "required": ["type"], "properties": {
+                            "type": {"enum": ["isolate", "release", "kill", "quarantine", "restore", "delete_quarantined", "list_quarantine", "collect_file", "collect_process", "triage"]},
+                            "allow": {"type": "array", "description": "isolate: [{net: ADDR[/PREFIX], port?}] reachable besides the server"},
+                            "pid": {"type": "integer"}, "start_ticks": {"type": "integer", "description": "kill: the last part of process.entity_id"},
+                            "boot_id": {"type": "string"}, "tree": {"type": "boolean"},
+                            "path": {"type": "string"}, "item": {"type": "string"}, "max_bytes": {"type": "integer"}}},
+                        "reason": {"type": "string", "minLength": 1, "maxLength": 1000},
+                        "ttl_seconds": {"type": "integer", "minimum": 10, "maximum": 604800, "description": "how long it may wait for an offline host (default 3600)"}}}}}},
+                "responses": {"202": {"description": "the action record (status queued)"}, "400": {"description": "refused, with the reason"},
+                              "401": unauthorised, "403": forbidden, "404": {"description": "no such host"}}
+            }},
+            "/api/v1/hosts/{agent}/isolation": {"get": {
+                "summary": "Whether the host is isolated (since, by whom, why, what was verified) and its isolation log",
+                "security": bearer,
+                "parameters": [{"name": "agent", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "{isolated, current, log}"}, "401": unauthorised, "404": {"description": "no such host"}}
+            }},
+            "/api/v1/actions": {"get": {
+                "summary": "Response actions, newest first, with status (queued, sent, received, succeeded, failed, expired) and outcome",
+                "security": bearer,
+                "parameters": [
+                    {"name": "agent", "in": "query", "schema": {"type": "string"}},
+                    {"name": "tenant", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 10000}}
+                ],
+                "responses": {"200": {"description": "actions"}, "401": unauthorised}
+            }},
+            "/api/v1/actions/{id}": {"get": {
+                "summary": "One response action with the agent's output",
+                "security": bearer,
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the action"}, "401": unauthorised, "404": {"description": "no such action"}}
+            }},
+            "/api/v1/actions/{id}/file": {"get": {
+                "summary": "The file a collect_file action fetched (analyst; audited)",
+                "security": bearer,
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the bytes"}, "401": unauthorised, "404": {"description": "no collected file"}}
+            }},
             "/api/v1/ingest/windows": {"post": {
                 "summary": "Windows telemetry from a host without an agent: EVTX, or JSON lines / array (Winlogbeat, ECS, Sysmon)",
                 "security": bearer,
@@ -919,6 +1089,14 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/api/v1/alerts/{id}", get(alert))
         .route("/api/v1/alerts/{id}/status", post(alert_status))
         .route("/api/v1/hosts", get(hosts))
+        .route(
+            "/api/v1/hosts/{agent}/actions",
+            post(action_request).layer(axum::extract::DefaultBodyLimit::max(64 << 10)),
+        )
+        .route("/api/v1/hosts/{agent}/isolation", get(host_isolation))
+        .route("/api/v1/actions", get(actions_list))
+        .route("/api/v1/actions/{id}", get(action_get))
+        .route("/api/v1/actions/{id}/file", get(action_file))
         .route(
             "/api/v1/rules",
             get(rules_list)

@@ -20,6 +20,10 @@
 //! everything else needs a client certificate signed by the server's CA for an enrolled,
 //! unrevoked agent.
 
+// The OpenAPI document is one large `json!` literal.
+#![recursion_limit = "256"]
+
+pub mod actions;
 pub mod api;
 pub mod compact;
 pub mod config;
@@ -34,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use mamori_wire::enrollment::enrollment_server::EnrollmentServer;
+use mamori_wire::control::control_server::ControlServer;
 use mamori_wire::ingest::ingest_server::IngestServer;
 
 pub use config::ServerConfig;
@@ -219,6 +224,8 @@ impl Server {
             commit: store::GroupCommit::default(),
             events: Arc::new(events),
             limits: service::Limits::default(),
+            dispatch: actions::Dispatch::default(),
+            collected_dir: dir.join("collected"),
         });
         Ok((
             Server {
@@ -279,6 +286,10 @@ impl Server {
             .add_service(
                 IngestServer::new(service::IngestService(self.shared.clone()))
                     .max_decoding_message_size(max),
+            )
+            .add_service(
+                ControlServer::new(actions::ControlService(self.shared.clone()))
+                    .max_decoding_message_size(mamori_wire::MAX_CONTROL_BYTES),
             );
         let result = tonic::transport::Server::builder()
             // The REST API speaks HTTP/1.1 as well; gRPC needs HTTP/2.

@@ -51,6 +51,10 @@ pub struct Shared {
     pub events: Arc<dyn mamori_columnar::EventStore>,
     /// Limits.
     pub limits: Limits,
+    /// Wakes agents' control streams when commands are queued.
+    pub dispatch: crate::actions::Dispatch,
+    /// Where files collected from hosts are kept.
+    pub collected_dir: std::path::PathBuf,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -168,35 +172,33 @@ fn identity(der: &[u8]) -> Option<(String, String)> {
 /// The ingest service.
 pub struct IngestService(pub Arc<Shared>);
 
-impl IngestService {
-    /// The agent behind a request: its certificate must name an enrolled, unrevoked agent
-    /// and be that agent's current certificate.
-    fn authorise<T>(&self, r: &Request<T>) -> Result<(String, String), Status> {
-        let certs = r
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let (id, serial) = identity(leaf.as_ref())
-            .ok_or_else(|| Status::unauthenticated("unreadable client certificate"))?;
-        let agent = self.0.state.agent(&id).map_err(internal)?.ok_or_else(|| {
-            tracing::warn!(%id, "unknown agent refused");
-            Status::unauthenticated(format!("unknown agent {id}"))
-        })?;
-        if agent.revoked_at.is_some() {
-            tracing::warn!(%id, "revoked agent refused");
-            return Err(Status::permission_denied(format!("agent {id} is revoked")));
-        }
-        // DER drops leading zero bytes of a serial: compare without them.
-        let norm = |s: &str| s.trim_start_matches("00").to_ascii_lowercase();
-        if norm(&agent.serial) != norm(&serial) {
-            return Err(Status::permission_denied(format!(
-                "agent {id}: this certificate has been replaced"
-            )));
-        }
-        Ok((id, agent.tenant))
+/// The agent behind a request: its certificate must name an enrolled, unrevoked agent and
+/// be that agent's current certificate. Returns (agent, tenant).
+pub fn authorise_agent<T>(shared: &Shared, r: &Request<T>) -> Result<(String, String), Status> {
+    let certs = r
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let (id, serial) = identity(leaf.as_ref())
+        .ok_or_else(|| Status::unauthenticated("unreadable client certificate"))?;
+    let agent = shared.state.agent(&id).map_err(internal)?.ok_or_else(|| {
+        tracing::warn!(%id, "unknown agent refused");
+        Status::unauthenticated(format!("unknown agent {id}"))
+    })?;
+    if agent.revoked_at.is_some() {
+        tracing::warn!(%id, "revoked agent refused");
+        return Err(Status::permission_denied(format!("agent {id} is revoked")));
     }
+    // DER drops leading zero bytes of a serial: compare without them.
+    let norm = |s: &str| s.trim_start_matches("00").to_ascii_lowercase();
+    if norm(&agent.serial) != norm(&serial) {
+        return Err(Status::permission_denied(format!(
+            "agent {id}: this certificate has been replaced"
+        )));
+    }
+    Ok((id, agent.tenant))
 }
 
 type AckStream = tokio_stream::wrappers::ReceiverStream<Result<Ack, Status>>;
@@ -209,7 +211,7 @@ impl Ingest for IngestService {
         &self,
         r: Request<Streaming<Batch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let (agent, tenant) = self.authorise(&r)?;
+        let (agent, tenant) = authorise_agent(&self.0, &r)?;
         let _ = self.0.state.touch(&agent);
         let mut inbound = r.into_inner();
         // One acknowledgement in flight at most: the agent cannot run ahead of the disk.

@@ -283,6 +283,8 @@ pub struct HostStatus {
     pub heartbeat_at: Option<i64>,
     /// The sensor's last health report.
     pub health: serde_json::Value,
+    /// Network isolation in force (since, by, why), or null.
+    pub isolation: serde_json::Value,
 }
 
 /// The state database.
@@ -331,6 +333,7 @@ impl State {
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        conn.execute_batch(crate::actions::SCHEMA).map_err(db)?;
         // Columns added after the first release of the schema.
         for col in [
             "name TEXT NOT NULL DEFAULT 'admin'",
@@ -363,7 +366,7 @@ impl State {
         })
     }
 
-    fn with<T>(
+    pub(crate) fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, ServerError> {
@@ -886,8 +889,19 @@ impl State {
         })
     }
 
-    /// The inventory with each sensor's status.
+    /// The inventory with each sensor's status and isolation.
     pub fn hosts(&self) -> Result<Vec<HostStatus>, ServerError> {
+        let isolated = self.isolated_agents()?;
+        let mut hosts = self.sensors()?;
+        for h in &mut hosts {
+            if let Some(i) = isolated.get(&h.agent) {
+                h.isolation = i.clone();
+            }
+        }
+        Ok(hosts)
+    }
+
+    fn sensors(&self) -> Result<Vec<HostStatus>, ServerError> {
         let t = now();
         self.with(|c| {
             let mut st = c.prepare(
@@ -924,6 +938,7 @@ impl State {
                     status: status.into(),
                     heartbeat_at,
                     health,
+                    isolation: serde_json::Value::Null,
                 })
             })?;
             let mut hosts: Vec<HostStatus> = rows.collect::<rusqlite::Result<_>>()?;
@@ -944,6 +959,7 @@ impl State {
                     heartbeat_at: Some(last),
                     health: serde_json::json!({"source": "uploaded Windows logs",
                         "first_seen": first, "last_seen": last, "events": events}),
+                    isolation: serde_json::Value::Null,
                 })
             })?;
             for h in uploaded {
@@ -1115,7 +1131,7 @@ fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Agent> {
     })
 }
 
-fn audit_in(
+pub(crate) fn audit_in(
     c: &Connection,
     actor: &str,
     action: &str,

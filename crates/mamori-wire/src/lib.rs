@@ -9,6 +9,10 @@
 //!   consecutive sequence numbers from the agent's spool and returns [`Ack`]s: everything up
 //!   to `durable_through` is stored and may be deleted from the spool. Replays of already
 //!   stored numbers are acknowledged without being stored twice.
+//! * `Control` (client certificate required): `Channel` is the response command channel.
+//!   The server sends [`SignedCommand`]s (a JSON [`command::Command`] and the CA's signature
+//!   of exactly those bytes); the agent answers with [`Report`]s: `received`, then `done`
+//!   with the outcome. Commands queued while the agent was away are sent when it connects.
 //!
 //! Messages are defined here with `prost` derives; `build.rs` generates the service stubs.
 
@@ -76,6 +80,38 @@ pub struct Ack {
     pub durable_through: u64,
 }
 
+/// A response command: `body` is a JSON [`command::Command`], `signature` the server CA's
+/// ECDSA signature of exactly those bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SignedCommand {
+    #[prost(bytes = "vec", tag = "1")]
+    pub body: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub signature: Vec<u8>,
+}
+
+/// What an agent says on the control channel.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Report {
+    /// `hello` (first message), `received` (a command arrived and was accepted for
+    /// execution), `done` (finished: see `ok`), `event` (something the server must know
+    /// outside a command, e.g. isolation was tampered with; `output_json` says what).
+    #[prost(string, tag = "1")]
+    pub kind: String,
+    #[prost(string, tag = "2")]
+    pub command_id: String,
+    #[prost(bool, tag = "3")]
+    pub ok: bool,
+    /// The outcome (JSON object), or why it failed.
+    #[prost(string, tag = "4")]
+    pub output_json: String,
+    #[prost(string, tag = "5")]
+    pub error: String,
+}
+
+/// Largest control message (a collected file travels in one report).
+pub const MAX_CONTROL_BYTES: usize = 32 << 20;
+
 /// Largest gRPC message either side accepts (a batch is at most this big).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
@@ -88,3 +124,10 @@ pub mod ingest {
     //! The `Ingest` service.
     include!(concat!(env!("OUT_DIR"), "/mamori.v1.Ingest.rs"));
 }
+
+pub mod control {
+    //! The `Control` service.
+    include!(concat!(env!("OUT_DIR"), "/mamori.v1.Control.rs"));
+}
+
+pub mod command;

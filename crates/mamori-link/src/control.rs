@@ -1,0 +1,262 @@
+//! The agent's end of the control channel: receives signed commands, checks them, runs them
+//! through an [`Executor`], and reports the outcome.
+//!
+//! A command is executed only if the signature is the pinned CA's over exactly the bytes
+//! received, the command names this agent, and it has not expired. Outcomes are kept by
+//! command id (`commands.json` next to the identity): a command delivered again (the server
+//! did not hear the outcome) is answered with the stored outcome, never executed twice.
+//! Events the agent must report outside any command (isolation tampered with) are sent
+//! whenever the channel is up; they wait in the queue while it is down.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mamori_wire::command::Command;
+use mamori_wire::control::control_client::ControlClient;
+use mamori_wire::{Report, SignedCommand};
+use serde::{Deserialize, Serialize};
+
+use crate::{Identity, LinkError, channel, status_error};
+
+/// What runs verified commands on the host.
+pub trait Executor: Send {
+    /// Executes one command: its output (JSON) or why it was not done.
+    fn execute(&mut self, cmd: &Command) -> Result<serde_json::Value, String>;
+}
+
+/// A stored outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Outcome {
+    id: String,
+    ok: bool,
+    output: String,
+    error: String,
+}
+
+/// Outcomes of the last commands, by id, kept on disk.
+#[derive(Debug)]
+pub struct Outcomes {
+    path: PathBuf,
+    recent: VecDeque<Outcome>,
+}
+
+const KEEP: usize = 1000;
+
+impl Outcomes {
+    /// Loads `commands.json` from `dir` (an unreadable file is started afresh, with a
+    /// warning: commands already executed may then run again, which is why the file is
+    /// written before each outcome is reported).
+    pub fn open(dir: &Path) -> Outcomes {
+        let path = dir.join("commands.json");
+        let recent = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!("{}: unreadable ({e}); starting afresh", path.display());
+                VecDeque::new()
+            }),
+            Err(_) => VecDeque::new(),
+        };
+        Outcomes { path, recent }
+    }
+
+    fn get(&self, id: &str) -> Option<&Outcome> {
+        self.recent.iter().find(|o| o.id == id)
+    }
+
+    fn put(&mut self, o: Outcome) -> Result<(), LinkError> {
+        self.recent.push_back(o);
+        while self.recent.len() > KEEP {
+            self.recent.pop_front();
+        }
+        let tmp = self.path.with_extension("tmp");
+        let body = serde_json::to_vec(&self.recent).map_err(|e| LinkError::Invalid(e.to_string()))?;
+        std::fs::write(&tmp, body)
+            .and_then(|_| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| LinkError::Io {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+}
+
+/// Checks a signed command: the pinned CA's signature, addressed to this agent, not expired.
+pub fn open_command(
+    ident: &Identity,
+    signed: &SignedCommand,
+    now_ms: i64,
+) -> Result<Command, String> {
+    mamori_pki::verify(&ident.ca_pem, &signed.body, &signed.signature)
+        .map_err(|_| "the signature is not the server CA's".to_string())?;
+    let cmd: Command =
+        serde_json::from_slice(&signed.body).map_err(|e| format!("unreadable command: {e}"))?;
+    if cmd.agent_id != ident.agent_id {
+        return Err(format!("addressed to agent {}, not this one", cmd.agent_id));
+    }
+    if now_ms > cmd.expires_at_ms {
+        return Err(format!("expired at {} ms", cmd.expires_at_ms));
+    }
+    Ok(cmd)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn report(kind: &str, id: &str, ok: bool, output: String, error: String) -> Report {
+    Report {
+        kind: kind.into(),
+        command_id: id.into(),
+        ok,
+        output_json: output,
+        error,
+    }
+}
+
+/// Runs the control channel until `stop`, reconnecting after failures. `events` are
+/// reported (kind `event`) whenever connected.
+pub async fn control(
+    ident: &Identity,
+    executor: Arc<Mutex<dyn Executor>>,
+    events: Arc<Mutex<VecDeque<serde_json::Value>>>,
+    outcomes: Arc<Mutex<Outcomes>>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), LinkError> {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.load(Ordering::Relaxed) {
+        match control_once(ident, &executor, &events, &outcomes, &stop).await {
+            Ok(()) => return Ok(()),
+            Err(LinkError::Refused(why)) => return Err(LinkError::Refused(why)),
+            Err(e) => {
+                tracing::warn!("control channel to {} lost: {e}; retrying in {backoff:?}", ident.server);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn control_once(
+    ident: &Identity,
+    executor: &Arc<Mutex<dyn Executor>>,
+    events: &Arc<Mutex<VecDeque<serde_json::Value>>>,
+    outcomes: &Arc<Mutex<Outcomes>>,
+    stop: &Arc<AtomicBool>,
+) -> Result<(), LinkError> {
+    let ch = channel(
+        &ident.server,
+        &ident.ca_pem,
+        Some((&ident.cert_pem, &ident.key_pem)),
+    )
+    .await?;
+    let mut client = ControlClient::new(ch)
+        .max_decoding_message_size(1 << 20)
+        .max_encoding_message_size(mamori_wire::MAX_CONTROL_BYTES);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Report>(16);
+    tx.send(report("hello", "", true, String::new(), String::new()))
+        .await
+        .map_err(|_| LinkError::Transport("the control stream closed".into()))?;
+    let response = client
+        .channel(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(status_error)?;
+    let mut inbound = response.into_inner();
+    let lost = || LinkError::Transport("the control stream closed".into());
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // Events first (a tamper report must not wait behind commands).
+        let pending: Vec<serde_json::Value> = events
+            .lock()
+            .map(|mut q| q.drain(..).collect())
+            .unwrap_or_default();
+        for (i, e) in pending.iter().enumerate() {
+            if tx
+                .send(report("event", "", true, e.to_string(), String::new()))
+                .await
+                .is_err()
+            {
+                // Put back what was not sent.
+                if let Ok(mut q) = events.lock() {
+                    for e in pending[i..].iter().rev() {
+                        q.push_front(e.clone());
+                    }
+                }
+                return Err(lost());
+            }
+        }
+        let next = match tokio::time::timeout(Duration::from_millis(250), inbound.message()).await {
+            Err(_) => continue,
+            Ok(Err(status)) => return Err(status_error(status)),
+            Ok(Ok(None)) => return Err(LinkError::Transport("the server closed the control stream".into())),
+            Ok(Ok(Some(m))) => m,
+        };
+        let cmd = match open_command(ident, &next, now_ms()) {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::warn!("command rejected: {why}");
+                // The id of a rejected command is reported only if it parses; it may be
+                // forged, and the server accepts a rejection only for its own pending ids.
+                let id = serde_json::from_slice::<serde_json::Value>(&next.body)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                tx.send(report("rejected", &id, false, String::new(), why))
+                    .await
+                    .map_err(|_| lost())?;
+                continue;
+            }
+        };
+        let stored = outcomes
+            .lock()
+            .ok()
+            .and_then(|o| o.get(&cmd.id).cloned());
+        let outcome = match stored {
+            Some(o) => o,
+            None => {
+                tx.send(report("received", &cmd.id, true, String::new(), String::new()))
+                    .await
+                    .map_err(|_| lost())?;
+                tracing::info!(command = %cmd.id, action = cmd.action.name(), by = %cmd.issued_by, "executing");
+                let exec = executor.clone();
+                let c2 = cmd.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    exec.lock()
+                        .map_err(|_| "the responder is unavailable".to_string())
+                        .and_then(|mut e| e.execute(&c2))
+                })
+                .await
+                .map_err(|e| LinkError::Transport(e.to_string()))?;
+                let o = match result {
+                    Ok(v) => Outcome {
+                        id: cmd.id.clone(),
+                        ok: true,
+                        output: v.to_string(),
+                        error: String::new(),
+                    },
+                    Err(e) => Outcome {
+                        id: cmd.id.clone(),
+                        ok: false,
+                        output: String::new(),
+                        error: e,
+                    },
+                };
+                if let Ok(mut store) = outcomes.lock()
+                    && let Err(e) = store.put(o.clone())
+                {
+                    tracing::error!("keeping the outcome of {}: {e}", cmd.id);
+                }
+                o
+            }
+        };
+        tx.send(report("done", &outcome.id, outcome.ok, outcome.output, outcome.error))
+            .await
+            .map_err(|_| lost())?;
+    }
+}
