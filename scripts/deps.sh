@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs (or names) what building Mamori needs beyond Rust: the BPF compiler and libbpf's
-# C dependencies. Sourced by ./run and ./test.
+# Installs (or names) what building and testing Mamori needs beyond Rust: the BPF compiler,
+# libbpf's C dependencies, nftables (isolation), iproute2 and curl (tests). Sourced by ./run and ./test.
 need_pkgs=()
 command -v clang >/dev/null 2>&1 || need_pkgs+=(clang)
 command -v make >/dev/null 2>&1 || need_pkgs+=(make)
@@ -8,6 +8,10 @@ command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 [ -e /usr/include/gelf.h ] || need_pkgs+=(libelf-dev)
 [ -e /usr/include/zlib.h ] || need_pkgs+=(zlib1g-dev)
 [ -e /usr/include/linux/bpf.h ] || need_pkgs+=(linux-libc-dev)
+# Response: isolation is an nftables table; the namespace tests use iproute2 and curl.
+command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing: ${need_pkgs[*]}" >&2

@@ -38,6 +38,8 @@ pub struct Reply {
     pub status: u16,
     /// Body (UTF-8, lossy).
     pub body: String,
+    /// Body as sent.
+    pub bytes: Vec<u8>,
 }
 
 impl Api {
@@ -148,6 +150,7 @@ fn parse(buf: &[u8]) -> Result<Reply, LinkError> {
     Ok(Reply {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
+        bytes: body,
     })
 }
 

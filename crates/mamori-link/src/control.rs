@@ -71,7 +71,8 @@ impl Outcomes {
             self.recent.pop_front();
         }
         let tmp = self.path.with_extension("tmp");
-        let body = serde_json::to_vec(&self.recent).map_err(|e| LinkError::Invalid(e.to_string()))?;
+        let body =
+            serde_json::to_vec(&self.recent).map_err(|e| LinkError::Invalid(e.to_string()))?;
         std::fs::write(&tmp, body)
             .and_then(|_| std::fs::rename(&tmp, &self.path))
             .map_err(|e| LinkError::Io {
@@ -132,7 +133,10 @@ pub async fn control(
             Ok(()) => return Ok(()),
             Err(LinkError::Refused(why)) => return Err(LinkError::Refused(why)),
             Err(e) => {
-                tracing::warn!("control channel to {} lost: {e}; retrying in {backoff:?}", ident.server);
+                tracing::warn!(
+                    "control channel to {} lost: {e}; retrying in {backoff:?}",
+                    ident.server
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -194,7 +198,11 @@ async fn control_once(
         let next = match tokio::time::timeout(Duration::from_millis(250), inbound.message()).await {
             Err(_) => continue,
             Ok(Err(status)) => return Err(status_error(status)),
-            Ok(Ok(None)) => return Err(LinkError::Transport("the server closed the control stream".into())),
+            Ok(Ok(None)) => {
+                return Err(LinkError::Transport(
+                    "the server closed the control stream".into(),
+                ));
+            }
             Ok(Ok(Some(m))) => m,
         };
         let cmd = match open_command(ident, &next, now_ms()) {
@@ -213,16 +221,19 @@ async fn control_once(
                 continue;
             }
         };
-        let stored = outcomes
-            .lock()
-            .ok()
-            .and_then(|o| o.get(&cmd.id).cloned());
+        let stored = outcomes.lock().ok().and_then(|o| o.get(&cmd.id).cloned());
         let outcome = match stored {
             Some(o) => o,
             None => {
-                tx.send(report("received", &cmd.id, true, String::new(), String::new()))
-                    .await
-                    .map_err(|_| lost())?;
+                tx.send(report(
+                    "received",
+                    &cmd.id,
+                    true,
+                    String::new(),
+                    String::new(),
+                ))
+                .await
+                .map_err(|_| lost())?;
                 tracing::info!(command = %cmd.id, action = cmd.action.name(), by = %cmd.issued_by, "executing");
                 let exec = executor.clone();
                 let c2 = cmd.clone();
@@ -255,8 +266,14 @@ async fn control_once(
                 o
             }
         };
-        tx.send(report("done", &outcome.id, outcome.ok, outcome.output, outcome.error))
-            .await
-            .map_err(|_| lost())?;
+        tx.send(report(
+            "done",
+            &outcome.id,
+            outcome.ok,
+            outcome.output,
+            outcome.error,
+        ))
+        .await
+        .map_err(|_| lost())?;
     }
 }

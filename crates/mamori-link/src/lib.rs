@@ -150,6 +150,20 @@ fn host_port(server: &str) -> Result<(String, String), LinkError> {
     Ok((addr, host))
 }
 
+/// The socket addresses of a server URL (`https://host:port`), resolved now.
+pub fn server_addrs(server: &str) -> Result<Vec<std::net::SocketAddr>, LinkError> {
+    use std::net::ToSocketAddrs;
+    let (addr, _) = host_port(server)?;
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|e| LinkError::Transport(format!("resolving {addr}: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(LinkError::Transport(format!("{addr} has no address")));
+    }
+    Ok(addrs)
+}
+
 mod pin {
     //! A certificate verifier that trusts exactly one CA, found in the server's own chain by
     //! its fingerprint.

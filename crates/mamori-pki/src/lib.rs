@@ -275,7 +275,10 @@ mod tests {
         let mut bad = sig.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert!(verify(ca.cert_pem(), msg, &bad).is_err(), "altered signature");
+        assert!(
+            verify(ca.cert_pem(), msg, &bad).is_err(),
+            "altered signature"
+        );
         assert!(verify(ca.cert_pem(), msg, &[]).is_err());
         assert!(verify("not pem", msg, &sig).is_err());
     }

@@ -20,12 +20,16 @@ const TEXT_BYTES: usize = 64 << 10;
 pub fn file(path: &str, max_bytes: u64) -> Result<Value, RespondError> {
     let p = Path::new(path);
     if !p.is_absolute() {
-        return Err(RespondError::Refused(format!("{path:?} is not an absolute path")));
+        return Err(RespondError::Refused(format!(
+            "{path:?} is not an absolute path"
+        )));
     }
     let limit = max_bytes.min(MAX_FILE_BYTES);
     let meta = std::fs::metadata(p).map_err(|e| RespondError::NotFound(format!("{path}: {e}")))?;
     if !meta.is_file() {
-        return Err(RespondError::Refused(format!("{path} is not a regular file")));
+        return Err(RespondError::Refused(format!(
+            "{path} is not a regular file"
+        )));
     }
     if meta.len() > limit {
         return Err(RespondError::Refused(format!(
@@ -35,7 +39,9 @@ pub fn file(path: &str, max_bytes: u64) -> Result<Value, RespondError> {
     }
     let body = std::fs::read(p).map_err(|e| RespondError::Failed(format!("{path}: {e}")))?;
     if body.len() as u64 > limit {
-        return Err(RespondError::Refused(format!("{path} grew over the limit of {limit} bytes")));
+        return Err(RespondError::Refused(format!(
+            "{path} grew over the limit of {limit} bytes"
+        )));
     }
     Ok(json!({
         "path": path,
@@ -50,9 +56,18 @@ pub fn file(path: &str, max_bytes: u64) -> Result<Value, RespondError> {
 /// Environment variable names whose values are withheld.
 fn secret_name(name: &str) -> bool {
     let n = name.to_ascii_uppercase();
-    ["PASS", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "AUTH", "COOKIE", "SESSION"]
-        .iter()
-        .any(|s| n.contains(s))
+    [
+        "PASS",
+        "SECRET",
+        "TOKEN",
+        "KEY",
+        "CREDENTIAL",
+        "AUTH",
+        "COOKIE",
+        "SESSION",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
 }
 
 fn nul_list(b: &[u8]) -> Vec<String> {
@@ -133,7 +148,9 @@ fn tcp_state(proto: &str, st: &str) -> &'static str {
 }
 
 fn link(p: String) -> String {
-    std::fs::read_link(p).map(|l| l.display().to_string()).unwrap_or_default()
+    std::fs::read_link(p)
+        .map(|l| l.display().to_string())
+        .unwrap_or_default()
 }
 
 /// Socket inodes a process holds.
@@ -142,7 +159,9 @@ fn socket_inodes(pid: &str) -> Vec<(String, u64)> {
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
         for e in rd.flatten() {
             let target = link(e.path().display().to_string());
-            if let Some(i) = target.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']'))
+            if let Some(i) = target
+                .strip_prefix("socket:[")
+                .and_then(|s| s.strip_suffix(']'))
                 && let Ok(i) = i.parse()
             {
                 out.push((e.file_name().to_string_lossy().into_owned(), i));
@@ -252,7 +271,12 @@ fn users() -> Vec<(String, u32, String, String)> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             (f.len() >= 7).then(|| {
-                (f[0].to_string(), f[2].parse().unwrap_or(u32::MAX), f[5].to_string(), f[6].to_string())
+                (
+                    f[0].to_string(),
+                    f[2].parse().unwrap_or(u32::MAX),
+                    f[5].to_string(),
+                    f[6].to_string(),
+                )
             })
         })
         .collect()
@@ -286,7 +310,9 @@ pub fn triage() -> Value {
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Ok(pid) = name.parse::<u32>() else { continue };
+            let Ok(pid) = name.parse::<u32>() else {
+                continue;
+            };
             let Ok(status) = std::fs::read_to_string(format!("/proc/{name}/status")) else {
                 continue;
             };
@@ -318,12 +344,24 @@ pub fn triage() -> Value {
     socks.sort_by_key(|s| s["local"].as_str().unwrap_or_default().to_string());
     let users = users();
     let mut persistence = Vec::new();
-    for f in ["/etc/crontab", "/etc/ld.so.preload", "/etc/profile", "/etc/bash.bashrc", "/etc/rc.local"] {
+    for f in [
+        "/etc/crontab",
+        "/etc/ld.so.preload",
+        "/etc/profile",
+        "/etc/bash.bashrc",
+        "/etc/rc.local",
+    ] {
         if let Some(v) = file_facts(Path::new(f)) {
             persistence.push(v);
         }
     }
-    for d in ["/etc/cron.d", "/etc/cron.hourly", "/etc/cron.daily", "/var/spool/cron/crontabs", "/etc/profile.d"] {
+    for d in [
+        "/etc/cron.d",
+        "/etc/cron.hourly",
+        "/etc/cron.daily",
+        "/var/spool/cron/crontabs",
+        "/etc/profile.d",
+    ] {
         files_in(d, 0, &mut persistence);
     }
     for d in ["/etc/systemd/system", "/run/systemd/system"] {
@@ -333,7 +371,14 @@ pub fn triage() -> Value {
         if home.is_empty() || home == "/" || home == "/nonexistent" {
             continue;
         }
-        for f in [".bashrc", ".profile", ".bash_profile", ".zshrc", ".ssh/authorized_keys", ".ssh/authorized_keys2"] {
+        for f in [
+            ".bashrc",
+            ".profile",
+            ".bash_profile",
+            ".zshrc",
+            ".ssh/authorized_keys",
+            ".ssh/authorized_keys2",
+        ] {
             if let Some(v) = file_facts(&Path::new(home).join(f)) {
                 persistence.push(v);
             }

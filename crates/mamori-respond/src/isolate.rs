@@ -96,7 +96,11 @@ fn addr_match(net: &str, side: &str) -> Result<String, RespondError> {
         None => (net, None),
     };
     let ip: IpAddr = ip.parse().map_err(|_| bad())?;
-    let (family, max) = if ip.is_ipv4() { ("ip", 32) } else { ("ip6", 128) };
+    let (family, max) = if ip.is_ipv4() {
+        ("ip", 32)
+    } else {
+        ("ip6", 128)
+    };
     Ok(match prefix {
         Some(p) if p > max => return Err(bad()),
         Some(p) => format!("{family} {side} {ip}/{p}"),
@@ -110,8 +114,16 @@ pub fn ruleset(server: &[SocketAddr], allow: &[Allow]) -> Result<String, Respond
     let mut output = vec!["oif \"lo\" accept".to_string()];
     for s in server {
         let ip = s.ip().to_string();
-        input.push(format!("{} tcp sport {} accept", addr_match(&ip, "saddr")?, s.port()));
-        output.push(format!("{} tcp dport {} accept", addr_match(&ip, "daddr")?, s.port()));
+        input.push(format!(
+            "{} tcp sport {} accept",
+            addr_match(&ip, "saddr")?,
+            s.port()
+        ));
+        output.push(format!(
+            "{} tcp dport {} accept",
+            addr_match(&ip, "daddr")?,
+            s.port()
+        ));
     }
     for a in allow {
         let (src, dst) = (addr_match(&a.net, "saddr")?, addr_match(&a.net, "daddr")?);
@@ -134,9 +146,8 @@ pub fn ruleset(server: &[SocketAddr], allow: &[Allow]) -> Result<String, Respond
     input.push(nd.into());
     output.push(nd.into());
     let chain = |name: &str, hook: &str, rules: &[String]| {
-        let mut c = format!(
-            "  chain {name} {{\n    type filter hook {hook} priority -100; policy drop;\n"
-        );
+        let mut c =
+            format!("  chain {name} {{\n    type filter hook {hook} priority -100; policy drop;\n");
         for r in rules {
             c.push_str("    ");
             c.push_str(r);
@@ -188,11 +199,17 @@ impl Isolation {
     pub fn open(dir: &Path) -> Result<Isolation, RespondError> {
         let state_path = dir.join("isolation.json");
         let state = match std::fs::read(&state_path) {
-            Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| {
-                RespondError::Failed(format!("{}: {e}", state_path.display()))
-            })?),
+            Ok(b) => Some(
+                serde_json::from_slice(&b)
+                    .map_err(|e| RespondError::Failed(format!("{}: {e}", state_path.display())))?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(RespondError::Failed(format!("{}: {e}", state_path.display()))),
+            Err(e) => {
+                return Err(RespondError::Failed(format!(
+                    "{}: {e}",
+                    state_path.display()
+                )));
+            }
         };
         Ok(Isolation {
             state_path,
@@ -213,13 +230,17 @@ impl Isolation {
     }
 
     fn save(&self) -> Result<(), RespondError> {
-        let err = |e: std::io::Error| RespondError::Failed(format!("{}: {e}", self.state_path.display()));
+        let err =
+            |e: std::io::Error| RespondError::Failed(format!("{}: {e}", self.state_path.display()));
         match &self.state {
             Some(st) => {
                 let tmp = self.state_path.with_extension("tmp");
-                let body = serde_json::to_vec_pretty(st).map_err(|e| RespondError::Failed(e.to_string()))?;
+                let body = serde_json::to_vec_pretty(st)
+                    .map_err(|e| RespondError::Failed(e.to_string()))?;
                 std::fs::write(&tmp, body).map_err(err)?;
-                std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(err)?;
+                std::fs::File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(err)?;
                 std::fs::rename(&tmp, &self.state_path).map_err(err)
             }
             None => match std::fs::remove_file(&self.state_path) {
@@ -311,7 +332,9 @@ impl Isolation {
             .lines()
             .any(|l| l.trim() == format!("table inet {TABLE}"));
         if still {
-            return Err(RespondError::Failed("the isolation table is still loaded".into()));
+            return Err(RespondError::Failed(
+                "the isolation table is still loaded".into(),
+            ));
         }
         Ok(json!({
             "isolated": false,
@@ -346,7 +369,10 @@ mod tests {
 
     #[test]
     fn ruleset_allows_only_loopback_server_and_allowlist() {
-        let server = ["10.77.1.1:7443".parse().unwrap(), "[fd00::1]:7443".parse().unwrap()];
+        let server = [
+            "10.77.1.1:7443".parse().unwrap(),
+            "[fd00::1]:7443".parse().unwrap(),
+        ];
         let allow: Vec<Allow> = ["10.77.3.0/24", "10.77.4.4:53"]
             .iter()
             .map(|a| a.parse().unwrap())
@@ -364,16 +390,25 @@ mod tests {
         ] {
             assert!(r.contains(line), "missing {line:?} in\n{r}");
         }
-        assert!(!r.contains("ct state"), "no generic accept of established flows");
+        assert!(
+            !r.contains("ct state"),
+            "no generic accept of established flows"
+        );
         let bad = [Allow {
             net: "evil; flush ruleset".into(),
             port: None,
         }];
-        assert!(ruleset(&server, &bad).is_err(), "no injection into the script");
+        assert!(
+            ruleset(&server, &bad).is_err(),
+            "no injection into the script"
+        );
         let bad = [Allow {
             net: "10.0.0.0/24 accept; flush ruleset".into(),
             port: None,
         }];
-        assert!(ruleset(&server, &bad).is_err(), "no injection after the prefix");
+        assert!(
+            ruleset(&server, &bad).is_err(),
+            "no injection after the prefix"
+        );
     }
 }

@@ -63,12 +63,7 @@ fn tree(root: u32) -> BTreeMap<u32, Proc> {
         if let Some(info) = procs.get(&p)
             && out.insert(p, info.clone()).is_none()
         {
-            todo.extend(
-                procs
-                    .iter()
-                    .filter(|(_, c)| c.ppid == p)
-                    .map(|(&c, _)| c),
-            );
+            todo.extend(procs.iter().filter(|(_, c)| c.ppid == p).map(|(&c, _)| c));
         }
     }
     out
@@ -148,11 +143,12 @@ pub fn kill_process(
     for (&p, info) in &victims {
         // Checked again right before the signal: only the process that was identified.
         if read(p).is_some_and(|now| now.ticks == info.ticks) {
-            kill(Pid::from_raw(p as i32), Signal::SIGKILL).map_err(|e| {
-                RespondError::Failed(format!("killing {p} ({}): {e}", info.name))
-            })?;
-            killed.push(json!({"pid": p, "name": info.name, "executable": info.executable,
-                "start_ticks": info.ticks}));
+            kill(Pid::from_raw(p as i32), Signal::SIGKILL)
+                .map_err(|e| RespondError::Failed(format!("killing {p} ({}): {e}", info.name)))?;
+            killed.push(
+                json!({"pid": p, "name": info.name, "executable": info.executable,
+                "start_ticks": info.ticks}),
+            );
         }
     }
     // Wait until they are gone (or zombies whose parent has not reaped them).

@@ -63,6 +63,11 @@ impl Responder {
         })
     }
 
+    /// Where the server is now (isolation keeps these reachable).
+    pub fn set_server(&mut self, server: Vec<SocketAddr>) {
+        self.server = server;
+    }
+
     /// Loads isolation again if the host was isolated (call first thing at start).
     pub fn resume(&mut self) -> Result<bool, RespondError> {
         self.isolation.resume()

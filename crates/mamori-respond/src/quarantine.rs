@@ -48,7 +48,14 @@ pub struct Item {
 }
 
 /// Paths never quarantined: the system would not boot or the agent would break.
-const CRITICAL_PREFIXES: [&str; 6] = ["/proc/", "/sys/", "/dev/", "/boot/", "/run/", "/lib/modules/"];
+const CRITICAL_PREFIXES: [&str; 6] = [
+    "/proc/",
+    "/sys/",
+    "/dev/",
+    "/boot/",
+    "/run/",
+    "/lib/modules/",
+];
 const CRITICAL_FILES: [&str; 10] = [
     "/etc/passwd",
     "/etc/shadow",
@@ -71,19 +78,31 @@ pub fn critical(path: &Path, protected: &[PathBuf]) -> Option<String> {
     if CRITICAL_FILES.contains(&s.as_ref()) {
         return Some(format!("{s} is a system file the host cannot run without"));
     }
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    if name.starts_with("ld-linux") || name.starts_with("libc.so") || name.starts_with("libc-")
-    {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    if name.starts_with("ld-linux") || name.starts_with("libc.so") || name.starts_with("libc-") {
         return Some(format!("{s} is the C library or dynamic loader"));
     }
     // PID 1's program, the agent's own program and data.
     for p in ["/proc/1/exe", "/proc/self/exe"] {
         if std::fs::canonicalize(p).is_ok_and(|e| e == path) {
-            return Some(format!("{s} is the program of {}", if p.contains('1') { "PID 1" } else { "the Mamori agent" }));
+            return Some(format!(
+                "{s} is the program of {}",
+                if p.contains('1') {
+                    "PID 1"
+                } else {
+                    "the Mamori agent"
+                }
+            ));
         }
     }
     if let Some(p) = protected.iter().find(|p| path.starts_with(p)) {
-        return Some(format!("{s} is under {}, which belongs to the Mamori agent", p.display()));
+        return Some(format!(
+            "{s} is under {}, which belongs to the Mamori agent",
+            p.display()
+        ));
     }
     None
 }
@@ -97,7 +116,9 @@ pub struct Quarantine {
 
 impl std::fmt::Debug for Quarantine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Quarantine").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Quarantine")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -106,7 +127,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RespondError + '_ {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), RespondError> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
 }
 
 fn now_ms() -> i64 {
@@ -135,7 +158,9 @@ impl Quarantine {
                     .mode(0o600)
                     .open(&key_path)
                     .map_err(io(&key_path))?;
-                f.write_all(&k).and_then(|_| f.sync_all()).map_err(io(&key_path))?;
+                f.write_all(&k)
+                    .and_then(|_| f.sync_all())
+                    .map_err(io(&key_path))?;
                 k
             }
             Err(e) => return Err(io(&key_path)(e)),
@@ -150,20 +175,28 @@ impl Quarantine {
     }
 
     fn item_paths(&self, id: &str) -> Result<(PathBuf, PathBuf), RespondError> {
-        if !id.starts_with("q-") || !id[2..].chars().all(|c| c.is_ascii_hexdigit()) || id.len() > 40 {
-            return Err(RespondError::Refused(format!("{id:?} is not a quarantine item id")));
+        if !id.starts_with("q-") || !id[2..].chars().all(|c| c.is_ascii_hexdigit()) || id.len() > 40
+        {
+            return Err(RespondError::Refused(format!(
+                "{id:?} is not a quarantine item id"
+            )));
         }
-        Ok((self.dir.join(format!("{id}.bin")), self.dir.join(format!("{id}.json"))))
+        Ok((
+            self.dir.join(format!("{id}.bin")),
+            self.dir.join(format!("{id}.json")),
+        ))
     }
 
     /// Moves `path` into the quarantine.
     pub fn quarantine(&self, path: &str) -> Result<Item, RespondError> {
         let p = Path::new(path);
         if !p.is_absolute() {
-            return Err(RespondError::Refused(format!("{path:?} is not an absolute path")));
+            return Err(RespondError::Refused(format!(
+                "{path:?} is not an absolute path"
+            )));
         }
-        let real = std::fs::canonicalize(p)
-            .map_err(|e| RespondError::NotFound(format!("{path}: {e}")))?;
+        let real =
+            std::fs::canonicalize(p).map_err(|e| RespondError::NotFound(format!("{path}: {e}")))?;
         if real != p {
             return Err(RespondError::Refused(format!(
                 "{path} is (or passes through) a symbolic link to {}; name the file itself",
@@ -180,7 +213,9 @@ impl Quarantine {
             .map_err(io(p))?;
         let meta = f.metadata().map_err(io(p))?;
         if !meta.is_file() {
-            return Err(RespondError::Refused(format!("{path} is not a regular file")));
+            return Err(RespondError::Refused(format!(
+                "{path} is not a regular file"
+            )));
         }
         if meta.len() > MAX_BYTES {
             return Err(RespondError::Refused(format!(
@@ -234,13 +269,18 @@ impl Quarantine {
     /// Every item, oldest first.
     pub fn list(&self) -> Result<Vec<Item>, RespondError> {
         let mut items = Vec::new();
-        for e in std::fs::read_dir(&self.dir).map_err(io(&self.dir))?.flatten() {
+        for e in std::fs::read_dir(&self.dir)
+            .map_err(io(&self.dir))?
+            .flatten()
+        {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "json") {
                 let body = std::fs::read(&path).map_err(io(&path))?;
                 match serde_json::from_slice::<Item>(&body) {
                     Ok(i) => items.push(i),
-                    Err(e) => tracing::warn!("{}: unreadable quarantine record: {e}", path.display()),
+                    Err(e) => {
+                        tracing::warn!("{}: unreadable quarantine record: {e}", path.display())
+                    }
                 }
             }
         }
@@ -252,7 +292,8 @@ impl Quarantine {
         let (_, json) = self.item_paths(id)?;
         let body = std::fs::read(&json)
             .map_err(|_| RespondError::NotFound(format!("no quarantine item {id}")))?;
-        serde_json::from_slice(&body).map_err(|e| RespondError::Failed(format!("{}: {e}", json.display())))
+        serde_json::from_slice(&body)
+            .map_err(|e| RespondError::Failed(format!("{}: {e}", json.display())))
     }
 
     /// Puts an item back exactly as it was, and removes it from the quarantine.
@@ -261,7 +302,10 @@ impl Quarantine {
         let (bin, json) = self.item_paths(id)?;
         let sealed = std::fs::read(&bin).map_err(io(&bin))?;
         if sealed.len() < 12 {
-            return Err(RespondError::Failed(format!("{}: truncated", bin.display())));
+            return Err(RespondError::Failed(format!(
+                "{}: truncated",
+                bin.display()
+            )));
         }
         let (nonce, rest) = sealed.split_at(12);
         let mut content = rest.to_vec();
@@ -271,10 +315,15 @@ impl Quarantine {
             .key
             .open_in_place(nonce, Aad::from(item.sha256.as_bytes()), &mut content)
             .map_err(|_| {
-                RespondError::Failed(format!("{}: does not decrypt (damaged or another key)", bin.display()))
+                RespondError::Failed(format!(
+                    "{}: does not decrypt (damaged or another key)",
+                    bin.display()
+                ))
             })?;
         if hex(&Sha256::digest(&*plain)) != item.sha256 {
-            return Err(RespondError::Failed(format!("{id}: content does not match its SHA-256")));
+            return Err(RespondError::Failed(format!(
+                "{id}: content does not match its SHA-256"
+            )));
         }
         let target = Path::new(&item.path);
         if std::fs::symlink_metadata(target).is_ok() {
@@ -297,7 +346,8 @@ impl Quarantine {
                 .map_err(io(&tmp))?;
             f.write_all(plain).map_err(io(&tmp))?;
             std::os::unix::fs::fchown(&f, Some(item.uid), Some(item.gid)).map_err(io(&tmp))?;
-            f.set_permissions(std::fs::Permissions::from_mode(item.mode)).map_err(io(&tmp))?;
+            f.set_permissions(std::fs::Permissions::from_mode(item.mode))
+                .map_err(io(&tmp))?;
             let mtime = std::time::UNIX_EPOCH
                 + std::time::Duration::new(item.mtime.max(0) as u64, item.mtime_nsec.max(0) as u32);
             f.set_modified(mtime).map_err(io(&tmp))?;

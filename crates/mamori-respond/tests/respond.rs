@@ -106,7 +106,10 @@ fn quarantine_refuses_what_it_must_not_touch() {
         (dir.join("link").display().to_string(), "symbolic link"),
         (dir.display().to_string(), "regular file"),
         (exe.display().to_string(), "Mamori agent"),
-        (dir.join("agent/identity.json").display().to_string(), "belongs to the Mamori agent"),
+        (
+            dir.join("agent/identity.json").display().to_string(),
+            "belongs to the Mamori agent",
+        ),
         (dir.join("missing").display().to_string(), "No such file"),
     ] {
         let e = q.quarantine(&path).unwrap_err();
@@ -133,7 +136,10 @@ fn children(pid: u32) -> Vec<u32> {
 #[test]
 fn kill_hits_only_the_identified_process_and_its_whole_tree() {
     let mut root = Command::new("sh")
-        .args(["-c", "sleep 1000 & sleep 1000 & sh -c 'sleep 1000 & wait' & wait"])
+        .args([
+            "-c",
+            "sleep 1000 & sleep 1000 & sh -c 'sleep 1000 & wait' & wait",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -205,12 +211,7 @@ fn collection_reads_files_processes_and_the_host() {
             .any(|s| s["local"] == format!("127.0.0.1:{port}") && s["state"] == "LISTEN"),
         "{socks:?}"
     );
-    assert!(
-        p["executable"]
-            .as_str()
-            .unwrap()
-            .contains("respond")
-    );
+    assert!(p["executable"].as_str().unwrap().contains("respond"));
 
     let t = collect::triage();
     let procs = t["processes"].as_array().unwrap();
@@ -223,7 +224,16 @@ fn collection_reads_files_processes_and_the_host() {
             .any(|s| s["local"] == format!("127.0.0.1:{port}") && s["pid"] == std::process::id()),
         "the listening socket with its owner"
     );
-    assert!(t["users"].as_array().unwrap().iter().any(|u| u["name"] == "root"));
-    assert!(!t["kernel_modules"].as_array().unwrap().is_empty() || !std::path::Path::new("/proc/modules").exists());
+    assert!(
+        t["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == "root")
+    );
+    assert!(
+        !t["kernel_modules"].as_array().unwrap().is_empty()
+            || !std::path::Path::new("/proc/modules").exists()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -171,7 +171,7 @@ impl State {
         &self,
         agent: &str,
         resend: bool,
-    ) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, ServerError> {
+    ) -> Result<Vec<(String, SignedCommand)>, ServerError> {
         let t = now_ms();
         self.with(|c| {
             c.execute(
@@ -187,7 +187,13 @@ impl State {
                  ORDER BY created_ms, rowid",
             )?;
             st.query_map(params![agent, resend, t], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((
+                    r.get(0)?,
+                    SignedCommand {
+                        body: r.get(1)?,
+                        signature: r.get(2)?,
+                    },
+                ))
             })?
             .collect()
         })
@@ -417,9 +423,9 @@ pub fn validate(action: &Action) -> Result<(), String> {
             }
             Ok(())
         }
-        Action::Kill { pid, .. } if *pid <= 1 => {
-            Err(format!("refusing to kill PID {pid}: the host would go down"))
-        }
+        Action::Kill { pid, .. } if *pid <= 1 => Err(format!(
+            "refusing to kill PID {pid}: the host would go down"
+        )),
         Action::Quarantine { path } => path_ok(path),
         Action::CollectFile { path, max_bytes } => {
             path_ok(path)?;
@@ -560,7 +566,9 @@ fn on_report(shared: &Shared, agent: &str, tenant: &str, r: Report) -> Result<()
                     "attack.defense-evasion".to_string(),
                     "attack.t1562.004".to_string(),
                 ];
-                let evidence = json!({"agent": agent, "host": host, "event": what, "detail": detail}).to_string();
+                let evidence =
+                    json!({"agent": agent, "host": host, "event": what, "detail": detail})
+                        .to_string();
                 shared.state.record_alert(&NewAlert {
                     tenant,
                     agent,
@@ -592,7 +600,9 @@ fn on_report(shared: &Shared, agent: &str, tenant: &str, r: Report) -> Result<()
             }
             Ok(())
         }
-        other => Err(ServerError::Invalid(format!("unknown report kind {other:?}"))),
+        other => Err(ServerError::Invalid(format!(
+            "unknown report kind {other:?}"
+        ))),
     }
 }
 
@@ -623,12 +633,8 @@ impl Control for ControlService {
                     }
                 };
                 resend = false;
-                for (id, body, signature) in list {
-                    if out_tx
-                        .send(Ok(SignedCommand { body, signature }))
-                        .await
-                        .is_err()
-                    {
+                for (id, signed) in list {
+                    if out_tx.send(Ok(signed)).await.is_err() {
                         return;
                     }
                     let (s, a) = (out_shared.clone(), out_agent.clone());

@@ -377,8 +377,14 @@ async fn action_file(
             return Ok(None);
         }
         let path = shared.collected_dir.join(format!("{}.bin", c.id));
-        let b = std::fs::read(&path).map_err(|e| ServerError::Store(format!("{}: {e}", path.display())))?;
-        shared.state.audit(&p.actor(), "response.collected_file.read", &format!("command:{}", c.id), "")?;
+        let b = std::fs::read(&path)
+            .map_err(|e| ServerError::Store(format!("{}: {e}", path.display())))?;
+        shared.state.audit(
+            &p.actor(),
+            "response.collected_file.read",
+            &format!("command:{}", c.id),
+            "",
+        )?;
         Ok(Some(b))
     })
     .await?

@@ -37,8 +37,8 @@ pub mod tls;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use mamori_wire::enrollment::enrollment_server::EnrollmentServer;
 use mamori_wire::control::control_server::ControlServer;
+use mamori_wire::enrollment::enrollment_server::EnrollmentServer;
 use mamori_wire::ingest::ingest_server::IngestServer;
 
 pub use config::ServerConfig;

@@ -194,7 +194,13 @@ mod tests {
             assert_eq!(a.to_string().parse::<Allow>().unwrap(), a);
         }
         for bad in [
-            "", "host.example", "10.0.0.5:0", "10.0.0.5:x", "10.0.0.0/33", "[fd00::1", "1.2.3.4:5:6x",
+            "",
+            "host.example",
+            "10.0.0.5:0",
+            "10.0.0.5:x",
+            "10.0.0.0/33",
+            "[fd00::1",
+            "1.2.3.4:5:6x",
             "[::1]x",
         ] {
             assert!(bad.parse::<Allow>().is_err(), "{bad:?}");

@@ -309,9 +309,11 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     } else {
         Some(Arc::new(Mutex::new(open_spool()?)))
     };
-    // Enrolled: ship the spool to the server as it fills.
+    // Enrolled: ship the spool to the server as it fills, and answer its commands.
+    let mut responding = None;
     let mut shipper = match (&spool, mamori_link::Identity::load(&identity_dir())?) {
         (Some(sp), Some(ident)) => {
+            responding = Some(crate::agent_respond::Responding::start(ident.clone())?);
             eprintln!(
                 "mamori agent: shipping to {} as {}",
                 ident.server, ident.agent_id
@@ -578,6 +580,9 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         && let Err(e) = s.stop()
     {
         eprintln!("mamori agent: the server link ended with: {e}");
+    }
+    if let Some(r) = responding.take() {
+        r.stop();
     }
     if let Some(e) = failure.into_inner() {
         return Err(e.context("writing events"));

@@ -10,10 +10,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod agent_cmd;
+mod agent_respond;
 mod data;
 mod demo_cmd;
 mod hunt_cmd;
 mod query_cmd;
+mod respond_cmd;
 mod rules_cmd;
 mod server_cmd;
 mod up_cmd;
@@ -72,6 +74,9 @@ enum Command {
         #[command(flatten)]
         target: query_cmd::Target,
     },
+    /// Respond on a host through the server: isolate, release, kill, quarantine, restore,
+    /// collect. Needs an analyst or admin API token (--token or MAMORI_TOKEN).
+    Respond(respond_cmd::RespondArgs),
     /// Demonstrations.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -171,6 +176,7 @@ fn main() -> ExitCode {
         Command::Server(cmd) => server_cmd::run(cmd),
         Command::Up { rules, without } => up_cmd::run(&rules, &without),
         Command::Demo(DemoCommand::Attack) => demo_cmd::attack(),
+        Command::Respond(args) => respond_cmd::run(args),
         Command::Query {
             sql,
             format,

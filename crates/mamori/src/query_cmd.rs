@@ -75,26 +75,7 @@ fn remote(
     limit: usize,
     tenant: Option<String>,
 ) -> Result<ExitCode> {
-    let token = target
-        .token
-        .as_deref()
-        .context("--server needs an API token: --token or MAMORI_TOKEN")?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let ca_pem = match &target.ca_fingerprint {
-        Some(fp) => rt.block_on(mamori_link::pinned_ca(server, fp))?,
-        None => {
-            let local = config.data_dir.join("pki/ca.pem");
-            std::fs::read_to_string(&local).with_context(|| {
-                format!(
-                    "{}: no local CA; pass the server's --ca-fingerprint",
-                    local.display()
-                )
-            })?
-        }
-    };
-    let api = mamori_link::api::Api::new(server, &ca_pem, token)?;
+    let (rt, api) = connect(server, target, config)?;
     let body = serde_json::json!({
         "sql": sql,
         "format": if format == Format::Csv { "csv" } else { "json" },
@@ -119,6 +100,36 @@ fn remote(
         Format::Table => print!("{}", text_table(&serde_json::from_str(&reply.body)?)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A client for `server`'s API with the target's token, trusting the pinned CA (or the local
+/// server's CA file).
+pub fn connect(
+    server: &str,
+    target: &Target,
+    config: &mamori_server::ServerConfig,
+) -> Result<(tokio::runtime::Runtime, mamori_link::api::Api)> {
+    let token = target
+        .token
+        .as_deref()
+        .context("--server needs an API token: --token or MAMORI_TOKEN")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ca_pem = match &target.ca_fingerprint {
+        Some(fp) => rt.block_on(mamori_link::pinned_ca(server, fp))?,
+        None => {
+            let local = config.data_dir.join("pki/ca.pem");
+            std::fs::read_to_string(&local).with_context(|| {
+                format!(
+                    "{}: no local CA; pass the server's --ca-fingerprint",
+                    local.display()
+                )
+            })?
+        }
+    };
+    let api = mamori_link::api::Api::new(server, &ca_pem, token)?;
+    Ok((rt, api))
 }
 
 /// A text table from the API's JSON result.

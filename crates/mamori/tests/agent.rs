@@ -2,6 +2,9 @@
 //! workload, events asserted field by field. Needs root; without root the tests say SKIPPED
 //! (and fail under CI, which runs as root and must not skip them).
 
+mod common;
+use common::{can_run, tempdir};
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -9,38 +12,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        .unwrap_or(false)
-}
-
-/// Returns false (after saying so loudly) when the test cannot run here.
-fn can_run(name: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED: {name} needs root to load eBPF programs");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{name} was skipped under CI: CI must run the privileged tests as root"
-    );
-    false
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("mamori-agent-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
 
 struct Agent {
     child: Child,
@@ -145,10 +116,13 @@ fn nonce() -> String {
 
 #[test]
 fn exec_fork_and_exit_of_our_own_processes() {
-    if !can_run("exec_fork_and_exit_of_our_own_processes") {
+    if !can_run(
+        "exec_fork_and_exit_of_our_own_processes",
+        "to load eBPF programs",
+    ) {
         return;
     }
-    let data = tempdir("events");
+    let data = tempdir("agent", "events");
     let agent = start(&["--stdout"], &data);
     let tag = nonce();
     let me = std::process::id();
@@ -298,10 +272,13 @@ fn exec_fork_and_exit_of_our_own_processes() {
 
 #[test]
 fn local_rules_print_detections_next_to_events() {
-    if !can_run("local_rules_print_detections_next_to_events") {
+    if !can_run(
+        "local_rules_print_detections_next_to_events",
+        "to load eBPF programs",
+    ) {
         return;
     }
-    let data = tempdir("rules");
+    let data = tempdir("agent", "rules");
     let tag = nonce();
     let rules = data.join("rules");
     std::fs::create_dir_all(&rules).unwrap();
@@ -334,10 +311,13 @@ fn local_rules_print_detections_next_to_events() {
 
 #[test]
 fn without_stdout_events_go_to_the_spool() {
-    if !can_run("without_stdout_events_go_to_the_spool") {
+    if !can_run(
+        "without_stdout_events_go_to_the_spool",
+        "to load eBPF programs",
+    ) {
         return;
     }
-    let data = tempdir("spool");
+    let data = tempdir("agent", "spool");
     let tag = nonce();
     let agent = start(&["--duration", "3", "--health-interval", "1"], &data);
     Command::new("/bin/echo")
@@ -373,10 +353,13 @@ fn without_stdout_events_go_to_the_spool() {
 
 #[test]
 fn listen_and_connect_over_loopback_tcp_udp_v4_v6() {
-    if !can_run("listen_and_connect_over_loopback_tcp_udp_v4_v6") {
+    if !can_run(
+        "listen_and_connect_over_loopback_tcp_udp_v4_v6",
+        "to load eBPF programs",
+    ) {
         return;
     }
-    let data = tempdir("net");
+    let data = tempdir("agent", "net");
     let agent = start(&["--stdout"], &data);
     let me = std::process::id();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -437,17 +420,20 @@ fn listen_and_connect_over_loopback_tcp_udp_v4_v6() {
 
 #[test]
 fn file_create_write_rename_chmod_delete() {
-    if !can_run("file_create_write_rename_chmod_delete") {
+    if !can_run(
+        "file_create_write_rename_chmod_delete",
+        "to load eBPF programs",
+    ) {
         return;
     }
-    let data = tempdir("files");
+    let data = tempdir("agent", "files");
     let agent = start(&["--stdout"], &data);
     assert!(
         agent_stderr(&data).contains("per-syscall tracepoints"),
         "the default hooks are the per-syscall tracepoints (tracefs is mounted if needed)"
     );
     let me = std::process::id();
-    let dir = tempdir("files-work");
+    let dir = tempdir("agent", "files-work");
     let a = dir.join("created.txt");
     let b = dir.join("renamed.txt");
     std::fs::write(&a, b"one").unwrap();
@@ -487,10 +473,13 @@ fn file_create_write_rename_chmod_delete() {
 
 #[test]
 fn privilege_changes_ptrace_and_module_load_attempts() {
-    if !can_run("privilege_changes_ptrace_and_module_load_attempts") {
+    if !can_run(
+        "privilege_changes_ptrace_and_module_load_attempts",
+        "to load eBPF programs",
+    ) {
         return;
     }
-    let data = tempdir("priv");
+    let data = tempdir("agent", "priv");
     // The raw syscall hooks (the fallback when tracefs is missing) are exercised here; the
     // other tests use the default per-syscall tracepoints. Only the raw hooks see a module
     // load attempted on a kernel built without modules: it has no tracepoint for them.
@@ -564,10 +553,13 @@ os.setuid(65534)
 
 #[test]
 fn fallback_process_connector_reports_what_is_missing() {
-    if !can_run("fallback_process_connector_reports_what_is_missing") {
+    if !can_run(
+        "fallback_process_connector_reports_what_is_missing",
+        "to load eBPF programs",
+    ) {
         return;
     }
-    let data = tempdir("fallback");
+    let data = tempdir("agent", "fallback");
     let agent = start(
         &[
             "--stdout",
@@ -594,7 +586,7 @@ fn fallback_process_connector_reports_what_is_missing() {
     let sh_pid = sh.id();
     assert_eq!(sh.wait().unwrap().code(), Some(5));
     // Files: completed writes through fanotify.
-    let written = tempdir("fallback-work").join("written.txt");
+    let written = tempdir("agent", "fallback-work").join("written.txt");
     std::fs::write(&written, b"x").unwrap();
     let written = written.display().to_string();
     let events = collect(&agent, |seen| {
@@ -677,11 +669,14 @@ fn fallback_process_connector_reports_what_is_missing() {
 
 #[test]
 fn dns_query_and_answer_through_a_local_stub() {
-    if !can_run("dns_query_and_answer_through_a_local_stub") {
+    if !can_run(
+        "dns_query_and_answer_through_a_local_stub",
+        "to load eBPF programs",
+    ) {
         return;
     }
     use mamori_sensor::dns;
-    let data = tempdir("dns");
+    let data = tempdir("agent", "dns");
     let agent = start(&["--stdout"], &data);
     let me = std::process::id();
     // A stub resolver on a loopback address of its own, port 53 (the kernel filter's port).
@@ -734,14 +729,17 @@ fn dns_query_and_answer_through_a_local_stub() {
 
 #[test]
 fn logins_success_and_failure_from_pam() {
-    if !can_run("logins_success_and_failure_from_pam") {
+    if !can_run(
+        "logins_success_and_failure_from_pam",
+        "to load eBPF programs",
+    ) {
         return;
     }
     let su = ["/usr/bin/su", "/bin/su"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .expect("this test logs in with su (util-linux): apt-get install -y util-linux");
-    let data = tempdir("logins");
+    let data = tempdir("agent", "logins");
     let mut agent = start(&["--stdout", "--with-logins"], &data);
     let err = agent_stderr(&data);
     assert!(
@@ -818,14 +816,14 @@ fn logins_success_and_failure_from_pam() {
 
 #[test]
 fn file_include_and_exclude_prefixes() {
-    if !can_run("file_include_and_exclude_prefixes") {
+    if !can_run("file_include_and_exclude_prefixes", "to load eBPF programs") {
         return;
     }
-    let work = tempdir("filter-work");
+    let work = tempdir("agent", "filter-work");
     let quiet = work.join("quiet");
     let loud = quiet.join("loud");
     std::fs::create_dir_all(&loud).unwrap();
-    let data = tempdir("filter");
+    let data = tempdir("agent", "filter");
     let ex = format!("{}/", quiet.display());
     let inc = format!("{}/", loud.display());
     let agent = start(
@@ -874,19 +872,22 @@ fn file_include_and_exclude_prefixes() {
 
 #[test]
 fn large_executables_are_hashed_in_the_background() {
-    if !can_run("large_executables_are_hashed_in_the_background") {
+    if !can_run(
+        "large_executables_are_hashed_in_the_background",
+        "to load eBPF programs",
+    ) {
         return;
     }
     // /bin/true with 9 MiB appended (the loader ignores trailing bytes): above the inline
     // hashing limit.
-    let dir = tempdir("bigexe-work");
+    let dir = tempdir("agent", "bigexe-work");
     let exe = dir.join("big-true");
     let mut bytes = std::fs::read("/bin/true").unwrap();
     bytes.extend(std::iter::repeat_n(0u8, 9 << 20));
     std::fs::write(&exe, &bytes).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data = tempdir("bigexe");
+    let data = tempdir("agent", "bigexe");
     let agent = start(&["--stdout"], &data);
     assert!(Command::new(&exe).status().unwrap().success());
     let path = exe.display().to_string();
@@ -917,11 +918,14 @@ fn large_executables_are_hashed_in_the_background() {
 
 #[test]
 fn up_and_demo_attack_raise_alerts_end_to_end() {
-    if !can_run("up_and_demo_attack_raise_alerts_end_to_end") {
+    if !can_run(
+        "up_and_demo_attack_raise_alerts_end_to_end",
+        "to load eBPF programs",
+    ) {
         return;
     }
     // `mamori up` on a port of its own, with Mamori's own rules (no SigmaHQ installed here).
-    let data = tempdir("up");
+    let data = tempdir("agent", "up");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

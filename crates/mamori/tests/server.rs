@@ -2,18 +2,14 @@
 //! agents enrolling with tokens and a pinned CA, the spool shipped over mutual TLS, and the
 //! server killed with SIGKILL while it ingests. No root needed.
 
+mod common;
+use common::tempdir;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn tempdir(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("mamori-server-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -224,7 +220,7 @@ fn stored(server_data: &Path, agent: &str) -> Vec<(u64, u64)> {
 
 #[test]
 fn enrollment_trust_and_every_refusal() {
-    let srv = tempdir("trust-srv");
+    let srv = tempdir("server", "trust-srv");
     let port = free_port();
     let (mut server, fp) = start_server(&srv, port);
     assert!(fp.starts_with("sha256:") && fp.len() == 71, "{fp}");
@@ -232,7 +228,7 @@ fn enrollment_trust_and_every_refusal() {
     // A token for one agent.
     let t1 = token(&srv, &["--tenant", "acme", "--uses", "1"]);
     assert!(t1.starts_with("mamori_enroll_"));
-    let a = tempdir("trust-a");
+    let a = tempdir("server", "trust-a");
     enroll(&a, port, &t1, &fp).expect("enrolls");
     let a_id = agent_id(&a);
     let key = a.join("agent/agent.key");
@@ -244,7 +240,7 @@ fn enrollment_trust_and_every_refusal() {
     );
 
     // Refusals at enrollment.
-    let b = tempdir("trust-b");
+    let b = tempdir("server", "trust-b");
     let e = enroll(&b, port, &t1, &fp).unwrap_err();
     assert!(e.contains("used up"), "{e}");
     let e = enroll(&b, port, "mamori_enroll_0000", &fp).unwrap_err();
@@ -266,7 +262,7 @@ fn enrollment_trust_and_every_refusal() {
     assert!(err.contains("0 records still queued"), "{err}");
 
     // An agent whose certificate the server's CA signed for an id it never enrolled.
-    let ghost = tempdir("trust-ghost");
+    let ghost = tempdir("server", "trust-ghost");
     let ca = mamori_pki::Ca::load(
         &std::fs::read_to_string(srv.join("server/pki/ca.pem")).unwrap(),
         &std::fs::read_to_string(srv.join("server/pki/ca.key")).unwrap(),
@@ -293,7 +289,7 @@ fn enrollment_trust_and_every_refusal() {
     assert!(!ok && err.contains("unknown agent agt-ghost"), "{err}");
 
     // An agent with a certificate from another CA: the TLS handshake fails, nothing arrives.
-    let foreign = tempdir("trust-foreign");
+    let foreign = tempdir("server", "trust-foreign");
     forge(
         &foreign,
         &mamori_pki::Ca::generate("not ours").unwrap(),
@@ -337,10 +333,10 @@ fn enrollment_trust_and_every_refusal() {
 
 #[test]
 fn server_killed_with_sigkill_loses_and_duplicates_nothing() {
-    let srv = tempdir("kill-srv");
+    let srv = tempdir("server", "kill-srv");
     let port = free_port();
     let (server, fp) = start_server(&srv, port);
-    let a = tempdir("kill-agent");
+    let a = tempdir("server", "kill-agent");
     enroll(&a, port, &token(&srv, &[]), &fp).unwrap();
     let id = agent_id(&a);
     let n = 200_000;
@@ -425,7 +421,7 @@ fn server_killed_with_sigkill_loses_and_duplicates_nothing() {
 
 #[test]
 fn live_detection_raises_folded_alerts_with_evidence() {
-    let srv = tempdir("detect-srv");
+    let srv = tempdir("server", "detect-srv");
     let rules = srv.join("rules");
     std::fs::create_dir_all(&rules).unwrap();
     // A correlation over a base rule that does not alert on its own: three curl|sh in 5 min.
@@ -492,7 +488,7 @@ correlation:
         stderr: mpsc::channel().1,
         admin: None,
     };
-    let a = tempdir("detect-agent");
+    let a = tempdir("server", "detect-agent");
     enroll(&a, port, &token(&srv, &["--tenant", "acme"]), &fp).unwrap();
     // Two executions of the same process tree step match; one benign event does not.
     let exec = |pid: u32, cmd: &str| {
@@ -637,12 +633,12 @@ fn alerts(srv: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn heartbeats_fill_the_inventory_and_silence_or_a_stop_raises_an_alert() {
-    let srv = tempdir("hb-srv");
+    let srv = tempdir("server", "hb-srv");
     let port = free_port();
     let (_server, fp) = start_server(&srv, port);
-    let quiet = tempdir("hb-quiet");
+    let quiet = tempdir("server", "hb-quiet");
     enroll(&quiet, port, &token(&srv, &[]), &fp).unwrap();
-    let stopping = tempdir("hb-stop");
+    let stopping = tempdir("server", "hb-stop");
     enroll(&stopping, port, &token(&srv, &[]), &fp).unwrap();
     let (q_id, s_id) = (agent_id(&quiet), agent_id(&stopping));
     for (dir, actions) in [
@@ -717,14 +713,14 @@ fn heartbeats_fill_the_inventory_and_silence_or_a_stop_raises_an_alert() {
 
 #[test]
 fn rest_api_needs_the_admin_token_and_serves_hosts_alerts_and_openapi() {
-    let srv = tempdir("api-srv");
+    let srv = tempdir("server", "api-srv");
     let port = free_port();
     let (server, fp) = start_server(&srv, port);
     let admin = server
         .admin
         .clone()
         .expect("first start prints the admin token");
-    let a = tempdir("api-agent");
+    let a = tempdir("server", "api-agent");
     enroll(&a, port, &token(&srv, &["--tenant", "acme"]), &fp).unwrap();
     let get = |path: &str, token: Option<&str>| curl(&srv, port, token, path, None);
     // Refused without a token or with a wrong one.
@@ -776,7 +772,7 @@ fn windows_logs_uploaded_over_the_api_are_stored_and_detected() {
         "shared test data missing in {}",
         shared.display()
     );
-    let srv = tempdir("win-srv");
+    let srv = tempdir("server", "win-srv");
     let port = free_port();
     let (server, _) = start_server_with(&srv, port, &["--rules", rules.to_str().unwrap()]);
     let admin = server.admin.clone().unwrap();
@@ -999,7 +995,7 @@ fn wait_alerts(srv: &Path, pred: impl Fn(&[serde_json::Value]) -> bool) -> Vec<s
 
 #[test]
 fn tokens_tenants_custom_rules_and_sql_search_over_the_api() {
-    let srv = tempdir("rbac-srv");
+    let srv = tempdir("server", "rbac-srv");
     let rules = srv.join("rules");
     std::fs::create_dir_all(&rules).unwrap();
     std::fs::write(
@@ -1079,9 +1075,9 @@ fn tokens_tenants_custom_rules_and_sql_search_over_the_api() {
         !listed.to_string().contains(v["token"].as_str().unwrap()),
         "no secrets listed"
     );
-    let a = tempdir("rbac-a");
+    let a = tempdir("server", "rbac-a");
     enroll(&a, port, v["token"].as_str().unwrap(), &fp).unwrap();
-    let b = tempdir("rbac-b");
+    let b = tempdir("server", "rbac-b");
     enroll(&b, port, &token(&srv, &["--tenant", "other"]), &fp).unwrap();
 
     send(

@@ -1,0 +1,39 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)] // each test file uses some of them
+
+use std::path::PathBuf;
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        .unwrap_or(false)
+}
+
+/// Returns false (after saying so loudly) when the privileged test `name` cannot run here;
+/// under CI that is a failure.
+pub fn can_run(name: &str, needs: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED: {name} needs root ({needs})");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{name} was skipped under CI: CI must run the privileged tests as root"
+    );
+    false
+}
+
+/// A fresh scratch directory `mamori-<suite>-<pid>-<tag>` under the temporary directory.
+pub fn tempdir(suite: &str, tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("mamori-{suite}-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}

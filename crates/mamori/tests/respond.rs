@@ -1,0 +1,831 @@
+//! Response for real, in network namespaces this test creates: a "host" namespace running
+//! the agent, a "server" namespace running `mamori server`, an "outside" peer and an
+//! "allowed" peer, each joined to the host by its own veth pair. Through the CLI and the
+//! API: isolate (outside blocked both ways, established connections cut, the server and the
+//! allowlist still reachable), tamper with the table (repaired, critical alert), restart the
+//! agent and simulate a reboot (isolation comes back), release (the ruleset is exactly what
+//! it was), kill a process tree, quarantine and restore a file, collect a file and a triage
+//! bundle; refusals for roles, tenants, PID 1 and system files; everything in the audit log.
+//! Needs root (namespaces, nftables, eBPF); without root it says SKIPPED.
+
+mod common;
+use common::{can_run, tempdir};
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The namespaces and links; removed on drop.
+struct Net {
+    tag: String,
+}
+
+impl Net {
+    fn ns(&self, role: &str) -> String {
+        format!("mrt{}-{role}", self.tag)
+    }
+
+    fn create() -> Net {
+        let net = Net {
+            tag: format!("{}", std::process::id() % 100_000),
+        };
+        for role in ["h", "s", "o", "a"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &net.ns(role)])
+                .output();
+            sh(&["ip", "netns", "add", &net.ns(role)]);
+            sh(&["ip", "-n", &net.ns(role), "link", "set", "lo", "up"]);
+        }
+        // host <-> server 10.201.1.0/24, host <-> outside .2, host <-> allowed .3
+        for (i, role) in [(1, "s"), (2, "o"), (3, "a")] {
+            let (hv, pv) = (
+                format!("mh{}{role}", net.tag),
+                format!("mp{}{role}", net.tag),
+            );
+            sh(&[
+                "ip",
+                "link",
+                "add",
+                &hv,
+                "netns",
+                &net.ns("h"),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &pv,
+                "netns",
+                &net.ns(role),
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &net.ns("h"),
+                "addr",
+                "add",
+                &format!("10.201.{i}.2/24"),
+                "dev",
+                &hv,
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &net.ns(role),
+                "addr",
+                "add",
+                &format!("10.201.{i}.1/24"),
+                "dev",
+                &pv,
+            ]);
+            sh(&["ip", "-n", &net.ns("h"), "link", "set", &hv, "up"]);
+            sh(&["ip", "-n", &net.ns(role), "link", "set", &pv, "up"]);
+        }
+        net
+    }
+
+    /// Runs `f` in a thread inside namespace `role`: sockets made there belong to it.
+    fn within<T: Send + 'static>(&self, role: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.ns(role));
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn nft(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("h"), "nft"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for role in ["h", "s", "o", "a"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(role)])
+                .output();
+        }
+    }
+}
+
+/// A TCP echo server in a namespace.
+fn echo(net: &Net, role: &str, addr: &str) {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let listener = net.within(role, move || TcpListener::bind(addr).unwrap());
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 256];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Whether a TCP connection from namespace `from` to `to` gets an echo.
+fn reaches(net: &Net, from: &str, to: &str) -> bool {
+    let to: SocketAddr = to.parse().unwrap();
+    net.within(from, move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_millis(700)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(700)));
+        let mut buf = [0u8; 4];
+        s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
+    })
+}
+
+fn mamori(data: &Path, ns: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_mamori")]);
+    c.env("MAMORI_DATA_DIR", data);
+    c
+}
+
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(mut c: Command, log: PathBuf) -> Proc {
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log2)
+            .unwrap();
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = writeln!(f, "{line}");
+            let _ = tx.send(line);
+        }
+    });
+    Proc {
+        child,
+        lines: rx,
+        log,
+    }
+}
+
+fn wait_line(p: &Proc, what: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match p
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            Ok(l) if l.contains(what) => return l,
+            Ok(_) => {}
+            Err(_) => panic!(
+                "{what:?} not seen within {secs} s; log:\n{}",
+                std::fs::read_to_string(&p.log).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// `mamori respond …` from the server's namespace; (success, stdout, stderr).
+fn respond(net: &Net, srv: &Path, token: &str, args: &[&str]) -> (bool, Value, String) {
+    let out = mamori(srv, &net.ns("s"))
+        .args([
+            "respond",
+            "--server",
+            "https://10.201.1.1:7443",
+            "--token",
+            token,
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.success(),
+        serde_json::from_str(&stdout).unwrap_or(Value::String(stdout)),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An API call from the server's namespace (curl), returning (status, JSON).
+fn api(
+    net: &Net,
+    srv: &Path,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u32, Value) {
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &net.ns("s"),
+        "curl",
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+        "--cacert",
+    ])
+    .arg(srv.join("server/pki/ca.pem"))
+    .args(["-H", &format!("Authorization: Bearer {token}")]);
+    if let Some(b) = body {
+        c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    let out = c
+        .arg(format!("https://10.201.1.1:7443{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn start_agent(net: &Net, agent: &Path) -> Proc {
+    let mut c = mamori(agent, &net.ns("h"));
+    c.args([
+        "agent",
+        "--without",
+        "file,network,login",
+        "--health-interval",
+        "2",
+    ]);
+    let p = spawn(c, agent.join("agent.err"));
+    wait_line(&p, "shipping to", 60);
+    p
+}
+
+#[test]
+fn isolate_kill_quarantine_collect_in_real_namespaces() {
+    if !can_run(
+        "isolate_kill_quarantine_collect_in_real_namespaces",
+        "network namespaces, nftables, eBPF",
+    ) {
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        panic!("nft is missing: apt-get install nftables (scripts/deps.sh installs it)");
+    }
+    let net = Net::create();
+    let (srv, agent_dir) = (tempdir("respond", "srv"), tempdir("respond", "agent"));
+
+    // The server, in its namespace.
+    let mut c = mamori(&srv, &net.ns("s"));
+    c.args(["server", "run", "--listen", "10.201.1.1:7443"]);
+    let server = spawn(c, srv.join("server.err"));
+    let admin = wait_line(&server, "stored only as a hash): ", 60)
+        .rsplit_once(": ")
+        .unwrap()
+        .1
+        .to_string();
+    let fp = wait_line(&server, "CA fingerprint ", 30)
+        .rsplit_once(' ')
+        .unwrap()
+        .1
+        .to_string();
+    wait_line(&server, "listening on", 30);
+    let token = sh(&[
+        "env",
+        &format!("MAMORI_DATA_DIR={}", srv.display()),
+        env!("CARGO_BIN_EXE_mamori"),
+        "server",
+        "token",
+    ])
+    .trim()
+    .to_string();
+
+    // The agent, in the host namespace.
+    let out = mamori(&agent_dir, &net.ns("h"))
+        .args([
+            "agent",
+            "enroll",
+            "--server",
+            "https://10.201.1.1:7443",
+            "--token",
+            &token,
+            "--ca-fingerprint",
+            &fp,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent_id: String = serde_json::from_str::<Value>(
+        &std::fs::read_to_string(agent_dir.join("agent/identity.json")).unwrap(),
+    )
+    .unwrap()["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut agent = start_agent(&net, &agent_dir);
+
+    // Peers: an echo service outside and on the allowed peer (two ports), one in the host.
+    echo(&net, "o", "10.201.2.1:8080");
+    echo(&net, "a", "10.201.3.1:8443");
+    echo(&net, "a", "10.201.3.1:8444");
+    echo(&net, "h", "0.0.0.0:9090");
+    assert!(
+        reaches(&net, "h", "10.201.2.1:8080"),
+        "before: host -> outside"
+    );
+    assert!(
+        reaches(&net, "o", "10.201.2.2:9090"),
+        "before: outside -> host"
+    );
+    // A connection established before isolation (a reverse shell, say).
+    let mut established = net.within("h", || {
+        let s = TcpStream::connect("10.201.2.1:8080").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        s
+    });
+    // Someone else's table in the host, which isolation must leave alone.
+    let (ok, e) = net.nft(&["add", "table", "inet", "preexisting"]);
+    assert!(ok, "{e}");
+    net.nft(&[
+        "add",
+        "set",
+        "inet",
+        "preexisting",
+        "s",
+        "{ type ipv4_addr; }",
+    ]);
+    net.nft(&[
+        "add",
+        "element",
+        "inet",
+        "preexisting",
+        "s",
+        "{ 192.0.2.7 }",
+    ]);
+    let ruleset_before = net.nft(&["list", "ruleset"]).1;
+
+    // Refusals: a viewer cannot isolate; PID 1 cannot be killed; no reason, no action.
+    let viewer = api(
+        &net,
+        &srv,
+        &admin,
+        "POST",
+        "/api/v1/tokens",
+        Some(r#"{"name":"v","role":"viewer"}"#),
+    )
+    .1["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let isolate_body = r#"{"action":{"type":"isolate","allow":[{"net":"10.201.3.1","port":8443}]},"reason":"test"}"#;
+    let path = format!("/api/v1/hosts/{agent_id}/actions");
+    assert_eq!(
+        api(&net, &srv, &viewer, "POST", &path, Some(isolate_body)).0,
+        403
+    );
+    let (code, v) = api(
+        &net,
+        &srv,
+        &admin,
+        "POST",
+        &path,
+        Some(r#"{"action":{"type":"kill","pid":1,"start_ticks":0},"reason":"x"}"#),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("PID 1"), "{v}");
+    let (code, v) = api(
+        &net,
+        &srv,
+        &admin,
+        "POST",
+        &path,
+        Some(r#"{"action":{"type":"release"},"reason":" "}"#),
+    );
+    assert_eq!(code, 400, "{v}");
+    let other = api(
+        &net,
+        &srv,
+        &admin,
+        "POST",
+        "/api/v1/tokens",
+        Some(r#"{"name":"t2","role":"admin","tenant":"other"}"#),
+    )
+    .1["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        api(&net, &srv, &other, "POST", &path, Some(isolate_body)).0,
+        404,
+        "another tenant's host does not exist"
+    );
+
+    // Isolate through the CLI, waiting for the verified outcome.
+    let t0 = Instant::now();
+    let (ok, out, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &[
+            "isolate",
+            &agent_id,
+            "--allow",
+            "10.201.3.1:8443",
+            "--reason",
+            "test: contain",
+        ],
+    );
+    let took = t0.elapsed();
+    assert!(ok, "isolate failed: {err}\n{out}");
+    assert_eq!(out["isolated"], true, "{out}");
+    assert_eq!(
+        out["probe"]["result"], "blocked",
+        "a probe past the filter was refused: {out}"
+    );
+    eprintln!("isolate through the CLI, verified: {took:?}");
+    assert!(
+        !reaches(&net, "h", "10.201.2.1:8080"),
+        "isolated: host -> outside"
+    );
+    assert!(
+        !reaches(&net, "o", "10.201.2.2:9090"),
+        "isolated: outside -> host"
+    );
+    assert!(
+        reaches(&net, "h", "10.201.3.1:8443"),
+        "isolated: the allowlisted port still works"
+    );
+    assert!(
+        !reaches(&net, "h", "10.201.3.1:8444"),
+        "isolated: only the allowlisted port"
+    );
+    let mut buf = [0u8; 4];
+    let cut = established.write_all(b"ping").is_err() || established.read_exact(&mut buf).is_err();
+    assert!(cut, "an established connection to outside is cut");
+    // The server still talks to the agent: a triage comes back through isolation.
+    let (ok, tri, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &["triage", &agent_id, "--reason", "test: triage"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        tri["processes"].as_array().unwrap().len() > 3,
+        "triage has processes"
+    );
+    assert!(tri["persistence"].is_array() && tri["kernel_modules"].is_array());
+    // The host shows who isolated it, when and why.
+    let (_, iso) = api(
+        &net,
+        &srv,
+        &admin,
+        "GET",
+        &format!("/api/v1/hosts/{agent_id}/isolation"),
+        None,
+    );
+    assert_eq!(iso["isolated"], true, "{iso}");
+    assert_eq!(iso["current"]["reason"], "test: contain");
+    assert!(
+        iso["current"]["by"].as_str().unwrap().contains("admin"),
+        "{iso}"
+    );
+    let (_, hosts) = api(&net, &srv, &admin, "GET", "/api/v1/hosts", None);
+    let me = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["agent"] == agent_id.as_str())
+        .unwrap();
+    assert_eq!(me["isolation"]["reason"], "test: contain", "{me}");
+
+    // Tampering: a local root deletes the table. It comes back, and a critical alert says so.
+    let (ok, e) = net.nft(&["delete", "table", "inet", "mamori_isolation"]);
+    assert!(ok, "{e}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !net.nft(&["list", "table", "inet", "mamori_isolation"]).0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        net.nft(&["list", "table", "inet", "mamori_isolation"]).0,
+        "the table was loaded again"
+    );
+    assert!(
+        !reaches(&net, "h", "10.201.2.1:8080"),
+        "isolated again after tampering"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let tamper = loop {
+        let (_, alerts) = api(&net, &srv, &admin, "GET", "/api/v1/alerts", None);
+        let found = alerts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["rule_id"] == "mamori-isolation-tamper")
+            .cloned();
+        if found.is_some() || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let tamper = tamper.expect("a tamper alert");
+    assert_eq!(tamper["level"], "critical");
+
+    // The agent stops: the table stays. It restarts: still isolated, and says so.
+    drop(agent);
+    assert!(
+        !reaches(&net, "h", "10.201.2.1:8080"),
+        "isolation outlives the agent"
+    );
+    agent = start_agent(&net, &agent_dir);
+    assert!(
+        std::fs::read_to_string(agent_dir.join("agent.err"))
+            .unwrap()
+            .contains("ISOLATED")
+    );
+    // A reboot empties the kernel's tables; the agent loads isolation again at start.
+    drop(agent);
+    net.nft(&["delete", "table", "inet", "mamori_isolation"]);
+    assert!(
+        reaches(&net, "h", "10.201.2.1:8080"),
+        "the 'reboot' emptied the table"
+    );
+    agent = start_agent(&net, &agent_dir);
+    assert!(
+        !reaches(&net, "h", "10.201.2.1:8080"),
+        "isolated again after the 'reboot'"
+    );
+    assert!(reaches(&net, "h", "10.201.3.1:8443"));
+
+    // Release: traffic flows, and the ruleset is exactly what it was.
+    let (ok, out, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &["release", &agent_id, "--reason", "test: all clear"],
+    );
+    assert!(ok, "{err}\n{out}");
+    assert_eq!(out["isolated"], false);
+    assert!(
+        reaches(&net, "h", "10.201.2.1:8080"),
+        "released: host -> outside"
+    );
+    assert!(
+        reaches(&net, "o", "10.201.2.2:9090"),
+        "released: outside -> host"
+    );
+    assert_eq!(
+        net.nft(&["list", "ruleset"]).1,
+        ruleset_before,
+        "release restores the ruleset exactly"
+    );
+    let (_, iso) = api(
+        &net,
+        &srv,
+        &admin,
+        "GET",
+        &format!("/api/v1/hosts/{agent_id}/isolation"),
+        None,
+    );
+    assert_eq!(iso["isolated"], false);
+    let events: Vec<&str> = iso["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    for e in [
+        "isolate requested",
+        "isolated",
+        "tampered",
+        "release requested",
+        "released",
+    ] {
+        assert!(events.contains(&e), "isolation log lacks {e:?}: {events:?}");
+    }
+
+    // Kill a process tree, by pid and start time.
+    let mut tree = Command::new("sh")
+        .args(["-c", "sleep 1000 & sleep 1000 & wait"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = tree.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ticks = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    let kids: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 2);
+    let wrong = (ticks.parse::<u64>().unwrap() + 5).to_string();
+    let (ok, _, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &[
+            "kill",
+            &agent_id,
+            "--pid",
+            &pid.to_string(),
+            "--start-ticks",
+            &wrong,
+            "--tree",
+            "--reason",
+            "test",
+        ],
+    );
+    assert!(
+        !ok && err.contains("another process"),
+        "a reused pid is never hit: {err}"
+    );
+    let (ok, out, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &[
+            "kill",
+            &agent_id,
+            "--pid",
+            &pid.to_string(),
+            "--start-ticks",
+            &ticks,
+            "--tree",
+            "--reason",
+            "test: kill",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out["killed"].as_array().unwrap().len(), 3, "{out}");
+    let _ = tree.wait();
+    for k in kids {
+        assert!(
+            std::fs::read_to_string(format!("/proc/{k}/stat")).map_or(true, |s| s.contains(") Z ")),
+            "child {k} survived"
+        );
+    }
+
+    // Quarantine and restore a file; refuse a system file.
+    // (Not in the agent's data directory: the agent protects its own files.)
+    let scratch = tempdir("respond", "scratch");
+    let victim = scratch.join("payload.sh");
+    std::fs::write(&victim, b"#!/bin/sh\necho pwned\n").unwrap();
+    let v = victim.display().to_string();
+    let (ok, out, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &["quarantine", &agent_id, &v, "--reason", "test: quarantine"],
+    );
+    assert!(ok, "{err}");
+    assert!(!victim.exists());
+    let item = out["item"]["id"].as_str().unwrap().to_string();
+    let (ok, list, _) = respond(&net, &srv, &admin, &["list-quarantine", &agent_id]);
+    assert!(ok && list["items"][0]["path"] == v.as_str(), "{list}");
+    let (ok, _, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &[
+            "restore",
+            &agent_id,
+            &item,
+            "--reason",
+            "test: false positive",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"#!/bin/sh\necho pwned\n");
+    let (ok, _, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &["quarantine", &agent_id, "/etc/passwd", "--reason", "test"],
+    );
+    assert!(!ok && err.contains("system file"), "{err}");
+    let own = agent_dir.join("agent/identity.json").display().to_string();
+    let (ok, _, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &["quarantine", &agent_id, &own, "--reason", "test"],
+    );
+    assert!(!ok && err.contains("belongs to the Mamori agent"), "{err}");
+
+    // Collect a file: hashed, stored on the server, fetched back.
+    let got = agent_dir.join("collected.bin");
+    let (ok, out, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &[
+            "collect-file",
+            &agent_id,
+            &v,
+            "--out",
+            got.to_str().unwrap(),
+            "--reason",
+            "test: evidence",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        std::fs::read(&victim).unwrap()
+    );
+    assert_eq!(out["size"], 21);
+    use sha2::Digest;
+    let want: String = sha2::Sha256::digest(std::fs::read(&victim).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(out["sha256"], want.as_str());
+    assert!(
+        out["content_base64"].is_null(),
+        "the content is stored apart, not in the action record"
+    );
+
+    // Everything is audited with who and why.
+    let audit = sh(&[
+        "env",
+        &format!("MAMORI_DATA_DIR={}", srv.display()),
+        env!("CARGO_BIN_EXE_mamori"),
+        "server",
+        "audit",
+    ]);
+    for a in [
+        "response.isolate",
+        "response.isolate.succeeded",
+        "response.release",
+        "response.kill",
+        "response.kill.failed",
+        "response.quarantine",
+        "response.restore",
+        "response.collect_file",
+        "response.triage",
+    ] {
+        assert!(audit.contains(a), "audit lacks {a}:\n{audit}");
+    }
+    assert!(audit.contains("test: contain"), "the reason is audited");
+    drop(agent);
+    drop(server);
+}
