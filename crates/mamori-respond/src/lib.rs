@@ -6,6 +6,7 @@
 //! * [`quarantine`]: files sealed with ChaCha20-Poly1305 in the agent's store; restore puts
 //!   them back exactly.
 //! * [`collect`]: a file, a process's details, a triage bundle.
+//! * [`block`]: execution blocked by SHA-256 in the exec path (fanotify permission events).
 //!
 //! [`Responder`] maps a [`mamori_wire::command::Action`] to one of them. Every refusal and
 //! failure is a [`RespondError`] with a reason the server shows to the person who asked.
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use mamori_wire::command::{Action, Command};
 use serde_json::{Value, json};
 
+pub mod block;
 pub mod collect;
 pub mod isolate;
 pub mod kill;
@@ -44,23 +46,31 @@ pub enum RespondError {
 pub struct Responder {
     isolation: isolate::Isolation,
     quarantine: quarantine::Quarantine,
+    blocker: block::Blocker,
     server: Vec<SocketAddr>,
 }
 
 impl Responder {
     /// Opens the response state in `dir` (isolation state, quarantine store). `server` is
     /// where the agent's server is (kept reachable by isolation); files under `protected`
-    /// are never quarantined.
+    /// are never quarantined; each execution the blocklist prevents goes to `prevented`.
     pub fn open(
         dir: &Path,
         server: Vec<SocketAddr>,
         protected: Vec<PathBuf>,
+        prevented: std::sync::Arc<dyn Fn(block::Prevented) + Send + Sync>,
     ) -> Result<Responder, RespondError> {
         Ok(Responder {
             isolation: isolate::Isolation::open(dir)?,
             quarantine: quarantine::Quarantine::open(&dir.join("quarantine"), protected)?,
+            blocker: block::Blocker::open(dir, prevented)?,
             server,
         })
+    }
+
+    /// The execution blocklist in force.
+    pub fn blocklist(&self) -> block::Lists {
+        self.blocker.lists()
     }
 
     /// Where the server is now (isolation keeps these reachable).
@@ -110,9 +120,15 @@ impl Responder {
             Action::CollectFile { path, max_bytes } => collect::file(path, *max_bytes),
             Action::CollectProcess { pid } => collect::process(*pid),
             Action::Triage => Ok(collect::triage()),
-            Action::Blocklist { .. } => Err(RespondError::Unavailable(
-                "this agent does not enforce blocklists".into(),
-            )),
+            Action::Blocklist {
+                version,
+                block,
+                allow,
+            } => self.blocker.set(block::Lists {
+                version: *version,
+                block: block.iter().cloned().collect(),
+                allow: allow.iter().cloned().collect(),
+            }),
         }
     }
 }

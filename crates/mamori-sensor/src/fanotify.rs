@@ -52,44 +52,7 @@ impl FileWatcher {
             EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
         )
         .map_err(|e| err("init (needs CAP_SYS_ADMIN)", e))?;
-        let mounts = std::fs::read_to_string("/proc/self/mounts")
-            .map_err(|e| SensorError::Unsupported(format!("reading /proc/self/mounts: {e}")))?;
-        let mut marked = Vec::new();
-        let mut devices = std::collections::HashSet::new();
-        for line in mounts.lines() {
-            let mut f = line.split_whitespace();
-            let (Some(_dev), Some(point), Some(fstype)) = (f.next(), f.next(), f.next()) else {
-                continue;
-            };
-            // Mount points with spaces are octal-escaped (\040).
-            let point = point.replace("\\040", " ");
-            if PSEUDO.contains(&fstype) {
-                continue;
-            }
-            // One mark per filesystem, however many times it is mounted.
-            let dev = std::fs::metadata(&point).map(|m| std::os::unix::fs::MetadataExt::dev(&m));
-            if !dev.is_ok_and(|d| devices.insert(d)) {
-                continue;
-            }
-            let cwd = std::fs::File::open("/")
-                .map_err(|e| SensorError::Unsupported(format!("fanotify: opening /: {e}")))?;
-            if group
-                .mark(
-                    MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
-                    MaskFlags::FAN_CLOSE_WRITE,
-                    &cwd,
-                    Some(point.as_str()),
-                )
-                .is_ok()
-            {
-                marked.push(point);
-            }
-        }
-        if marked.is_empty() {
-            return Err(SensorError::Unsupported(
-                "fanotify: no filesystem could be marked".into(),
-            ));
-        }
+        let marked = mark_filesystems(&group, MaskFlags::FAN_CLOSE_WRITE)?;
         Ok(FileWatcher { group, marked })
     }
 
@@ -128,6 +91,50 @@ impl FileWatcher {
             })
             .collect())
     }
+}
+
+/// Marks every file-holding filesystem (one mark per filesystem, however often it is
+/// mounted) for `mask`; returns the mount points marked.
+pub fn mark_filesystems(group: &Fanotify, mask: MaskFlags) -> Result<Vec<String>, SensorError> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")
+        .map_err(|e| SensorError::Unsupported(format!("reading /proc/self/mounts: {e}")))?;
+    let mut marked = Vec::new();
+    let mut devices = std::collections::HashSet::new();
+    for line in mounts.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_dev), Some(point), Some(fstype)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        // Mount points with spaces are octal-escaped (\040).
+        let point = point.replace("\\040", " ");
+        if PSEUDO.contains(&fstype) {
+            continue;
+        }
+        // One mark per filesystem, however many times it is mounted.
+        let dev = std::fs::metadata(&point).map(|m| std::os::unix::fs::MetadataExt::dev(&m));
+        if !dev.is_ok_and(|d| devices.insert(d)) {
+            continue;
+        }
+        let cwd = std::fs::File::open("/")
+            .map_err(|e| SensorError::Unsupported(format!("fanotify: opening /: {e}")))?;
+        if group
+            .mark(
+                MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
+                mask,
+                &cwd,
+                Some(point.as_str()),
+            )
+            .is_ok()
+        {
+            marked.push(point);
+        }
+    }
+    if marked.is_empty() {
+        return Err(SensorError::Unsupported(
+            "fanotify: no filesystem could be marked".into(),
+        ));
+    }
+    Ok(marked)
 }
 
 /// Real user and group of a process, from `/proc` (best effort: the writer may be gone, then

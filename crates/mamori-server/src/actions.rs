@@ -38,6 +38,11 @@ CREATE INDEX IF NOT EXISTS commands_agent ON commands (agent, status);
 CREATE TABLE IF NOT EXISTS isolation (
     agent TEXT PRIMARY KEY, tenant TEXT NOT NULL, since_ms INTEGER NOT NULL, by TEXT NOT NULL,
     reason TEXT NOT NULL, command TEXT NOT NULL, verified TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hash_lists (
+    tenant TEXT NOT NULL, list TEXT NOT NULL, sha256 TEXT NOT NULL, reason TEXT NOT NULL,
+    by TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY (tenant, list, sha256));
+CREATE TABLE IF NOT EXISTS hash_list_versions (tenant TEXT PRIMARY KEY, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS agent_blocklist (agent TEXT PRIMARY KEY, version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS isolation_log (
     id INTEGER PRIMARY KEY, agent TEXT NOT NULL, at_ms INTEGER NOT NULL, event TEXT NOT NULL,
     actor TEXT NOT NULL, detail TEXT NOT NULL);
@@ -382,6 +387,214 @@ impl State {
     }
 }
 
+/// A tenant's execution blocklist and allowlist.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HashLists {
+    /// Tenant.
+    pub tenant: String,
+    /// Increases with every change.
+    pub version: u64,
+    /// Hashes that must not execute: {sha256, reason, by, at_ms}.
+    pub block: Vec<Value>,
+    /// Hashes never blocked (and never flagged again).
+    pub allow: Vec<Value>,
+}
+
+impl State {
+    /// The tenant's lists.
+    pub fn hash_lists(&self, tenant: &str) -> Result<HashLists, ServerError> {
+        self.with(|c| {
+            let version: i64 = c
+                .query_row(
+                    "SELECT version FROM hash_list_versions WHERE tenant = ?1",
+                    params![tenant],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            let mut st = c.prepare(
+                "SELECT list, sha256, reason, by, at_ms FROM hash_lists WHERE tenant = ?1
+                 ORDER BY at_ms, sha256",
+            )?;
+            let (mut block, mut allow) = (Vec::new(), Vec::new());
+            for row in st.query_map(params![tenant], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    json!({"sha256": r.get::<_, String>(1)?, "reason": r.get::<_, String>(2)?,
+                        "by": r.get::<_, String>(3)?, "at_ms": r.get::<_, i64>(4)?}),
+                ))
+            })? {
+                let (list, v) = row?;
+                if list == "block" {
+                    block.push(v)
+                } else {
+                    allow.push(v)
+                }
+            }
+            Ok(HashLists {
+                tenant: tenant.to_string(),
+                version: version as u64,
+                block,
+                allow,
+            })
+        })
+    }
+
+    /// Adds (or with `add` false removes) a hash on a tenant's `block` or `allow` list;
+    /// returns the new version. An allowlisted hash cannot be blocked.
+    pub fn change_hash_list(
+        &self,
+        actor: &str,
+        tenant: &str,
+        list: &str,
+        sha256: &str,
+        reason: &str,
+        add: bool,
+    ) -> Result<Option<u64>, ServerError> {
+        if list != "block" && list != "allow" {
+            return Err(ServerError::Invalid(format!(
+                "list {list:?}: block or allow"
+            )));
+        }
+        if sha256.len() != 64
+            || !sha256
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        {
+            return Err(ServerError::Invalid(format!(
+                "{sha256:?}: a SHA-256 is 64 lowercase hex digits"
+            )));
+        }
+        let t = now_ms();
+        let r = self.with(|c| {
+            let tx = c.transaction()?;
+            if add && list == "block" {
+                let allowed: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM hash_lists WHERE tenant = ?1 AND list = 'allow' AND sha256 = ?2)",
+                    params![tenant, sha256],
+                    |r| r.get(0),
+                )?;
+                if allowed {
+                    return Ok(Err(format!("{sha256} is allowlisted: remove it from the allowlist first")));
+                }
+            }
+            let n = if add {
+                tx.execute(
+                    "INSERT OR REPLACE INTO hash_lists (tenant, list, sha256, reason, by, at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![tenant, list, sha256, reason, actor, t],
+                )?
+            } else {
+                tx.execute(
+                    "DELETE FROM hash_lists WHERE tenant = ?1 AND list = ?2 AND sha256 = ?3",
+                    params![tenant, list, sha256],
+                )?
+            };
+            if n == 0 {
+                return Ok(Ok(None));
+            }
+            tx.execute(
+                "INSERT INTO hash_list_versions (tenant, version) VALUES (?1, 1)
+                 ON CONFLICT(tenant) DO UPDATE SET version = version + 1",
+                params![tenant],
+            )?;
+            let v: i64 = tx.query_row(
+                "SELECT version FROM hash_list_versions WHERE tenant = ?1",
+                params![tenant],
+                |r| r.get(0),
+            )?;
+            crate::state::audit_in(
+                &tx,
+                actor,
+                &format!("{list}list.{}", if add { "add" } else { "remove" }),
+                &format!("sha256:{sha256}"),
+                &format!("tenant={tenant} version={v} reason={reason:?}"),
+            )?;
+            tx.commit()?;
+            Ok(Ok(Some(v as u64)))
+        })?;
+        r.map_err(ServerError::Invalid)
+    }
+
+    /// Enrolled, unrevoked agents of a tenant whose applied blocklist is older than
+    /// `version` (all of them with `agent` None, else just that one).
+    fn agents_behind(
+        &self,
+        tenant: &str,
+        version: u64,
+        agent: Option<&str>,
+    ) -> Result<Vec<String>, ServerError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT a.id FROM agents a LEFT JOIN agent_blocklist b ON b.agent = a.id
+                 WHERE a.tenant = ?1 AND a.revoked_at IS NULL AND (?3 IS NULL OR a.id = ?3)
+                   AND COALESCE(b.version, 0) < ?2",
+            )?;
+            st.query_map(params![tenant, version as i64, agent], |r| r.get(0))?
+                .collect()
+        })
+    }
+
+    fn applied_blocklist(&self, agent: &str, version: u64) -> Result<(), ServerError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO agent_blocklist (agent, version) VALUES (?1, ?2)
+                 ON CONFLICT(agent) DO UPDATE SET version = MAX(version, excluded.version)",
+                params![agent, version as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Older blocklist commands still waiting for `agent` are replaced by a newer one.
+    fn supersede_blocklists(&self, agent: &str) -> Result<(), ServerError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE commands SET status = 'superseded', updated_ms = ?2
+                 WHERE agent = ?1 AND action = 'blocklist' AND status IN ('queued', 'sent', 'received')",
+                params![agent, now_ms()],
+            )
+            .map(|_| ())
+        })
+    }
+}
+
+/// Sends the tenant's current lists to its agents that do not have them (one agent with
+/// `agent`); returns how many were sent a command.
+pub fn push_blocklist(
+    shared: &Shared,
+    tenant: &str,
+    agent: Option<&str>,
+) -> Result<usize, ServerError> {
+    let lists = shared.state.hash_lists(tenant)?;
+    if lists.version == 0 {
+        return Ok(0);
+    }
+    let hashes = |l: &[Value]| -> Vec<String> {
+        l.iter()
+            .filter_map(|v| v["sha256"].as_str().map(str::to_string))
+            .collect()
+    };
+    let behind = shared.state.agents_behind(tenant, lists.version, agent)?;
+    for a in &behind {
+        shared.state.supersede_blocklists(a)?;
+        issue_signed(
+            shared,
+            "server",
+            a,
+            tenant,
+            Action::Blocklist {
+                version: lists.version,
+                block: hashes(&lists.block),
+                allow: hashes(&lists.allow),
+            },
+            &format!("blocklist version {}", lists.version),
+            MAX_TTL_S,
+        )?;
+    }
+    Ok(behind.len())
+}
+
 /// Wakes an agent's control stream when a command is queued for it.
 #[derive(Default)]
 pub struct Dispatch(Mutex<HashMap<String, Arc<tokio::sync::Notify>>>);
@@ -475,6 +688,18 @@ pub fn issue(
             "ttl_seconds: 10 to {MAX_TTL_S}"
         )));
     }
+    issue_signed(shared, actor, agent, tenant, action, reason, ttl)
+}
+
+fn issue_signed(
+    shared: &Shared,
+    actor: &str,
+    agent: &str,
+    tenant: &str,
+    action: Action,
+    reason: &str,
+    ttl: i64,
+) -> Result<ActionRecord, ServerError> {
     let t = now_ms();
     let cmd = Command {
         id: random_id("cmd"),
@@ -546,6 +771,12 @@ fn on_report(shared: &Shared, agent: &str, tenant: &str, r: Report) -> Result<()
                 .finish_command(&r.command_id, agent, r.ok, &output, &r.error)?;
             if let Some(rec) = rec {
                 tracing::info!(command = %rec.id, %agent, action = %rec.action, ok = r.ok, "response finished");
+                if rec.action == "blocklist"
+                    && r.ok
+                    && let Some(v) = output["version"].as_u64()
+                {
+                    shared.state.applied_blocklist(agent, v)?;
+                }
             }
             Ok(())
         }
@@ -587,8 +818,13 @@ fn on_report(shared: &Shared, agent: &str, tenant: &str, r: Report) -> Result<()
             }
             Ok(())
         }
-        "hello" | "rejected" => {
-            if r.kind == "rejected" {
+        "hello" => {
+            // An agent that missed blocklist changes gets the current lists.
+            push_blocklist(shared, tenant, Some(agent))?;
+            Ok(())
+        }
+        "rejected" => {
+            {
                 tracing::warn!(%agent, command = %r.command_id, "agent rejected a command: {}", r.error);
                 shared.state.finish_command(
                     &r.command_id,

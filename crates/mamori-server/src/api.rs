@@ -396,6 +396,85 @@ async fn action_file(
         .into_response())
 }
 
+/// Query parameters naming a tenant.
+#[derive(Debug, Deserialize)]
+pub struct TenantQuery {
+    tenant: Option<String>,
+}
+
+/// Body of `POST /api/v1/blocklist`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashListChange {
+    sha256: String,
+    /// `block` (default) or `allow`.
+    list: Option<String>,
+    reason: String,
+    tenant: Option<String>,
+}
+
+async fn blocklist_get(
+    State(shared): State<Arc<Shared>>,
+    Caller(p, _): Caller<Viewer>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult {
+    let tenant = tenant_of(&p, q.tenant)?.unwrap_or_else(|| "default".into());
+    let l = blocking(move || shared.state.hash_lists(&tenant)).await?;
+    Ok(Json(l).into_response())
+}
+
+async fn blocklist_add(
+    State(shared): State<Arc<Shared>>,
+    WithBody(p, body, _): WithBody<Analyst>,
+) -> ApiResult {
+    let req: HashListChange = json_body(
+        &body,
+        r#"{"sha256": …, "list": "block"|"allow", "reason": …, "tenant": …}"#,
+    )?;
+    if req.reason.trim().is_empty() || req.reason.len() > 1000 {
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            "reason: 1 to 1000 characters",
+        ));
+    }
+    let tenant = tenant_of(&p, req.tenant)?.unwrap_or_else(|| "default".into());
+    let list = req.list.unwrap_or_else(|| "block".into());
+    let v = blocking(move || {
+        let sha = req.sha256.to_ascii_lowercase();
+        let v = shared
+            .state
+            .change_hash_list(&p.actor(), &tenant, &list, &sha, &req.reason, true)?;
+        let agents = crate::actions::push_blocklist(&shared, &tenant, None)?;
+        Ok(json!({"tenant": tenant, "list": list, "sha256": sha, "version": v, "agents_updated": agents}))
+    })
+    .await?;
+    Ok(created(v))
+}
+
+async fn blocklist_remove(
+    State(shared): State<Arc<Shared>>,
+    Caller(p, _): Caller<Analyst>,
+    Path((list, sha256)): Path<(String, String)>,
+    Query(q): Query<TenantQuery>,
+) -> ApiResult {
+    let tenant = tenant_of(&p, q.tenant)?.unwrap_or_else(|| "default".into());
+    let v = blocking(move || {
+        let v =
+            shared
+                .state
+                .change_hash_list(&p.actor(), &tenant, &list, &sha256, "removed", false)?;
+        if v.is_some() {
+            crate::actions::push_blocklist(&shared, &tenant, None)?;
+        }
+        Ok(v)
+    })
+    .await?;
+    match v {
+        Some(v) => Ok(Json(json!({"removed": true, "version": v})).into_response()),
+        None => Err(not_found("not on that list")),
+    }
+}
+
 /// Query parameters of `POST /api/v1/ingest/windows`.
 #[derive(Debug, Deserialize)]
 pub struct UploadQuery {
@@ -947,6 +1026,34 @@ pub fn openapi_document() -> serde_json::Value {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "the bytes"}, "401": unauthorised, "404": {"description": "no collected file"}}
             }},
+            "/api/v1/blocklist": {
+                "get": {
+                    "summary": "The tenant's execution blocklist and allowlist (SHA-256) with version",
+                    "security": bearer,
+                    "parameters": [{"name": "tenant", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "{tenant, version, block, allow}"}, "401": unauthorised}
+                },
+                "post": {
+                    "summary": "Block (or allowlist) a SHA-256 on every agent of the tenant: execution is refused in the kernel's exec path, also offline (analyst; audited)",
+                    "security": bearer,
+                    "requestBody": {"content": {"application/json": {"schema": {"type": "object",
+                        "required": ["sha256", "reason"], "properties": {
+                            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                            "list": {"enum": ["block", "allow"]},
+                            "reason": {"type": "string", "maxLength": 1000},
+                            "tenant": {"type": "string"}}}}}},
+                    "responses": {"201": {"description": "{version, agents_updated}"}, "400": {"description": "refused (bad hash, allowlisted)"},
+                                  "401": unauthorised, "403": forbidden}
+                }
+            },
+            "/api/v1/blocklist/{list}/{sha256}": {"delete": {
+                "summary": "Remove a hash from the block or allow list (analyst; audited)",
+                "security": bearer,
+                "parameters": [{"name": "list", "in": "path", "required": true, "schema": {"enum": ["block", "allow"]}},
+                               {"name": "sha256", "in": "path", "required": true, "schema": {"type": "string"}},
+                               {"name": "tenant", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "removed"}, "401": unauthorised, "403": forbidden, "404": {"description": "not on that list"}}
+            }},
             "/api/v1/ingest/windows": {"post": {
                 "summary": "Windows telemetry from a host without an agent: EVTX, or JSON lines / array (Winlogbeat, ECS, Sysmon)",
                 "security": bearer,
@@ -1101,6 +1208,11 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         )
         .route("/api/v1/hosts/{agent}/isolation", get(host_isolation))
         .route("/api/v1/actions", get(actions_list))
+        .route("/api/v1/blocklist", get(blocklist_get).post(blocklist_add))
+        .route(
+            "/api/v1/blocklist/{list}/{sha256}",
+            delete(blocklist_remove),
+        )
         .route("/api/v1/actions/{id}", get(action_get))
         .route("/api/v1/actions/{id}/file", get(action_file))
         .route(

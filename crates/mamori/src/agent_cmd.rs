@@ -313,7 +313,11 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let mut responding = None;
     let mut shipper = match (&spool, mamori_link::Identity::load(&identity_dir())?) {
         (Some(sp), Some(ident)) => {
-            responding = Some(crate::agent_respond::Responding::start(ident.clone())?);
+            responding = Some(crate::agent_respond::Responding::start(
+                ident.clone(),
+                sp.clone(),
+                host.clone(),
+            )?);
             eprintln!(
                 "mamori agent: shipping to {} as {}",
                 ident.server, ident.agent_id

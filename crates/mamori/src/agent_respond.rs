@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use mamori_link::Identity;
 use mamori_link::control::{Executor, Outcomes};
 use mamori_respond::Responder;
+use mamori_respond::block::Prevented;
 use mamori_wire::command::{Action, Command};
 use serde_json::json;
 
@@ -39,6 +40,26 @@ impl Executor for Exec {
     }
 }
 
+/// A prevented execution as an ECS event (`event.action: exec-prevented`).
+fn prevention_event(host: &mamori_sensor::ecs::HostInfo, p: &Prevented) -> String {
+    let name = p.path.rsplit('/').next().unwrap_or_default();
+    json!({
+        "@timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "event": {"kind": "alert", "category": ["process", "intrusion_detection"],
+                  "type": ["denied"], "action": "exec-prevented", "outcome": "failure",
+                  "module": "mamori", "dataset": "mamori.prevention"},
+        "host": {"name": host.name, "os": {"type": "linux", "kernel": host.kernel}},
+        "process": {"pid": p.pid, "executable": p.path, "name": name,
+                    "hash": {"sha256": p.sha256},
+                    "parent": {"pid": p.pid, "executable": p.caller,
+                               "command_line": p.caller_command_line}},
+        "file": {"path": p.path, "name": name, "hash": {"sha256": p.sha256}},
+        "user": {"id": p.uid.to_string()},
+        "rule": {"name": "Mamori execution blocklist"},
+    })
+    .to_string()
+}
+
 /// The running response side.
 pub struct Responding {
     stop: Arc<AtomicBool>,
@@ -48,14 +69,40 @@ pub struct Responding {
 impl Responding {
     /// Opens the response state, resumes isolation, and starts the control channel and the
     /// isolation watch.
-    pub fn start(ident: Identity) -> Result<Responding> {
+    pub fn start(
+        ident: Identity,
+        spool: Arc<Mutex<mamori_spool::Spool>>,
+        host: mamori_sensor::ecs::HostInfo,
+    ) -> Result<Responding> {
         let dir = identity_dir();
         let server = mamori_link::server_addrs(&ident.server).unwrap_or_else(|e| {
             eprintln!("mamori agent: {e}; will resolve the server again when isolating");
             Vec::new()
         });
-        let mut responder = Responder::open(&dir, server, vec![data::data_dir()])
+        // Prevented executions go to the spool like any event: the server raises the alert,
+        // also for those that happened while it was unreachable.
+        let prevented: Arc<dyn Fn(Prevented) + Send + Sync> = Arc::new(move |p: Prevented| {
+            eprintln!(
+                "mamori agent: PREVENTED execution of {} ({}) by pid {}",
+                p.path, p.sha256, p.pid
+            );
+            let doc = prevention_event(&host, &p);
+            if let Ok(mut sp) = spool.lock()
+                && let Err(e) = sp.append(doc.as_bytes()).and_then(|_| sp.sync())
+            {
+                eprintln!("mamori agent: spooling a prevention failed: {e}");
+            }
+        });
+        let mut responder = Responder::open(&dir, server, vec![data::data_dir()], prevented)
             .context("opening the response state")?;
+        let lists = responder.blocklist();
+        if !lists.block.is_empty() {
+            eprintln!(
+                "mamori agent: blocking execution of {} hashes (blocklist version {})",
+                lists.block.len(),
+                lists.version
+            );
+        }
         match responder.resume() {
             Ok(true) => eprintln!("mamori agent: this host is ISOLATED; isolation loaded again"),
             Ok(false) => {}

@@ -144,6 +144,45 @@ pub enum RespondAction {
         #[arg(long)]
         reason: String,
     },
+    /// Refuse execution of files with this SHA-256 on every host of the tenant.
+    Block {
+        /// SHA-256 (hex).
+        sha256: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// Tenant (default: the token's, or `default`).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Never block (or flag) files with this SHA-256.
+    Allow {
+        /// SHA-256 (hex).
+        sha256: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// Tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Take a SHA-256 off the blocklist (or with --allowlist, off the allowlist).
+    Unblock {
+        /// SHA-256 (hex).
+        sha256: String,
+        /// The allowlist instead.
+        #[arg(long)]
+        allowlist: bool,
+        /// Tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// The tenant's blocklist and allowlist.
+    Blocklist {
+        /// Tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Recent actions (optionally of one host), with status.
     List {
         /// Agent id or host name.
@@ -214,6 +253,7 @@ pub fn run(args: RespondArgs) -> Result<ExitCode> {
             ),
         }
     };
+    let is_block = matches!(args.action, RespondAction::Block { .. });
     let (host, action, reason, out) = match args.action {
         RespondAction::List { host } => {
             let path = match host {
@@ -234,6 +274,47 @@ pub fn run(args: RespondArgs) -> Result<ExitCode> {
                         .unwrap_or(a["reason"].as_str().unwrap_or_default()),
                 );
             }
+            return Ok(ExitCode::SUCCESS);
+        }
+        RespondAction::Block {
+            sha256,
+            reason,
+            tenant,
+        }
+        | RespondAction::Allow {
+            sha256,
+            reason,
+            tenant,
+        } => {
+            let list = if is_block { "block" } else { "allow" };
+            let v = call(
+                "POST",
+                "/api/v1/blocklist",
+                Some(json!({"sha256": sha256, "list": list, "reason": reason, "tenant": tenant})),
+            )?;
+            println!("{v:#}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        RespondAction::Unblock {
+            sha256,
+            allowlist,
+            tenant,
+        } => {
+            let list = if allowlist { "allow" } else { "block" };
+            let q = tenant.map(|t| format!("?tenant={t}")).unwrap_or_default();
+            println!(
+                "{:#}",
+                call(
+                    "DELETE",
+                    &format!("/api/v1/blocklist/{list}/{sha256}{q}"),
+                    None
+                )?
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        RespondAction::Blocklist { tenant } => {
+            let q = tenant.map(|t| format!("?tenant={t}")).unwrap_or_default();
+            println!("{:#}", call("GET", &format!("/api/v1/blocklist{q}"), None)?);
             return Ok(ExitCode::SUCCESS);
         }
         RespondAction::Status { id } => {

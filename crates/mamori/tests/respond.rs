@@ -804,6 +804,105 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
         "the content is stored apart, not in the action record"
     );
 
+    // Block by hash: the next execution fails in the kernel, a prevention alert follows;
+    // other files still run; an allowlisted hash and the agent's own program never block.
+    let script = scratch.join("dropper.sh");
+    let marker = format!("blocked-{}", std::process::id());
+    std::fs::write(&script, format!("#!/bin/sh\necho {marker}\n")).unwrap();
+    let other = scratch.join("harmless.sh");
+    std::fs::write(&other, "#!/bin/sh\necho harmless\n").unwrap();
+    for f in [&script, &other] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let hash = |p: &Path| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(std::fs::read(p).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let runs = |p: &Path| Command::new(p).output().map(|o| o.status.success());
+    assert!(runs(&script).unwrap(), "runs before it is blocked");
+    let (ok, out, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &["block", &hash(&script), "--reason", "test: known dropper"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out["agents_updated"], 1, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runs(&script).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let e = runs(&script).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+    assert!(runs(&other).unwrap(), "a file not on the list still runs");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let prevented = loop {
+        let (_, alerts) = api(&net, &srv, &admin, "GET", "/api/v1/alerts", None);
+        let found = alerts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["rule_title"] == "Execution Prevented by the Hash Blocklist")
+            .cloned();
+        if found.is_some() || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let prevented = prevented.expect("a prevention alert");
+    assert_eq!(
+        prevented["evidence"][0]["file"]["hash"]["sha256"],
+        hash(&script).as_str(),
+        "{prevented}"
+    );
+    // The agent's own program is never blocked, even when listed.
+    let (ok, _, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &[
+            "block",
+            &hash(Path::new(env!("CARGO_BIN_EXE_mamori"))),
+            "--reason",
+            "test: must not bite",
+        ],
+    );
+    assert!(ok, "{err}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        Command::new(env!("CARGO_BIN_EXE_mamori"))
+            .arg("--version")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    // Allowlisting wins over the blocklist, and blocking an allowlisted hash is refused.
+    let (ok, _, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &["allow", &hash(&script), "--reason", "test: false positive"],
+    );
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runs(&script).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(runs(&script).unwrap(), "allowlisted: runs again");
+    let (ok, _, err) = respond(&net, &srv, &admin, &["unblock", &hash(&script)]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &["block", &hash(&script), "--reason", "again"],
+    );
+    assert!(!ok && err.contains("allowlisted"), "{err}");
+
     // Everything is audited with who and why.
     let audit = sh(&[
         "env",
