@@ -277,3 +277,91 @@ async fn control_once(
         .map_err(|_| lost())?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ident(ca: &mamori_pki::Ca) -> Identity {
+        Identity {
+            server: "https://127.0.0.1:7443".into(),
+            agent_id: "agt-1".into(),
+            tenant: "default".into(),
+            ca_pem: ca.cert_pem().into(),
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        }
+    }
+
+    fn signed(ca: &mamori_pki::Ca, agent: &str, expires: i64) -> SignedCommand {
+        let cmd = Command {
+            id: "cmd-1".into(),
+            agent_id: agent.into(),
+            tenant: "default".into(),
+            action: mamori_wire::command::Action::Release,
+            reason: "test".into(),
+            issued_by: "admin".into(),
+            issued_at_ms: 0,
+            expires_at_ms: expires,
+        };
+        let body = serde_json::to_vec(&cmd).unwrap();
+        SignedCommand {
+            signature: ca.sign(&body).unwrap(),
+            body,
+        }
+    }
+
+    #[test]
+    fn only_the_pinned_cas_unaltered_unexpired_commands_for_this_agent_open() {
+        let ca = mamori_pki::Ca::generate("server").unwrap();
+        let me = ident(&ca);
+        assert!(open_command(&me, &signed(&ca, "agt-1", 10), 5).is_ok());
+        let forger = mamori_pki::Ca::generate("forger").unwrap();
+        let e = open_command(&me, &signed(&forger, "agt-1", 10), 5).unwrap_err();
+        assert!(e.contains("signature"), "{e}");
+        let mut altered = signed(&ca, "agt-1", 10);
+        altered.body = String::from_utf8(altered.body)
+            .unwrap()
+            .replace("release", "isolate")
+            .into_bytes();
+        assert!(
+            open_command(&me, &altered, 5)
+                .unwrap_err()
+                .contains("signature")
+        );
+        let e = open_command(&me, &signed(&ca, "agt-2", 10), 5).unwrap_err();
+        assert!(e.contains("not this one"), "{e}");
+        let e = open_command(&me, &signed(&ca, "agt-1", 10), 11).unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+    }
+
+    #[test]
+    fn outcomes_survive_a_restart_and_stay_bounded() {
+        let dir = std::env::temp_dir().join(format!("mamori-outcomes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut o = Outcomes::open(&dir);
+        for i in 0..KEEP + 5 {
+            o.put(Outcome {
+                id: format!("cmd-{i}"),
+                ok: true,
+                output: "{}".into(),
+                error: String::new(),
+            })
+            .unwrap();
+        }
+        let again = Outcomes::open(&dir);
+        assert!(
+            again.get(&format!("cmd-{}", KEEP + 4)).is_some(),
+            "kept across a restart"
+        );
+        assert!(again.get("cmd-0").is_none(), "the oldest are dropped");
+        assert_eq!(again.recent.len(), KEEP);
+        std::fs::write(dir.join("commands.json"), b"garbage").unwrap();
+        assert!(
+            Outcomes::open(&dir).recent.is_empty(),
+            "an unreadable file starts afresh"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -904,3 +904,127 @@ impl Control for ControlService {
         Ok(Response::new(CommandStream::new(rx)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(id: &str, expires_at_ms: i64) -> Command {
+        Command {
+            id: id.into(),
+            agent_id: "agt-1".into(),
+            tenant: "default".into(),
+            action: Action::Triage,
+            reason: "test".into(),
+            issued_by: "admin".into(),
+            issued_at_ms: 0,
+            expires_at_ms,
+        }
+    }
+
+    #[test]
+    fn commands_wait_for_their_agent_expire_and_finish_once() {
+        let dir = std::env::temp_dir().join(format!("mamori-actions-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = State::open(&dir.join("state.db")).unwrap();
+        st.queue_command(&cmd("cmd-old", now_ms() - 1), b"{}", b"s")
+            .unwrap();
+        st.queue_command(&cmd("cmd-new", now_ms() + 60_000), b"{}", b"s")
+            .unwrap();
+        let d = st.deliverable("agt-1", true).unwrap();
+        assert_eq!(
+            d.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+            ["cmd-new"]
+        );
+        assert_eq!(st.command("cmd-old").unwrap().unwrap().status, "expired");
+        assert!(
+            st.deliverable("agt-2", true).unwrap().is_empty(),
+            "per agent"
+        );
+        // Sent but unfinished: sent again only on a new connection.
+        st.set_command_status("cmd-new", "agt-1", "sent").unwrap();
+        assert!(st.deliverable("agt-1", false).unwrap().is_empty());
+        assert_eq!(st.deliverable("agt-1", true).unwrap().len(), 1);
+        // Another agent cannot finish it; the first outcome counts, once.
+        assert!(
+            st.finish_command("cmd-new", "agt-2", true, &json!({}), "")
+                .unwrap()
+                .is_none()
+        );
+        let done = st
+            .finish_command("cmd-new", "agt-1", false, &Value::Null, "boom")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (done.status.as_str(), done.error.as_deref()),
+            ("failed", Some("boom"))
+        );
+        assert!(
+            st.finish_command("cmd-new", "agt-1", true, &json!({}), "")
+                .unwrap()
+                .is_none()
+        );
+        assert!(st.deliverable("agt-1", true).unwrap().is_empty());
+        let audit = st.audit_log().unwrap();
+        assert!(
+            audit
+                .iter()
+                .any(|a| a.action == "response.triage.failed" && a.detail.contains("boom"))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn actions_are_validated_before_signing() {
+        assert!(
+            validate(&Action::Kill {
+                pid: 1,
+                start_ticks: 0,
+                boot_id: None,
+                tree: false
+            })
+            .is_err()
+        );
+        assert!(
+            validate(&Action::Quarantine {
+                path: "relative".into()
+            })
+            .is_err()
+        );
+        assert!(
+            validate(&Action::CollectFile {
+                path: "/x".into(),
+                max_bytes: 1 << 40
+            })
+            .is_err()
+        );
+        assert!(
+            validate(&Action::Restore {
+                item: "../../etc".into()
+            })
+            .is_err()
+        );
+        assert!(
+            validate(&Action::Blocklist {
+                version: 1,
+                block: vec![],
+                allow: vec![]
+            })
+            .is_err()
+        );
+        let bad = Action::Isolate {
+            allow: vec![Allow {
+                net: "1.2.3.4; flush ruleset".into(),
+                port: None,
+            }],
+        };
+        assert!(validate(&bad).is_err());
+        assert!(
+            validate(&Action::Isolate {
+                allow: vec!["10.0.0.0/8:53".parse().unwrap()]
+            })
+            .is_ok()
+        );
+    }
+}

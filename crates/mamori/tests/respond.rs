@@ -586,7 +586,42 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
         !reaches(&net, "h", "10.201.2.1:8080"),
         "isolation outlives the agent"
     );
+    // A command for an offline host waits for it.
+    let (ok, queued, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &[
+            "--wait",
+            "0",
+            "triage",
+            &agent_id,
+            "--reason",
+            "test: while offline",
+        ],
+    );
+    assert!(ok && queued["status"] == "queued", "{err}{queued}");
     agent = start_agent(&net, &agent_dir);
+    let id = queued["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let (_, a) = api(
+            &net,
+            &srv,
+            &admin,
+            "GET",
+            &format!("/api/v1/actions/{id}"),
+            None,
+        );
+        if a["status"] == "succeeded" || Instant::now() > deadline {
+            break a["status"].clone();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        status, "succeeded",
+        "the queued command ran when the agent came back"
+    );
     assert!(
         std::fs::read_to_string(agent_dir.join("agent.err"))
             .unwrap()
