@@ -516,6 +516,27 @@ impl State {
         r.map_err(ServerError::Invalid)
     }
 
+    /// Whether any of `hashes` is on the tenant's allowlist (its files are never flagged).
+    pub fn allowlisted(&self, tenant: &str, hashes: &[&str]) -> Result<bool, ServerError> {
+        if hashes.is_empty() {
+            return Ok(false);
+        }
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM hash_lists
+                 WHERE tenant = ?1 AND list = 'allow' AND sha256 = ?2)",
+            )?;
+            for h in hashes {
+                if st.query_row(params![tenant, h.to_ascii_lowercase()], |r| {
+                    r.get::<_, bool>(0)
+                })? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+    }
+
     /// Enrolled, unrevoked agents of a tenant whose applied blocklist is older than
     /// `version` (all of them with `agent` None, else just that one).
     fn agents_behind(

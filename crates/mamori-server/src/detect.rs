@@ -226,6 +226,17 @@ fn run(
                 continue;
             }
             let v = &event.data;
+            // Files on the tenant's allowlist are never flagged.
+            let hashes: Vec<&str> = [
+                &v["process"]["hash"]["sha256"],
+                &v["file"]["hash"]["sha256"],
+            ]
+            .into_iter()
+            .filter_map(Value::as_str)
+            .collect();
+            if state.allowlisted(&job.tenant, &hashes).unwrap_or(false) {
+                continue;
+            }
             for &h in &hits {
                 if !rules.feeds_correlation(h) {
                     continue;

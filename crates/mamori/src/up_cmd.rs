@@ -92,6 +92,7 @@ pub fn run(rules: &[std::path::PathBuf], without: &[String]) -> Result<ExitCode>
         "alerts      mamori server alerts [--json]           (API: GET /api/v1/alerts)".to_string(),
         "hosts       mamori server agents                    (API: GET /api/v1/hosts)".to_string(),
         "search      mamori query \"SELECT time, host_name, process_command_line FROM events ORDER BY time DESC LIMIT 20\"".to_string(),
+        "respond     MAMORI_TOKEN=<admin token> mamori respond triage <host> --reason \"look\"  (isolate, kill, quarantine, block, …)".to_string(),
         "audit log   mamori server audit".to_string(),
     ]);
     eprintln!("mamori up: ready");

@@ -960,6 +960,37 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
         assert!(audit.contains(a), "audit lacks {a}:\n{audit}");
     }
     assert!(audit.contains("test: contain"), "the reason is audited");
-    drop(agent);
+
+    // Blocking holds without the server: the list is on the host.
+    let offline = scratch.join("offline.sh");
+    std::fs::write(&offline, format!("#!/bin/sh\necho offline-{marker}\n")).unwrap();
+    std::fs::set_permissions(
+        &offline,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (ok, _, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &["block", &hash(&offline), "--reason", "test: offline"],
+    );
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runs(&offline).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(server);
+    drop(agent);
+    let agent = start_agent(&net, &agent_dir);
+    let e = runs(&offline).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "blocked with the server down: {e}"
+    );
+    assert!(runs(&other).unwrap());
+    drop(agent);
+    // With the agent gone, nothing is hooked any more.
+    assert!(runs(&offline).unwrap());
 }

@@ -565,6 +565,45 @@ correlation:
         al["evidence"][0]["process"]["command_line"],
         "echo aGk= | base64 -d | sh"
     );
+
+    // A file on the tenant's allowlist is never flagged; the same rule on another file is.
+    let analyst = {
+        let out = mamori(&srv)
+            .args(["server", "api-token", "--name", "t", "--role", "analyst"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let good = "a".repeat(64);
+    let (code, body) = api(
+        &srv,
+        port,
+        Some(&analyst),
+        "POST",
+        "/api/v1/blocklist",
+        Some(&format!(
+            r#"{{"sha256":"{good}","list":"allow","tenant":"acme","reason":"our backup tool"}}"#
+        )),
+    );
+    assert_eq!(code, 201, "{body}");
+    let hashed = |pid: u32, sha: &str| {
+        exec(pid, "echo aGk= | base64 -d | sh").replace(
+            r#""name":"sh","#,
+            &format!(r#""name":"sh","hash":{{"sha256":"{sha}"}},"#),
+        )
+    };
+    send(&a, &[hashed(400, &good), hashed(401, &"b".repeat(64))]);
+    let v = wait_alerts(&srv, |v| {
+        v.iter().any(|a| a["process_entity"] == "boot:401:1")
+    });
+    assert!(
+        v.iter().any(|a| a["process_entity"] == "boot:401:1"),
+        "another file still alerts"
+    );
+    assert!(
+        !v.iter().any(|a| a["process_entity"] == "boot:400:1"),
+        "the allowlisted file does not: {v:?}"
+    );
 }
 
 fn heartbeat(action: &str, missing: &[&str]) -> String {
