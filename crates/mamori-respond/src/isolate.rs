@@ -9,7 +9,8 @@
 //! touched, so release (deleting the table) restores exactly what was there before.
 //!
 //! The state is kept in a file, so the agent loads the table again when it starts (after a
-//! reboot or a restart). [`Isolation::check`] compares the kernel's table with what was
+//! reboot or a restart); the ruleset itself is kept next to it (`isolation.nft`) for a boot
+//! unit that loads it before the network comes up. [`Isolation::check`] compares the kernel's table with what was
 //! loaded; the agent calls it every second, reloads the table when it was changed or deleted
 //! (only root can), and reports the tampering.
 
@@ -229,24 +230,41 @@ impl Isolation {
         Ok(())
     }
 
+    /// Where the ruleset is kept for loading at boot, before the network is up
+    /// (`packaging/systemd/mamori-isolation.service` runs `nft -f` on it).
+    pub fn boot_ruleset_path(&self) -> PathBuf {
+        self.state_path.with_file_name("isolation.nft")
+    }
+
     fn save(&self) -> Result<(), RespondError> {
+        let boot = self.boot_ruleset_path();
         let err =
-            |e: std::io::Error| RespondError::Failed(format!("{}: {e}", self.state_path.display()));
+            |p: &Path, e: std::io::Error| RespondError::Failed(format!("{}: {e}", p.display()));
         match &self.state {
             Some(st) => {
-                let tmp = self.state_path.with_extension("tmp");
+                let write = |path: &Path, body: &[u8]| {
+                    let tmp = path.with_extension("tmp");
+                    std::fs::write(&tmp, body)
+                        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                        .and_then(|_| std::fs::rename(&tmp, path))
+                        .map_err(|e| err(path, e))
+                };
+                write(&boot, ruleset(&st.server, &st.allow)?.as_bytes())?;
                 let body = serde_json::to_vec_pretty(st)
                     .map_err(|e| RespondError::Failed(e.to_string()))?;
-                std::fs::write(&tmp, body).map_err(err)?;
-                std::fs::File::open(&tmp)
-                    .and_then(|f| f.sync_all())
-                    .map_err(err)?;
-                std::fs::rename(&tmp, &self.state_path).map_err(err)
+                write(&self.state_path, &body)
             }
-            None => match std::fs::remove_file(&self.state_path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(e)),
-                _ => Ok(()),
-            },
+            None => {
+                for p in [&self.state_path, &boot] {
+                    match std::fs::remove_file(p) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(err(p, e));
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
         }
     }
 

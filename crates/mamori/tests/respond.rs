@@ -642,6 +642,10 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
     assert!(reaches(&net, "h", "10.201.3.1:8443"));
 
     // Release: traffic flows, and the ruleset is exactly what it was.
+    // What a boot unit loads before the network comes up (packaging/systemd).
+    let boot = agent_dir.join("agent/isolation.nft");
+    let text = std::fs::read_to_string(&boot).unwrap();
+    assert!(text.contains("table inet mamori_isolation {") && text.contains("policy drop"));
     let (ok, out, err) = respond(
         &net,
         &srv,
@@ -653,6 +657,10 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
     assert!(
         reaches(&net, "h", "10.201.2.1:8080"),
         "released: host -> outside"
+    );
+    assert!(
+        !boot.exists(),
+        "released: nothing is loaded at the next boot"
     );
     assert!(
         reaches(&net, "o", "10.201.2.2:9090"),
