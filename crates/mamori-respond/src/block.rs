@@ -232,11 +232,10 @@ fn run(
             if ev.mask().contains(MaskFlags::FAN_OPEN_EXEC_PERM)
                 && let Some(hash) = hash_of(fd, &cache)
             {
-                let l = lists.read().map(|l| l.clone()).unwrap_or_default();
-                if l.block.contains(&hash)
-                    && !l.allow.contains(&hash)
-                    && own.as_deref() != Some(&hash)
-                {
+                let blocked = lists
+                    .read()
+                    .is_ok_and(|l| l.block.contains(&hash) && !l.allow.contains(&hash));
+                if blocked && own.as_deref() != Some(&hash) {
                     verdict = Response::FAN_DENY;
                     let pid = ev.pid() as u32;
                     let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -278,22 +277,22 @@ fn run(
 
 /// SHA-256 of the file behind `fd`, cached by its identity and version.
 fn hash_of(fd: std::os::fd::BorrowedFd<'_>, cache: &Mutex<HashMap<Key, String>>) -> Option<String> {
-    let owned = fd.try_clone_to_owned().ok()?;
-    let mut f = std::fs::File::from(owned);
-    let m = f.metadata().ok()?;
-    if !m.is_file() {
+    // fstat on the event's descriptor: no copy of it unless the file must be read.
+    let m = nix::sys::stat::fstat(fd).ok()?;
+    if m.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
         return None;
     }
     let key = (
-        m.dev(),
-        m.ino(),
-        m.size(),
-        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        m.st_dev,
+        m.st_ino,
+        m.st_size as u64,
+        m.st_mtime * 1_000_000_000 + m.st_mtime_nsec,
+        m.st_ctime * 1_000_000_000 + m.st_ctime_nsec,
     );
     if let Some(h) = cache.lock().ok()?.get(&key) {
         return Some(h.clone());
     }
+    let mut f = std::fs::File::from(fd.try_clone_to_owned().ok()?);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
