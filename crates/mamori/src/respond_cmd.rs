@@ -200,6 +200,15 @@ pub enum RespondAction {
     },
 }
 
+/// Prints a line on standard output; a closed pipe (`… | head`) ends the output quietly.
+fn print_line(text: impl std::fmt::Display) -> Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to standard output"),
+    }
+}
+
 fn api_error(status: u16, body: &str) -> anyhow::Error {
     let why = serde_json::from_str::<Value>(body)
         .ok()
@@ -262,7 +271,7 @@ pub fn run(args: RespondArgs) -> Result<ExitCode> {
             };
             let list = call("GET", &path, None)?;
             for a in list.as_array().into_iter().flatten() {
-                println!(
+                print_line(format!(
                     "{}  {:<10} {:<18} {:<10} {}  {}",
                     a["id"].as_str().unwrap_or_default(),
                     a["status"].as_str().unwrap_or_default(),
@@ -272,7 +281,7 @@ pub fn run(args: RespondArgs) -> Result<ExitCode> {
                     a["error"]
                         .as_str()
                         .unwrap_or(a["reason"].as_str().unwrap_or_default()),
-                );
+                ))?;
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -292,7 +301,7 @@ pub fn run(args: RespondArgs) -> Result<ExitCode> {
                 "/api/v1/blocklist",
                 Some(json!({"sha256": sha256, "list": list, "reason": reason, "tenant": tenant})),
             )?;
-            println!("{v:#}");
+            print_line(format!("{v:#}"))?;
             return Ok(ExitCode::SUCCESS);
         }
         RespondAction::Unblock {
@@ -302,31 +311,37 @@ pub fn run(args: RespondArgs) -> Result<ExitCode> {
         } => {
             let list = if allowlist { "allow" } else { "block" };
             let q = tenant.map(|t| format!("?tenant={t}")).unwrap_or_default();
-            println!(
+            print_line(format!(
                 "{:#}",
                 call(
                     "DELETE",
                     &format!("/api/v1/blocklist/{list}/{sha256}{q}"),
                     None
                 )?
-            );
+            ))?;
             return Ok(ExitCode::SUCCESS);
         }
         RespondAction::Blocklist { tenant } => {
             let q = tenant.map(|t| format!("?tenant={t}")).unwrap_or_default();
-            println!("{:#}", call("GET", &format!("/api/v1/blocklist{q}"), None)?);
+            print_line(format!(
+                "{:#}",
+                call("GET", &format!("/api/v1/blocklist{q}"), None)?
+            ))?;
             return Ok(ExitCode::SUCCESS);
         }
         RespondAction::Status { id } => {
-            println!("{:#}", call("GET", &format!("/api/v1/actions/{id}"), None)?);
+            print_line(format!(
+                "{:#}",
+                call("GET", &format!("/api/v1/actions/{id}"), None)?
+            ))?;
             return Ok(ExitCode::SUCCESS);
         }
         RespondAction::Isolation { host } => {
             let agent = agent_of(&host)?;
-            println!(
+            print_line(format!(
                 "{:#}",
                 call("GET", &format!("/api/v1/hosts/{agent}/isolation"), None)?
-            );
+            ))?;
             return Ok(ExitCode::SUCCESS);
         }
         RespondAction::Isolate {
@@ -405,7 +420,7 @@ pub fn run(args: RespondArgs) -> Result<ExitCode> {
         .to_string();
     eprintln!("{} {id} queued for {agent}", action.name());
     if args.wait == 0 {
-        println!("{queued:#}");
+        print_line(format!("{queued:#}"))?;
         return Ok(ExitCode::SUCCESS);
     }
     let deadline = Instant::now() + Duration::from_secs(args.wait);
@@ -413,7 +428,7 @@ pub fn run(args: RespondArgs) -> Result<ExitCode> {
         let a = call("GET", &format!("/api/v1/actions/{id}"), None)?;
         match a["status"].as_str().unwrap_or_default() {
             "succeeded" => {
-                println!("{:#}", a["output"]);
+                print_line(format!("{:#}", a["output"]))?;
                 if let Some(out) = out {
                     let reply = rt.block_on(api.request(
                         "GET",
