@@ -698,6 +698,18 @@ pub fn issue(
     ttl_s: Option<i64>,
 ) -> Result<ActionRecord, ServerError> {
     validate(&action).map_err(ServerError::Invalid)?;
+    // The administrator's allowlist applies to every isolation.
+    let action = match action {
+        Action::Isolate { mut allow } => {
+            for a in &shared.isolation_allow {
+                if !allow.contains(a) {
+                    allow.push(a.clone());
+                }
+            }
+            Action::Isolate { allow }
+        }
+        other => other,
+    };
     if reason.trim().is_empty() || reason.len() > 1000 {
         return Err(ServerError::Invalid(
             "reason: say why (1 to 1000 characters); it goes to the audit log".into(),

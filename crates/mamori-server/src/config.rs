@@ -9,6 +9,8 @@
 //! store_quota_gib = 100         # events kept at most (oldest deleted first)
 //! retention_days = 45           # events kept at least this long (if the quota allows)
 //! flush_seconds = 2             # how soon stored events are searchable with SQL
+//! isolation_allow = ["10.0.0.53:53", "10.0.9.0/24:22"]   # reachable by every isolated host
+//!                                # besides the server (MAMORI_ISOLATION_ALLOW, comma-separated)
 //! ```
 
 use std::net::SocketAddr;
@@ -34,6 +36,9 @@ pub struct ServerConfig {
     pub retention_days: u32,
     /// Seconds between moves from the ingest log into the columnar store.
     pub flush_seconds: u64,
+    /// What every isolated host may still reach besides the server (DNS servers, jump hosts),
+    /// added to each isolate command's own allowlist.
+    pub isolation_allow: Vec<mamori_wire::command::Allow>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -45,6 +50,7 @@ struct File {
     store_quota_gib: Option<u64>,
     retention_days: Option<u32>,
     flush_seconds: Option<u64>,
+    isolation_allow: Option<Vec<String>>,
 }
 
 /// The default port.
@@ -53,6 +59,18 @@ pub const DEFAULT_PORT: u16 = 7443;
 fn parse_listen(v: &str, from: &str) -> Result<SocketAddr, ServerError> {
     v.parse()
         .map_err(|_| ServerError::Invalid(format!("{from}: {v:?} is not an address:port")))
+}
+
+fn parse_allow<'a>(
+    entries: impl Iterator<Item = &'a str>,
+    from: &str,
+) -> Result<Vec<mamori_wire::command::Allow>, ServerError> {
+    entries
+        .map(|e| {
+            e.parse()
+                .map_err(|why| ServerError::Invalid(format!("{from}: isolation_allow: {why}")))
+        })
+        .collect()
 }
 
 impl ServerConfig {
@@ -65,6 +83,7 @@ impl ServerConfig {
             store_quota_bytes: 100 << 30,
             retention_days: 45,
             flush_seconds: 2,
+            isolation_allow: Vec::new(),
         }
     }
 
@@ -106,9 +125,19 @@ impl ServerConfig {
             if let Some(v) = f.flush_seconds {
                 c.flush_seconds = v.clamp(1, 3600);
             }
+            if let Some(v) = f.isolation_allow {
+                c.isolation_allow =
+                    parse_allow(v.iter().map(String::as_str), &path.display().to_string())?;
+            }
         }
         if let Some(v) = env("MAMORI_LISTEN") {
             c.listen = parse_listen(&v, "MAMORI_LISTEN")?;
+        }
+        if let Some(v) = env("MAMORI_ISOLATION_ALLOW") {
+            c.isolation_allow = parse_allow(
+                v.split(',').map(str::trim).filter(|s| !s.is_empty()),
+                "MAMORI_ISOLATION_ALLOW",
+            )?;
         }
         if let Some(v) = env("MAMORI_NAMES") {
             c.names = v
@@ -167,6 +196,23 @@ mod tests {
         assert!(e.to_string().contains("lsten"), "{e}");
         let bad = |k: &str| (k == "MAMORI_LISTEN").then(|| "nowhere".to_string());
         assert!(ServerConfig::load(None, "/d".into(), bad).is_err());
+        // The isolation allowlist: from the file, checked, overridden by the environment.
+        std::fs::write(
+            &f,
+            "isolation_allow = [\"10.0.0.53:53\", \"10.9.0.0/16\"]\n",
+        )
+        .unwrap();
+        let c = ServerConfig::load(Some(&f), "/d".into(), none).unwrap();
+        let shown: Vec<String> = c.isolation_allow.iter().map(|a| a.to_string()).collect();
+        assert_eq!(shown, ["10.0.0.53:53", "10.9.0.0/16"]);
+        std::fs::write(&f, "isolation_allow = [\"dns.example:53\"]\n").unwrap();
+        let e = ServerConfig::load(Some(&f), "/d".into(), none).unwrap_err();
+        assert!(e.to_string().contains("isolation_allow"), "{e}");
+        let env = |k: &str| {
+            (k == "MAMORI_ISOLATION_ALLOW").then(|| "[fd00::53]:53, 10.1.1.1".to_string())
+        };
+        let c = ServerConfig::load(None, "/d".into(), env).unwrap();
+        assert_eq!(c.isolation_allow.len(), 2);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -226,6 +226,7 @@ impl Server {
             limits: service::Limits::default(),
             dispatch: actions::Dispatch::default(),
             collected_dir: dir.join("collected"),
+            isolation_allow: config.isolation_allow.clone(),
         });
         Ok((
             Server {

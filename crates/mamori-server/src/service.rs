@@ -55,6 +55,8 @@ pub struct Shared {
     pub dispatch: crate::actions::Dispatch,
     /// Where files collected from hosts are kept.
     pub collected_dir: std::path::PathBuf,
+    /// Reachable by every isolated host besides the server (configuration).
+    pub isolation_allow: Vec<mamori_wire::command::Allow>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {

@@ -321,7 +321,12 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
 
     // The server, in its namespace.
     let mut c = mamori(&srv, &net.ns("s"));
-    c.args(["server", "run", "--listen", "10.201.1.1:7443"]);
+    // The administrator's isolation allowlist (every isolation) holds one port of the
+    // allowed peer; the isolate command adds another.
+    let config = srv.join("server.toml");
+    std::fs::write(&config, "isolation_allow = [\"10.201.3.1:8444\"]\n").unwrap();
+    c.args(["server", "run", "--listen", "10.201.1.1:7443", "--config"])
+        .arg(&config);
     let server = spawn(c, srv.join("server.err"));
     let admin = wait_line(&server, "stored only as a hash): ", 60)
         .rsplit_once(": ")
@@ -376,6 +381,7 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
     echo(&net, "o", "10.201.2.1:8080");
     echo(&net, "a", "10.201.3.1:8443");
     echo(&net, "a", "10.201.3.1:8444");
+    echo(&net, "a", "10.201.3.1:8445");
     echo(&net, "h", "0.0.0.0:9090");
     assert!(
         reaches(&net, "h", "10.201.2.1:8080"),
@@ -505,7 +511,11 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
         "isolated: the allowlisted port still works"
     );
     assert!(
-        !reaches(&net, "h", "10.201.3.1:8444"),
+        reaches(&net, "h", "10.201.3.1:8444"),
+        "isolated: the configured allowlist works"
+    );
+    assert!(
+        !reaches(&net, "h", "10.201.3.1:8445"),
         "isolated: only the allowlisted port"
     );
     let mut buf = [0u8; 4];
