@@ -94,6 +94,10 @@ pub enum RespondAction {
         /// Why.
         #[arg(long)]
         reason: String,
+        /// Also allowlist the file's SHA-256 for the tenant, so that it is not flagged (or
+        /// blocked) again.
+        #[arg(long)]
+        allowlist: bool,
     },
     /// Delete a quarantined file for good.
     DeleteQuarantined {
@@ -263,6 +267,7 @@ pub fn run(args: RespondArgs) -> Result<ExitCode> {
         }
     };
     let is_block = matches!(args.action, RespondAction::Block { .. });
+    let mut allowlist_restored = false;
     let (host, action, reason, out) = match args.action {
         RespondAction::List { host } => {
             let path = match host {
@@ -384,7 +389,13 @@ pub fn run(args: RespondArgs) -> Result<ExitCode> {
         RespondAction::Quarantine { host, path, reason } => {
             (host, Action::Quarantine { path }, reason, None)
         }
-        RespondAction::Restore { host, item, reason } => {
+        RespondAction::Restore {
+            host,
+            item,
+            reason,
+            allowlist,
+        } => {
+            allowlist_restored = allowlist;
             (host, Action::Restore { item }, reason, None)
         }
         RespondAction::DeleteQuarantined { host, item, reason } => {
@@ -429,6 +440,17 @@ pub fn run(args: RespondArgs) -> Result<ExitCode> {
         match a["status"].as_str().unwrap_or_default() {
             "succeeded" => {
                 print_line(format!("{:#}", a["output"]))?;
+                if allowlist_restored && let Some(sha) = a["output"]["restored"]["sha256"].as_str()
+                {
+                    let v = call(
+                        "POST",
+                        "/api/v1/blocklist",
+                        Some(json!({"sha256": sha, "list": "allow",
+                            "reason": format!("restored from quarantine: {reason}"),
+                            "tenant": a["tenant"]})),
+                    )?;
+                    eprintln!("allowlisted {sha} (version {})", v["version"]);
+                }
                 if let Some(out) = out {
                     let reply = rt.block_on(api.request(
                         "GET",

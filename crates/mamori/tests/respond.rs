@@ -802,12 +802,30 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
             "restore",
             &agent_id,
             &item,
+            "--allowlist",
             "--reason",
             "test: false positive",
         ],
     );
     assert!(ok, "{err}");
     assert_eq!(std::fs::read(&victim).unwrap(), b"#!/bin/sh\necho pwned\n");
+    // Restored with --allowlist: its hash is on the tenant's allowlist now.
+    let (_, lists) = api(&net, &srv, &admin, "GET", "/api/v1/blocklist", None);
+    let restored_hash = {
+        use sha2::Digest;
+        sha2::Sha256::digest(std::fs::read(&victim).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert!(
+        lists["allow"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["sha256"] == restored_hash.as_str()),
+        "{lists}"
+    );
     let (ok, _, err) = respond(
         &net,
         &srv,
