@@ -396,6 +396,18 @@ async fn action_file(
         .into_response())
 }
 
+async fn audit(State(shared): State<Arc<Shared>>, Caller(p, _): Caller<Admin>) -> ApiResult {
+    // Audit records are not per tenant: only administrators of all tenants read them.
+    global(&p).map_err(|_| {
+        refused(
+            StatusCode::FORBIDDEN,
+            "the audit log covers every tenant; this token is limited to one",
+        )
+    })?;
+    let log = blocking(move || shared.state.audit_log()).await?;
+    Ok(Json(log).into_response())
+}
+
 /// Query parameters naming a tenant.
 #[derive(Debug, Deserialize)]
 pub struct TenantQuery {
@@ -1026,6 +1038,11 @@ pub fn openapi_document() -> serde_json::Value {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "the bytes"}, "401": unauthorised, "404": {"description": "no collected file"}}
             }},
+            "/api/v1/audit": {"get": {
+                "summary": "The audit log, oldest first: who did what to what, when and why (admin of all tenants)",
+                "security": bearer,
+                "responses": {"200": {"description": "[{at, actor, action, target, detail}]"}, "401": unauthorised, "403": forbidden}
+            }},
             "/api/v1/blocklist": {
                 "get": {
                     "summary": "The tenant's execution blocklist and allowlist (SHA-256) with version",
@@ -1208,6 +1225,7 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         )
         .route("/api/v1/hosts/{agent}/isolation", get(host_isolation))
         .route("/api/v1/actions", get(actions_list))
+        .route("/api/v1/audit", get(audit))
         .route("/api/v1/blocklist", get(blocklist_get).post(blocklist_add))
         .route(
             "/api/v1/blocklist/{list}/{sha256}",

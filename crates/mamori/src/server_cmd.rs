@@ -36,6 +36,8 @@ pub enum ServerCommand {
         /// JSON lines with evidence instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        target: crate::query_cmd::Target,
     },
     /// Create an enrollment token.
     Token {
@@ -70,6 +72,8 @@ pub enum ServerCommand {
         /// JSON lines with each sensor's last health report.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        target: crate::query_cmd::Target,
     },
     /// Revoke an agent: its certificate is refused from now on.
     Revoke {
@@ -80,7 +84,46 @@ pub enum ServerCommand {
         reason: String,
     },
     /// Show the audit log.
-    Audit,
+    Audit {
+        #[command(flatten)]
+        target: crate::query_cmd::Target,
+    },
+}
+
+/// With `--server`: `GET path` on that server's API (the token's role and tenant apply);
+/// without: `None` (the caller reads the local state database).
+fn remote(target: &crate::query_cmd::Target, path: &str) -> Result<Option<Vec<serde_json::Value>>> {
+    let Some(server) = &target.server else {
+        return Ok(None);
+    };
+    let config = ServerConfig::load(None, server_dir(), |k| std::env::var(k).ok())?;
+    let (rt, api) = crate::query_cmd::connect(server, target, &config)?;
+    let reply = rt.block_on(api.request("GET", path, None))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&reply.body).with_context(|| format!("{server}{path}: not JSON"))?;
+    if reply.status != 200 {
+        bail!(
+            "{server}: {} {}",
+            reply.status,
+            v["error"].as_str().unwrap_or(&reply.body)
+        );
+    }
+    Ok(Some(v.as_array().cloned().unwrap_or_default()))
+}
+
+fn local<T: serde::Serialize>(items: Vec<T>) -> Result<Vec<serde_json::Value>> {
+    items
+        .into_iter()
+        .map(|i| Ok(serde_json::to_value(i)?))
+        .collect()
+}
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
 }
 
 /// The server's data directory: `<data>/server`.
@@ -250,26 +293,28 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        ServerCommand::Agents { json } => {
-            let srv = Admin::open(&config(None, None)?)?;
-            let hosts = srv.state().hosts()?;
+        ServerCommand::Agents { json, target } => {
+            let hosts = match remote(&target, "/api/v1/hosts")? {
+                Some(h) => h,
+                None => local(Admin::open(&config(None, None)?)?.state().hosts()?)?,
+            };
             if json {
                 for h in &hosts {
-                    println!("{}", serde_json::to_string(h)?);
+                    println!("{h}");
                 }
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:<22} {:<12} {:<20} {:<9} {:<8} MISSING",
-                "AGENT", "TENANT", "HOST", "STATUS", "SEEN"
+                "{:<22} {:<12} {:<20} {:<9} {:<8} {:<9} MISSING",
+                "AGENT", "TENANT", "HOST", "STATUS", "SEEN", "ISOLATED"
             );
             let now = mamori_server::state::now();
             for h in hosts {
-                let seen = h
-                    .heartbeat_at
+                let seen = h["heartbeat_at"]
+                    .as_i64()
                     .map(|t| format!("{}s ago", now - t))
                     .unwrap_or_else(|| "never".into());
-                let missing = h.health["missing"]
+                let missing = h["health"]["missing"]
                     .as_array()
                     .map(|m| {
                         m.iter()
@@ -278,9 +323,20 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
                             .join(",")
                     })
                     .unwrap_or_default();
+                let isolated = if h["isolation"].is_object() {
+                    "yes"
+                } else {
+                    ""
+                };
                 println!(
-                    "{:<22} {:<12} {:<20} {:<9} {:<8} {}",
-                    h.agent, h.tenant, h.hostname, h.status, seen, missing
+                    "{:<22} {:<12} {:<20} {:<9} {:<8} {:<9} {}",
+                    text(&h["agent"]),
+                    text(&h["tenant"]),
+                    text(&h["hostname"]),
+                    text(&h["status"]),
+                    seen,
+                    isolated,
+                    missing
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -301,12 +357,23 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             tenant,
             limit,
             json,
+            target,
         } => {
-            let srv = Admin::open(&config(None, None)?)?;
-            let alerts = srv.state().alerts(tenant.as_deref(), limit)?;
+            let mut path = format!("/api/v1/alerts?limit={limit}");
+            if let Some(t) = &tenant {
+                path.push_str(&format!("&tenant={t}"));
+            }
+            let alerts = match remote(&target, &path)? {
+                Some(a) => a,
+                None => local(
+                    Admin::open(&config(None, None)?)?
+                        .state()
+                        .alerts(tenant.as_deref(), limit)?,
+                )?,
+            };
             if json {
                 for a in &alerts {
-                    println!("{}", serde_json::to_string(a)?);
+                    println!("{a}");
                 }
             } else {
                 println!(
@@ -316,12 +383,15 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
                 for a in &alerts {
                     println!(
                         "{:>5} {:<8} {:>5} {:<16} {:<44} {}",
-                        a.id,
-                        a.level,
-                        a.count,
-                        a.host,
-                        a.rule_title.chars().take(44).collect::<String>(),
-                        a.command_line.chars().take(80).collect::<String>()
+                        text(&a["id"]),
+                        text(&a["level"]),
+                        text(&a["count"]),
+                        text(&a["host"]),
+                        text(&a["rule_title"]).chars().take(44).collect::<String>(),
+                        text(&a["command_line"])
+                            .chars()
+                            .take(80)
+                            .collect::<String>()
                     );
                 }
             }
@@ -331,10 +401,13 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        ServerCommand::Audit => {
-            let srv = Admin::open(&config(None, None)?)?;
-            for r in srv.state().audit_log()? {
-                println!("{}", serde_json::to_string(&r)?);
+        ServerCommand::Audit { target } => {
+            let records = match remote(&target, "/api/v1/audit")? {
+                Some(r) => r,
+                None => local(Admin::open(&config(None, None)?)?.state().audit_log()?)?,
+            };
+            for r in records {
+                println!("{r}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -799,6 +799,52 @@ fn rest_api_needs_the_admin_token_and_serves_hosts_alerts_and_openapi() {
     fill_spool(&a, 0, 2);
     let (ok, err) = ship(&a, None);
     assert!(ok, "{err}");
+
+    // The administration commands through the API (from elsewhere: another data directory,
+    // trusting the server by its fingerprint).
+    let elsewhere = tempdir("server", "api-cli");
+    let url = format!("https://127.0.0.1:{port}");
+    let cli = |args: &[&str], token: &str| {
+        mamori(&elsewhere)
+            .args(["server"])
+            .args(args)
+            .args(["--server", &url, "--token", token, "--ca-fingerprint", &fp])
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["agents", "--json"], &admin);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(first["agent"], agent_id(&a).as_str());
+    let out = cli(&["audit"], &admin);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("agent.enroll"));
+    let out = cli(&["alerts"], &admin);
+    assert!(out.status.success(), "no alerts: exit 0");
+    // A tenant's token does not read the audit log of all tenants.
+    let (_, body) = curl(
+        &srv,
+        port,
+        Some(&admin),
+        "/api/v1/tokens",
+        Some(r#"{"name":"t","role":"admin","tenant":"acme"}"#),
+    );
+    let tenant_admin = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = cli(&["audit"], &tenant_admin);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
