@@ -44,6 +44,8 @@ pub struct Outcomes {
 }
 
 const KEEP: usize = 1000;
+/// Outputs larger than this are not kept for redelivery.
+const KEEP_OUTPUT_BYTES: usize = 256 << 10;
 
 impl Outcomes {
     /// Loads `commands.json` from `dir` (an unreadable file is started afresh, with a
@@ -258,8 +260,23 @@ async fn control_once(
                         error: e,
                     },
                 };
+                // Large outputs (a collected file) are reported but not kept for redelivery:
+                // a repeat gets a failure asking for a new collection, never a second run.
+                let kept = if o.output.len() > KEEP_OUTPUT_BYTES {
+                    Outcome {
+                        id: o.id.clone(),
+                        ok: false,
+                        output: String::new(),
+                        error: format!(
+                            "the outcome ({} bytes) was delivered once and not kept; run it again",
+                            o.output.len()
+                        ),
+                    }
+                } else {
+                    o.clone()
+                };
                 if let Ok(mut store) = outcomes.lock()
-                    && let Err(e) = store.put(o.clone())
+                    && let Err(e) = store.put(kept)
                 {
                     tracing::error!("keeping the outcome of {}: {e}", cmd.id);
                 }

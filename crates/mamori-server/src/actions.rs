@@ -789,15 +789,24 @@ fn on_report(shared: &Shared, agent: &str, tenant: &str, r: Report) -> Result<()
                     .decode(b64)
                     .map_err(|e| ServerError::Invalid(format!("collected file: {e}")))?;
                 let path = shared.collected_dir.join(format!("{}.bin", r.command_id));
-                if r.command_id.starts_with("cmd-")
+                // Only for this agent's own pending collection (an agent cannot write the
+                // evidence of another's command).
+                let own = shared.state.command(&r.command_id)?.is_some_and(|c| {
+                    c.agent == agent
+                        && c.action == "collect_file"
+                        && matches!(c.status.as_str(), "queued" | "sent" | "received")
+                });
+                if own
+                    && r.command_id.starts_with("cmd-")
                     && r.command_id[4..].chars().all(|c| c.is_ascii_hexdigit())
                 {
                     std::fs::create_dir_all(&shared.collected_dir)
                         .and_then(|_| std::fs::write(&path, &bytes))
                         .map_err(|e| ServerError::Store(format!("{}: {e}", path.display())))?;
-                    output["content_base64"] = Value::Null;
                     output["stored_bytes"] = json!(bytes.len());
                 }
+                // Never kept in the state database.
+                output["content_base64"] = Value::Null;
             }
             let rec = shared
                 .state
