@@ -1,0 +1,501 @@
+//! The automated SOC's policy: how an alert's severity follows from its evidence, and what is
+//! contained automatically.
+//!
+//! A [`Policy`] is data: a TOML file (the default is `config/soc-policy.toml`, compiled in),
+//! with overrides per tenant. [`Policy::assess`] turns the [`Facts`] of an alert into a
+//! [`Severity`] and the reasons that raised it or kept it from being raised;
+//! [`Policy::containment`] says what to do with the host of a Critical alert. No I/O: the
+//! server gathers the facts.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+/// The default policy (`config/soc-policy.toml`).
+pub const DEFAULT_POLICY: &str = include_str!("../../../config/soc-policy.toml");
+
+/// Why a policy cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// Not TOML of the expected shape.
+    #[error("SOC policy: {0}")]
+    Syntax(String),
+    /// A value is not one the policy knows.
+    #[error("SOC policy: {0}")]
+    Invalid(String),
+}
+
+/// Severity levels, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// Kept for the record.
+    Informational,
+    /// Low.
+    Low,
+    /// Medium.
+    Medium,
+    /// A serious detection without aggravating facts.
+    High,
+    /// Act now: see the reasons.
+    Critical,
+}
+
+impl Severity {
+    /// `critical`, `high`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Informational => "informational",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// The severity a rule level starts from (unknown levels count as informational).
+    pub fn from_rule_level(level: &str) -> Severity {
+        match level.to_ascii_lowercase().as_str() {
+            "critical" | "high" => Severity::High,
+            "medium" => Severity::Medium,
+            "low" => Severity::Low,
+            _ => Severity::Informational,
+        }
+    }
+}
+
+/// What is known about an alert.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The rule's level (`critical`, `high`, …).
+    pub rule_level: String,
+    /// Something in the alert was prevented (the execution was blocked).
+    pub prevented: bool,
+    /// External addresses the process tree talked to (`ip:port`).
+    pub external: Vec<String>,
+    /// The blocklisted SHA-256 involved, if any.
+    pub known_bad_hash: Option<String>,
+    /// Different rules that fired on the process or its parent (this one included).
+    pub rules_on_tree: usize,
+}
+
+/// A severity and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assessment {
+    /// The severity.
+    pub severity: Severity,
+    /// Facts that raised it or kept it from being raised, in plain words.
+    pub reasons: Vec<String>,
+}
+
+/// What to do with the host of a Critical alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Containment {
+    /// Isolate at once.
+    Isolate,
+    /// Wait for a person.
+    Approve,
+    /// Nothing.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Condition {
+    ExternalNotPrevented,
+    KnownBadHash,
+    MultipleDetections,
+}
+
+/// An IP network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    fn parse(s: &str) -> Result<Net, PolicyError> {
+        let bad = || PolicyError::Invalid(format!("internal_networks: {s:?} is not ADDR/PREFIX"));
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = a.trim().parse().map_err(|_| bad())?;
+        let prefix: u8 = p.trim().parse().map_err(|_| bad())?;
+        if prefix > if addr.is_ipv4() { 32 } else { 128 } {
+            return Err(bad());
+        }
+        Ok(Net { addr, prefix })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        // IPv4-mapped IPv6 addresses count as IPv4.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct TenantPolicy {
+    critical_when: Vec<Condition>,
+    internal: Vec<Net>,
+    containment: Containment,
+    exempt_hosts: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainmentFile {
+    critical: Option<String>,
+    exempt_hosts: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Part {
+    critical_when: Option<Vec<String>>,
+    internal_networks: Option<Vec<String>>,
+    containment: Option<ContainmentFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(flatten)]
+    base: Part,
+    #[serde(default)]
+    tenants: HashMap<String, Part>,
+}
+
+impl TenantPolicy {
+    /// `self` with the parts `p` sets replaced.
+    fn with(&self, p: &Part) -> Result<TenantPolicy, PolicyError> {
+        let mut t = self.clone();
+        if let Some(c) = &p.critical_when {
+            t.critical_when = c
+                .iter()
+                .map(|c| match c.as_str() {
+                    "external_communication_not_prevented" => Ok(Condition::ExternalNotPrevented),
+                    "known_bad_hash" => Ok(Condition::KnownBadHash),
+                    "multiple_detections" => Ok(Condition::MultipleDetections),
+                    other => Err(PolicyError::Invalid(format!(
+                        "critical_when: unknown condition {other:?} (known: \
+                         external_communication_not_prevented, known_bad_hash, multiple_detections)"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(n) = &p.internal_networks {
+            t.internal = n.iter().map(|s| Net::parse(s)).collect::<Result<_, _>>()?;
+        }
+        if let Some(c) = &p.containment {
+            if let Some(v) = &c.critical {
+                t.containment = match v.as_str() {
+                    "isolate" => Containment::Isolate,
+                    "approve" => Containment::Approve,
+                    "none" => Containment::None,
+                    other => {
+                        return Err(PolicyError::Invalid(format!(
+                            "containment.critical: {other:?} (isolate, approve or none)"
+                        )));
+                    }
+                };
+            }
+            if let Some(e) = &c.exempt_hosts {
+                t.exempt_hosts = e.clone();
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// The policy: a default and per-tenant overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    base: TenantPolicy,
+    tenants: HashMap<String, TenantPolicy>,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy::parse(DEFAULT_POLICY).expect("the default SOC policy is valid")
+    }
+}
+
+impl Policy {
+    /// Parses a policy file; what it leaves out comes from the default policy.
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        let file: File = toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        let empty = TenantPolicy {
+            critical_when: Vec::new(),
+            internal: Vec::new(),
+            containment: Containment::None,
+            exempt_hosts: Vec::new(),
+        };
+        let defaults = if text == DEFAULT_POLICY {
+            empty
+        } else {
+            Policy::default().base
+        };
+        let base = defaults.with(&file.base)?;
+        let tenants = file
+            .tenants
+            .iter()
+            .map(|(name, part)| Ok((name.clone(), base.with(part)?)))
+            .collect::<Result<_, PolicyError>>()?;
+        Ok(Policy { base, tenants })
+    }
+
+    fn of(&self, tenant: &str) -> &TenantPolicy {
+        self.tenants.get(tenant).unwrap_or(&self.base)
+    }
+
+    /// Whether `ip` is internal for `tenant` (not "external communication").
+    pub fn is_internal(&self, tenant: &str, ip: IpAddr) -> bool {
+        self.of(tenant).internal.iter().any(|n| n.contains(ip))
+    }
+
+    /// The severity of an alert of `tenant` with these facts, and why.
+    pub fn assess(&self, tenant: &str, f: &Facts) -> Assessment {
+        let p = self.of(tenant);
+        let base = Severity::from_rule_level(&f.rule_level);
+        let mut reasons = vec![format!(
+            "rule level {} gives {}",
+            if f.rule_level.is_empty() {
+                "unknown"
+            } else {
+                &f.rule_level
+            },
+            base.as_str()
+        )];
+        let mut raised = Vec::new();
+        for c in &p.critical_when {
+            match c {
+                Condition::ExternalNotPrevented if !f.external.is_empty() => {
+                    if f.prevented {
+                        reasons.push(format!(
+                            "the process tree talked to {} (external), but the execution was \
+                             prevented: not raised for that",
+                            f.external.join(", ")
+                        ));
+                    } else {
+                        raised.push(format!(
+                            "the process tree talked to {} (external) and nothing was prevented",
+                            f.external.join(", ")
+                        ));
+                    }
+                }
+                Condition::KnownBadHash => {
+                    if let Some(h) = &f.known_bad_hash {
+                        raised.push(format!("known-bad file: {h} is on the blocklist"));
+                    }
+                }
+                Condition::MultipleDetections if f.rules_on_tree >= 2 => {
+                    raised.push(format!(
+                        "{} different rules fired on this process tree",
+                        f.rules_on_tree
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if f.prevented && f.external.is_empty() {
+            reasons.push("the execution was prevented".into());
+        }
+        let severity = if base == Severity::High && !raised.is_empty() {
+            Severity::Critical
+        } else {
+            base
+        };
+        if severity == Severity::Critical {
+            reasons.extend(
+                raised
+                    .into_iter()
+                    .map(|r| format!("raised to critical: {r}")),
+            );
+        } else if !raised.is_empty() {
+            reasons.extend(
+                raised
+                    .into_iter()
+                    .map(|r| format!("{r} (not raised: the rule is below high)")),
+            );
+        }
+        Assessment { severity, reasons }
+    }
+
+    /// What to do with `host` (of `tenant`) when it has a Critical alert.
+    pub fn containment(&self, tenant: &str, host: &str) -> Containment {
+        let p = self.of(tenant);
+        let exempt = p.exempt_hosts.iter().any(|e| match e.strip_suffix('*') {
+            Some(prefix) => host.starts_with(prefix),
+            None => host == e,
+        });
+        if exempt {
+            Containment::None
+        } else {
+            p.containment
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(level: &str) -> Facts {
+        Facts {
+            rule_level: level.into(),
+            rules_on_tree: 1,
+            ..Facts::default()
+        }
+    }
+
+    #[test]
+    fn severity_follows_the_evidence() {
+        let p = Policy::default();
+        assert_eq!(p.assess("t", &facts("high")).severity, Severity::High);
+        assert_eq!(
+            p.assess("t", &facts("critical")).severity,
+            Severity::High,
+            "no aggravating fact"
+        );
+        assert_eq!(p.assess("t", &facts("medium")).severity, Severity::Medium);
+        assert_eq!(p.assess("t", &facts("")).severity, Severity::Informational);
+
+        let c2 = Facts {
+            external: vec!["203.0.113.7:443".into()],
+            ..facts("high")
+        };
+        let a = p.assess("t", &c2);
+        assert_eq!(a.severity, Severity::Critical);
+        assert!(
+            a.reasons
+                .iter()
+                .any(|r| r.contains("203.0.113.7:443") && r.contains("raised")),
+            "{a:?}"
+        );
+
+        let prevented = Facts {
+            prevented: true,
+            ..c2.clone()
+        };
+        let a = p.assess("t", &prevented);
+        assert_eq!(
+            a.severity,
+            Severity::High,
+            "prevented: not raised for the connection"
+        );
+        assert!(a.reasons.iter().any(|r| r.contains("prevented")), "{a:?}");
+
+        let bad = Facts {
+            known_bad_hash: Some("ab".repeat(32)),
+            prevented: true,
+            ..facts("high")
+        };
+        assert_eq!(
+            p.assess("t", &bad).severity,
+            Severity::Critical,
+            "known bad, even if prevented"
+        );
+        let many = Facts {
+            rules_on_tree: 2,
+            ..facts("high")
+        };
+        assert_eq!(p.assess("t", &many).severity, Severity::Critical);
+        let low = Facts {
+            external: vec!["203.0.113.7:443".into()],
+            ..facts("medium")
+        };
+        let a = p.assess("t", &low);
+        assert_eq!(
+            a.severity,
+            Severity::Medium,
+            "only high-or-worse rules become critical"
+        );
+        assert!(a.reasons.iter().any(|r| r.contains("not raised")), "{a:?}");
+    }
+
+    #[test]
+    fn internal_networks_and_containment_per_tenant() {
+        let p = Policy::parse(
+            r#"
+[containment]
+exempt_hosts = ["db-*", "dc01"]
+[tenants.acme]
+internal_networks = ["10.0.0.0/8", "203.0.113.0/24"]
+critical_when = ["known_bad_hash"]
+[tenants.acme.containment]
+critical = "approve"
+"#,
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(p.is_internal("other", ip("192.168.1.5")), "defaults kept");
+        assert!(p.is_internal("other", ip("::ffff:10.1.2.3")), "mapped IPv4");
+        assert!(!p.is_internal("other", ip("203.0.113.7")));
+        assert!(
+            p.is_internal("acme", ip("203.0.113.7")),
+            "the tenant's own list"
+        );
+        assert!(
+            !p.is_internal("acme", ip("192.168.1.5")),
+            "replaced, not merged"
+        );
+        assert!(
+            p.is_internal("other", ip("fe80::1")) && !p.is_internal("other", ip("2001:db8::1"))
+        );
+        assert_eq!(
+            p.containment("other", "web1"),
+            Containment::Isolate,
+            "default: isolate"
+        );
+        assert_eq!(
+            p.containment("other", "db-7"),
+            Containment::None,
+            "exempt by prefix"
+        );
+        assert_eq!(p.containment("other", "dc01"), Containment::None);
+        assert_eq!(p.containment("acme", "web1"), Containment::Approve);
+        let c2 = Facts {
+            external: vec!["198.51.100.1:80".into()],
+            rule_level: "high".into(),
+            rules_on_tree: 1,
+            ..Facts::default()
+        };
+        assert_eq!(
+            p.assess("acme", &c2).severity,
+            Severity::High,
+            "acme does not escalate on connections"
+        );
+        assert_eq!(p.assess("other", &c2).severity, Severity::Critical);
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_the_reason() {
+        for (text, why) in [
+            ("critical_when = [\"sunspots\"]", "unknown condition"),
+            ("internal_networks = [\"10.0.0.0\"]", "ADDR/PREFIX"),
+            ("internal_networks = [\"10.0.0.0/40\"]", "ADDR/PREFIX"),
+            (
+                "[containment]\ncritical = \"nuke\"",
+                "isolate, approve or none",
+            ),
+            ("critcal_when = []", "critcal_when"),
+            ("this is not toml", "SOC policy"),
+        ] {
+            let e = Policy::parse(text).unwrap_err().to_string();
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+    }
+}
