@@ -537,6 +537,32 @@ impl State {
         })
     }
 
+    /// The first of `hashes` on the tenant's blocklist (and not allowlisted).
+    pub fn blocklisted(
+        &self,
+        tenant: &str,
+        hashes: &[&str],
+    ) -> Result<Option<String>, ServerError> {
+        if hashes.is_empty() {
+            return Ok(None);
+        }
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM hash_lists WHERE tenant = ?1 AND list = 'block'
+                     AND sha256 = ?2)
+                 AND NOT EXISTS (SELECT 1 FROM hash_lists WHERE tenant = ?1 AND list = 'allow'
+                     AND sha256 = ?2)",
+            )?;
+            for h in hashes {
+                let h = h.to_ascii_lowercase();
+                if st.query_row(params![tenant, h], |r| r.get::<_, bool>(0))? {
+                    return Ok(Some(h));
+                }
+            }
+            Ok(None)
+        })
+    }
+
     /// Enrolled, unrevoked agents of a tenant whose applied blocklist is older than
     /// `version` (all of them with `agent` None, else just that one).
     fn agents_behind(
@@ -758,6 +784,70 @@ fn issue_signed(
         .ok_or_else(|| ServerError::State("a queued command vanished".into()))
 }
 
+/// Isolates the host of a Critical alert, as the policy says, unless it is already isolated
+/// or being isolated; the command is recorded as automatic (`policy:auto-contain`).
+pub fn contain(
+    shared: &Shared,
+    req: &crate::detect::Contain,
+) -> Result<Option<ActionRecord>, ServerError> {
+    if req.agent.starts_with("win:") {
+        return Ok(None); // no agent to isolate (uploaded logs)
+    }
+    if shared.state.isolation(&req.agent)?["isolated"] == true {
+        return Ok(None);
+    }
+    let local = shared
+        .local_agents
+        .lock()
+        .map(|l| l.contains(&req.agent))
+        .unwrap_or(false);
+    if local {
+        shared.state.audit(
+            "policy:auto-contain",
+            "containment.skipped",
+            &format!("agent:{}", req.agent),
+            &format!(
+                "critical alert {}: not isolated automatically, the host runs the Mamori server",
+                req.alert
+            ),
+        )?;
+        return Ok(None);
+    }
+    let pending = shared
+        .state
+        .commands(None, Some(&req.agent), 50)?
+        .into_iter()
+        .any(|c| {
+            c.action == "isolate" && matches!(c.status.as_str(), "queued" | "sent" | "received")
+        });
+    if pending {
+        return Ok(None);
+    }
+    let mut reason = format!(
+        "automatic containment of critical alert {}: {}",
+        req.alert,
+        req.reasons.join("; ")
+    );
+    if reason.len() > 1000 {
+        let mut cut = 997;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str("...");
+    }
+    issue(
+        shared,
+        "policy:auto-contain",
+        &req.agent,
+        &req.tenant,
+        Action::Isolate { allow: Vec::new() },
+        &reason,
+        None,
+    )
+    .map(Some)
+}
+
 /// The control service.
 pub struct ControlService(pub Arc<Shared>);
 
@@ -856,6 +946,11 @@ fn on_report(shared: &Shared, agent: &str, tenant: &str, r: Report) -> Result<()
                     command_line: "",
                     timestamp: &at,
                     evidence: evidence.as_bytes(),
+                    severity: "critical",
+                    severity_reasons: &[format!(
+                        "someone with root on the host changed or deleted its isolation ({detail}); \
+                         the agent loaded it again"
+                    )],
                 })?;
             }
             Ok(())
@@ -893,6 +988,11 @@ impl Control for ControlService {
         r: Request<Streaming<Report>>,
     ) -> Result<Response<Self::ChannelStream>, Status> {
         let (agent, tenant) = crate::service::authorise_agent(&self.0, &r)?;
+        if r.remote_addr().is_some_and(|a| a.ip().is_loopback())
+            && let Ok(mut local) = self.0.local_agents.lock()
+        {
+            local.insert(agent.clone());
+        }
         let mut inbound = r.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let shared = self.0.clone();

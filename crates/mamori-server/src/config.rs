@@ -11,6 +11,8 @@
 //! flush_seconds = 2             # how soon stored events are searchable with SQL
 //! isolation_allow = ["10.0.0.53:53", "10.0.9.0/24:22"]   # reachable by every isolated host
 //!                                # besides the server (MAMORI_ISOLATION_ALLOW, comma-separated)
+//! soc_policy = "/etc/mamori/soc-policy.toml"   # severity and automatic containment
+//!                                # (default: config/soc-policy.toml, compiled in)
 //! ```
 
 use std::net::SocketAddr;
@@ -39,6 +41,8 @@ pub struct ServerConfig {
     /// What every isolated host may still reach besides the server (DNS servers, jump hosts),
     /// added to each isolate command's own allowlist.
     pub isolation_allow: Vec<mamori_wire::command::Allow>,
+    /// The SOC policy file (severity, containment); the built-in default when unset.
+    pub soc_policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,6 +55,7 @@ struct File {
     retention_days: Option<u32>,
     flush_seconds: Option<u64>,
     isolation_allow: Option<Vec<String>>,
+    soc_policy: Option<PathBuf>,
 }
 
 /// The default port.
@@ -84,6 +89,7 @@ impl ServerConfig {
             retention_days: 45,
             flush_seconds: 2,
             isolation_allow: Vec::new(),
+            soc_policy: None,
         }
     }
 
@@ -124,6 +130,9 @@ impl ServerConfig {
             }
             if let Some(v) = f.flush_seconds {
                 c.flush_seconds = v.clamp(1, 3600);
+            }
+            if let Some(v) = f.soc_policy {
+                c.soc_policy = Some(v);
             }
             if let Some(v) = f.isolation_allow {
                 c.isolation_allow =

@@ -55,13 +55,19 @@ pub enum Msg {
 pub type Disabled = Arc<RwLock<HashSet<String>>>;
 
 /// Starts the detection thread; returns its queue.
-pub fn spawn(rules: Arc<RuleSet>, disabled: Disabled, state: Arc<State>) -> SyncSender<Msg> {
+pub fn spawn(
+    rules: Arc<RuleSet>,
+    disabled: Disabled,
+    state: Arc<State>,
+    soc: Soc,
+) -> SyncSender<Msg> {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     std::thread::Builder::new()
         .name("mamori-detect".into())
         .spawn(move || {
             let mut rules = rules;
-            while let Some(next) = run(&rules, &disabled, &state, &rx) {
+            let mut trees = Trees::new();
+            while let Some(next) = run(&rules, &disabled, &state, &soc, &mut trees, &rx) {
                 tracing::info!(rules = next.rules().len(), "detection rules replaced");
                 rules = next;
             }
@@ -113,6 +119,10 @@ fn health(state: &State, job: &Job, v: &Value, raw: &[u8]) {
             command_line: "",
             timestamp: text(v, &["@timestamp"]).unwrap_or(""),
             evidence: raw,
+            severity: "medium",
+            severity_reasons: &[
+                "the sensor reported that it stopped: the host is not watched".to_string(),
+            ],
         };
         if let Err(e) = state.record_alert(&alert) {
             tracing::error!("recording a sensor-stopped alert: {e}");
@@ -134,6 +144,9 @@ pub fn silent_hosts(state: &State) {
         "attack.defense-evasion".to_string(),
         "attack.t1562.001".to_string(),
     ];
+    let silent_reasons = vec![
+        "no heartbeat for three intervals: the agent was stopped, removed or cut off".to_string(),
+    ];
     for (agent, tenant, host) in silent {
         let at = crate::state::now().to_string();
         let evidence =
@@ -152,6 +165,8 @@ pub fn silent_hosts(state: &State) {
             command_line: "",
             timestamp: &at,
             evidence: evidence.as_bytes(),
+            severity: "high",
+            severity_reasons: &silent_reasons,
         };
         if let Err(e) = state.record_alert(&alert) {
             tracing::error!("recording a silent-host alert: {e}");
@@ -182,6 +197,188 @@ fn alert_of<'a>(
         command_line: text(v, &["process", "command_line"]).unwrap_or(""),
         timestamp: text(v, &["@timestamp"]).unwrap_or(""),
         evidence,
+        severity: "",
+        severity_reasons: &[],
+    }
+}
+
+/// The SOC policy and where automatic containment requests go.
+pub struct Soc {
+    /// Severity and containment policy.
+    pub policy: Arc<mamori_soc::Policy>,
+    /// Requests to isolate a host (served by a thread that can sign commands).
+    pub contain: std::sync::mpsc::Sender<Contain>,
+}
+
+/// A request to contain a host because of a Critical alert.
+#[derive(Debug, Clone)]
+pub struct Contain {
+    /// Agent.
+    pub agent: String,
+    /// Tenant.
+    pub tenant: String,
+    /// The alert.
+    pub alert: i64,
+    /// Why it is Critical.
+    pub reasons: Vec<String>,
+}
+
+/// External destinations each process (and its parent) talked to: `agent|entity` → `ip:port`.
+type Trees = HashMap<String, Vec<String>>;
+const TREES_MAX: usize = 200_000;
+
+/// `ip:port` of a network event to an address outside the tenant's internal networks.
+fn external_destination(soc: &Soc, tenant: &str, v: &Value) -> Option<String> {
+    let network = match &v["event"]["category"] {
+        Value::Array(a) => a.iter().any(|c| c == "network"),
+        Value::String(c) => c == "network",
+        _ => false,
+    };
+    if !network {
+        return None;
+    }
+    let ip: std::net::IpAddr = text(v, &["destination", "ip"])?.parse().ok()?;
+    if soc.policy.is_internal(tenant, ip) {
+        return None;
+    }
+    Some(match v["destination"]["port"].as_u64() {
+        Some(p) if ip.is_ipv6() => format!("[{ip}]:{p}"),
+        Some(p) => format!("{ip}:{p}"),
+        None => ip.to_string(),
+    })
+}
+
+fn tree_of(v: &Value) -> [&str; 2] {
+    [
+        text(v, &["process", "entity_id"]).unwrap_or(""),
+        text(v, &["process", "parent", "entity_id"]).unwrap_or(""),
+    ]
+}
+
+fn destinations(trees: &Trees, agent: &str, tree: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = tree
+        .iter()
+        .filter(|e| !e.is_empty())
+        .filter_map(|e| trees.get(&format!("{agent}|{e}")))
+        .flatten()
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// What the policy does with a host whose alert became Critical.
+fn contain(
+    state: &State,
+    soc: &Soc,
+    tenant: &str,
+    agent: &str,
+    host: &str,
+    alert: i64,
+    reasons: &[String],
+) {
+    match soc.policy.containment(tenant, host) {
+        mamori_soc::Containment::Isolate => {
+            let _ = soc.contain.send(Contain {
+                agent: agent.to_string(),
+                tenant: tenant.to_string(),
+                alert,
+                reasons: reasons.to_vec(),
+            });
+        }
+        mamori_soc::Containment::Approve => {
+            let _ = state.audit(
+                "policy",
+                "containment.awaiting_approval",
+                &format!("agent:{agent}"),
+                &format!("critical alert {alert}: {}", reasons.join("; ")),
+            );
+        }
+        mamori_soc::Containment::None => {}
+    }
+}
+
+/// Records an alert with its severity from the evidence; contains the host when Critical.
+fn record(state: &State, soc: &Soc, trees: &Trees, job: &Job, v: &Value, alert: NewAlert<'_>) {
+    let tree = tree_of(v);
+    let hashes: Vec<&str> = [
+        &v["process"]["hash"]["sha256"],
+        &v["file"]["hash"]["sha256"],
+    ]
+    .into_iter()
+    .filter_map(Value::as_str)
+    .collect();
+    let mut rules: HashSet<String> = state
+        .alerts_on_tree(&job.agent, &tree)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.rule_id)
+        .collect();
+    rules.insert(alert.rule_id.to_string());
+    let facts = mamori_soc::Facts {
+        rule_level: alert.level.to_string(),
+        prevented: text(v, &["event", "action"]) == Some("exec-prevented"),
+        external: destinations(trees, &job.agent, &tree),
+        known_bad_hash: state.blocklisted(&job.tenant, &hashes).unwrap_or(None),
+        rules_on_tree: rules.len(),
+    };
+    let a = soc.policy.assess(&job.tenant, &facts);
+    let alert = NewAlert {
+        severity: a.severity.as_str(),
+        severity_reasons: &a.reasons,
+        ..alert
+    };
+    match state.record_alert(&alert) {
+        Ok(id) if a.severity == mamori_soc::Severity::Critical => contain(
+            state,
+            soc,
+            &job.tenant,
+            &job.agent,
+            alert.host,
+            id,
+            &a.reasons,
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!("recording an alert: {e}"),
+    }
+}
+
+/// A process tree talked to an external address: its open alerts are assessed again.
+fn reassess(state: &State, soc: &Soc, trees: &Trees, job: &Job, tree: &[&str]) {
+    let open = state.alerts_on_tree(&job.agent, tree).unwrap_or_default();
+    let rules: HashSet<&str> = open.iter().map(|a| a.rule_id.as_str()).collect();
+    for crate::state::TreeAlert {
+        id,
+        level,
+        severity,
+        host,
+        ..
+    } in &open
+    {
+        if severity == "critical" {
+            continue;
+        }
+        let prevented = state
+            .alert(*id)
+            .ok()
+            .flatten()
+            .is_some_and(|a| a.evidence[0]["event"]["action"] == "exec-prevented");
+        let facts = mamori_soc::Facts {
+            rule_level: level.clone(),
+            prevented,
+            external: destinations(trees, &job.agent, tree),
+            known_bad_hash: None,
+            rules_on_tree: rules.len(),
+        };
+        let a = soc.policy.assess(&job.tenant, &facts);
+        if a.severity == mamori_soc::Severity::Critical
+            && state
+                .raise_severity(*id, "critical", &a.reasons)
+                .unwrap_or(false)
+        {
+            contain(state, soc, &job.tenant, &job.agent, host, *id, &a.reasons);
+        }
     }
 }
 
@@ -193,6 +390,8 @@ fn run(
     rules: &RuleSet,
     disabled: &Disabled,
     state: &State,
+    soc: &Soc,
+    trees: &mut Trees,
     rx: &Receiver<Msg>,
 ) -> Option<Arc<RuleSet>> {
     let mut scanner = rules.scanner();
@@ -220,6 +419,21 @@ fn run(
             } else {
                 Event::new(value)
             };
+            // Connections to external addresses, by process and parent: a fact for severity
+            // (alerts already open on that tree are assessed again).
+            if let Some(dest) = external_destination(soc, &job.tenant, &event.data) {
+                if trees.len() > TREES_MAX {
+                    trees.clear();
+                }
+                let tree = tree_of(&event.data);
+                for e in tree.iter().filter(|e| !e.is_empty()) {
+                    let d = trees.entry(format!("{}|{e}", job.agent)).or_default();
+                    if !d.contains(&dest) && d.len() < 16 {
+                        d.push(dest.clone());
+                    }
+                }
+                reassess(state, soc, trees, &job, &tree);
+            }
             hits.clear();
             scanner.scan(&event, &mut hits);
             if hits.is_empty() {
@@ -288,9 +502,7 @@ fn run(
                         command_line: "",
                         ..alert_of(&job, v, meta, &evidence)
                     };
-                    if let Err(e) = state.record_alert(&alert) {
-                        tracing::error!("recording a correlation alert: {e}");
-                    }
+                    record(state, soc, trees, &job, v, alert);
                 }
             }
             for &h in &hits {
@@ -299,9 +511,7 @@ fn run(
                     continue; // feeds a correlation only, or switched off
                 }
                 let alert = alert_of(&job, v, &info.meta, &raw);
-                if let Err(e) = state.record_alert(&alert) {
-                    tracing::error!("recording an alert: {e}");
-                }
+                record(state, soc, trees, &job, v, alert);
             }
         }
     }

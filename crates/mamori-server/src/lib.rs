@@ -212,9 +212,26 @@ impl Server {
             ca_fingerprint: ca.fingerprint(),
             rules: report,
         };
-        let detect = rules
-            .as_ref()
-            .map(|r| detect::spawn(r.current(), r.disabled(), state.clone()));
+        let policy = match &config.soc_policy {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(io(path))?;
+                mamori_soc::Policy::parse(&text)
+                    .map_err(|e| ServerError::Invalid(format!("{}: {e}", path.display())))?
+            }
+            None => mamori_soc::Policy::default(),
+        };
+        let (contain_tx, contain_rx) = std::sync::mpsc::channel::<detect::Contain>();
+        let detect = rules.as_ref().map(|r| {
+            detect::spawn(
+                r.current(),
+                r.disabled(),
+                state.clone(),
+                detect::Soc {
+                    policy: Arc::new(policy.clone()),
+                    contain: contain_tx.clone(),
+                },
+            )
+        });
         let shared = Arc::new(service::Shared {
             state,
             detect,
@@ -227,7 +244,31 @@ impl Server {
             dispatch: actions::Dispatch::default(),
             collected_dir: dir.join("collected"),
             isolation_allow: config.isolation_allow.clone(),
+            local_agents: Default::default(),
         });
+        // Automatic containment: isolation commands must be signed, so a thread with the
+        // server's shared state serves the detection thread's requests (a weak reference: it
+        // must not keep the server alive).
+        let weak = Arc::downgrade(&shared);
+        drop(contain_tx);
+        std::thread::Builder::new()
+            .name("mamori-contain".into())
+            .spawn(move || {
+                for req in contain_rx {
+                    let Some(shared) = weak.upgrade() else { break };
+                    match actions::contain(&shared, &req) {
+                        Ok(Some(cmd)) => tracing::warn!(
+                            agent = %req.agent, alert = req.alert, command = %cmd.id,
+                            "critical alert: host isolated automatically"
+                        ),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::error!(agent = %req.agent, "automatic containment failed: {e}")
+                        }
+                    }
+                }
+            })
+            .map_err(|e| ServerError::Transport(format!("starting the containment thread: {e}")))?;
         Ok((
             Server {
                 shared,

@@ -57,6 +57,9 @@ pub struct Shared {
     pub collected_dir: std::path::PathBuf,
     /// Reachable by every isolated host besides the server (configuration).
     pub isolation_allow: Vec<mamori_wire::command::Allow>,
+    /// Agents whose control stream comes from this machine (loopback): the server's own
+    /// host, never isolated automatically (it would cut every agent off the server).
+    pub local_agents: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {

@@ -160,6 +160,32 @@ pub fn check_tenant(tenant: &str) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// An open alert on a process tree (for assessing severity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeAlert {
+    /// Alert id.
+    pub id: i64,
+    /// Rule id.
+    pub rule_id: String,
+    /// Rule level.
+    pub level: String,
+    /// Severity now.
+    pub severity: String,
+    /// Host.
+    pub host: String,
+}
+
+/// Order of severities (unknown: lowest).
+pub fn severity_rank(s: &str) -> i64 {
+    match s {
+        "critical" => 4,
+        "high" => 3,
+        "medium" => 2,
+        "low" => 1,
+        _ => 0,
+    }
+}
+
 /// An enrolled agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agent {
@@ -223,6 +249,10 @@ pub struct NewAlert<'a> {
     pub timestamp: &'a str,
     /// The event (JSON), kept as evidence.
     pub evidence: &'a [u8],
+    /// Severity from the evidence (`critical`, `high`, …; see `mamori-soc`).
+    pub severity: &'a str,
+    /// The facts that set it.
+    pub severity_reasons: &'a [String],
 }
 
 /// A stored alert.
@@ -262,6 +292,10 @@ pub struct Alert {
     pub status: String,
     /// Up to ten events that caused it.
     pub evidence: serde_json::Value,
+    /// Severity from the evidence: `critical`, `high`, `medium`, `low`, `informational`.
+    pub severity: String,
+    /// The facts that raised it or kept it from being raised.
+    pub severity_reasons: serde_json::Value,
 }
 
 /// An agent's sensor, as its heartbeats describe it.
@@ -342,6 +376,16 @@ impl State {
             "revoked_at INTEGER",
         ] {
             match conn.execute(&format!("ALTER TABLE admin_tokens ADD COLUMN {col}"), []) {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("duplicate column") => {}
+                Err(e) => return Err(db(e)),
+            }
+        }
+        for col in [
+            "severity TEXT NOT NULL DEFAULT ''",
+            "severity_reasons TEXT NOT NULL DEFAULT '[]'",
+        ] {
+            match conn.execute(&format!("ALTER TABLE alerts ADD COLUMN {col}"), []) {
                 Ok(_) => {}
                 Err(e) if e.to_string().contains("duplicate column") => {}
                 Err(e) => return Err(db(e)),
@@ -989,18 +1033,25 @@ impl State {
         let fold_key = format!("{}|{}|{}", a.agent, a.rule_id, a.process_entity);
         let tags = serde_json::to_string(a.tags).unwrap_or_else(|_| "[]".into());
         let evidence = std::str::from_utf8(a.evidence).unwrap_or("{}");
+        let reasons = serde_json::to_string(a.severity_reasons).unwrap_or_else(|_| "[]".into());
         self.with(|c| {
             c.query_row(
                 "INSERT INTO alerts (fold_key, tenant, agent, host, rule_id, rule_title, level,
                      tags, user, process_entity, process_executable, command_line, first_seen,
-                     last_seen, count, status, evidence, created_at)
+                     last_seen, count, status, evidence, created_at, severity, severity_reasons)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, 1, 'open',
-                     json_array(json(?14)), ?15)
+                     json_array(json(?14)), ?15, ?17, ?18)
                  ON CONFLICT(fold_key) DO UPDATE SET
                      count = count + 1,
                      last_seen = excluded.last_seen,
                      evidence = CASE WHEN json_array_length(evidence) < ?16
-                         THEN json_insert(evidence, '$[#]', json(?14)) ELSE evidence END
+                         THEN json_insert(evidence, '$[#]', json(?14)) ELSE evidence END,
+                     severity = CASE WHEN ?19 > (CASE severity WHEN 'critical' THEN 4
+                         WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END)
+                         THEN excluded.severity ELSE severity END,
+                     severity_reasons = CASE WHEN ?19 > (CASE severity WHEN 'critical' THEN 4
+                         WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END)
+                         THEN excluded.severity_reasons ELSE severity_reasons END
                  RETURNING id",
                 params![
                     fold_key,
@@ -1019,10 +1070,68 @@ impl State {
                     evidence,
                     now(),
                     crate::detect::EVIDENCE_MAX as i64,
+                    a.severity,
+                    reasons,
+                    severity_rank(a.severity),
                 ],
                 |r| r.get(0),
             )
         })
+    }
+
+    /// Raises an alert's severity (never lowers it); returns whether it changed.
+    pub fn raise_severity(
+        &self,
+        id: i64,
+        severity: &str,
+        reasons: &[String],
+    ) -> Result<bool, ServerError> {
+        let reasons = serde_json::to_string(reasons).unwrap_or_else(|_| "[]".into());
+        self.with(|c| {
+            let old: String = c.query_row(
+                "SELECT severity FROM alerts WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )?;
+            if severity_rank(severity) <= severity_rank(&old) {
+                return Ok(false);
+            }
+            c.execute(
+                "UPDATE alerts SET severity = ?2, severity_reasons = ?3 WHERE id = ?1",
+                params![id, severity, reasons],
+            )?;
+            Ok(true)
+        })
+    }
+
+    /// Open alerts of `agent` on any of these process entities.
+    pub fn alerts_on_tree(
+        &self,
+        agent: &str,
+        entities: &[&str],
+    ) -> Result<Vec<TreeAlert>, ServerError> {
+        let mut out = Vec::new();
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, rule_id, level, severity, host FROM alerts
+                 WHERE agent = ?1 AND process_entity = ?2 AND status != 'closed'",
+            )?;
+            for e in entities.iter().filter(|e| !e.is_empty()) {
+                for row in st.query_map(params![agent, e], |r| {
+                    Ok(TreeAlert {
+                        id: r.get(0)?,
+                        rule_id: r.get(1)?,
+                        level: r.get(2)?,
+                        severity: r.get(3)?,
+                        host: r.get(4)?,
+                    })
+                })? {
+                    out.push(row?);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Changes an alert's status (`open`, `acknowledged`, `closed`), audited with the reason.
@@ -1084,7 +1193,7 @@ impl State {
             let mut st = c.prepare(
                 "SELECT id, tenant, agent, host, rule_id, rule_title, level, tags, user,
                         process_entity, process_executable, command_line, first_seen, last_seen,
-                        count, status, evidence
+                        count, status, evidence, severity, severity_reasons
                  FROM alerts WHERE (?1 IS NULL OR tenant = ?1) AND (?3 IS NULL OR status = ?3)
                    AND (?4 IS NULL OR id = ?4)
                  ORDER BY id DESC LIMIT ?2",
@@ -1112,6 +1221,8 @@ impl State {
                     count: r.get(14)?,
                     status: r.get(15)?,
                     evidence: json(16)?,
+                    severity: r.get(17)?,
+                    severity_reasons: json(18)?,
                 })
             })?;
             rows.collect()
@@ -1249,6 +1360,8 @@ mod tests {
                 "2026-01-01T00:00:09Z"
             },
             evidence: b"{\"n\":1}",
+            severity: "high",
+            severity_reasons: &[],
         };
         let first = s.record_alert(&mk("p1", 0)).unwrap();
         for i in 1..15 {

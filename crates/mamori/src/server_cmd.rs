@@ -377,13 +377,14 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
                 }
             } else {
                 println!(
-                    "{:>5} {:<8} {:<5} {:<16} {:<44} PROCESS",
-                    "ID", "LEVEL", "COUNT", "HOST", "RULE"
+                    "{:>5} {:<13} {:<8} {:<5} {:<16} {:<44} PROCESS",
+                    "ID", "SEVERITY", "LEVEL", "COUNT", "HOST", "RULE"
                 );
                 for a in &alerts {
                     println!(
-                        "{:>5} {:<8} {:>5} {:<16} {:<44} {}",
+                        "{:>5} {:<13} {:<8} {:>5} {:<16} {:<44} {}",
                         text(&a["id"]),
+                        text(&a["severity"]).to_uppercase(),
                         text(&a["level"]),
                         text(&a["count"]),
                         text(&a["host"]),

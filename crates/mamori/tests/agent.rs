@@ -1030,6 +1030,20 @@ fn up_and_demo_attack_raise_alerts_end_to_end() {
         rows[0]["host_id"].as_str().unwrap().starts_with("agt-"),
         "{rows:?}"
     );
+    // Every alert has a severity from its evidence, and the machine that runs the server is
+    // never isolated automatically (it would cut every agent off the server).
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a["severity"].as_str().is_some_and(|s| !s.is_empty())),
+        "{alerts:?}"
+    );
+    if let Ok(out) = Command::new("nft")
+        .args(["list", "table", "inet", "mamori_isolation"])
+        .output()
+    {
+        assert!(!out.status.success(), "the server's own host was isolated");
+    }
     // SIGTERM stops both, cleanly.
     assert!(
         Command::new("kill")

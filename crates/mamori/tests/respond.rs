@@ -324,7 +324,21 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
     // The administrator's isolation allowlist (every isolation) holds one port of the
     // allowed peer; the isolate command adds another.
     let config = srv.join("server.toml");
-    std::fs::write(&config, "isolation_allow = [\"10.201.3.1:8444\"]\n").unwrap();
+    // A SOC policy for which the outside peer's network is external.
+    let policy = srv.join("soc-policy.toml");
+    std::fs::write(
+        &policy,
+        "internal_networks = [\"10.201.1.0/24\", \"10.201.3.0/24\", \"127.0.0.0/8\", \"::1/128\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "isolation_allow = [\"10.201.3.1:8444\"]\nsoc_policy = \"{}\"\n",
+            policy.display()
+        ),
+    )
+    .unwrap();
     c.args(["server", "run", "--listen", "10.201.1.1:7443", "--config"])
         .arg(&config);
     let server = spawn(c, srv.join("server.err"));
@@ -996,6 +1010,166 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
         assert!(audit.contains(a), "audit lacks {a}:\n{audit}");
     }
     assert!(audit.contains("test: contain"), "the reason is audited");
+
+    // Automatic containment, 1: the prevented execution of a blocklisted file is Critical
+    // (known-bad file on the host), and the policy isolated the host on its own.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first_auto = loop {
+        let (_, list) = api(
+            &net,
+            &srv,
+            &admin,
+            "GET",
+            &format!("/api/v1/actions?agent={agent_id}"),
+            None,
+        );
+        let found = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["issued_by"] == "policy:auto-contain" && c["status"] == "succeeded")
+            .cloned();
+        if found.is_some() || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let first_auto = first_auto.expect("the known-bad file's alert isolated the host");
+    assert!(
+        first_auto["reason"].as_str().unwrap().contains("blocklist"),
+        "{first_auto}"
+    );
+    assert!(
+        !reaches(&net, "h", "10.201.2.1:8080"),
+        "isolated automatically"
+    );
+    let (ok, _, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &["release", &agent_id, "--reason", "test: known-bad handled"],
+    );
+    assert!(ok, "{err}");
+
+    // Automatic containment, 2: two different high rules fire on one shell; the second
+    // alert is Critical and the host is isolated at once.
+    let marker = format!("sevmarker{}", std::process::id());
+    for (n, part) in [(2, "a"), (3, "b")] {
+        let rule = srv.join(format!("rule-{part}.yml"));
+        std::fs::write(
+            &rule,
+            format!(
+                "title: Test Marked Shell {part}\nid: 5b7f6a4e-0000-4000-8000-00000000c5e{n}\nstatus: test\n\
+                 level: high\nlogsource:\n  product: linux\n  category: process_creation\n\
+                 detection:\n  selection:\n    CommandLine|contains: '{marker}-{part}'\n  condition: selection\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.ns("s"),
+                "curl",
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                "POST",
+                "--cacert",
+            ])
+            .arg(srv.join("server/pki/ca.pem"))
+            .args([
+                "-H",
+                &format!("Authorization: Bearer {admin}"),
+                "-H",
+                "Content-Type: application/yaml",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", rule.display()))
+            .arg("https://10.201.1.1:7443/api/v1/rules")
+            .output()
+            .unwrap();
+        let t = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(t.ends_with("\n201"), "{t}");
+    }
+    let t0 = Instant::now();
+    let attack = Command::new("ip")
+        .args(["netns", "exec", &net.ns("h"), "sh", "-c"])
+        .arg(format!(
+            "true {marker}-a {marker}-b; sleep 0.2"
+        ))
+        .status()
+        .unwrap();
+    let _ = attack;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let auto = loop {
+        let (_, list) = api(
+            &net,
+            &srv,
+            &admin,
+            "GET",
+            &format!("/api/v1/actions?agent={agent_id}"),
+            None,
+        );
+        let found = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| {
+                c["issued_by"] == "policy:auto-contain"
+                    && c["status"] == "succeeded"
+                    && c["id"] != first_auto["id"]
+            })
+            .cloned();
+        if found.is_some() || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = t0.elapsed();
+    let (_, alerts) = api(&net, &srv, &admin, "GET", "/api/v1/alerts", None);
+    let marked = alerts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| {
+            a["rule_title"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Test Marked Shell")
+                && a["severity"] == "critical"
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no alert for the marked shell: {alerts}"));
+    let auto = auto.unwrap_or_else(|| panic!("no automatic isolation; alert: {marked}"));
+    eprintln!("attack started → host isolated automatically and verified: {took:?}");
+    assert_eq!(marked["severity"], "critical", "{marked}");
+    assert!(
+        marked["severity_reasons"]
+            .to_string()
+            .contains("2 different rules"),
+        "{marked}"
+    );
+    assert_eq!(auto["action"], "isolate");
+    assert_eq!(auto["output"]["probe"]["result"], "blocked", "{auto}");
+    assert!(
+        !reaches(&net, "h", "10.201.2.1:8080"),
+        "isolated automatically"
+    );
+    let (ok, _, err) = respond(
+        &net,
+        &srv,
+        &admin,
+        &[
+            "release",
+            &agent_id,
+            "--reason",
+            "test: after auto-containment",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(reaches(&net, "h", "10.201.2.1:8080"));
 
     // Blocking holds without the server: the list is on the host.
     let offline = scratch.join("offline.sh");

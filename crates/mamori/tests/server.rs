@@ -1440,3 +1440,129 @@ fn tokens_tenants_custom_rules_and_sql_search_over_the_api() {
         "a secret in the audit log"
     );
 }
+
+#[test]
+fn severity_from_evidence_and_automatic_containment_of_critical_alerts() {
+    let srv = tempdir("server", "soc-srv");
+    let rules = srv.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("r.yml"),
+        "title: Test Piped Shell\nid: 5b7f6a4e-0000-4000-8000-00000000c5e1\nstatus: test\n\
+         level: high\ntags:\n  - attack.execution\nlogsource:\n  product: linux\n  category: process_creation\n\
+         detection:\n  selection:\n    CommandLine|contains: 'sevtest | sh'\n  condition: selection\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let (server, fp) = start_server_with(&srv, port, &["--rules", rules.to_str().unwrap()]);
+    let admin = server.admin.clone().unwrap();
+    let a = tempdir("server", "soc-agent");
+    enroll(&a, port, &token(&srv, &[]), &fp).unwrap();
+    let agent = agent_id(&a);
+    let connect = |pid: u32, parent: u32, ip: &str| {
+        format!(
+            r#"{{"@timestamp":"2026-11-26T10:00:01Z","event":{{"kind":"event","category":["network"],"type":["connection","start"],"action":"connect","module":"mamori","dataset":"mamori.network"}},"host":{{"name":"web1"}},"process":{{"pid":{pid},"entity_id":"boot:{pid}:1","executable":"/usr/bin/curl","name":"curl","parent":{{"pid":{parent},"entity_id":"boot:{parent}:1"}}}},"destination":{{"ip":"{ip}","port":443}},"network":{{"transport":"tcp"}}}}"#
+        )
+    };
+    // Two matching trees; one child talks to an internal address, the other to an external one.
+    send(
+        &a,
+        &[
+            exec_event(500, "echo x | sevtest | sh"),
+            exec_event(600, "echo y | sevtest | sh"),
+        ],
+    );
+    let v = wait_alerts(&srv, |v| v.len() >= 2);
+    assert!(
+        v.iter().all(|a| a["severity"] == "high"),
+        "high until more is known: {v:?}"
+    );
+    assert!(
+        v[0]["severity_reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("rule level high"),
+        "{v:?}"
+    );
+    send(
+        &a,
+        &[
+            connect(601, 600, "10.1.2.3"),
+            connect(501, 500, "203.0.113.9"),
+        ],
+    );
+    let v = wait_alerts(&srv, |v| v.iter().any(|a| a["severity"] == "critical"));
+    let critical: Vec<_> = v.iter().filter(|a| a["severity"] == "critical").collect();
+    assert_eq!(critical.len(), 1, "{v:?}");
+    assert_eq!(critical[0]["process_entity"], "boot:500:1");
+    let reasons = critical[0]["severity_reasons"].to_string();
+    assert!(
+        reasons.contains("203.0.113.9:443") && reasons.contains("raised to critical"),
+        "{reasons}"
+    );
+    let other = v
+        .iter()
+        .find(|a| a["process_entity"] == "boot:600:1")
+        .unwrap();
+    assert_eq!(
+        other["severity"], "high",
+        "an internal address is not external communication"
+    );
+    // The policy isolates the host of a Critical alert at once, recorded as automatic.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let iso = loop {
+        let (_, body) = api(
+            &srv,
+            port,
+            Some(&admin),
+            "GET",
+            &format!("/api/v1/actions?agent={agent}"),
+            None,
+        );
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let found = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["action"] == "isolate")
+            .cloned();
+        if found.is_some() || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let iso = iso.expect("an automatic isolation");
+    assert_eq!(iso["issued_by"], "policy:auto-contain");
+    assert!(
+        iso["reason"].as_str().unwrap().contains("203.0.113.9"),
+        "{iso}"
+    );
+    // More critical evidence on the same host does not queue a second isolation.
+    send(
+        &a,
+        &[
+            exec_event(700, "echo z | sevtest | sh"),
+            connect(701, 700, "198.51.100.7"),
+        ],
+    );
+    wait_alerts(&srv, |v| {
+        v.iter().filter(|a| a["severity"] == "critical").count() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, body) = api(
+        &srv,
+        port,
+        Some(&admin),
+        "GET",
+        &format!("/api/v1/actions?agent={agent}"),
+        None,
+    );
+    let n = serde_json::from_str::<serde_json::Value>(&body)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] == "isolate")
+        .count();
+    assert_eq!(n, 1, "one isolation pending is enough");
+}
