@@ -1096,12 +1096,10 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
     let t0 = Instant::now();
     let attack = Command::new("ip")
         .args(["netns", "exec", &net.ns("h"), "sh", "-c"])
-        .arg(format!(
-            "true {marker}-a {marker}-b; sleep 0.2"
-        ))
+        .arg(format!("true {marker}-a {marker}-b; sleep 0.2"))
         .status()
         .unwrap();
-    let _ = attack;
+    assert!(attack.success(), "the marked shell ran");
     let deadline = Instant::now() + Duration::from_secs(20);
     let auto = loop {
         let (_, list) = api(
