@@ -207,3 +207,14 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Writes `text` to standard output; a closed pipe (`mamori … | head`) ends the output
+/// quietly instead of failing.
+pub(crate) fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}

@@ -59,9 +59,9 @@ pub fn run(
     };
     let table = Engine::new()?.run(&root, &scope, sql, limits)?;
     match format {
-        Format::Table => print!("{}", table.to_text()),
-        Format::Json => println!("{}", table.to_json()),
-        Format::Csv => print!("{}", table.to_csv()),
+        Format::Table => crate::print_out(&table.to_text())?,
+        Format::Json => crate::print_out(&format!("{}\n", table.to_json()))?,
+        Format::Csv => crate::print_out(&table.to_csv())?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -95,9 +95,9 @@ fn remote(
         bail!("{server}: {} {why}", reply.status);
     }
     match format {
-        Format::Csv => print!("{}", reply.body),
-        Format::Json => println!("{}", reply.body),
-        Format::Table => print!("{}", text_table(&serde_json::from_str(&reply.body)?)),
+        Format::Csv => crate::print_out(&reply.body)?,
+        Format::Json => crate::print_out(&format!("{}\n", reply.body))?,
+        Format::Table => crate::print_out(&text_table(&serde_json::from_str(&reply.body)?))?,
     }
     Ok(ExitCode::SUCCESS)
 }

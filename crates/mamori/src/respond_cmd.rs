@@ -204,13 +204,9 @@ pub enum RespondAction {
     },
 }
 
-/// Prints a line on standard output; a closed pipe (`… | head`) ends the output quietly.
+/// Prints a line on standard output (a closed pipe ends the output quietly).
 fn print_line(text: impl std::fmt::Display) -> Result<()> {
-    use std::io::Write;
-    match writeln!(std::io::stdout().lock(), "{text}") {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.context("writing to standard output"),
-    }
+    crate::print_out(&format!("{text}\n"))
 }
 
 fn api_error(status: u16, body: &str) -> anyhow::Error {

@@ -266,7 +266,7 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             let t =
                 srv.state()
                     .create_enroll_token("admin:cli", &tenant, parse_ttl(&ttl)?, uses)?;
-            println!("{}", t.token);
+            crate::print_out(&(format!("{}", t.token) + "\n"))?;
             eprintln!(
                 "enrollment token {} for tenant {:?}: {} use(s), expires in {ttl}. On the host:\n  \
                  sudo mamori agent enroll --server {server} --token {} --ca-fingerprint {}",
@@ -282,7 +282,7 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             let (id, token) =
                 srv.state()
                     .create_api_token("admin:cli", &name, r, tenant.as_deref())?;
-            println!("{token}");
+            crate::print_out(&(format!("{token}") + "\n"))?;
             eprintln!(
                 "API token {id} ({role}{}) for {name:?}: shown once, stored only as a hash. \
                  Use it as `Authorization: Bearer <token>`.",
@@ -300,14 +300,16 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             };
             if json {
                 for h in &hosts {
-                    println!("{h}");
+                    crate::print_out(&(format!("{h}") + "\n"))?;
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
-                "{:<22} {:<12} {:<20} {:<9} {:<8} {:<9} MISSING",
-                "AGENT", "TENANT", "HOST", "STATUS", "SEEN", "ISOLATED"
-            );
+            crate::print_out(
+                &(format!(
+                    "{:<22} {:<12} {:<20} {:<9} {:<8} {:<9} MISSING",
+                    "AGENT", "TENANT", "HOST", "STATUS", "SEEN", "ISOLATED"
+                ) + "\n"),
+            )?;
             let now = mamori_server::state::now();
             for h in hosts {
                 let seen = h["heartbeat_at"]
@@ -328,16 +330,18 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
                 } else {
                     ""
                 };
-                println!(
-                    "{:<22} {:<12} {:<20} {:<9} {:<8} {:<9} {}",
-                    text(&h["agent"]),
-                    text(&h["tenant"]),
-                    text(&h["hostname"]),
-                    text(&h["status"]),
-                    seen,
-                    isolated,
-                    missing
-                );
+                crate::print_out(
+                    &(format!(
+                        "{:<22} {:<12} {:<20} {:<9} {:<8} {:<9} {}",
+                        text(&h["agent"]),
+                        text(&h["tenant"]),
+                        text(&h["hostname"]),
+                        text(&h["status"]),
+                        seen,
+                        isolated,
+                        missing
+                    ) + "\n"),
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -373,27 +377,31 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             };
             if json {
                 for a in &alerts {
-                    println!("{a}");
+                    crate::print_out(&(format!("{a}") + "\n"))?;
                 }
             } else {
-                println!(
-                    "{:>5} {:<13} {:<8} {:<5} {:<16} {:<44} PROCESS",
-                    "ID", "SEVERITY", "LEVEL", "COUNT", "HOST", "RULE"
-                );
+                crate::print_out(
+                    &(format!(
+                        "{:>5} {:<13} {:<8} {:<5} {:<16} {:<44} PROCESS",
+                        "ID", "SEVERITY", "LEVEL", "COUNT", "HOST", "RULE"
+                    ) + "\n"),
+                )?;
                 for a in &alerts {
-                    println!(
-                        "{:>5} {:<13} {:<8} {:>5} {:<16} {:<44} {}",
-                        text(&a["id"]),
-                        text(&a["severity"]).to_uppercase(),
-                        text(&a["level"]),
-                        text(&a["count"]),
-                        text(&a["host"]),
-                        text(&a["rule_title"]).chars().take(44).collect::<String>(),
-                        text(&a["command_line"])
-                            .chars()
-                            .take(80)
-                            .collect::<String>()
-                    );
+                    crate::print_out(
+                        &(format!(
+                            "{:>5} {:<13} {:<8} {:>5} {:<16} {:<44} {}",
+                            text(&a["id"]),
+                            text(&a["severity"]).to_uppercase(),
+                            text(&a["level"]),
+                            text(&a["count"]),
+                            text(&a["host"]),
+                            text(&a["rule_title"]).chars().take(44).collect::<String>(),
+                            text(&a["command_line"])
+                                .chars()
+                                .take(80)
+                                .collect::<String>()
+                        ) + "\n"),
+                    )?;
                 }
             }
             Ok(if alerts.is_empty() {
@@ -408,7 +416,7 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
                 None => local(Admin::open(&config(None, None)?)?.state().audit_log()?)?,
             };
             for r in records {
-                println!("{r}");
+                crate::print_out(&(format!("{r}") + "\n"))?;
             }
             Ok(ExitCode::SUCCESS)
         }
