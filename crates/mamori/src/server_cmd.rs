@@ -266,7 +266,7 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             let t =
                 srv.state()
                     .create_enroll_token("admin:cli", &tenant, parse_ttl(&ttl)?, uses)?;
-            crate::print_out(&(format!("{}", t.token) + "\n"))?;
+            crate::print_out(&format!("{}\n", t.token))?;
             eprintln!(
                 "enrollment token {} for tenant {:?}: {} use(s), expires in {ttl}. On the host:\n  \
                  sudo mamori agent enroll --server {server} --token {} --ca-fingerprint {}",
@@ -282,7 +282,7 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             let (id, token) =
                 srv.state()
                     .create_api_token("admin:cli", &name, r, tenant.as_deref())?;
-            crate::print_out(&(format!("{token}") + "\n"))?;
+            crate::print_out(&format!("{token}\n"))?;
             eprintln!(
                 "API token {id} ({role}{}) for {name:?}: shown once, stored only as a hash. \
                  Use it as `Authorization: Bearer <token>`.",

@@ -995,9 +995,11 @@ fn windows_logs_uploaded_over_the_api_are_stored_and_detected() {
 
 /// How many events of `agent` the columnar store holds, asked through the API (waits for
 /// the compactor to move them there).
+/// Events of `agent` in the columnar store, waiting (up to a minute: the tests of this file
+/// run in parallel with a 200,000-event ingest on two cores) until there are `expect`.
 fn stored_count(srv: &Path, port: u16, token: &str, agent: &str, expect: u64) -> u64 {
     let sql = format!("SELECT count(*) AS n FROM events WHERE host_id = '{agent}'");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (code, body) = api(
             srv,
