@@ -290,3 +290,21 @@ fn walk(d: &std::path::Path) -> u64 {
     }
     n
 }
+
+#[test]
+fn files_written_after_a_query_are_seen_by_the_next_one() {
+    // DataFusion caches directory listings forever by default; the store must not, or a
+    // search made before a flush would never see the events that flush stored.
+    let d = tempdir("fresh");
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    assert_eq!(count(&store, &Scope::All, ""), 0);
+    let first: Vec<String> = (0..2).map(event).collect();
+    store.write(&rows(&first, 1), 2, NOW).unwrap();
+    assert_eq!(count(&store, &Scope::All, ""), 2);
+    assert_eq!(count(&store, &Scope::Tenant("a".into()), ""), 1);
+    let more: Vec<String> = (2..6).map(event).collect();
+    store.write(&rows(&more, 3), 6, NOW).unwrap();
+    assert_eq!(count(&store, &Scope::All, ""), 6, "the second file is seen");
+    assert_eq!(count(&store, &Scope::Tenant("a".into()), ""), 3);
+    let _ = std::fs::remove_dir_all(&d);
+}

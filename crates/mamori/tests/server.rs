@@ -54,11 +54,16 @@ fn start_server_with(data: &Path, port: u16, extra: &[&str]) -> (ServerProc, Str
         .unwrap();
     let err = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    // Everything the server says is also kept in <data>/server.log, for failures.
+    let log_path = data.join("server.log");
     std::thread::spawn(move || {
+        let mut log = std::fs::File::create(&log_path).ok();
         for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+            if let Some(f) = log.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(f, "{line}");
             }
+            let _ = tx.send(line);
         }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -995,11 +1000,10 @@ fn windows_logs_uploaded_over_the_api_are_stored_and_detected() {
 
 /// How many events of `agent` the columnar store holds, asked through the API (waits for
 /// the compactor to move them there).
-/// Events of `agent` in the columnar store, waiting (up to a minute: the tests of this file
-/// run in parallel with a 200,000-event ingest on two cores) until there are `expect`.
+/// Events of `agent` in the columnar store, waiting (up to 20 s) until there are `expect`.
 fn stored_count(srv: &Path, port: u16, token: &str, agent: &str, expect: u64) -> u64 {
     let sql = format!("SELECT count(*) AS n FROM events WHERE host_id = '{agent}'");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (code, body) = api(
             srv,
