@@ -129,22 +129,14 @@ pub async fn control(
     outcomes: Arc<Mutex<Outcomes>>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), LinkError> {
-    let mut backoff = Duration::from_millis(100);
-    while !stop.load(Ordering::Relaxed) {
-        match control_once(ident, &executor, &events, &outcomes, &stop).await {
-            Ok(()) => return Ok(()),
-            Err(LinkError::Refused(why)) => return Err(LinkError::Refused(why)),
-            Err(e) => {
-                tracing::warn!(
-                    "control channel to {} lost: {e}; retrying in {backoff:?}",
-                    ident.server
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    Ok(())
+    crate::reconnecting(
+        "control channel",
+        &ident.server,
+        &stop,
+        Duration::from_secs(5),
+        async || control_once(ident, &executor, &events, &outcomes, &stop).await,
+    )
+    .await
 }
 
 async fn control_once(

@@ -399,18 +399,30 @@ pub async fn ship(
     opts: ShipOptions,
     stats: Arc<ShipStats>,
 ) -> Result<(), LinkError> {
+    reconnecting("link", &ident.server, &stop, opts.max_backoff, async || {
+        ship_once(ident, &spool, &stop, opts, &stats).await
+    })
+    .await
+}
+
+/// Runs `attempt` until it ends well or `stop` is set; refusals of the agent's identity end
+/// it with the error, anything else is retried with exponential backoff (up to `max`).
+pub(crate) async fn reconnecting(
+    what: &str,
+    server: &str,
+    stop: &AtomicBool,
+    max: Duration,
+    mut attempt: impl AsyncFnMut() -> Result<(), LinkError>,
+) -> Result<(), LinkError> {
     let mut backoff = Duration::from_millis(100);
     while !stop.load(Ordering::Relaxed) {
-        match ship_once(ident, &spool, &stop, opts, &stats).await {
+        match attempt().await {
             Ok(()) => return Ok(()),
             Err(LinkError::Refused(why)) => return Err(LinkError::Refused(why)),
             Err(e) => {
-                tracing::warn!(
-                    "link to {} lost: {e}; retrying in {backoff:?}",
-                    ident.server
-                );
+                tracing::warn!("{what} to {server} lost: {e}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(opts.max_backoff);
+                backoff = (backoff * 2).min(max);
             }
         }
     }
