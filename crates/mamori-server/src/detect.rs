@@ -88,9 +88,15 @@ fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 }
 
 /// A sensor's heartbeat or stop notice: updates the inventory; a stop is an alert.
-fn health(state: &State, job: &Job, v: &Value, raw: &[u8]) {
+fn health(state: &State, soc: &Soc, job: &Job, v: &Value, raw: &[u8]) {
     let stopped = text(v, &["event", "action"]) == Some("agent-stopped");
     let interval = v["mamori"]["heartbeat_interval_s"].as_i64().unwrap_or(60);
+    gaps(
+        state,
+        &job.agent,
+        &state.agent_health(&job.agent).unwrap_or_default(),
+        v,
+    );
     if let Err(e) = state.heartbeat(
         &job.agent,
         &v["mamori"]["health"],
@@ -124,15 +130,57 @@ fn health(state: &State, job: &Job, v: &Value, raw: &[u8]) {
                 "the sensor reported that it stopped: the host is not watched".to_string(),
             ],
         };
-        if let Err(e) = state.record_alert(&alert) {
-            tracing::error!("recording a sensor-stopped alert: {e}");
+        let _ = state.record_gap(&job.agent, "stopped", "the sensor stopped");
+        match state.record_alert(&alert) {
+            Ok(id) => attach(state, soc, id),
+            Err(e) => tracing::error!("recording a sensor-stopped alert: {e}"),
         }
+    }
+}
+
+/// Records what a heartbeat says was lost since the previous one: events dropped in the
+/// kernel, collectors not running, a spool that evicted records.
+fn gaps(state: &State, agent: &str, before: &Value, v: &Value) {
+    let now = &v["mamori"]["health"];
+    let count = |h: &Value, path: &[&str]| path.iter().fold(h, |h, k| &h[k]).as_u64().unwrap_or(0);
+    for (path, what) in [
+        (
+            &["dropped", "ring_buffer_full"][..],
+            "events dropped in the kernel (ring buffer full)",
+        ),
+        (
+            &["spool", "evicted_records"][..],
+            "spooled batches evicted before they were shipped (disk quota)",
+        ),
+    ] {
+        let (old, new) = (count(before, path), count(now, path));
+        // Counters restart with the agent.
+        let lost = if new >= old { new - old } else { new };
+        if lost > 0 {
+            let _ = state.record_gap(agent, "dropped", &format!("{lost} {what}"));
+        }
+    }
+    let missing = |h: &Value| -> Vec<String> {
+        h["missing"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_str().map(str::to_string))
+            .collect()
+    };
+    let m = missing(now);
+    if !m.is_empty() && m != missing(before) {
+        let _ = state.record_gap(
+            agent,
+            "missing",
+            &format!("collectors not running: {}", m.join(", ")),
+        );
     }
 }
 
 /// Raises an alert for each sensor that went silent (three heartbeat intervals without a
 /// report): a host whose agent was killed, uninstalled or cut off.
-pub fn silent_hosts(state: &State) {
+pub fn silent_hosts(state: &State, policy: &mamori_soc::Policy) {
     let silent = match state.newly_silent() {
         Ok(s) => s,
         Err(e) => {
@@ -168,8 +216,18 @@ pub fn silent_hosts(state: &State) {
             severity: "high",
             severity_reasons: &silent_reasons,
         };
-        if let Err(e) = state.record_alert(&alert) {
-            tracing::error!("recording a silent-host alert: {e}");
+        let _ = state.record_gap(
+            &agent,
+            "silent",
+            "no heartbeat for three intervals: telemetry from then on is missing",
+        );
+        match state.record_alert(&alert) {
+            Ok(id) => {
+                if let Err(e) = state.attach_alert(id, policy) {
+                    tracing::error!("grouping a silent-host alert: {e}");
+                }
+            }
+            Err(e) => tracing::error!("recording a silent-host alert: {e}"),
         }
     }
 }
@@ -299,6 +357,17 @@ fn contain(
     }
 }
 
+/// Puts an alert into its incident.
+fn attach(state: &State, soc: &Soc, id: i64) {
+    match state.attach_alert(id, &soc.policy) {
+        Ok(Some(a)) if a.opened => {
+            tracing::info!(incident = a.incident, alert = id, "incident opened")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!("grouping alert {id} into an incident: {e}"),
+    }
+}
+
 /// Records an alert with its severity from the evidence; contains the host when Critical.
 fn record(state: &State, soc: &Soc, trees: &Trees, job: &Job, v: &Value, alert: NewAlert<'_>) {
     let tree = tree_of(v);
@@ -330,16 +399,20 @@ fn record(state: &State, soc: &Soc, trees: &Trees, job: &Job, v: &Value, alert: 
         ..alert
     };
     match state.record_alert(&alert) {
-        Ok(id) if a.severity == mamori_soc::Severity::Critical => contain(
-            state,
-            soc,
-            &job.tenant,
-            &job.agent,
-            alert.host,
-            id,
-            &a.reasons,
-        ),
-        Ok(_) => {}
+        Ok(id) => {
+            attach(state, soc, id);
+            if a.severity == mamori_soc::Severity::Critical {
+                contain(
+                    state,
+                    soc,
+                    &job.tenant,
+                    &job.agent,
+                    alert.host,
+                    id,
+                    &a.reasons,
+                );
+            }
+        }
         Err(e) => tracing::error!("recording an alert: {e}"),
     }
 }
@@ -377,6 +450,7 @@ fn reassess(state: &State, soc: &Soc, trees: &Trees, job: &Job, tree: &[&str]) {
                 .raise_severity(*id, "critical", &a.reasons)
                 .unwrap_or(false)
         {
+            attach(state, soc, *id);
             contain(state, soc, &job.tenant, &job.agent, host, *id, &a.reasons);
         }
     }
@@ -410,7 +484,7 @@ fn run(
                 continue;
             };
             if text(&value, &["event", "dataset"]) == Some("mamori.health") {
-                health(state, &job, &value, &raw);
+                health(state, soc, &job, &value, &raw);
                 continue;
             }
             // The sensor's events are ECS; uploads (Windows logs) are recognised by shape.
@@ -509,6 +583,19 @@ fn run(
                 let info = &scanner.rule_set().rules()[h];
                 if !info.reported || is_disabled(disabled, &info.meta) {
                     continue; // feeds a correlation only, or switched off
+                }
+                let d = crate::tuning::Detection {
+                    rule_id: info.meta.id.as_deref().unwrap_or(&info.meta.title),
+                    host: text(v, &["host", "name"]).unwrap_or(""),
+                    process: text(v, &["process", "executable"]).unwrap_or(""),
+                    command_line: text(v, &["process", "command_line"]).unwrap_or(""),
+                    hashes: &hashes,
+                    user: text(v, &["user", "name"])
+                        .or_else(|| text(v, &["user", "id"]))
+                        .unwrap_or(""),
+                };
+                if state.suppressed(&job.tenant, &d).unwrap_or(None).is_some() {
+                    continue; // tuned away (counted on the suppression)
                 }
                 let alert = alert_of(&job, v, &info.meta, &raw);
                 record(state, soc, trees, &job, v, alert);

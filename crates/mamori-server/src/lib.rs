@@ -9,8 +9,11 @@
 //! * [`service`]: the gRPC services (enrollment; ingest over mutual TLS).
 //! * [`api`]: the REST API under `/api/v1` (bearer tokens with roles, scoped per tenant), on
 //!   the same port.
+//! * [`tuning`]: suppressions with preview and expiry; the noisiest-rules report.
 //! * [`tls`]: the listener (rustls; ALPN h2 and http/1.1; optional client certificates).
 //! * [`detect`]: live detection on every durable event; alerts folded per rule and process.
+//! * [`incidents`]: alerts grouped into incidents; an incident assembled with its evidence.
+//! * [`notify`]: notifications (email, webhooks, Slack, Teams) and their clocks.
 //! * [`rules`]: the running rule set; custom rules validated by compiling, enable/disable.
 //! * [`Admin`]: the state database alone, for local administration beside a running server.
 //! * [`Server`]: first-start initialisation (CA, server certificate, admin token) and the
@@ -28,11 +31,14 @@ pub mod api;
 pub mod compact;
 pub mod config;
 pub mod detect;
+pub mod incidents;
+pub mod notify;
 pub mod rules;
 pub mod service;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod tuning;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -221,13 +227,14 @@ impl Server {
             None => mamori_soc::Policy::default(),
         };
         let (contain_tx, contain_rx) = std::sync::mpsc::channel::<detect::Contain>();
+        let policy = Arc::new(policy);
         let detect = rules.as_ref().map(|r| {
             detect::spawn(
                 r.current(),
                 r.disabled(),
                 state.clone(),
                 detect::Soc {
-                    policy: Arc::new(policy.clone()),
+                    policy: policy.clone(),
                     contain: contain_tx.clone(),
                 },
             )
@@ -245,6 +252,7 @@ impl Server {
             collected_dir: dir.join("collected"),
             isolation_allow: config.isolation_allow.clone(),
             local_agents: Default::default(),
+            policy,
         });
         // Automatic containment: isolation commands must be signed, so a thread with the
         // server's shared state serves the detection thread's requests (a weak reference: it
@@ -269,6 +277,11 @@ impl Server {
                 }
             })
             .map_err(|e| ServerError::Transport(format!("starting the containment thread: {e}")))?;
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("mamori-notify".into())
+            .spawn(move || notify::run(weak))
+            .map_err(|e| ServerError::Transport(format!("starting the notifier: {e}")))?;
         Ok((
             Server {
                 shared,
@@ -301,12 +314,15 @@ impl Server {
         let (incoming, acceptor) = tls::incoming(listener, tls);
         // Silent sensors: checked every two seconds.
         let state = self.shared.state.clone();
+        let policy = self.shared.policy.clone();
         let watcher = tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
             loop {
                 tick.tick().await;
                 let st = state.clone();
-                let _ = tokio::task::spawn_blocking(move || detect::silent_hosts(&st)).await;
+                let policy = policy.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || detect::silent_hosts(&st, &policy)).await;
             }
         });
         // Events into the columnar store.

@@ -60,6 +60,8 @@ pub struct Shared {
     /// Agents whose control stream comes from this machine (loopback): the server's own
     /// host, never isolated automatically (it would cut every agent off the server).
     pub local_agents: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The SOC policy (severity, incidents, clocks, notifications).
+    pub policy: Arc<mamori_soc::Policy>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {

@@ -368,6 +368,8 @@ impl State {
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         conn.execute_batch(crate::actions::SCHEMA).map_err(db)?;
+        conn.execute_batch(crate::incidents::SCHEMA).map_err(db)?;
+        conn.execute_batch(crate::tuning::SCHEMA).map_err(db)?;
         // Columns added after the first release of the schema.
         for col in [
             "name TEXT NOT NULL DEFAULT 'admin'",

@@ -4,8 +4,12 @@
 //! A [`Policy`] is data: a TOML file (the default is `config/soc-policy.toml`, compiled in),
 //! with overrides per tenant. [`Policy::assess`] turns the [`Facts`] of an alert into a
 //! [`Severity`] and the reasons that raised it or kept it from being raised;
-//! [`Policy::containment`] says what to do with the host of a Critical alert. No I/O: the
-//! server gathers the facts.
+//! [`Policy::containment`] says what to do with the host of a Critical alert;
+//! [`verdict::verdict`] judges an incident. The policy also says how alerts are grouped into
+//! incidents, the response-time clocks, the report language and where notifications go. No
+//! I/O: the server gathers the facts.
+
+pub mod verdict;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -52,6 +56,18 @@ impl Severity {
             Severity::High => "high",
             Severity::Critical => "critical",
         }
+    }
+
+    /// Parses `critical`, `high`, `medium`, `low` or `informational`.
+    pub fn parse(s: &str) -> Option<Severity> {
+        Some(match s {
+            "critical" => Severity::Critical,
+            "high" => Severity::High,
+            "medium" => Severity::Medium,
+            "low" => Severity::Low,
+            "informational" => Severity::Informational,
+            _ => return None,
+        })
     }
 
     /// The severity a rule level starts from (unknown levels count as informational).
@@ -152,6 +168,10 @@ struct TenantPolicy {
     internal: Vec<Net>,
     containment: Containment,
     exempt_hosts: Vec<String>,
+    incidents: Incidents,
+    clocks: Vec<(Severity, Clock)>,
+    language: Language,
+    notify: Vec<Channel>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,10 +183,29 @@ struct ContainmentFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct IncidentsFile {
+    window_minutes: Option<u32>,
+    min_severity: Option<String>,
+    report_quiet_seconds: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockFile {
+    first_notice_minutes: u32,
+    report_minutes: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Part {
     critical_when: Option<Vec<String>>,
     internal_networks: Option<Vec<String>>,
     containment: Option<ContainmentFile>,
+    incidents: Option<IncidentsFile>,
+    clocks: Option<HashMap<String, ClockFile>>,
+    language: Option<String>,
+    notify: Option<Vec<Channel>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,8 +213,108 @@ struct Part {
 struct File {
     #[serde(flatten)]
     base: Part,
+    smtp: Option<Smtp>,
     #[serde(default)]
     tenants: HashMap<String, Part>,
+}
+
+/// How alerts are grouped into incidents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incidents {
+    /// Alerts that share a process tree, a user on a host or a file hash within this many
+    /// minutes belong to one incident.
+    pub window_minutes: u32,
+    /// Alerts below this severity join an incident but never open one.
+    pub min_severity: Severity,
+    /// The detailed report is sent once the incident has had no new alert for this long.
+    pub report_quiet_seconds: u32,
+}
+
+/// Response-time targets for an incident of one severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    /// Minutes from the incident's opening to the first notice.
+    pub first_notice_minutes: u32,
+    /// Minutes from the incident's opening to the detailed report.
+    pub report_minutes: u32,
+}
+
+/// The language of reports and notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Language {
+    /// English.
+    En,
+    /// Japanese.
+    Ja,
+}
+
+impl Language {
+    /// Parses `en` or `ja`.
+    pub fn parse(s: &str) -> Option<Language> {
+        match s {
+            "en" => Some(Language::En),
+            "ja" => Some(Language::Ja),
+            _ => None,
+        }
+    }
+
+    /// `en` or `ja`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::En => "en",
+            Language::Ja => "ja",
+        }
+    }
+}
+
+/// Where notifications go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    /// `email`, `webhook` (JSON with an HMAC signature), `slack` or `teams`.
+    pub kind: String,
+    /// Recipients (email).
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// Address (webhooks): `http://` or `https://`.
+    #[serde(default)]
+    pub url: String,
+    /// Incidents of this severity and above are sent.
+    #[serde(default = "default_notify_severity")]
+    pub min_severity: String,
+    /// Language of what is sent (default: the tenant's).
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Name of the environment variable holding the webhook's HMAC key.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+}
+
+fn default_notify_severity() -> String {
+    "high".into()
+}
+
+/// The mail server notifications are sent through.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Smtp {
+    /// `host:port`.
+    pub server: String,
+    /// Sender address.
+    pub from: String,
+    /// `starttls` (default), `tls` (implicit, port 465) or `none` (a relay on this machine).
+    #[serde(default = "default_smtp_tls")]
+    pub tls: String,
+    /// User for AUTH PLAIN (only over TLS).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Name of the environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+fn default_smtp_tls() -> String {
+    "starttls".into()
 }
 
 impl TenantPolicy {
@@ -216,8 +355,99 @@ impl TenantPolicy {
                 t.exempt_hosts = e.clone();
             }
         }
+        if let Some(i) = &p.incidents {
+            if let Some(w) = i.window_minutes {
+                if w == 0 || w > 7 * 24 * 60 {
+                    return Err(PolicyError::Invalid(format!(
+                        "incidents.window_minutes: {w} (1 to 10080)"
+                    )));
+                }
+                t.incidents.window_minutes = w;
+            }
+            if let Some(q) = i.report_quiet_seconds {
+                t.incidents.report_quiet_seconds = q;
+            }
+            if let Some(m) = &i.min_severity {
+                t.incidents.min_severity = severity(m, "incidents.min_severity")?;
+            }
+        }
+        if let Some(c) = &p.clocks {
+            for (name, clock) in c {
+                let sev = severity(name, "clocks")?;
+                t.clocks.retain(|(s, _)| *s != sev);
+                t.clocks.push((
+                    sev,
+                    Clock {
+                        first_notice_minutes: clock.first_notice_minutes,
+                        report_minutes: clock.report_minutes,
+                    },
+                ));
+            }
+        }
+        if let Some(l) = &p.language {
+            t.language = Language::parse(l)
+                .ok_or_else(|| PolicyError::Invalid(format!("language: {l:?} (en or ja)")))?;
+        }
+        if let Some(n) = &p.notify {
+            for c in n {
+                check_channel(c)?;
+            }
+            t.notify = n.clone();
+        }
         Ok(t)
     }
+}
+
+fn severity(s: &str, what: &str) -> Result<Severity, PolicyError> {
+    Severity::parse(s).ok_or_else(|| {
+        PolicyError::Invalid(format!(
+            "{what}: {s:?} (critical, high, medium, low or informational)"
+        ))
+    })
+}
+
+fn check_channel(c: &Channel) -> Result<(), PolicyError> {
+    severity(&c.min_severity, "notify.min_severity")?;
+    if let Some(l) = &c.language {
+        Language::parse(l)
+            .ok_or_else(|| PolicyError::Invalid(format!("notify.language: {l:?} (en or ja)")))?;
+    }
+    match c.kind.as_str() {
+        "email" => {
+            if c.to.is_empty() || c.to.iter().any(|a| !valid_address(a)) {
+                return Err(PolicyError::Invalid(format!(
+                    "notify (email): `to` needs one or more addresses like soc@example.com, \
+                     got {:?}",
+                    c.to
+                )));
+            }
+        }
+        "webhook" | "slack" | "teams" => {
+            if !(c.url.starts_with("https://") || c.url.starts_with("http://")) {
+                return Err(PolicyError::Invalid(format!(
+                    "notify ({}): `url` must be an http:// or https:// address",
+                    c.kind
+                )));
+            }
+        }
+        other => {
+            return Err(PolicyError::Invalid(format!(
+                "notify: kind {other:?} (email, webhook, slack or teams)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A plain mail address: no spaces, angle brackets or line breaks (they would let a policy
+/// inject SMTP commands).
+pub fn valid_address(a: &str) -> bool {
+    let ok_chars = a
+        .chars()
+        .all(|c| c.is_ascii_graphic() && !"<>()[],;:\\\"".contains(c));
+    matches!(a.split_once('@'), Some((l, d)) if !l.is_empty() && d.contains('.') && !d.contains('@'))
+        && ok_chars
+        && a.len() <= 254
 }
 
 /// The policy: a default and per-tenant overrides.
@@ -225,6 +455,7 @@ impl TenantPolicy {
 pub struct Policy {
     base: TenantPolicy,
     tenants: HashMap<String, TenantPolicy>,
+    smtp: Option<Smtp>,
 }
 
 impl Default for Policy {
@@ -242,6 +473,14 @@ impl Policy {
             internal: Vec::new(),
             containment: Containment::None,
             exempt_hosts: Vec::new(),
+            incidents: Incidents {
+                window_minutes: 60,
+                min_severity: Severity::Medium,
+                report_quiet_seconds: 60,
+            },
+            clocks: Vec::new(),
+            language: Language::En,
+            notify: Vec::new(),
         };
         let defaults = if text == DEFAULT_POLICY {
             empty
@@ -254,7 +493,34 @@ impl Policy {
             .iter()
             .map(|(name, part)| Ok((name.clone(), base.with(part)?)))
             .collect::<Result<_, PolicyError>>()?;
-        Ok(Policy { base, tenants })
+        let smtp = match file.smtp {
+            Some(s) => {
+                if !valid_address(&s.from) {
+                    return Err(PolicyError::Invalid(format!(
+                        "smtp.from: {:?} is not a mail address",
+                        s.from
+                    )));
+                }
+                if !["starttls", "tls", "none"].contains(&s.tls.as_str()) {
+                    return Err(PolicyError::Invalid(format!(
+                        "smtp.tls: {:?} (starttls, tls or none)",
+                        s.tls
+                    )));
+                }
+                if s.username.is_some() && s.tls == "none" {
+                    return Err(PolicyError::Invalid(
+                        "smtp: a username (password) is never sent without TLS".into(),
+                    ));
+                }
+                Some(s)
+            }
+            None => None,
+        };
+        Ok(Policy {
+            base,
+            tenants,
+            smtp,
+        })
     }
 
     fn of(&self, tenant: &str) -> &TenantPolicy {
@@ -332,6 +598,35 @@ impl Policy {
             );
         }
         Assessment { severity, reasons }
+    }
+
+    /// How `tenant`'s alerts are grouped into incidents.
+    pub fn incidents(&self, tenant: &str) -> Incidents {
+        self.of(tenant).incidents
+    }
+
+    /// Response-time targets for an incident of `severity` (none below the lowest set).
+    pub fn clock(&self, tenant: &str, severity: Severity) -> Option<Clock> {
+        self.of(tenant)
+            .clocks
+            .iter()
+            .find(|(s, _)| *s == severity)
+            .map(|(_, c)| *c)
+    }
+
+    /// The language of `tenant`'s reports.
+    pub fn language(&self, tenant: &str) -> Language {
+        self.of(tenant).language
+    }
+
+    /// Where `tenant`'s notifications go.
+    pub fn channels(&self, tenant: &str) -> &[Channel] {
+        &self.of(tenant).notify
+    }
+
+    /// The mail server, if one is set.
+    pub fn smtp(&self) -> Option<&Smtp> {
+        self.smtp.as_ref()
     }
 
     /// What to do with `host` (of `tenant`) when it has a Critical alert.
@@ -482,6 +777,59 @@ critical = "approve"
     }
 
     #[test]
+    fn incidents_clocks_and_channels_per_tenant() {
+        let p = Policy::default();
+        assert_eq!(p.incidents("t").window_minutes, 60);
+        assert_eq!(p.incidents("t").min_severity, Severity::Medium);
+        assert_eq!(
+            p.clock("t", Severity::Critical)
+                .unwrap()
+                .first_notice_minutes,
+            15
+        );
+        assert_eq!(p.clock("t", Severity::Low), None);
+        assert_eq!(p.language("t"), Language::En);
+        assert!(p.channels("t").is_empty() && p.smtp().is_none());
+        let p = Policy::parse(
+            r#"
+language = "ja"
+[smtp]
+server = "127.0.0.1:2525"
+from = "mamori@example.com"
+tls = "none"
+[[notify]]
+kind = "email"
+to = ["soc@example.com"]
+[tenants.acme]
+language = "en"
+[tenants.acme.clocks.critical]
+first_notice_minutes = 5
+report_minutes = 30
+[[tenants.acme.notify]]
+kind = "teams"
+url = "https://example.invalid/hook"
+min_severity = "critical"
+"#,
+        )
+        .unwrap();
+        assert_eq!(p.language("other"), Language::Ja);
+        assert_eq!(p.language("acme"), Language::En);
+        assert_eq!(p.channels("other")[0].kind, "email");
+        assert_eq!(p.channels("other")[0].min_severity, "high");
+        assert_eq!(p.channels("acme").len(), 1, "replaced, not merged");
+        assert_eq!(
+            p.clock("acme", Severity::Critical).unwrap().report_minutes,
+            30
+        );
+        assert_eq!(
+            p.clock("acme", Severity::High).unwrap().report_minutes,
+            240,
+            "other clocks kept"
+        );
+        assert_eq!(p.smtp().unwrap().server, "127.0.0.1:2525");
+    }
+
+    #[test]
     fn bad_policies_are_refused_with_the_reason() {
         for (text, why) in [
             ("critical_when = [\"sunspots\"]", "unknown condition"),
@@ -492,6 +840,33 @@ critical = "approve"
                 "isolate, approve or none",
             ),
             ("critcal_when = []", "critcal_when"),
+            (
+                "[[notify]]\nkind = \"email\"\nto = [\"a b@x.com\"]",
+                "addresses",
+            ),
+            (
+                "[[notify]]\nkind = \"email\"\nto = [\"a@x.com>\\r\\nRCPT TO:<b@y.com\"]",
+                "addresses",
+            ),
+            (
+                "[[notify]]\nkind = \"pager\"",
+                "email, webhook, slack or teams",
+            ),
+            ("[[notify]]\nkind = \"slack\"\nurl = \"file:///x\"", "http"),
+            (
+                "[[notify]]\nkind = \"slack\"\nurl = \"https://x\"\nmin_severity = \"loud\"",
+                "critical, high",
+            ),
+            (
+                "[smtp]\nserver = \"x:25\"\nfrom = \"a@b.c\"\ntls = \"none\"\nusername = \"u\"",
+                "never sent without TLS",
+            ),
+            ("[incidents]\nwindow_minutes = 0", "1 to 10080"),
+            (
+                "[clocks.urgent]\nfirst_notice_minutes = 1\nreport_minutes = 2",
+                "critical, high",
+            ),
+            ("language = \"fr\"", "en or ja"),
             ("this is not toml", "SOC policy"),
         ] {
             let e = Policy::parse(text).unwrap_err().to_string();

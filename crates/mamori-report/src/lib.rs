@@ -1,0 +1,121 @@
+//! Reports a non-expert can act on, in Japanese and English, as HTML and PDF.
+//!
+//! * [`model`]: what reports are made from (an [`model::Incident`] with its evidence, a
+//!   [`model::Monthly`] summary); the server fills them.
+//! * [`text`]: the builders that turn them into sentences, steps and tables in either
+//!   language ([`text::incident`], [`text::monthly`]).
+//! * [`doc`]: the small document model both renderers draw.
+//! * [`html`]: one self-contained page (inline CSS and SVG charts).
+//! * [`pdf`]: A4 PDF without font files or external tools.
+
+pub mod doc;
+pub mod html;
+pub mod model;
+pub mod pdf;
+pub mod text;
+
+pub use text::Lang;
+
+/// `s` cut to `max` characters with an ellipsis.
+pub fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut o: String = s.chars().take(max.saturating_sub(1)).collect();
+        o.push('…');
+        o
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn fmt_time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// An RFC 3339 time as the reports show it (`2026-11-26 10:00:00 UTC`).
+pub fn fmt_rfc3339(t: &str) -> String {
+    let t = t.trim();
+    if t.len() >= 19 && t.as_bytes()[10] == b'T' {
+        let utc = t.ends_with('Z') || t.ends_with("+00:00");
+        format!(
+            "{} {}{}",
+            &t[..10],
+            &t[11..19],
+            if utc { " UTC" } else { "" }
+        )
+    } else {
+        t.to_string()
+    }
+}
+
+/// A report in one of its formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// HTML page.
+    Html,
+    /// PDF.
+    Pdf,
+}
+
+impl Format {
+    /// Parses `html` or `pdf`.
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "html" => Some(Format::Html),
+            "pdf" => Some(Format::Pdf),
+            _ => None,
+        }
+    }
+
+    /// The MIME type.
+    pub fn mime(self) -> &'static str {
+        match self {
+            Format::Html => "text/html; charset=utf-8",
+            Format::Pdf => "application/pdf",
+        }
+    }
+
+    /// Renders a document.
+    pub fn render(self, d: &doc::Doc) -> Vec<u8> {
+        match self {
+            Format::Html => html::render(d).into_bytes(),
+            Format::Pdf => pdf::render(d),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_formatted() {
+        assert_eq!(fmt_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(fmt_time(1_795_722_300), "2026-11-26 19:45:00 UTC");
+        assert_eq!(fmt_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(
+            fmt_rfc3339("2026-11-26T10:00:00.123Z"),
+            "2026-11-26 10:00:00 UTC"
+        );
+        assert_eq!(fmt_rfc3339("yesterday"), "yesterday");
+        assert_eq!(shorten("abcdef", 4), "abc…");
+        assert_eq!(shorten("ab", 4), "ab");
+    }
+}
