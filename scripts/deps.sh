@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs (or names) what building and testing Mamori needs beyond Rust: the BPF compiler,
-# libbpf's C dependencies, nftables (isolation), iproute2 and curl (tests). Sourced by ./run and ./test.
+# libbpf's C dependencies, nftables (isolation), iproute2 and curl (tests), aiosmtpd, poppler
+# and openssl (SOC tests). Sourced by ./run and ./test.
 need_pkgs=()
 command -v clang >/dev/null 2>&1 || need_pkgs+=(clang)
 command -v make >/dev/null 2>&1 || need_pkgs+=(make)
@@ -12,6 +13,11 @@ command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+# SOC: the notification test talks to a real SMTP server (aiosmtpd); the report tests read
+# the PDFs back with poppler and check webhook signatures with openssl.
+[ -e /usr/lib/python3/dist-packages/aiosmtpd ] || need_pkgs+=(python3-aiosmtpd)
+command -v pdftotext >/dev/null 2>&1 || need_pkgs+=(poppler-utils)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing: ${need_pkgs[*]}" >&2

@@ -27,6 +27,43 @@ pub fn shorten(s: &str, max: usize) -> String {
     }
 }
 
+/// `s` with secrets that command lines tend to carry replaced by `[redacted]`: bearer
+/// tokens, Mamori tokens, and the values of `password=`, `token=`, `secret=`, `--password`.
+pub fn redact(s: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut hide_next = false;
+    for word in s.split(' ') {
+        let lower = word.to_ascii_lowercase();
+        if hide_next && !word.is_empty() {
+            out.push("[redacted]".into());
+            hide_next = false;
+            continue;
+        }
+        if lower.trim_start_matches(['"', '\'']).starts_with("mamori_") && word.len() > 30 {
+            out.push("[redacted]".into());
+            continue;
+        }
+        if let Some(i) = [
+            "password=",
+            "passwd=",
+            "token=",
+            "secret=",
+            "apikey=",
+            "api_key=",
+        ]
+        .iter()
+        .find_map(|k| lower.find(k).map(|i| i + k.len()))
+        {
+            out.push(format!("{}[redacted]", &word[..i]));
+            continue;
+        }
+        hide_next =
+            lower.ends_with("bearer") || ["--password", "--token", "-p"].contains(&lower.as_str());
+        out.push(word.to_string());
+    }
+    out.join(" ")
+}
+
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn fmt_time(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
@@ -117,5 +154,18 @@ mod tests {
         assert_eq!(fmt_rfc3339("yesterday"), "yesterday");
         assert_eq!(shorten("abcdef", 4), "abc…");
         assert_eq!(shorten("ab", 4), "ab");
+        assert_eq!(
+            redact("curl -H Authorization: Bearer abc123 https://x"),
+            "curl -H Authorization: Bearer [redacted] https://x"
+        );
+        assert_eq!(
+            redact("mysql --password hunter2 -u root db?token=zz"),
+            "mysql --password [redacted] -u root db?token=[redacted]"
+        );
+        assert_eq!(
+            redact("x mamori_admin_0123456789abcdef0123456789abcdef y"),
+            "x [redacted] y"
+        );
+        assert_eq!(redact("ls -la /tmp"), "ls -la /tmp");
     }
 }

@@ -412,7 +412,7 @@ fn assemble(title: &str, pages: &[String]) -> Vec<u8> {
     let xref = out.len();
     let mut x = format!("xref\n0 {}\n0000000000 65535 f \n", objs.len() + 1);
     for o in offsets {
-        let _ = write!(x, "{o:010} 00000 n \n");
+        let _ = writeln!(x, "{o:010} 00000 n ");
     }
     let _ = write!(
         x,

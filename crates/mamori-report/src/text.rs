@@ -216,7 +216,7 @@ pub fn incident(i: &Incident, l: Lang, now: i64) -> Doc {
             let what = if a.command_line.is_empty() {
                 a.process.clone()
             } else {
-                shorten(&a.command_line, 160)
+                shorten(&crate::redact(&a.command_line), 160)
             };
             match l {
                 Lang::En => format!(
@@ -545,7 +545,7 @@ pub fn incident(i: &Incident, l: Lang, now: i64) -> Doc {
                 fmt_time(e.at_ms.div_euclid(1000)),
                 e.host.clone(),
                 kind(l, &e.kind),
-                e.text.clone(),
+                crate::redact(&e.text),
             ]
         })
         .collect();

@@ -22,6 +22,8 @@ use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::json;
 
+mod soc;
+
 use crate::ServerError;
 use crate::service::Shared;
 use crate::state::{Principal, Role};
@@ -956,7 +958,7 @@ pub fn openapi_document() -> serde_json::Value {
     let bearer = json!([{"bearer": []}]);
     let unauthorised = json!({"description": "missing or invalid bearer token"});
     let forbidden = json!({"description": "the token's role or tenant does not allow this"});
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {"title": "Mamori server API", "version": "1"},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
@@ -1209,7 +1211,13 @@ pub fn openapi_document() -> serde_json::Value {
                 "summary": "This document", "responses": {"200": {"description": "OpenAPI"}}
             }}
         }
-    })
+    });
+    if let (Some(paths), serde_json::Value::Object(more)) =
+        (doc["paths"].as_object_mut(), soc::openapi_paths())
+    {
+        paths.extend(more);
+    }
+    doc
 }
 
 /// The API routes.
@@ -1219,6 +1227,21 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/api/v1/alerts/{id}", get(alert))
         .route("/api/v1/alerts/{id}/status", post(alert_status))
         .route("/api/v1/hosts", get(hosts))
+        .route("/api/v1/incidents", get(soc::incidents))
+        .route("/api/v1/incidents/{id}", get(soc::incident))
+        .route("/api/v1/incidents/{id}/status", post(soc::incident_status))
+        .route("/api/v1/incidents/{id}/report", get(soc::incident_report))
+        .route("/api/v1/reports/monthly", get(soc::monthly))
+        .route(
+            "/api/v1/suppressions",
+            get(soc::suppressions).post(soc::suppression_add),
+        )
+        .route(
+            "/api/v1/suppressions/preview",
+            post(soc::suppression_preview),
+        )
+        .route("/api/v1/suppressions/{id}", delete(soc::suppression_remove))
+        .route("/api/v1/tuning", get(soc::tuning))
         .route(
             "/api/v1/hosts/{agent}/actions",
             post(action_request).layer(axum::extract::DefaultBodyLimit::max(64 << 10)),

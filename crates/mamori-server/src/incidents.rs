@@ -156,7 +156,9 @@ pub fn keys(a: &Alert) -> Vec<String> {
             k.push(format!("tree:{}|{ent}", a.agent));
         }
     }
-    if !a.user.is_empty() {
+    // A user links alerts of medium severity and above only: one account's low-level noise
+    // (an admin's curl, a cleanup) would otherwise join every incident of that account.
+    if !a.user.is_empty() && severity_rank(&a.severity) >= 2 {
         k.push(format!("user:{}|{}", a.agent, a.user));
     }
     for (path, hash) in [
@@ -673,7 +675,8 @@ pub fn build(shared: &Shared, policy: &Policy, id: i64) -> Result<Option<Inciden
     let mut destinations: BTreeMap<String, model::Destination> = BTreeMap::new();
     let mut files: BTreeMap<String, model::File> = BTreeMap::new();
     let add_file = |path: &str, sha: &str, files: &mut BTreeMap<String, model::File>| {
-        if path.is_empty() || (system_path(path) && sha.is_empty()) {
+        // The system's own programs are context, not evidence to quarantine or trace.
+        if path.is_empty() || system_path(path) {
             return;
         }
         let f = files
@@ -810,16 +813,26 @@ pub fn build(shared: &Shared, policy: &Policy, id: i64) -> Result<Option<Inciden
         .take(200)
         .map(|e| format!("'{}'", sql_text(e)))
         .collect();
+    // Children of the alerted processes count too (their parent is in the event).
+    let children: Vec<String> = inc
+        .process_tree
+        .iter()
+        .filter(|p| !p.rules.is_empty())
+        .take(20)
+        .map(|p| format!("raw LIKE '%\"entity_id\":\"{}\"%'", sql_text(&p.entity)))
+        .collect();
     if !entities.is_empty() {
         let rows = query(
             shared,
             &tenant,
             &format!(
                 "SELECT destination_ip, destination_port, process_executable, dns_question_name
-                 FROM events WHERE process_entity_id IN ({})
-                   AND (destination_ip IS NOT NULL OR dns_question_name IS NOT NULL)
+                 FROM events WHERE (destination_ip IS NOT NULL OR dns_question_name IS NOT NULL)
+                   AND (process_entity_id IN ({}){}{})
                  LIMIT 200",
-                entities.join(",")
+                entities.join(","),
+                if children.is_empty() { "" } else { " OR " },
+                children.join(" OR ")
             ),
         );
         for r in rows {
@@ -896,6 +909,13 @@ pub fn build(shared: &Shared, policy: &Policy, id: i64) -> Result<Option<Inciden
             });
         }
         for r in state.audit_about(&format!("agent:{agent}"), row.opened_at - 60)? {
+            if inc.actions.iter().any(|a| {
+                a.reason == r.detail.split_once(": ").map_or("", |x| x.1)
+                    && a.host == *name
+                    && a.id.is_empty()
+            }) {
+                continue; // the same refusal for another alert of this incident
+            }
             let status = match r.action.as_str() {
                 "containment.skipped" => "not done",
                 "containment.awaiting_approval" => "awaiting approval",
@@ -905,11 +925,14 @@ pub fn build(shared: &Shared, policy: &Policy, id: i64) -> Result<Option<Inciden
                 id: String::new(),
                 action: "isolate".into(),
                 host: name.clone(),
-                status: format!("{status}: {}", r.detail),
+                status: format!(
+                    "{status}: {}",
+                    r.detail.split_once(": ").map_or(r.detail.as_str(), |x| x.1)
+                ),
                 issued_by: r.actor,
                 automatic: true,
                 at_ms: r.at * 1000,
-                reason: r.detail,
+                reason: r.detail.split_once(": ").map_or("", |x| x.1).to_string(),
             });
         }
     }
@@ -1076,4 +1099,175 @@ fn event_text(e: &Value) -> String {
 /// Severity rank of an incident row (for the notifier).
 pub fn rank(r: &IncidentRow) -> i64 {
     severity_rank(&r.severity)
+}
+
+/// `YYYY-MM` → [start, end) in Unix seconds (the current month when `None`).
+pub fn month_range(month: Option<&str>) -> Result<(String, i64, i64), ServerError> {
+    use chrono::{Datelike, NaiveDate};
+    let today = chrono::Utc::now().date_naive();
+    let (y, m) = match month {
+        None => (today.year(), today.month()),
+        Some(s) => {
+            let bad = || ServerError::Invalid(format!("month {s:?}: YYYY-MM"));
+            let (y, m) = s.split_once('-').ok_or_else(bad)?;
+            (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?)
+        }
+    };
+    let start = NaiveDate::from_ymd_opt(y, m, 1)
+        .ok_or_else(|| ServerError::Invalid(format!("month {y}-{m}: no such month")))?;
+    let next = if m == 12 {
+        NaiveDate::from_ymd_opt(y + 1, 1, 1)
+    } else {
+        NaiveDate::from_ymd_opt(y, m + 1, 1)
+    }
+    .ok_or_else(|| ServerError::Invalid("month out of range".into()))?;
+    let secs = |d: NaiveDate| {
+        d.and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp())
+            .unwrap_or(0)
+    };
+    Ok((format!("{y:04}-{m:02}"), secs(start), secs(next)))
+}
+
+fn counted(m: HashMap<String, u64>, top: usize) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = m.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(top);
+    v
+}
+
+fn by_severity(m: &HashMap<String, u64>) -> Vec<(String, u64)> {
+    ["critical", "high", "medium", "low", "informational"]
+        .iter()
+        .map(|s| (s.to_string(), m.get(*s).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// The monthly summary of a tenant.
+pub fn monthly(
+    shared: &Shared,
+    tenant: &str,
+    month: Option<&str>,
+) -> Result<model::Monthly, ServerError> {
+    let (period, from, to) = month_range(month)?;
+    let state = &shared.state;
+    let policy = &shared.policy;
+    let mut m = model::Monthly {
+        tenant: tenant.to_string(),
+        period,
+        from,
+        to,
+        ..model::Monthly::default()
+    };
+    let alerts: Vec<Alert> = state
+        .alerts_since(tenant, from)?
+        .into_iter()
+        .filter(|a| {
+            let t = millis(&a.first_seen) / 1000;
+            t == 0 || t < to
+        })
+        .collect();
+    let (mut sev, mut tech, mut hosts, mut rules) = (
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+    );
+    for a in &alerts {
+        *sev.entry(a.severity.clone()).or_default() += 1;
+        *hosts.entry(a.host.clone()).or_default() += 1;
+        *rules.entry(a.rule_title.clone()).or_default() += a.count as u64;
+        let tags: Vec<&str> = a
+            .tags
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        for t in mamori_model::attack::techniques(tags) {
+            *tech.entry(t).or_default() += 1;
+        }
+    }
+    m.alerts_by_severity = by_severity(&sev);
+    m.techniques = counted(tech, 12);
+    m.hosts = counted(hosts, 10);
+    m.rules = counted(rules, 10);
+    let (mut isev, mut verdicts) = (HashMap::new(), HashMap::new());
+    let mut top: Vec<(i64, String, String)> = Vec::new();
+    let t = now();
+    for r in state
+        .incidents(Some(tenant), None, 10_000)?
+        .into_iter()
+        .filter(|r| r.opened_at >= from && r.opened_at < to)
+    {
+        *isev.entry(r.severity.clone()).or_default() += 1;
+        if top.len() < 200
+            && let Some(i) = build(shared, policy, r.id)?
+        {
+            *verdicts.entry(i.verdict.clone()).or_default() += 1;
+            for met in [i.clocks.first_notice_met(t), i.clocks.report_met(t)] {
+                match met {
+                    Some(true) => m.clocks_met += 1,
+                    Some(false) => m.clocks_missed += 1,
+                    None => {}
+                }
+            }
+        }
+        top.push((r.id, r.severity.clone(), r.title.clone()));
+    }
+    top.sort_by_key(|(id, s, _)| (-severity_rank(s), *id));
+    top.truncate(10);
+    m.top_incidents = top;
+    m.incidents_by_severity = by_severity(&isev);
+    m.incidents_by_verdict = ["malicious", "suspicious", "benign-likely"]
+        .iter()
+        .map(|v| (v.to_string(), verdicts.get(*v).copied().unwrap_or(0)))
+        .collect();
+    m.auto_isolations = state
+        .commands(Some(tenant), None, 100_000)?
+        .iter()
+        .filter(|c| {
+            c.issued_by == "policy:auto-contain"
+                && c.action == "isolate"
+                && c.created_ms / 1000 >= from
+                && c.created_ms / 1000 < to
+        })
+        .count() as u64;
+    let mut statuses: HashMap<String, u64> = HashMap::new();
+    let mut names: HashMap<String, String> = HashMap::new();
+    for h in state.hosts()?.into_iter().filter(|h| h.tenant == tenant) {
+        if h.status == "uploads" {
+            m.upload_hosts += 1;
+        } else {
+            m.sensors += 1;
+            *statuses.entry(h.status.clone()).or_default() += 1;
+            names.insert(h.agent.clone(), h.hostname.clone());
+        }
+    }
+    m.sensors_by_status = counted(statuses, 10);
+    for (agent, at, _, detail) in state.gaps(None, from, to)? {
+        if let Some(name) = names.get(&agent)
+            && m.gaps.len() < 50
+        {
+            m.gaps.push(format!(
+                "{name}: {detail} ({})",
+                mamori_report::fmt_time(at)
+            ));
+        }
+    }
+    for r in state.audit_log()? {
+        let tuning = r.action.starts_with("suppression.") || r.action.starts_with("rule.");
+        let ours = r.detail.contains(&format!("tenant={tenant}")) || r.action.starts_with("rule.");
+        if tuning && ours && r.at >= from && r.at < to && m.tuning.len() < 100 {
+            m.tuning.push(format!(
+                "{} {} {} by {}: {}",
+                mamori_report::fmt_time(r.at),
+                r.action,
+                r.target,
+                r.actor,
+                mamori_report::shorten(&r.detail, 200)
+            ));
+        }
+    }
+    Ok(m)
 }

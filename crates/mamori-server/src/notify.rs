@@ -162,6 +162,17 @@ fn send(
             email(smtp, &c.to, &subject, &body, html.as_deref(), &attachments)
         }
         "webhook" => {
+            // Command lines leave the server here: secrets in them are redacted.
+            let mut inc = inc.clone();
+            for a in &mut inc.alerts {
+                a.command_line = mamori_report::redact(&a.command_line);
+            }
+            for p in &mut inc.process_tree {
+                p.command_line = mamori_report::redact(&p.command_line);
+            }
+            for e in &mut inc.timeline {
+                e.text = mamori_report::redact(&e.text);
+            }
             let payload = json!({
                 "kind": if report { "report" } else { "notice" },
                 "subject": subject,

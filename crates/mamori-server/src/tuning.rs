@@ -143,9 +143,8 @@ impl Scope {
                 "a pattern of only '*' matches everything: leave the field empty instead".into(),
             ));
         }
-        if !self.sha256.is_empty()
-            && !(self.sha256.len() == 64 && self.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
+        let hex64 = self.sha256.len() == 64 && self.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if !self.sha256.is_empty() && !hex64 {
             return Err(ServerError::Invalid(
                 "sha256: 64 hexadecimal characters".into(),
             ));

@@ -18,6 +18,7 @@ mod query_cmd;
 mod respond_cmd;
 mod rules_cmd;
 mod server_cmd;
+mod soc_cmd;
 mod up_cmd;
 
 /// Mamori: open EDR with an automated SOC layer.
@@ -77,6 +78,9 @@ enum Command {
     /// Respond on a host through the server: isolate, release, kill, quarantine, restore,
     /// collect. Needs an analyst or admin API token (--token or MAMORI_TOKEN).
     Respond(respond_cmd::RespondArgs),
+    /// The automated SOC through the server: incidents, reports (English / Japanese, HTML /
+    /// PDF), the monthly report, suppressions with preview, the tuning report.
+    Soc(soc_cmd::SocArgs),
     /// Demonstrations.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
         Command::Up { rules, without } => up_cmd::run(&rules, &without),
         Command::Demo(DemoCommand::Attack) => demo_cmd::attack(),
         Command::Respond(args) => respond_cmd::run(args),
+        Command::Soc(args) => soc_cmd::run(args),
         Command::Query {
             sql,
             format,

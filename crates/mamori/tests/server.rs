@@ -45,9 +45,19 @@ fn start_server(data: &Path, port: u16) -> (ServerProc, String) {
 }
 
 fn start_server_with(data: &Path, port: u16, extra: &[&str]) -> (ServerProc, String) {
+    start_server_env(data, port, extra, &[])
+}
+
+fn start_server_env(
+    data: &Path,
+    port: u16,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (ServerProc, String) {
     let mut child = mamori(data)
         .args(["server", "run", "--listen", &format!("127.0.0.1:{port}")])
         .args(extra)
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -1571,4 +1581,483 @@ fn severity_from_evidence_and_automatic_containment_of_critical_alerts() {
         .filter(|c| c["action"] == "isolate")
         .count();
     assert_eq!(n, 1, "one isolation pending is enough");
+}
+
+/// A webhook receiver on loopback: each request's (path, headers, body).
+fn webhook_receiver() -> (u16, mpsc::Receiver<(String, String, String)>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            let (head, body) = loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break (String::new(), String::new());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break (head.to_string(), body.to_string());
+                    }
+                }
+            };
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            let _ = tx.send((path, head, body));
+        }
+    });
+    (port, rx)
+}
+
+struct Smtpd(Child);
+impl Drop for Smtpd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real SMTP server (aiosmtpd) delivering into a Maildir.
+fn smtp_server(maildir: &Path) -> (Smtpd, u16) {
+    let port = free_port();
+    let child = Command::new("/usr/bin/python3")
+        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+        .args(["-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(maildir)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 with aiosmtpd (apt install python3-aiosmtpd; scripts/deps.sh does)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "aiosmtpd did not start (apt install python3-aiosmtpd)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (Smtpd(child), port)
+}
+
+fn mails(maildir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(maildir.join("new"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn get_json(srv: &Path, port: u16, token: &str, path: &str) -> serde_json::Value {
+    let (code, body) = api(srv, port, Some(token), "GET", path, None);
+    assert_eq!(code, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+#[test]
+fn incidents_verdicts_notifications_reports_and_tuning() {
+    let srv = tempdir("server", "incident-srv");
+    let rules = srv.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("r.yml"),
+        "title: Test Piped Shell\nid: 5b7f6a4e-0000-4000-8000-00000000c5e2\nstatus: test\n\
+         level: high\ntags:\n  - attack.execution\n  - attack.t1059.004\nlogsource:\n  product: linux\n  category: process_creation\n\
+         detection:\n  selection:\n    CommandLine|contains: 'inctest | sh'\n  condition: selection\n\
+         ---\n\
+         title: Test Admin Noise\nid: 5b7f6a4e-0000-4000-8000-00000000c5e3\nstatus: test\n\
+         level: medium\ntags:\n  - attack.discovery\nlogsource:\n  product: linux\n  category: process_creation\n\
+         detection:\n  selection:\n    CommandLine|contains: 'noisetest'\n  condition: selection\n",
+    )
+    .unwrap();
+    let maildir = srv.join("maildir");
+    let (_smtpd, smtp_port) = smtp_server(&maildir);
+    let (hook_port, hooks) = webhook_receiver();
+    let policy = srv.join("soc-policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[incidents]\nreport_quiet_seconds = 1\n\
+             [smtp]\nserver = \"127.0.0.1:{smtp_port}\"\nfrom = \"mamori@example.com\"\ntls = \"none\"\n\
+             [[notify]]\nkind = \"email\"\nto = [\"soc@example.com\"]\nmin_severity = \"high\"\nlanguage = \"ja\"\n\
+             [[notify]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{hook_port}/hook\"\nmin_severity = \"high\"\nsecret_env = \"TEST_HOOK_KEY\"\n\
+             [[notify]]\nkind = \"slack\"\nurl = \"http://127.0.0.1:{hook_port}/slack\"\nmin_severity = \"critical\"\n"
+        ),
+    )
+    .unwrap();
+    let config = srv.join("server.toml");
+    std::fs::write(
+        &config,
+        format!("soc_policy = \"{}\"\nflush_seconds = 1\n", policy.display()),
+    )
+    .unwrap();
+    let port = free_port();
+    let (server, fp) = start_server_env(
+        &srv,
+        port,
+        &[
+            "--rules",
+            rules.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("TEST_HOOK_KEY", "hook-secret")],
+    );
+    let admin = server.admin.clone().unwrap();
+    let a = tempdir("server", "incident-agent");
+    enroll(&a, port, &token(&srv, &[]), &fp).unwrap();
+    let exec = |pid: u32, parent: u32, user: &str, cmd: &str| {
+        format!(
+            r#"{{"@timestamp":"2026-11-26T10:00:00Z","event":{{"kind":"event","category":["process"],"type":["start"],"action":"exec","module":"mamori","dataset":"mamori.process"}},"host":{{"name":"web1","os":{{"type":"linux"}}}},"process":{{"pid":{pid},"entity_id":"boot:{pid}:1","executable":"/tmp/.x/implant","name":"implant","command_line":"{cmd}","hash":{{"sha256":"{}"}},"parent":{{"pid":{parent},"entity_id":"boot:{parent}:1","executable":"/usr/sbin/sshd"}}}},"user":{{"name":"{user}"}}}}"#,
+            "ab".repeat(32)
+        )
+    };
+    // Another program (its own hash: not the same file spreading).
+    let admin_exec = |pid: u32, user: &str, cmd: &str| {
+        exec(pid, 1, user, cmd)
+            .replace("/tmp/.x/implant", "/usr/local/bin/inventory")
+            .replace(&"ab".repeat(32), &"cd".repeat(32))
+    };
+    let connect = |pid: u32, parent: u32, ip: &str| {
+        format!(
+            r#"{{"@timestamp":"2026-11-26T10:00:01Z","event":{{"kind":"event","category":["network"],"type":["connection","start"],"action":"connect","module":"mamori","dataset":"mamori.network"}},"host":{{"name":"web1"}},"process":{{"pid":{pid},"entity_id":"boot:{pid}:1","executable":"/usr/bin/curl","name":"curl","parent":{{"pid":{parent},"entity_id":"boot:{parent}:1"}}}},"destination":{{"ip":"{ip}","port":443}},"network":{{"transport":"tcp"}}}}"#
+        )
+    };
+    // An attack: two detections on one tree, then a connection out; and admin noise by
+    // another account, which must stay a separate, lesser incident.
+    send(
+        &a,
+        &[
+            exec(500, 400, "alice", "echo a | inctest | sh"),
+            exec(501, 500, "alice", "echo b | inctest | sh"),
+            connect(502, 500, "203.0.113.9"),
+            admin_exec(900, "bob", "noisetest --all"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let incidents = loop {
+        let v = get_json(&srv, port, &admin, "/api/v1/incidents");
+        let list = v.as_array().unwrap().clone();
+        if list
+            .iter()
+            .any(|i| i["severity"] == "critical" && i["alerts"] == 2)
+            || Instant::now() > deadline
+        {
+            break list;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(incidents.len(), 2, "{incidents:?}");
+    let critical = incidents
+        .iter()
+        .find(|i| i["severity"] == "critical")
+        .unwrap_or_else(|| panic!("{incidents:?}"));
+    assert_eq!(critical["alerts"], 2, "one tree, one incident: {critical}");
+    let noise = incidents
+        .iter()
+        .find(|i| i["severity"] == "medium")
+        .unwrap();
+    assert_eq!(noise["alerts"], 1);
+    let id = critical["id"].as_i64().unwrap();
+    // Destinations and the file's trajectory come from the event store (once compacted).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let inc = loop {
+        let inc = get_json(&srv, port, &admin, &format!("/api/v1/incidents/{id}"));
+        if (inc["destinations"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty())
+            && inc["files"][0]["seen_on"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty()))
+            || Instant::now() > deadline
+        {
+            break inc;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(inc["verdict"], "malicious", "{inc}");
+    assert!(
+        inc["verdict_reasons"].to_string().contains("203.0.113.9"),
+        "{inc}"
+    );
+    assert_eq!(inc["hosts"][0]["name"], "web1");
+    assert_eq!(inc["users"], serde_json::json!(["alice"]));
+    assert!(
+        inc["destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["address"] == "203.0.113.9:443" && d["external"] == true),
+        "{inc}"
+    );
+    assert!(inc["techniques"].to_string().contains("T1059.004"));
+    let file = &inc["files"][0];
+    assert_eq!(file["path"], "/tmp/.x/implant");
+    assert_eq!(file["sha256"], "ab".repeat(32));
+    assert_eq!(file["seen_on"][0]["host"], "web1", "trajectory: {inc}");
+    let tree = inc["process_tree"].as_array().unwrap();
+    let child = tree.iter().find(|p| p["pid"] == 501).unwrap();
+    let parent = tree.iter().find(|p| p["pid"] == 500).unwrap();
+    assert_eq!(
+        child["depth"].as_i64().unwrap(),
+        parent["depth"].as_i64().unwrap() + 1,
+        "{tree:?}"
+    );
+    assert!(
+        inc["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "isolate" && a["automatic"] == true),
+        "automatic containment is part of the incident: {inc}"
+    );
+    assert!(inc["clocks"]["first_notice_due"].as_i64().unwrap() > 0);
+    let noise_inc = get_json(
+        &srv,
+        port,
+        &admin,
+        &format!("/api/v1/incidents/{}", noise["id"]),
+    );
+    assert_eq!(noise_inc["verdict"], "benign-likely", "{noise_inc}");
+
+    // Notifications: email (notice, then the report with its PDF), signed webhook, Slack.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got: Vec<(String, String, String)> = Vec::new();
+    while Instant::now() < deadline
+        && (mails(&maildir).len() < 2 || got.iter().filter(|h| h.0 == "/hook").count() < 2)
+    {
+        while let Ok(h) = hooks.try_recv() {
+            got.push(h);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    while let Ok(h) = hooks.try_recv() {
+        got.push(h);
+    }
+    let m = mails(&maildir);
+    assert_eq!(m.len(), 2, "a notice and a report by email: {m:?}");
+    assert!(m.iter().all(|x| x.contains("soc@example.com")));
+    assert!(
+        m.iter().any(|x| x.contains("application/pdf")),
+        "the report carries its PDF"
+    );
+    let hook: Vec<_> = got.iter().filter(|h| h.0 == "/hook").collect();
+    assert_eq!(hook.len(), 2, "{got:?}");
+    let body: serde_json::Value = serde_json::from_str(&hook[0].2).unwrap();
+    assert_eq!(body["incident"]["id"], id);
+    assert_eq!(body["kind"], "notice");
+    let sig = hook[0]
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Mamori-Signature: sha256="))
+        .expect("signed");
+    // The signature is HMAC-SHA256 of the body with the shared key.
+    let expected = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", "hook-secret", "-r"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(hook[0].2.as_bytes())?;
+            c.wait_with_output()
+        })
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split(' ')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    if !expected.is_empty() {
+        assert_eq!(sig.trim(), expected, "HMAC-SHA256 over the body");
+    }
+    assert!(
+        got.iter()
+            .any(|h| h.0 == "/slack" && h.2.contains("\"text\"")),
+        "{got:?}"
+    );
+    let inc = get_json(&srv, port, &admin, &format!("/api/v1/incidents/{id}"));
+    let notices = inc["notifications"].as_array().unwrap();
+    assert!(notices.iter().all(|n| n["ok"] == true), "{notices:?}");
+    let (due, at) = (
+        inc["clocks"]["first_notice_due"].as_i64().unwrap(),
+        inc["clocks"]["first_notice_at"]
+            .as_i64()
+            .expect("first notice delivered"),
+    );
+    assert!(at <= due, "the first-notice clock is met");
+    assert!(inc["clocks"]["report_at"].as_i64().is_some(), "{inc}");
+    let noise_inc = get_json(
+        &srv,
+        port,
+        &admin,
+        &format!("/api/v1/incidents/{}", noise["id"]),
+    );
+    assert!(
+        noise_inc["notifications"].as_array().unwrap().is_empty(),
+        "below every channel's severity"
+    );
+
+    // Reports in both languages, HTML and PDF.
+    let (code, html) = api(
+        &srv,
+        port,
+        Some(&admin),
+        "GET",
+        &format!("/api/v1/incidents/{id}/report?lang=en&format=html"),
+        None,
+    );
+    assert_eq!(code, 200);
+    for needle in [
+        "What to do now",
+        "203.0.113.9",
+        "/tmp/.x/implant",
+        "web1",
+        "alice",
+    ] {
+        assert!(html.contains(needle), "{needle} not in the report");
+    }
+    let pdf = srv.join("report-ja.pdf");
+    let out = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(srv.join("server/pki/ca.pem"))
+        .args(["-H", &format!("Authorization: Bearer {admin}"), "-o"])
+        .arg(&pdf)
+        .arg(format!(
+            "https://127.0.0.1:{port}/api/v1/incidents/{id}/report?lang=ja&format=pdf"
+        ))
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let text = Command::new("pdftotext")
+        .args(["-enc", "UTF-8"])
+        .arg(&pdf)
+        .arg("-")
+        .output()
+        .expect("pdftotext (apt install poppler-utils)");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("今すぐ行うこと") && text.contains("web1"),
+        "{text}"
+    );
+    let monthly = get_json(&srv, port, &admin, "/api/v1/reports/monthly?format=json");
+    assert!(
+        monthly["incidents_by_severity"]
+            .to_string()
+            .contains("[\"critical\",1]"),
+        "{monthly}"
+    );
+    let (code, mhtml) = api(
+        &srv,
+        port,
+        Some(&admin),
+        "GET",
+        "/api/v1/reports/monthly?lang=ja",
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(mhtml.contains("<svg") && mhtml.contains("月次レポート"));
+
+    // Tuning: the noise is suggested, previewed, suppressed, and then counted.
+    let tuning = get_json(&srv, port, &admin, "/api/v1/tuning");
+    let noisy = tuning["noisiest_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["rule_title"] == "Test Admin Noise")
+        .cloned()
+        .unwrap_or_else(|| panic!("{tuning}"));
+    assert_eq!(noisy["preview"]["alerts"], 1, "{noisy}");
+    let scope = r#"{"rule_id": "5b7f6a4e-0000-4000-8000-00000000c5e3", "user": "bob", "reason": "bob's inventory script", "expires_days": 30}"#;
+    let (code, body) = api(
+        &srv,
+        port,
+        Some(&admin),
+        "POST",
+        "/api/v1/suppressions/preview",
+        Some(scope),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"alerts\":1"), "{body}");
+    let (code, body) = api(
+        &srv,
+        port,
+        Some(&admin),
+        "POST",
+        "/api/v1/suppressions",
+        Some(r#"{"reason": "everything", "expires_days": 30}"#),
+    );
+    assert_eq!(code, 400, "a suppression of everything is refused: {body}");
+    let (code, body) = api(
+        &srv,
+        port,
+        Some(&admin),
+        "POST",
+        "/api/v1/suppressions",
+        Some(r#"{"user": "bob", "reason": "", "expires_days": 30}"#),
+    );
+    assert!(code == 400 && body.contains("reason"), "{body}");
+    let (code, body) = api(
+        &srv,
+        port,
+        Some(&admin),
+        "POST",
+        "/api/v1/suppressions",
+        Some(scope),
+    );
+    assert_eq!(code, 201, "{body}");
+    let before = alerts(&srv).len();
+    send(
+        &a,
+        &[
+            admin_exec(901, "bob", "noisetest --again"),
+            admin_exec(902, "carol", "noisetest --by-carol"),
+        ],
+    );
+    let v = wait_alerts(&srv, |v| v.len() > before);
+    std::thread::sleep(Duration::from_millis(500));
+    let v2 = alerts(&srv);
+    assert_eq!(
+        v2.len(),
+        before + 1,
+        "bob's is suppressed, carol's is not: {v:?}"
+    );
+    let s = get_json(&srv, port, &admin, "/api/v1/suppressions");
+    assert_eq!(s[0]["hits"], 1, "{s}");
+
+    // Closing is audited and closes the alerts.
+    let (code, _) = api(
+        &srv,
+        port,
+        Some(&admin),
+        "POST",
+        &format!("/api/v1/incidents/{id}/status"),
+        Some(r#"{"status": "closed", "reason": "contained and cleaned"}"#),
+    );
+    assert_eq!(code, 200);
+    let inc = get_json(&srv, port, &admin, &format!("/api/v1/incidents/{id}"));
+    assert_eq!(inc["status"], "closed");
+    let audit = get_json(&srv, port, &admin, "/api/v1/audit").to_string();
+    for a in ["incident.open", "suppression.add", "incident.status"] {
+        assert!(audit.contains(a), "audit lacks {a}");
+    }
+    assert!(!audit.contains("hook-secret"), "secrets are never logged");
 }
