@@ -209,7 +209,8 @@ fn print_line(text: impl std::fmt::Display) -> Result<()> {
     crate::print_out(&format!("{text}\n"))
 }
 
-fn api_error(status: u16, body: &str) -> anyhow::Error {
+/// The error for a refused API request: the server's reason.
+pub fn api_error(status: u16, body: &str) -> anyhow::Error {
     let why = serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_string))
@@ -217,21 +218,31 @@ fn api_error(status: u16, body: &str) -> anyhow::Error {
     anyhow::anyhow!("the server answered {status}: {why}")
 }
 
-/// Runs `mamori respond`.
-pub fn run(args: RespondArgs) -> Result<ExitCode> {
+/// Connects to `server`, or to this machine's server (from the local configuration).
+pub fn connect_local_default(
+    server: Option<String>,
+    token: Option<String>,
+    ca_fingerprint: Option<String>,
+) -> Result<(tokio::runtime::Runtime, mamori_link::api::Api)> {
     let config = mamori_server::ServerConfig::load(None, crate::server_cmd::server_dir(), |k| {
         std::env::var(k).ok()
     })?;
-    let server = args
-        .server
-        .clone()
-        .unwrap_or_else(|| format!("https://{}", config.listen));
+    let server = server.unwrap_or_else(|| format!("https://{}", config.listen));
     let target = Target {
         server: Some(server.clone()),
-        token: args.token.clone(),
-        ca_fingerprint: args.ca_fingerprint.clone(),
+        token,
+        ca_fingerprint,
     };
-    let (rt, api) = connect(&server, &target, &config)?;
+    connect(&server, &target, &config)
+}
+
+/// Runs `mamori respond`.
+pub fn run(args: RespondArgs) -> Result<ExitCode> {
+    let (rt, api) = connect_local_default(
+        args.server.clone(),
+        args.token.clone(),
+        args.ca_fingerprint.clone(),
+    )?;
     let call = |method: &str, path: &str, body: Option<Value>| -> Result<Value> {
         let body = body.map(|b| b.to_string());
         let reply = rt.block_on(api.request(method, path, body.as_deref().map(str::as_bytes)))?;

@@ -9,8 +9,6 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::query_cmd::{Target, connect};
-
 /// `mamori soc`.
 #[derive(Debug, Args)]
 pub struct SocArgs {
@@ -129,14 +127,6 @@ pub enum SocCommand {
     },
 }
 
-fn api_error(status: u16, body: &str) -> anyhow::Error {
-    let why = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| body.to_string());
-    anyhow::anyhow!("the server answered {status}: {why}")
-}
-
 fn query(pairs: &[(&str, Option<String>)]) -> String {
     let q: Vec<String> = pairs
         .iter()
@@ -160,24 +150,16 @@ fn encode(s: &str) -> String {
 
 /// Runs `mamori soc`.
 pub fn run(args: SocArgs) -> Result<ExitCode> {
-    let config = mamori_server::ServerConfig::load(None, crate::server_cmd::server_dir(), |k| {
-        std::env::var(k).ok()
-    })?;
-    let server = args
-        .server
-        .clone()
-        .unwrap_or_else(|| format!("https://{}", config.listen));
-    let target = Target {
-        server: Some(server.clone()),
-        token: args.token.clone(),
-        ca_fingerprint: args.ca_fingerprint.clone(),
-    };
-    let (rt, api) = connect(&server, &target, &config)?;
+    let (rt, api) = crate::respond_cmd::connect_local_default(
+        args.server.clone(),
+        args.token.clone(),
+        args.ca_fingerprint.clone(),
+    )?;
     let raw = |method: &str, path: &str, body: Option<Value>| -> Result<Vec<u8>> {
         let body = body.map(|b| b.to_string());
         let reply = rt.block_on(api.request(method, path, body.as_deref().map(str::as_bytes)))?;
         if !(200..300).contains(&reply.status) {
-            return Err(api_error(reply.status, &reply.body));
+            return Err(crate::respond_cmd::api_error(reply.status, &reply.body));
         }
         Ok(reply.bytes)
     };
