@@ -793,6 +793,9 @@ pub fn contain(
     if req.agent.starts_with("win:") {
         return Ok(None); // no agent to isolate (uploaded logs)
     }
+    if req.kill {
+        return contain_by_kill(shared, req);
+    }
     if shared.state.isolation(&req.agent)?["isolated"] == true {
         return Ok(None);
     }
@@ -842,6 +845,53 @@ pub fn contain(
         &req.agent,
         &req.tenant,
         Action::Isolate { allow: Vec::new() },
+        &reason,
+        None,
+    )
+    .map(Some)
+}
+
+/// Limited containment (a host group whose policy is `kill`): the alert's process tree is
+/// killed, the host stays on the network. Once per process.
+fn contain_by_kill(
+    shared: &Shared,
+    req: &crate::detect::Contain,
+) -> Result<Option<ActionRecord>, ServerError> {
+    let Some(alert) = shared.state.alert(req.alert)? else {
+        return Ok(None);
+    };
+    let Some((pid, start_ticks, boot_id)) =
+        mamori_wire::command::parse_entity(&alert.process_entity)
+    else {
+        return Ok(None); // a correlation or health alert: no one process
+    };
+    let done = shared
+        .state
+        .commands(None, Some(&req.agent), 200)?
+        .into_iter()
+        .any(|c| {
+            c.action == "kill" && c.request["pid"] == pid && c.request["start_ticks"] == start_ticks
+        });
+    if done {
+        return Ok(None);
+    }
+    let reason = format!(
+        "automatic containment (limited: kill) of critical alert {}: {}",
+        req.alert,
+        req.reasons.join("; ")
+    );
+    let reason: String = reason.chars().take(1000).collect();
+    issue(
+        shared,
+        "policy:auto-contain",
+        &req.agent,
+        &req.tenant,
+        Action::Kill {
+            pid,
+            start_ticks,
+            boot_id,
+            tree: true,
+        },
         &reason,
         None,
     )

@@ -232,27 +232,104 @@ pub fn silent_hosts(state: &State, policy: &mamori_soc::Policy) {
     }
 }
 
+/// The event as flat Sigma field names (`CommandLine`, `NewProcessId`, `Computer`, …) for
+/// Windows shapes (EVTX, Winlogbeat); ECS and flat events as they are.
+pub(crate) fn flat_view(v: &Value) -> std::borrow::Cow<'_, Value> {
+    let e = Event::new(v.clone());
+    match e.shape {
+        Shape::Evtx | Shape::Winlogbeat => {
+            let mut m = serde_json::Map::new();
+            e.for_each_field(&mut |k, v| {
+                m.entry(k.to_string()).or_insert_with(|| v.clone());
+            });
+            std::borrow::Cow::Owned(Value::Object(m))
+        }
+        _ => std::borrow::Cow::Borrowed(v),
+    }
+}
+
+/// The first non-empty text among `paths` of `v`.
+fn first_text<'a>(v: &'a Value, paths: &[&[&str]]) -> &'a str {
+    paths
+        .iter()
+        .find_map(|p| text(v, p).filter(|s| !s.is_empty()))
+        .unwrap_or("")
+}
+
+/// A Windows process id field as text (EVTX gives numbers or hex strings).
+fn win_pid(v: &Value, key: &str) -> Option<String> {
+    match &v[key] {
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The process of an event, whatever its shape: ECS `process.entity_id`, Sysmon's
+/// `ProcessGuid`, or for Security 4688 the computer and the new process id.
+pub(crate) fn process_entity(v: &Value) -> String {
+    let e = first_text(v, &[&["process", "entity_id"], &["ProcessGuid"]]);
+    if !e.is_empty() {
+        return e.to_string();
+    }
+    match win_pid(v, "NewProcessId") {
+        Some(pid) => format!("{}|{pid}", first_text(v, &[&["Computer"]])),
+        None => String::new(),
+    }
+}
+
+/// The parent process of an event, as [`process_entity`].
+pub(crate) fn parent_entity(v: &Value) -> String {
+    let e = first_text(
+        v,
+        &[&["process", "parent", "entity_id"], &["ParentProcessGuid"]],
+    );
+    if !e.is_empty() {
+        return e.to_string();
+    }
+    match (win_pid(v, "NewProcessId"), win_pid(v, "ProcessId")) {
+        (Some(_), Some(ppid)) => format!("{}|{ppid}", first_text(v, &[&["Computer"]])),
+        _ => String::new(),
+    }
+}
+
+/// The account of an event, whatever its shape.
+pub(crate) fn user_of(v: &Value) -> &str {
+    first_text(
+        v,
+        &[
+            &["user", "name"],
+            &["user", "id"],
+            &["User"],
+            &["SubjectUserName"],
+            &["TargetUserName"],
+        ],
+    )
+}
+
 /// An alert of `meta` on the event `v` of `job`.
 fn alert_of<'a>(
     job: &'a Job,
     v: &'a Value,
     meta: &'a mamori_sigma::ast::RuleMeta,
     evidence: &'a [u8],
+    entity: &'a str,
 ) -> NewAlert<'a> {
     NewAlert {
         tenant: &job.tenant,
         agent: &job.agent,
-        host: text(v, &["host", "name"]).unwrap_or(""),
+        host: first_text(v, &[&["host", "name"], &["Computer"]]),
         rule_id: meta.id.as_deref().unwrap_or(&meta.title),
         rule_title: &meta.title,
         level: meta.level.as_str(),
         tags: &meta.tags,
-        user: text(v, &["user", "name"])
-            .or_else(|| text(v, &["user", "id"]))
-            .unwrap_or(""),
-        process_entity: text(v, &["process", "entity_id"]).unwrap_or(""),
-        process_executable: text(v, &["process", "executable"]).unwrap_or(""),
-        command_line: text(v, &["process", "command_line"]).unwrap_or(""),
+        user: user_of(v),
+        process_entity: entity,
+        process_executable: first_text(
+            v,
+            &[&["process", "executable"], &["Image"], &["NewProcessName"]],
+        ),
+        command_line: first_text(v, &[&["process", "command_line"], &["CommandLine"]]),
         timestamp: text(v, &["@timestamp"]).unwrap_or(""),
         evidence,
         severity: "",
@@ -279,6 +356,8 @@ pub struct Contain {
     pub alert: i64,
     /// Why it is Critical.
     pub reasons: Vec<String>,
+    /// Limited containment: kill the alert's process tree instead of isolating the host.
+    pub kill: bool,
 }
 
 /// External destinations each process (and its parent) talked to: `agent|entity` → `ip:port`.
@@ -306,11 +385,8 @@ fn external_destination(soc: &Soc, tenant: &str, v: &Value) -> Option<String> {
     })
 }
 
-fn tree_of(v: &Value) -> [&str; 2] {
-    [
-        text(v, &["process", "entity_id"]).unwrap_or(""),
-        text(v, &["process", "parent", "entity_id"]).unwrap_or(""),
-    ]
+fn tree_of(v: &Value) -> [String; 2] {
+    [process_entity(v), parent_entity(v)]
 }
 
 fn destinations(trees: &Trees, agent: &str, tree: &[&str]) -> Vec<String> {
@@ -337,12 +413,13 @@ fn contain(
     reasons: &[String],
 ) {
     match soc.policy.containment(tenant, host) {
-        mamori_soc::Containment::Isolate => {
+        c @ (mamori_soc::Containment::Isolate | mamori_soc::Containment::Kill) => {
             let _ = soc.contain.send(Contain {
                 agent: agent.to_string(),
                 tenant: tenant.to_string(),
                 alert,
                 reasons: reasons.to_vec(),
+                kill: c == mamori_soc::Containment::Kill,
             });
         }
         mamori_soc::Containment::Approve => {
@@ -370,7 +447,8 @@ fn attach(state: &State, soc: &Soc, id: i64) {
 
 /// Records an alert with its severity from the evidence; contains the host when Critical.
 fn record(state: &State, soc: &Soc, trees: &Trees, job: &Job, v: &Value, alert: NewAlert<'_>) {
-    let tree = tree_of(v);
+    let owned = tree_of(v);
+    let tree = [owned[0].as_str(), owned[1].as_str()];
     let hashes: Vec<&str> = [
         &v["process"]["hash"]["sha256"],
         &v["file"]["hash"]["sha256"],
@@ -499,7 +577,8 @@ fn run(
                 if trees.len() > TREES_MAX {
                     trees.clear();
                 }
-                let tree = tree_of(&event.data);
+                let owned = tree_of(&event.data);
+                let tree = [owned[0].as_str(), owned[1].as_str()];
                 for e in tree.iter().filter(|e| !e.is_empty()) {
                     let d = trees.entry(format!("{}|{e}", job.agent)).or_default();
                     if !d.contains(&dest) && d.len() < 16 {
@@ -513,7 +592,9 @@ fn run(
             if hits.is_empty() {
                 continue;
             }
-            let v = &event.data;
+            // Windows events are read through their Sigma field names.
+            let view = flat_view(&event.data);
+            let v: &Value = &view;
             // Files on the tenant's allowlist are never flagged.
             let hashes: Vec<&str> = [
                 &v["process"]["hash"]["sha256"],
@@ -574,30 +655,30 @@ fn run(
                         process_entity: &key,
                         process_executable: "",
                         command_line: "",
-                        ..alert_of(&job, v, meta, &evidence)
+                        ..alert_of(&job, v, meta, &evidence, "")
                     };
                     record(state, soc, trees, &job, v, alert);
                 }
             }
+            let entity = process_entity(v);
             for &h in &hits {
                 let info = &scanner.rule_set().rules()[h];
                 if !info.reported || is_disabled(disabled, &info.meta) {
                     continue; // feeds a correlation only, or switched off
                 }
+                let alert = alert_of(&job, v, &info.meta, &raw, &entity);
                 let d = crate::tuning::Detection {
-                    rule_id: info.meta.id.as_deref().unwrap_or(&info.meta.title),
-                    host: text(v, &["host", "name"]).unwrap_or(""),
-                    process: text(v, &["process", "executable"]).unwrap_or(""),
-                    command_line: text(v, &["process", "command_line"]).unwrap_or(""),
+                    rule_id: alert.rule_id,
+                    host: alert.host,
+                    process: alert.process_executable,
+                    command_line: alert.command_line,
                     hashes: &hashes,
-                    user: text(v, &["user", "name"])
-                        .or_else(|| text(v, &["user", "id"]))
-                        .unwrap_or(""),
+                    user: alert.user,
+                    group: soc.policy.group_of(&job.tenant, alert.host),
                 };
                 if state.suppressed(&job.tenant, &d).unwrap_or(None).is_some() {
                     continue; // tuned away (counted on the suppression)
                 }
-                let alert = alert_of(&job, v, &info.meta, &raw);
                 record(state, soc, trees, &job, v, alert);
             }
         }

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS incident_keys (
     last_at INTEGER NOT NULL, PRIMARY KEY (tenant, key));
 CREATE TABLE IF NOT EXISTS notifications (
     id INTEGER PRIMARY KEY, incident INTEGER NOT NULL, kind TEXT NOT NULL,
-    channel TEXT NOT NULL, at INTEGER NOT NULL, ok INTEGER NOT NULL, error TEXT NOT NULL);
+    channel TEXT NOT NULL, at INTEGER NOT NULL, ok INTEGER NOT NULL, error TEXT NOT NULL,
+    severity TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS notifications_incident ON notifications (incident);
 CREATE TABLE IF NOT EXISTS sensor_gaps (
     id INTEGER PRIMARY KEY, agent TEXT NOT NULL, at INTEGER NOT NULL, kind TEXT NOT NULL,
@@ -144,14 +145,16 @@ fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
 
 /// The grouping keys of an alert.
 pub fn keys(a: &Alert) -> Vec<String> {
-    let e = first_event(a);
+    let view = crate::detect::flat_view(first_event(a));
+    let e: &Value = &view;
     let mut k = Vec::new();
     let entity = if a.process_entity.starts_with("correlation:") {
         s(e, &["process", "entity_id"])
     } else {
         &a.process_entity
     };
-    for ent in [entity, s(e, &["process", "parent", "entity_id"])] {
+    let parent = crate::detect::parent_entity(e);
+    for ent in [entity, parent.as_str()] {
         if !ent.is_empty() {
             k.push(format!("tree:{}|{ent}", a.agent));
         }
@@ -161,11 +164,9 @@ pub fn keys(a: &Alert) -> Vec<String> {
     if !a.user.is_empty() && severity_rank(&a.severity) >= 2 {
         k.push(format!("user:{}|{}", a.agent, a.user));
     }
+    let process_hash = sha256_of(e);
     for (path, hash) in [
-        (
-            s(e, &["process", "executable"]),
-            s(e, &["process", "hash", "sha256"]),
-        ),
+        (a.process_executable.as_str(), process_hash.as_str()),
         (s(e, &["file", "path"]), s(e, &["file", "hash", "sha256"])),
     ] {
         if !hash.is_empty() && !system_path(path) {
@@ -448,21 +449,42 @@ impl State {
         })
     }
 
+    /// Where a notification of `kind` at `severity` on `channel` stands: delivered, or the
+    /// time of the last failed attempt.
+    pub fn notification_state(
+        &self,
+        incident: i64,
+        kind: &str,
+        channel: &str,
+        severity: &str,
+    ) -> Result<(bool, Option<i64>), ServerError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT coalesce(max(ok), 0), max(CASE WHEN ok = 0 THEN at END)
+                 FROM notifications
+                 WHERE incident = ?1 AND kind = ?2 AND channel = ?3 AND severity = ?4",
+                params![incident, kind, channel, severity],
+                |r| Ok((r.get::<_, i64>(0)? == 1, r.get(1)?)),
+            )
+        })
+    }
+
     /// Records a notification attempt; a delivered one starts or meets the clocks.
     pub fn record_notification(
         &self,
         incident: i64,
         kind: &str,
         channel: &str,
+        severity: &str,
         ok: bool,
         error: &str,
     ) -> Result<(), ServerError> {
         let t = now();
         self.with(|c| {
             c.execute(
-                "INSERT INTO notifications (incident, kind, channel, at, ok, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![incident, kind, channel, t, ok, error],
+                "INSERT INTO notifications (incident, kind, channel, at, ok, error, severity)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![incident, kind, channel, t, ok, error, severity],
             )?;
             if ok {
                 let col = if kind == "report" {
@@ -547,6 +569,27 @@ impl State {
             .collect()
         })
     }
+}
+
+fn one_of<'a>(v: &'a Value, paths: &[&[&str]]) -> &'a str {
+    paths
+        .iter()
+        .map(|p| s(v, p))
+        .find(|t| !t.is_empty())
+        .unwrap_or("")
+}
+
+/// The process's SHA-256: ECS `process.hash.sha256`, or Sysmon's `Hashes` (`SHA256=…,…`).
+fn sha256_of(e: &Value) -> String {
+    let h = s(e, &["process", "hash", "sha256"]);
+    if !h.is_empty() {
+        return h.to_string();
+    }
+    s(e, &["Hashes"])
+        .split(',')
+        .find_map(|kv| kv.trim().strip_prefix("SHA256="))
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }
 
 fn millis(t: &str) -> i64 {
@@ -701,16 +744,41 @@ pub fn build(shared: &Shared, policy: &Policy, id: i64) -> Result<Option<Inciden
             })
             .collect();
         for e in events {
-            let ent = s(e, &["process", "entity_id"]);
-            let parent = s(e, &["process", "parent", "entity_id"]);
+            let view = crate::detect::flat_view(e);
+            let e: &Value = &view;
+            let (ent, parent) = (
+                crate::detect::process_entity(e),
+                crate::detect::parent_entity(e),
+            );
+            let (ent, parent) = (ent.as_str(), parent.as_str());
+            let exe = one_of(
+                e,
+                &[&["process", "executable"], &["Image"], &["NewProcessName"]],
+            );
+            let cmd = one_of(e, &[&["process", "command_line"], &["CommandLine"]]);
             if !parent.is_empty() && !procs.contains_key(parent) {
                 procs.insert(
                     parent.to_string(),
                     model::Process {
                         entity: parent.to_string(),
                         pid: e["process"]["parent"]["pid"].as_i64().unwrap_or(0),
-                        executable: s(e, &["process", "parent", "executable"]).to_string(),
-                        command_line: s(e, &["process", "parent", "command_line"]).to_string(),
+                        executable: one_of(
+                            e,
+                            &[
+                                &["process", "parent", "executable"],
+                                &["ParentImage"],
+                                &["ParentProcessName"],
+                            ],
+                        )
+                        .to_string(),
+                        command_line: one_of(
+                            e,
+                            &[
+                                &["process", "parent", "command_line"],
+                                &["ParentCommandLine"],
+                            ],
+                        )
+                        .to_string(),
                         host: a.host.clone(),
                         ..model::Process::default()
                     },
@@ -729,23 +797,19 @@ pub fn build(shared: &Shared, policy: &Policy, id: i64) -> Result<Option<Inciden
                 p.parent = parent.to_string();
                 p.pid = e["process"]["pid"].as_i64().unwrap_or(p.pid);
                 if p.executable.is_empty() {
-                    p.executable = s(e, &["process", "executable"]).to_string();
+                    p.executable = exe.to_string();
                 }
                 if p.command_line.is_empty() {
-                    p.command_line = s(e, &["process", "command_line"]).to_string();
+                    p.command_line = cmd.to_string();
                 }
                 if p.user.is_empty() {
-                    p.user = s(e, &["user", "name"]).to_string();
+                    p.user = crate::detect::user_of(e).to_string();
                 }
                 if ent == a.process_entity && !p.rules.contains(&a.rule_title) {
                     p.rules.push(a.rule_title.clone());
                 }
             }
-            add_file(
-                s(e, &["process", "executable"]),
-                s(e, &["process", "hash", "sha256"]),
-                &mut files,
-            );
+            add_file(exe, &sha256_of(e), &mut files);
             add_file(
                 s(e, &["file", "path"]),
                 s(e, &["file", "hash", "sha256"]),
@@ -763,7 +827,14 @@ pub fn build(shared: &Shared, policy: &Policy, id: i64) -> Result<Option<Inciden
                 );
             }
             inc.timeline.push(model::Entry {
-                at_ms: millis(s(e, &["@timestamp"])),
+                at_ms: millis(one_of(
+                    e,
+                    &[
+                        &["@timestamp"],
+                        &["TimeCreated_SystemTime"],
+                        &["SystemTime"],
+                    ],
+                )),
                 kind: "event".into(),
                 host: a.host.clone(),
                 text: event_text(e),
@@ -1077,14 +1148,26 @@ fn add_destination(
 }
 
 fn event_text(e: &Value) -> String {
-    let action = s(e, &["event", "action"]);
-    let exe = s(e, &["process", "executable"]);
-    let cmd = s(e, &["process", "command_line"]);
+    let action = match s(e, &["event", "action"]) {
+        "" => match &e["EventID"] {
+            Value::Null => "",
+            _ => "event",
+        },
+        a => a,
+    };
+    let exe = one_of(
+        e,
+        &[&["process", "executable"], &["Image"], &["NewProcessName"]],
+    );
+    let cmd = one_of(e, &[&["process", "command_line"], &["CommandLine"]]);
     let mut t = if !cmd.is_empty() {
         format!("{action} {cmd}")
     } else {
         format!("{action} {exe}")
     };
+    if let Some(id) = e["EventID"].as_u64() {
+        t = format!("EventID {id}: {t}");
+    }
     let ip = s(e, &["destination", "ip"]);
     if !ip.is_empty() {
         t.push_str(&format!(" → {ip}:{}", e["destination"]["port"]));

@@ -6,8 +6,9 @@
 //! steps). Once it has been quiet for `report_quiet_seconds` (or its report clock is about to
 //! run out) the detailed report follows: by email as HTML with the PDF attached, by webhook
 //! as JSON with the report's address. A higher severity later sends both again. Every attempt
-//! is recorded with the incident; delivered ones stop its clocks. Webhook addresses,
-//! passwords and keys are never logged.
+//! is recorded with the incident; delivered ones stop its clocks; a failed one is tried
+//! again a minute later (until it is delivered or the incident is closed). Webhook
+//! addresses, passwords and keys are never logged.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -45,17 +46,23 @@ fn lang(c: &Channel, tenant_lang: mamori_soc::Language) -> Lang {
     }
 }
 
+/// A failed delivery is tried again after this long.
+const RETRY_S: i64 = 60;
+
 fn tick(shared: &Arc<Shared>) -> Result<(), crate::ServerError> {
     let policy = shared.policy.clone();
     for row in shared.state.incidents(None, Some("open"), 200)? {
         let rank = incidents::rank(&row);
-        let channels: Vec<&Channel> = policy
+        // Channels by position: two webhooks are two channels.
+        let channels: Vec<(String, &Channel)> = policy
             .channels(&row.tenant)
             .iter()
-            .filter(|c| {
+            .enumerate()
+            .filter(|(_, c)| {
                 Severity::parse(&c.min_severity)
                     .is_some_and(|m| Severity::parse(&row.severity).is_some_and(|s| s >= m))
             })
+            .map(|(i, c)| (format!("{}#{}", c.kind, i + 1), c))
             .collect();
         if channels.is_empty() {
             continue;
@@ -65,25 +72,49 @@ fn tick(shared: &Arc<Shared>) -> Result<(), crate::ServerError> {
         if !notice_due && !report_due {
             continue;
         }
-        let Some(inc) = incidents::build(shared, &policy, row.id)? else {
-            continue;
-        };
+        let mut inc = None;
         let tenant_lang = policy.language(&row.tenant);
-        for c in &channels {
-            let l = lang(c, tenant_lang);
-            if notice_due {
-                let r = send(shared, c, l, &inc, false);
-                record(shared, row.id, "notice", c, r);
-            }
-            if report_due {
-                let r = send(shared, c, l, &inc, true);
-                record(shared, row.id, "report", c, r);
+        let (mut notices_done, mut reports_done) = (true, true);
+        for (name, c) in &channels {
+            for (kind, due, done) in [
+                ("notice", notice_due, &mut notices_done),
+                ("report", report_due, &mut reports_done),
+            ] {
+                if !due {
+                    continue;
+                }
+                let (delivered, failed_at) =
+                    shared
+                        .state
+                        .notification_state(row.id, kind, name, &row.severity)?;
+                if delivered {
+                    continue;
+                }
+                if failed_at.is_some_and(|f| now() - f < RETRY_S) {
+                    *done = false; // waiting to try again
+                    continue;
+                }
+                if inc.is_none() {
+                    inc = incidents::build(shared, &policy, row.id)?;
+                }
+                let Some(i) = &inc else { continue };
+                let r = send(shared, c, lang(c, tenant_lang), i, kind == "report");
+                *done &= r.is_ok();
+                record(shared, row.id, kind, name, &row.severity, r);
             }
         }
         shared.state.mark_notified(
             row.id,
-            rank,
-            if report_due { rank } else { row.reported_rank },
+            if notice_due && notices_done {
+                rank
+            } else {
+                row.notified_rank
+            },
+            if report_due && reports_done {
+                rank
+            } else {
+                row.reported_rank
+            },
         )?;
     }
     Ok(())
@@ -101,17 +132,24 @@ fn report_time(shared: &Shared, row: &IncidentRow) -> bool {
     t - row.updated_at >= quiet || due.is_some_and(|d| t >= d - 60)
 }
 
-fn record(shared: &Shared, incident: i64, kind: &str, c: &Channel, r: Result<(), String>) {
+fn record(
+    shared: &Shared,
+    incident: i64,
+    kind: &str,
+    channel: &str,
+    severity: &str,
+    r: Result<(), String>,
+) {
     let (ok, error) = match r {
         Ok(()) => (true, String::new()),
         Err(e) => {
-            tracing::warn!(incident, channel = %c.kind, "notification not delivered: {e}");
+            tracing::warn!(incident, %channel, "notification not delivered (tried again in a minute): {e}");
             (false, e)
         }
     };
     if let Err(e) = shared
         .state
-        .record_notification(incident, kind, &c.kind, ok, &error)
+        .record_notification(incident, kind, channel, severity, ok, &error)
     {
         tracing::error!("recording a notification: {e}");
     }

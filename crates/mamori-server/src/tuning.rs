@@ -18,7 +18,7 @@ pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS suppressions (
     id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, rule_id TEXT NOT NULL, host TEXT NOT NULL,
     process TEXT NOT NULL, command_line TEXT NOT NULL, sha256 TEXT NOT NULL, user TEXT NOT NULL,
-    reason TEXT NOT NULL, created_by TEXT NOT NULL, created_at INTEGER NOT NULL,
+    host_group TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL, created_by TEXT NOT NULL, created_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL, hits INTEGER NOT NULL DEFAULT 0, removed_at INTEGER);
 ";
 
@@ -47,6 +47,9 @@ pub struct Scope {
     /// User.
     #[serde(default)]
     pub user: String,
+    /// Host group (from the SOC policy's `[containment.groups]`).
+    #[serde(default)]
+    pub group: String,
 }
 
 /// A suppression.
@@ -111,6 +114,8 @@ pub struct Detection<'a> {
     pub hashes: &'a [&'a str],
     /// User.
     pub user: &'a str,
+    /// The host's group in the SOC policy.
+    pub group: Option<&'a str>,
 }
 
 impl Scope {
@@ -123,11 +128,12 @@ impl Scope {
             &self.command_line,
             &self.sha256,
             &self.user,
+            &self.group,
         ];
         if fields.iter().all(|f| f.is_empty()) {
             return Err(ServerError::Invalid(
-                "a suppression needs at least one of rule_id, host, process, command_line, \
-                 sha256, user"
+                "a suppression needs at least one of rule_id, host, group, process, \
+                 command_line, sha256, user"
                     .into(),
             ));
         }
@@ -163,6 +169,7 @@ impl Scope {
                     .iter()
                     .any(|h| h.eq_ignore_ascii_case(&self.sha256)))
             && (self.user.is_empty() || self.user == d.user)
+            && (self.group.is_empty() || d.group == Some(self.group.as_str()))
     }
 }
 
@@ -178,7 +185,7 @@ fn hashes_of(a: &Alert) -> Vec<String> {
 }
 
 /// Whether `scope` matches a stored alert.
-pub fn matches_alert(scope: &Scope, a: &Alert) -> bool {
+pub fn matches_alert(scope: &Scope, a: &Alert, policy: &mamori_soc::Policy) -> bool {
     let hashes = hashes_of(a);
     let h: Vec<&str> = hashes.iter().map(String::as_str).collect();
     scope.matches(&Detection {
@@ -188,6 +195,7 @@ pub fn matches_alert(scope: &Scope, a: &Alert) -> bool {
         command_line: &a.command_line,
         hashes: &h,
         user: &a.user,
+        group: policy.group_of(&a.tenant, &a.host),
     })
 }
 
@@ -214,7 +222,7 @@ impl State {
         self.with(|c| {
             let mut st = c.prepare_cached(
                 "SELECT id, tenant, rule_id, host, process, command_line, sha256, user, reason,
-                        created_by, created_at, expires_at, hits
+                        created_by, created_at, expires_at, hits, host_group
                  FROM suppressions WHERE (?1 IS NULL OR tenant = ?1) AND removed_at IS NULL
                    AND expires_at > ?2 ORDER BY id",
             )?;
@@ -229,6 +237,7 @@ impl State {
                         command_line: r.get(5)?,
                         sha256: r.get(6)?,
                         user: r.get(7)?,
+                        group: r.get(13)?,
                     },
                     reason: r.get(8)?,
                     created_by: r.get(9)?,
@@ -260,7 +269,13 @@ impl State {
     }
 
     /// What `scope` would have suppressed among `tenant`'s alerts of the last `days`.
-    pub fn preview(&self, tenant: &str, scope: &Scope, days: i64) -> Result<Preview, ServerError> {
+    pub fn preview(
+        &self,
+        tenant: &str,
+        scope: &Scope,
+        days: i64,
+        policy: &mamori_soc::Policy,
+    ) -> Result<Preview, ServerError> {
         let since = now() - days * 86_400;
         let alerts = self.alerts_since(tenant, since)?;
         let mut p = Preview {
@@ -268,7 +283,7 @@ impl State {
             days,
             ..Preview::default()
         };
-        for a in alerts.iter().filter(|a| matches_alert(scope, a)) {
+        for a in alerts.iter().filter(|a| matches_alert(scope, a, policy)) {
             p.alerts += 1;
             p.detections += a.count as u64;
             if matches!(a.severity.as_str(), "high" | "critical") {
@@ -308,6 +323,7 @@ impl State {
         scope: &Scope,
         reason: &str,
         days: i64,
+        policy: &mamori_soc::Policy,
     ) -> Result<(Suppression, Preview), ServerError> {
         scope.check()?;
         crate::state::check_tenant(tenant)?;
@@ -321,14 +337,14 @@ impl State {
                 "expires_days: 1 to {MAX_DAYS}"
             )));
         }
-        let preview = self.preview(tenant, scope, 30)?;
+        let preview = self.preview(tenant, scope, 30, policy)?;
         let t = now();
         let id: i64 = self.with(|c| {
             let tx = c.transaction()?;
             let id = tx.query_row(
                 "INSERT INTO suppressions (tenant, rule_id, host, process, command_line, sha256,
-                     user, reason, created_by, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
+                     user, reason, created_by, created_at, expires_at, host_group)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
                 params![
                     tenant,
                     scope.rule_id,
@@ -340,7 +356,8 @@ impl State {
                     reason,
                     actor,
                     t,
-                    t + days * 86_400
+                    t + days * 86_400,
+                    scope.group
                 ],
                 |r| r.get(0),
             )?;
@@ -426,7 +443,12 @@ pub struct Noisy {
 }
 
 /// The noisiest rules of a tenant over `days`, with a suppression suggested for each.
-pub fn report(state: &State, tenant: &str, days: i64) -> Result<Vec<Noisy>, ServerError> {
+pub fn report(
+    state: &State,
+    policy: &mamori_soc::Policy,
+    tenant: &str,
+    days: i64,
+) -> Result<Vec<Noisy>, ServerError> {
     use std::collections::HashMap;
     let alerts = state.alerts_since(tenant, crate::state::now() - days * 86_400)?;
     let mut by_rule: HashMap<&str, Vec<&Alert>> = HashMap::new();
@@ -491,7 +513,7 @@ pub fn report(state: &State, tenant: &str, days: i64) -> Result<Vec<Noisy>, Serv
                 format!("spread over {hosts} hosts and many programs: review the rule itself"),
             )
         };
-        let preview = state.preview(tenant, &suggestion, days)?;
+        let preview = state.preview(tenant, &suggestion, days, policy)?;
         out.push(Noisy {
             rule_id: rule.to_string(),
             rule_title: list[0].rule_title.clone(),
@@ -537,6 +559,7 @@ mod tests {
             command_line: "make -j8",
             hashes: &["AB"],
             user: "ci",
+            group: Some("builders"),
         };
         let s = |f: fn(&mut Scope)| {
             let mut s = Scope::default();
@@ -561,6 +584,8 @@ mod tests {
             .matches(&d)
         );
         assert!(s(|s| s.sha256 = "ab".into()).matches(&d));
+        assert!(s(|s| s.group = "builders".into()).matches(&d));
+        assert!(!s(|s| s.group = "databases".into()).matches(&d));
         assert!(Scope::default().check().is_err(), "matches everything");
         assert!(s(|s| s.process = "**".into()).check().is_err());
         assert!(s(|s| s.sha256 = "xyz".into()).check().is_err());

@@ -110,6 +110,9 @@ pub struct Assessment {
 pub enum Containment {
     /// Isolate at once.
     Isolate,
+    /// Limited: stop the alert's process tree, keep the host on the network (critical
+    /// servers).
+    Kill,
     /// Wait for a person.
     Approve,
     /// Nothing.
@@ -168,6 +171,7 @@ struct TenantPolicy {
     internal: Vec<Net>,
     containment: Containment,
     exempt_hosts: Vec<String>,
+    groups: Vec<(String, Vec<String>, Containment)>,
     incidents: Incidents,
     clocks: Vec<(Severity, Clock)>,
     language: Language,
@@ -179,6 +183,33 @@ struct TenantPolicy {
 struct ContainmentFile {
     critical: Option<String>,
     exempt_hosts: Option<Vec<String>>,
+    groups: Option<HashMap<String, GroupFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupFile {
+    hosts: Vec<String>,
+    critical: String,
+}
+
+fn containment_of(v: &str, what: &str) -> Result<Containment, PolicyError> {
+    match v {
+        "isolate" => Ok(Containment::Isolate),
+        "kill" => Ok(Containment::Kill),
+        "approve" => Ok(Containment::Approve),
+        "none" => Ok(Containment::None),
+        other => Err(PolicyError::Invalid(format!(
+            "{what}: {other:?} (isolate, kill, approve or none)"
+        ))),
+    }
+}
+
+fn host_matches(patterns: &[String], host: &str) -> bool {
+    patterns.iter().any(|e| match e.strip_suffix('*') {
+        Some(prefix) => host.starts_with(prefix),
+        None => host == e,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -340,16 +371,21 @@ impl TenantPolicy {
         }
         if let Some(c) = &p.containment {
             if let Some(v) = &c.critical {
-                t.containment = match v.as_str() {
-                    "isolate" => Containment::Isolate,
-                    "approve" => Containment::Approve,
-                    "none" => Containment::None,
-                    other => {
-                        return Err(PolicyError::Invalid(format!(
-                            "containment.critical: {other:?} (isolate, approve or none)"
-                        )));
-                    }
-                };
+                t.containment = containment_of(v, "containment.critical")?;
+            }
+            if let Some(g) = &c.groups {
+                let mut groups: Vec<(String, Vec<String>, Containment)> = g
+                    .iter()
+                    .map(|(name, g)| {
+                        Ok((
+                            name.clone(),
+                            g.hosts.clone(),
+                            containment_of(&g.critical, &format!("containment.groups.{name}"))?,
+                        ))
+                    })
+                    .collect::<Result<_, PolicyError>>()?;
+                groups.sort_by(|a, b| a.0.cmp(&b.0));
+                t.groups = groups;
             }
             if let Some(e) = &c.exempt_hosts {
                 t.exempt_hosts = e.clone();
@@ -473,6 +509,7 @@ impl Policy {
             internal: Vec::new(),
             containment: Containment::None,
             exempt_hosts: Vec::new(),
+            groups: Vec::new(),
             incidents: Incidents {
                 window_minutes: 60,
                 min_severity: Severity::Medium,
@@ -629,18 +666,27 @@ impl Policy {
         self.smtp.as_ref()
     }
 
-    /// What to do with `host` (of `tenant`) when it has a Critical alert.
+    /// What to do with `host` (of `tenant`) when it has a Critical alert: exempt hosts
+    /// nothing, a host group its own containment, else the tenant's.
     pub fn containment(&self, tenant: &str, host: &str) -> Containment {
         let p = self.of(tenant);
-        let exempt = p.exempt_hosts.iter().any(|e| match e.strip_suffix('*') {
-            Some(prefix) => host.starts_with(prefix),
-            None => host == e,
-        });
-        if exempt {
-            Containment::None
-        } else {
-            p.containment
+        if host_matches(&p.exempt_hosts, host) {
+            return Containment::None;
         }
+        p.groups
+            .iter()
+            .find(|(_, hosts, _)| host_matches(hosts, host))
+            .map(|(_, _, c)| *c)
+            .unwrap_or(p.containment)
+    }
+
+    /// The host group `host` belongs to (the first by name), if any.
+    pub fn group_of(&self, tenant: &str, host: &str) -> Option<&str> {
+        self.of(tenant)
+            .groups
+            .iter()
+            .find(|(_, hosts, _)| host_matches(hosts, host))
+            .map(|(n, _, _)| n.as_str())
     }
 }
 
@@ -830,6 +876,30 @@ min_severity = "critical"
     }
 
     #[test]
+    fn host_groups_have_their_own_containment() {
+        let p = Policy::parse(
+            r#"
+[containment]
+exempt_hosts = ["lab-1"]
+[containment.groups.databases]
+hosts = ["db-*", "pg01"]
+critical = "kill"
+[containment.groups.finance]
+hosts = ["fin-*"]
+critical = "approve"
+"#,
+        )
+        .unwrap();
+        assert_eq!(p.containment("t", "db-7"), Containment::Kill);
+        assert_eq!(p.containment("t", "pg01"), Containment::Kill);
+        assert_eq!(p.containment("t", "fin-ws3"), Containment::Approve);
+        assert_eq!(p.containment("t", "web1"), Containment::Isolate);
+        assert_eq!(p.containment("t", "lab-1"), Containment::None);
+        assert_eq!(p.group_of("t", "db-7"), Some("databases"));
+        assert_eq!(p.group_of("t", "web1"), None);
+    }
+
+    #[test]
     fn bad_policies_are_refused_with_the_reason() {
         for (text, why) in [
             ("critical_when = [\"sunspots\"]", "unknown condition"),
@@ -837,7 +907,11 @@ min_severity = "critical"
             ("internal_networks = [\"10.0.0.0/40\"]", "ADDR/PREFIX"),
             (
                 "[containment]\ncritical = \"nuke\"",
-                "isolate, approve or none",
+                "isolate, kill, approve or none",
+            ),
+            (
+                "[containment.groups.db]\nhosts = [\"db-*\"]\ncritical = \"maybe\"",
+                "containment.groups.db",
             ),
             ("critcal_when = []", "critcal_when"),
             (

@@ -174,6 +174,17 @@ impl Action {
     }
 }
 
+/// A process entity id `boot:pid:start_ticks` → (pid, start ticks, boot id).
+pub fn parse_entity(e: &str) -> Option<(u32, u64, Option<String>)> {
+    let mut parts = e.rsplitn(3, ':');
+    let (ticks, pid, boot) = (parts.next(), parts.next(), parts.next());
+    Some((
+        pid?.parse().ok()?,
+        ticks?.parse().ok()?,
+        boot.map(str::to_string),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -499,15 +499,8 @@ pub fn run(args: RespondArgs) -> Result<ExitCode> {
 
 /// `boot:pid:ticks` → (pid, ticks, boot).
 fn parse_entity(e: &str) -> Result<(u32, u64, Option<String>)> {
-    let mut parts = e.rsplitn(3, ':');
-    let (ticks, pid, boot) = (parts.next(), parts.next(), parts.next());
-    match (
-        ticks.and_then(|t| t.parse().ok()),
-        pid.and_then(|p| p.parse().ok()),
-    ) {
-        (Some(t), Some(p)) => Ok((p, t, boot.map(str::to_string))),
-        _ => bail!("{e:?} is not a process entity id (boot:pid:start_ticks)"),
-    }
+    mamori_wire::command::parse_entity(e)
+        .with_context(|| format!("{e:?} is not a process entity id (boot:pid:start_ticks)"))
 }
 
 #[cfg(test)]

@@ -102,6 +102,9 @@ pub enum SocCommand {
         /// User.
         #[arg(long)]
         user: Option<String>,
+        /// Host group (from the SOC policy).
+        #[arg(long)]
+        group: Option<String>,
         /// Why (audited).
         #[arg(long, default_value = "")]
         reason: String,
@@ -257,6 +260,7 @@ pub fn run(args: SocArgs) -> Result<ExitCode> {
             command_line,
             sha256,
             user,
+            group,
             reason,
             expires_days,
             preview,
@@ -266,6 +270,7 @@ pub fn run(args: SocArgs) -> Result<ExitCode> {
                 "process": process.unwrap_or_default(),
                 "command_line": command_line.unwrap_or_default(),
                 "sha256": sha256.unwrap_or_default(), "user": user.unwrap_or_default(),
+                "group": group.unwrap_or_default(),
             });
             if let Some(t) = tenant {
                 body["tenant"] = json!(t);

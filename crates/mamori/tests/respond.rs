@@ -42,8 +42,11 @@ impl Net {
     }
 
     fn create() -> Net {
+        // Unique per test in this process (tests run in parallel).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let net = Net {
-            tag: format!("{}", std::process::id() % 100_000),
+            tag: format!("{}{n}", std::process::id() % 100_000),
         };
         for role in ["h", "s", "o", "a"] {
             let _ = Command::new("ip")
@@ -305,6 +308,57 @@ fn start_agent(net: &Net, agent: &Path) -> Proc {
     p
 }
 
+/// The server in the server namespace with `config`: (process, admin token, CA fingerprint,
+/// an enrollment token).
+fn start_server(net: &Net, srv: &Path, config: &Path) -> (Proc, String, String, String) {
+    let mut c = mamori(srv, &net.ns("s"));
+    c.args(["server", "run", "--listen", "10.201.1.1:7443", "--config"])
+        .arg(config);
+    let server = spawn(c, srv.join("server.err"));
+    let admin = wait_line(&server, "stored only as a hash): ", 60)
+        .rsplit_once(": ")
+        .unwrap()
+        .1
+        .to_string();
+    let fp = wait_line(&server, "CA fingerprint ", 30)
+        .rsplit_once(' ')
+        .unwrap()
+        .1
+        .to_string();
+    wait_line(&server, "listening on", 60);
+    let token = sh(&[
+        "env",
+        &format!("MAMORI_DATA_DIR={}", srv.display()),
+        env!("CARGO_BIN_EXE_mamori"),
+        "server",
+        "token",
+    ])
+    .trim()
+    .to_string();
+    (server, admin, fp, token)
+}
+
+/// Enrolls the agent of the host namespace; returns its id.
+fn enroll_agent(net: &Net, agent_dir: &Path, token: &str, fp: &str) -> String {
+    let out = mamori(agent_dir, &net.ns("h"))
+        .args(["agent", "enroll", "--server", "https://10.201.1.1:7443"])
+        .args(["--token", token, "--ca-fingerprint", fp])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str::<Value>(
+        &std::fs::read_to_string(agent_dir.join("agent/identity.json")).unwrap(),
+    )
+    .unwrap()["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn isolate_kill_quarantine_collect_in_real_namespaces() {
     if !can_run(
@@ -320,7 +374,6 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
     let (srv, agent_dir) = (tempdir("respond", "srv"), tempdir("respond", "agent"));
 
     // The server, in its namespace.
-    let mut c = mamori(&srv, &net.ns("s"));
     // The administrator's isolation allowlist (every isolation) holds one port of the
     // allowed peer; the isolate command adds another.
     let config = srv.join("server.toml");
@@ -339,56 +392,9 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
         ),
     )
     .unwrap();
-    c.args(["server", "run", "--listen", "10.201.1.1:7443", "--config"])
-        .arg(&config);
-    let server = spawn(c, srv.join("server.err"));
-    let admin = wait_line(&server, "stored only as a hash): ", 60)
-        .rsplit_once(": ")
-        .unwrap()
-        .1
-        .to_string();
-    let fp = wait_line(&server, "CA fingerprint ", 30)
-        .rsplit_once(' ')
-        .unwrap()
-        .1
-        .to_string();
-    wait_line(&server, "listening on", 30);
-    let token = sh(&[
-        "env",
-        &format!("MAMORI_DATA_DIR={}", srv.display()),
-        env!("CARGO_BIN_EXE_mamori"),
-        "server",
-        "token",
-    ])
-    .trim()
-    .to_string();
-
+    let (server, admin, fp, token) = start_server(&net, &srv, &config);
     // The agent, in the host namespace.
-    let out = mamori(&agent_dir, &net.ns("h"))
-        .args([
-            "agent",
-            "enroll",
-            "--server",
-            "https://10.201.1.1:7443",
-            "--token",
-            &token,
-            "--ca-fingerprint",
-            &fp,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let agent_id: String = serde_json::from_str::<Value>(
-        &std::fs::read_to_string(agent_dir.join("agent/identity.json")).unwrap(),
-    )
-    .unwrap()["agent_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let agent_id = enroll_agent(&net, &agent_dir, &token, &fp);
     let mut agent = start_agent(&net, &agent_dir);
 
     // Peers: an echo service outside and on the allowed peer (two ports), one in the host.
@@ -1201,4 +1207,264 @@ fn isolate_kill_quarantine_collect_in_real_namespaces() {
     drop(agent);
     // With the agent gone, nothing is hooked any more.
     assert!(runs(&offline).unwrap());
+}
+
+/// The scenario the SOC is judged by, on a host of its own: the attack imitation
+/// (`mamori demo attack`) runs in the host namespace; the server (with the SigmaHQ corpus)
+/// must open exactly one Critical incident, judged malicious, isolate the host automatically
+/// and verify it, notify by email (a real SMTP server, aiosmtpd) and webhook, meet the
+/// first-notice clock, and serve the report in both languages.
+#[test]
+fn attack_imitation_is_one_critical_incident_isolated_and_notified() {
+    if !can_run(
+        "attack_imitation_is_one_critical_incident_isolated_and_notified",
+        "network namespaces, nftables, eBPF",
+    ) {
+        return;
+    }
+    let net = Net::create();
+    let (srv, agent_dir) = (
+        tempdir("respond", "soc-srv"),
+        tempdir("respond", "soc-agent"),
+    );
+    common::install_sigma(&srv);
+
+    // Mail and a webhook receiver, next to the server.
+    let maildir = srv.join("maildir");
+    let mut smtpd = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.ns("s"),
+            "/usr/bin/python3",
+            "-m",
+            "aiosmtpd",
+            "-n",
+        ])
+        .args(["-l", "127.0.0.1:2525", "-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(&maildir)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("aiosmtpd (apt install python3-aiosmtpd)");
+    let hook = net.within("s", || TcpListener::bind("127.0.0.1:8099").unwrap());
+    let (hook_tx, hooks) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for s in hook.incoming().flatten() {
+            let mut s = s;
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let t = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = t.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+            let _ = hook_tx.send(String::from_utf8_lossy(&buf).to_string());
+        }
+    });
+
+    let policy = srv.join("soc-policy.toml");
+    std::fs::write(
+        &policy,
+        "internal_networks = [\"10.201.1.0/24\", \"10.201.3.0/24\", \"127.0.0.0/8\", \"::1/128\"]\n\
+         [incidents]\nreport_quiet_seconds = 3\n\
+         [smtp]\nserver = \"127.0.0.1:2525\"\nfrom = \"mamori@example.com\"\ntls = \"none\"\n\
+         [[notify]]\nkind = \"email\"\nto = [\"customer@example.com\"]\nlanguage = \"ja\"\n\
+         [[notify]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:8099/soc\"\nmin_severity = \"critical\"\n",
+    )
+    .unwrap();
+    let config = srv.join("server.toml");
+    std::fs::write(&config, format!("soc_policy = \"{}\"\n", policy.display())).unwrap();
+    let (_server, admin, fp, token) = start_server(&net, &srv, &config);
+    enroll_agent(&net, &agent_dir, &token, &fp);
+    let _agent = start_agent(&net, &agent_dir);
+    std::thread::sleep(Duration::from_secs(2));
+
+    echo(&net, "o", "10.201.2.1:8080");
+    assert!(
+        reaches(&net, "h", "10.201.2.1:8080"),
+        "before: host -> outside"
+    );
+
+    // The attack imitation, on the host.
+    let started = crate_now_ms();
+    let out = mamori(&agent_dir, &net.ns("h"))
+        .args(["demo", "attack"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (incident, isolation) = loop {
+        let (_, list) = api(&net, &srv, &admin, "GET", "/api/v1/incidents", None);
+        let critical: Vec<Value> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["severity"] == "critical")
+            .cloned()
+            .collect();
+        let (_, actions) = api(&net, &srv, &admin, "GET", "/api/v1/actions", None);
+        let iso = actions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| {
+                c["issued_by"] == "policy:auto-contain"
+                    && c["action"] == "isolate"
+                    && c["status"] == "succeeded"
+            })
+            .cloned();
+        if (!critical.is_empty() && iso.is_some()) || Instant::now() > deadline {
+            assert_eq!(critical.len(), 1, "exactly one Critical incident: {list}");
+            break (
+                critical[0].clone(),
+                iso.expect("the host isolated automatically"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!(
+        "attack imitation started → host isolated automatically and verified: {} ms",
+        isolation["updated_ms"].as_i64().unwrap() - started
+    );
+    assert_eq!(
+        isolation["output"]["probe"]["result"], "blocked",
+        "{isolation}"
+    );
+    assert!(
+        !reaches(&net, "h", "10.201.2.1:8080"),
+        "the host is cut off from the outside"
+    );
+    let id = incident["id"].as_i64().unwrap();
+    let (_, inc) = api(
+        &net,
+        &srv,
+        &admin,
+        "GET",
+        &format!("/api/v1/incidents/{id}"),
+        None,
+    );
+    assert_eq!(inc["verdict"], "malicious", "{inc}");
+    assert_eq!(inc["hosts"][0]["isolated"], true, "{inc}");
+    assert!(
+        inc["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["automatic"] == true && a["status"] == "succeeded"),
+        "{inc}"
+    );
+
+    // Notifications: email (Japanese) and webhook; clocks met.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut hooked = Vec::new();
+    let mails = loop {
+        while let Ok(h) = hooks.try_recv() {
+            hooked.push(h);
+        }
+        let mails: Vec<String> = std::fs::read_dir(maildir.join("new"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if (mails.len() >= 2 && hooked.len() >= 2) || Instant::now() > deadline {
+            break mails;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let _ = smtpd.kill();
+    let _ = smtpd.wait();
+    assert!(
+        mails.len() >= 2,
+        "notice and report by email: {}",
+        mails.len()
+    );
+    assert!(
+        mails.iter().any(|m| m.contains("application/pdf")),
+        "the report carries its PDF"
+    );
+    assert!(
+        hooked.len() >= 2,
+        "notice and report by webhook: {hooked:?}"
+    );
+    assert!(hooked.iter().all(|h| h.starts_with("POST /soc ")));
+    let (_, inc) = api(
+        &net,
+        &srv,
+        &admin,
+        "GET",
+        &format!("/api/v1/incidents/{id}"),
+        None,
+    );
+    let clocks = &inc["clocks"];
+    assert!(
+        clocks["first_notice_at"].as_i64().unwrap() <= clocks["first_notice_due"].as_i64().unwrap(),
+        "{clocks}"
+    );
+    assert!(
+        clocks["report_at"].as_i64().unwrap() <= clocks["report_due"].as_i64().unwrap(),
+        "{clocks}"
+    );
+
+    // The report in both languages says what was done and what to do.
+    for (lang, needles) in [
+        (
+            "en",
+            [
+                "from the network automatically",
+                "What to do now",
+                "mamori respond release",
+            ],
+        ),
+        (
+            "ja",
+            [
+                "自動的に隔離しました",
+                "今すぐ行うこと",
+                "mamori respond release",
+            ],
+        ),
+    ] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &net.ns("s"), "curl", "-s", "--cacert"])
+            .arg(srv.join("server/pki/ca.pem"))
+            .args(["-H", &format!("Authorization: Bearer {admin}")])
+            .arg(format!(
+                "https://10.201.1.1:7443/api/v1/incidents/{id}/report?lang={lang}"
+            ))
+            .output()
+            .unwrap();
+        let html = String::from_utf8_lossy(&out.stdout);
+        for n in needles {
+            assert!(html.contains(n), "{lang}: {n:?} not in the report");
+        }
+    }
+}
+
+fn crate_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

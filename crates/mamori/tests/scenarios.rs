@@ -73,26 +73,12 @@ fn benign_workload_is_quiet_and_the_attack_is_one_critical_incident() {
     ) {
         return;
     }
-    let sigma = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/sigma");
-    assert!(
-        sigma.join("rules").is_dir(),
-        "the SigmaHQ corpus is expected in ../shared/data/sigma"
-    );
     let data = tempdir("scenario", "up");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let out = mamori(&data, port)
-        .args(["rules", "install", "--from"])
-        .arg(&sigma)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::install_sigma(&data);
     let mut child = mamori(&data, port)
         .args(["up", "--without", "file"])
         .stdout(Stdio::null())

@@ -2061,3 +2061,181 @@ fn incidents_verdicts_notifications_reports_and_tuning() {
     }
     assert!(!audit.contains("hook-secret"), "secrets are never logged");
 }
+
+/// A recorded intrusion (an encrypted payload deployed as a service over SMB, from the
+/// EVTX-to-MITRE-Attack set) uploaded as a Windows host's logs: written down in advance, it
+/// must become Critical incident(s) judged malicious, whose report says the host is seen only
+/// through uploaded logs (no isolation possible), with the process tree from the 4688 events.
+#[test]
+fn recorded_windows_intrusion_becomes_a_critical_incident() {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    let rules = shared.join("sigma/rules/windows");
+    let evtx = shared.join(
+        "evtx/EVTX-to-MITRE-Attack/EVTX_full_APT_attack_steps/\
+         ID5140-5145,4688,4697-Encrypted payload deployed with service over SMB (GLOBAL).evtx",
+    );
+    assert!(
+        rules.is_dir() && evtx.is_file(),
+        "shared test data missing in {}",
+        shared.display()
+    );
+    let srv = tempdir("server", "recorded-srv");
+    let port = free_port();
+    let (server, _) = start_server_with(&srv, port, &["--rules", rules.to_str().unwrap()]);
+    let admin = server.admin.clone().unwrap();
+    let (code, body) = curl(
+        &srv,
+        port,
+        Some(&admin),
+        "/api/v1/ingest/windows?host=fs03vuln",
+        Some(&format!("@{}", evtx.display())),
+    );
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let list = loop {
+        let v = get_json(&srv, port, &admin, "/api/v1/incidents");
+        let list = v.as_array().unwrap().clone();
+        if list.iter().any(|i| i["severity"] == "critical") || Instant::now() > deadline {
+            break list;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let critical: Vec<_> = list
+        .iter()
+        .filter(|i| i["severity"] == "critical")
+        .collect();
+    assert!(
+        !critical.is_empty(),
+        "expected a Critical incident: {list:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let list = get_json(&srv, port, &admin, "/api/v1/incidents");
+    let critical: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["severity"] == "critical")
+        .cloned()
+        .collect();
+    assert_eq!(
+        critical.len(),
+        1,
+        "one attack, one Critical incident: {list}"
+    );
+    let id = critical[0]["id"].as_i64().unwrap();
+    let inc = get_json(&srv, port, &admin, &format!("/api/v1/incidents/{id}"));
+    assert_eq!(inc["verdict"], "malicious", "{inc}");
+    assert_eq!(inc["hosts"][0]["agent"], "win:fs03vuln");
+    assert!(
+        inc["blind_spots"]
+            .to_string()
+            .contains("known only from uploaded Windows logs"),
+        "{inc}"
+    );
+    assert!(
+        inc["actions"].as_array().unwrap().is_empty(),
+        "nothing to isolate: {inc}"
+    );
+    assert!(
+        inc["process_tree"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["depth"].as_i64().unwrap_or(0) >= 1),
+        "the 4688 events give a process tree: {inc}"
+    );
+    let (code, html) = api(
+        &srv,
+        port,
+        Some(&admin),
+        "GET",
+        &format!("/api/v1/incidents/{id}/report?lang=ja"),
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(html.contains("fs03vuln") && html.contains("今すぐ行うこと"));
+}
+
+/// A host group whose policy is `kill` (a critical server that must stay on the network):
+/// its Critical alert kills the process tree instead of isolating the host; other hosts are
+/// still isolated.
+#[test]
+fn host_groups_get_limited_containment() {
+    let srv = tempdir("server", "group-srv");
+    let rules = srv.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("r.yml"),
+        "title: Test Piped Shell\nid: 5b7f6a4e-0000-4000-8000-00000000c5e4\nstatus: test\n\
+         level: high\nlogsource:\n  product: linux\n  category: process_creation\n\
+         detection:\n  selection:\n    CommandLine|contains: 'grptest | sh'\n  condition: selection\n",
+    )
+    .unwrap();
+    let policy = srv.join("soc-policy.toml");
+    std::fs::write(
+        &policy,
+        "[containment.groups.databases]\nhosts = [\"db-*\"]\ncritical = \"kill\"\n",
+    )
+    .unwrap();
+    let config = srv.join("server.toml");
+    std::fs::write(&config, format!("soc_policy = \"{}\"\n", policy.display())).unwrap();
+    let port = free_port();
+    let (server, fp) = start_server_with(
+        &srv,
+        port,
+        &[
+            "--rules",
+            rules.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let admin = server.admin.clone().unwrap();
+    let a = tempdir("server", "group-agent");
+    enroll(&a, port, &token(&srv, &[]), &fp).unwrap();
+    let agent = agent_id(&a);
+    let on = |host: &str, e: String| e.replace("\"web1\"", &format!("\"{host}\""));
+    let connect = |pid: u32, parent: u32| {
+        format!(
+            r#"{{"@timestamp":"2026-11-26T10:00:01Z","event":{{"kind":"event","category":["network"],"type":["connection","start"],"action":"connect","module":"mamori","dataset":"mamori.network"}},"host":{{"name":"db-1"}},"process":{{"pid":{pid},"entity_id":"boot:{pid}:1","executable":"/usr/bin/curl","parent":{{"pid":{parent},"entity_id":"boot:{parent}:1"}}}},"destination":{{"ip":"203.0.113.50","port":443}},"network":{{"transport":"tcp"}}}}"#
+        )
+    };
+    send(
+        &a,
+        &[
+            on("db-1", exec_event(800, "echo q | grptest | sh")),
+            connect(801, 800),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let actions = loop {
+        let (_, body) = api(
+            &srv,
+            port,
+            Some(&admin),
+            "GET",
+            &format!("/api/v1/actions?agent={agent}"),
+            None,
+        );
+        let list: Vec<serde_json::Value> = serde_json::from_str::<serde_json::Value>(&body)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !list.is_empty() || Instant::now() > deadline {
+            break list;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    let kill = &actions[0];
+    assert_eq!(kill["action"], "kill", "{kill}");
+    assert_eq!(kill["issued_by"], "policy:auto-contain");
+    assert_eq!(kill["request"]["pid"], 800);
+    assert_eq!(kill["request"]["start_ticks"], 1);
+    assert_eq!(kill["request"]["tree"], true);
+    assert!(
+        kill["reason"].as_str().unwrap().contains("limited: kill"),
+        "{kill}"
+    );
+}

@@ -223,7 +223,9 @@ pub(super) async fn suppression_preview(
     let days = n.days.unwrap_or(30).clamp(1, 400);
     let preview = blocking(move || {
         n.scope.check()?;
-        shared.state.preview(&tenant, &n.scope, days)
+        shared
+            .state
+            .preview(&tenant, &n.scope, days, &shared.policy)
     })
     .await?;
     Ok(Json(preview).into_response())
@@ -237,9 +239,14 @@ pub(super) async fn suppression_add(
     let tenant = tenant_of(&p, n.tenant)?.unwrap_or_else(|| "default".into());
     let days = n.expires_days.unwrap_or(90);
     let (s, preview) = blocking(move || {
-        shared
-            .state
-            .add_suppression(&p.actor(), &tenant, &n.scope, &n.reason, days)
+        shared.state.add_suppression(
+            &p.actor(),
+            &tenant,
+            &n.scope,
+            &n.reason,
+            days,
+            &shared.policy,
+        )
     })
     .await?;
     Ok(created(json!({"suppression": s, "preview": preview})))
@@ -269,7 +276,8 @@ pub(super) async fn tuning(
 ) -> ApiResult {
     let tenant = tenant_of(&p, q.tenant)?.unwrap_or_else(|| "default".into());
     let days = q.days.unwrap_or(30).clamp(1, 400);
-    let r = blocking(move || crate::tuning::report(&shared.state, &tenant, days)).await?;
+    let r = blocking(move || crate::tuning::report(&shared.state, &shared.policy, &tenant, days))
+        .await?;
     Ok(Json(json!({"days": days, "noisiest_rules": r})).into_response())
 }
 
@@ -285,7 +293,7 @@ pub(super) fn openapi_paths() -> serde_json::Value {
     let scope = json!({"type": "object", "properties": {
         "tenant": {"type": "string"}, "rule_id": {"type": "string"}, "host": {"type": "string", "description": "glob"},
         "process": {"type": "string", "description": "executable, glob"}, "command_line": {"type": "string", "description": "glob"},
-        "sha256": {"type": "string"}, "user": {"type": "string"}, "reason": {"type": "string"},
+        "sha256": {"type": "string"}, "user": {"type": "string"}, "group": {"type": "string", "description": "host group of the SOC policy"}, "reason": {"type": "string"},
         "expires_days": {"type": "integer", "minimum": 1, "maximum": 365}, "days": {"type": "integer", "description": "preview: days to look back (30)"}}});
     json!({
         "/api/v1/incidents": {"get": {

@@ -37,3 +37,24 @@ pub fn tempdir(suite: &str, tag: &str) -> PathBuf {
     std::fs::create_dir_all(&p).unwrap();
     p
 }
+
+/// Installs the SigmaHQ corpus from `../shared/data/sigma` into the Mamori data directory
+/// `data` (the default rules of a server and of `mamori up` there).
+pub fn install_sigma(data: &std::path::Path) {
+    let sigma = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/sigma");
+    assert!(
+        sigma.join("rules").is_dir(),
+        "the SigmaHQ corpus is expected in ../shared/data/sigma"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mamori"))
+        .env("MAMORI_DATA_DIR", data)
+        .args(["rules", "install", "--from"])
+        .arg(&sigma)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
