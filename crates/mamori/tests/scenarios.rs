@@ -185,8 +185,12 @@ fn benign_workload_is_quiet_and_the_attack_is_one_critical_incident() {
         "the benign workload raised High/Critical incidents: {loud:?}"
     );
     eprintln!(
-        "benign workload: {} incidents, none High or Critical",
-        quiet.len()
+        "benign workload: {} incidents, none High or Critical: {:?}",
+        quiet.len(),
+        quiet
+            .iter()
+            .map(|i| format!("{} ({})", i["title"], i["severity"]))
+            .collect::<Vec<_>>()
     );
 
     // 2. The attack imitation.
