@@ -722,12 +722,30 @@ pub fn run(
 }
 
 /// The cgroup v2 hierarchy: `/sys/fs/cgroup` when unified, `/sys/fs/cgroup/unified` in the
-/// hybrid layout.
+/// hybrid layout. When neither is there but `/sys/fs/cgroup` is an empty directory — a fresh
+/// sysfs, as `ip netns exec` and many containers give — the unified hierarchy is mounted
+/// there (it is the same hierarchy the whole machine shares, so the programs attached to its
+/// root still see every process).
 pub(crate) fn cgroup_v2_root() -> Option<std::path::PathBuf> {
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.join("cgroup.controllers").exists())
+    let present = || {
+        ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.join("cgroup.controllers").exists())
+    };
+    present().or_else(|| {
+        let empty = std::fs::read_dir("/sys/fs/cgroup").is_ok_and(|mut d| d.next().is_none());
+        if empty {
+            let _ = nix::mount::mount(
+                Some("cgroup2"),
+                "/sys/fs/cgroup",
+                Some("cgroup2"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            );
+        }
+        present()
+    })
 }
 
 /// Events the kernel side could not queue (ring buffer full), summed over CPUs.

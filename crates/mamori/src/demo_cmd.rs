@@ -19,8 +19,8 @@ fn step(what: &str, program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Runs the imitation.
-pub fn attack() -> Result<ExitCode> {
+/// Runs the imitation; with `c2`, the beacon goes there instead of to a loopback listener.
+pub fn attack(c2: Option<std::net::SocketAddr>) -> Result<ExitCode> {
     eprintln!(
         "mamori demo attack: a harmless imitation of an intrusion (watch `mamori server alerts`)"
     );
@@ -52,25 +52,41 @@ pub fn attack() -> Result<ExitCode> {
             ),
         ],
     )?;
-    eprintln!("4. a connection to a \"C2\" on loopback");
-    let c2 = std::net::TcpListener::bind("127.0.0.1:0").context("opening the loopback C2")?;
-    let port = c2.local_addr()?.port();
-    let server = std::thread::spawn(move || {
-        if let Ok((mut s, _)) = c2.accept() {
-            let mut buf = [0u8; 64];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"ok\n");
+    let (addr, server) = match c2 {
+        Some(addr) => {
+            eprintln!("4. a connection to the \"C2\" at {addr}");
+            (addr, None)
         }
-    });
+        None => {
+            eprintln!("4. a connection to a \"C2\" on loopback");
+            let c2 =
+                std::net::TcpListener::bind("127.0.0.1:0").context("opening the loopback C2")?;
+            let addr = c2.local_addr()?;
+            let server = std::thread::spawn(move || {
+                if let Ok((mut s, _)) = c2.accept() {
+                    let mut buf = [0u8; 64];
+                    let _ = s.read(&mut buf);
+                    let _ = s.write_all(b"ok\n");
+                }
+            });
+            (addr, Some(server))
+        }
+    };
     step(
         "beacon over /dev/tcp",
         "bash",
         &[
             "-c",
-            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; echo beacon >&3; head -c 3 <&3"),
+            &format!(
+                "exec 3<>/dev/tcp/{}/{}; echo beacon >&3; timeout 3 head -c 3 <&3",
+                addr.ip(),
+                addr.port()
+            ),
         ],
     )?;
-    let _ = server.join();
+    if let Some(server) = server {
+        let _ = server.join();
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     eprintln!(
         "done: alerts should appear within a second or two: mamori server alerts \

@@ -100,7 +100,12 @@ enum Command {
 enum DemoCommand {
     /// A harmless imitation of an intrusion on this machine (discovery, an encoded command,
     /// a persistence attempt in a scratch directory, a connection to a loopback "C2").
-    Attack,
+    Attack {
+        /// Beacon to this TCP `ADDR:PORT` (a listener you run, e.g. on a test machine)
+        /// instead of a "C2" on loopback: then the connection is external communication.
+        #[arg(long)]
+        c2: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,7 +184,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent_cmd::run(args),
         Command::Server(cmd) => server_cmd::run(cmd),
         Command::Up { rules, without } => up_cmd::run(&rules, &without),
-        Command::Demo(DemoCommand::Attack) => demo_cmd::attack(),
+        Command::Demo(DemoCommand::Attack { c2 }) => demo_cmd::attack(c2),
         Command::Respond(args) => respond_cmd::run(args),
         Command::Soc(args) => soc_cmd::run(args),
         Command::Query {

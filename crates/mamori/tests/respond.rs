@@ -295,14 +295,12 @@ fn api(
 }
 
 fn start_agent(net: &Net, agent: &Path) -> Proc {
+    start_agent_without(net, agent, "file,network,login")
+}
+
+fn start_agent_without(net: &Net, agent: &Path, without: &str) -> Proc {
     let mut c = mamori(agent, &net.ns("h"));
-    c.args([
-        "agent",
-        "--without",
-        "file,network,login",
-        "--health-interval",
-        "2",
-    ]);
+    c.args(["agent", "--without", without, "--health-interval", "2"]);
     let p = spawn(c, agent.join("agent.err"));
     wait_line(&p, "shipping to", 60);
     p
@@ -1291,7 +1289,8 @@ fn attack_imitation_is_one_critical_incident_isolated_and_notified() {
     std::fs::write(&config, format!("soc_policy = \"{}\"\n", policy.display())).unwrap();
     let (_server, admin, fp, token) = start_server(&net, &srv, &config);
     enroll_agent(&net, &agent_dir, &token, &fp);
-    let _agent = start_agent(&net, &agent_dir);
+    // Network collection on: the beacon to the outside peer is external communication.
+    let _agent = start_agent_without(&net, &agent_dir, "file,login");
     std::thread::sleep(Duration::from_secs(2));
 
     echo(&net, "o", "10.201.2.1:8080");
@@ -1303,7 +1302,7 @@ fn attack_imitation_is_one_critical_incident_isolated_and_notified() {
     // The attack imitation, on the host.
     let started = crate_now_ms();
     let out = mamori(&agent_dir, &net.ns("h"))
-        .args(["demo", "attack"])
+        .args(["demo", "attack", "--c2", "10.201.2.1:8080"])
         .output()
         .unwrap();
     assert!(
@@ -1355,14 +1354,28 @@ fn attack_imitation_is_one_critical_incident_isolated_and_notified() {
         "the host is cut off from the outside"
     );
     let id = incident["id"].as_i64().unwrap();
-    let (_, inc) = api(
-        &net,
-        &srv,
-        &admin,
-        "GET",
-        &format!("/api/v1/incidents/{id}"),
-        None,
-    );
+    // The beacon's destination comes from the event store (once compacted).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let inc = loop {
+        let (_, inc) = api(
+            &net,
+            &srv,
+            &admin,
+            "GET",
+            &format!("/api/v1/incidents/{id}"),
+            None,
+        );
+        let found = inc["destinations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["address"] == "10.201.2.1:8080" && d["external"] == true);
+        if found || Instant::now() > deadline {
+            assert!(found, "the C2 is among the destinations: {inc}");
+            break inc;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
     assert_eq!(inc["verdict"], "malicious", "{inc}");
     assert_eq!(inc["hosts"][0]["isolated"], true, "{inc}");
     assert!(
