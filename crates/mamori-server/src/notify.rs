@@ -258,11 +258,21 @@ fn send(
 trait Stream: Read + Write {}
 impl<T: Read + Write> Stream for T {}
 
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     for c in found.certs {
         let _ = roots.add(c);
+    }
+    if let Some(f) = ca_file {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(f)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        for c in certs {
+            roots
+                .add(c.map_err(|e| format!("{}: {e}", f.display()))?)
+                .map_err(|e| format!("{}: {e}", f.display()))?;
+        }
     }
     if roots.is_empty() {
         return Err("no trusted CA certificates on this machine (install ca-certificates)".into());
@@ -277,23 +287,34 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
     ))
 }
 
+/// Connects to the first address of `host` that answers.
 fn connect(host: &str, port: u16) -> Result<TcpStream, String> {
-    let addr = (host, port)
+    let mut last = format!("{host}:{port}: no address");
+    for addr in (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("{host}:{port}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host}:{port}: no address"))?;
-    let s =
-        TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("{host}:{port}: {e}"))?;
-    let _ = s.set_read_timeout(Some(TIMEOUT));
-    let _ = s.set_write_timeout(Some(TIMEOUT));
-    Ok(s)
+    {
+        match TcpStream::connect_timeout(&addr, TIMEOUT) {
+            Ok(s) => {
+                let _ = s.set_read_timeout(Some(TIMEOUT));
+                let _ = s.set_write_timeout(Some(TIMEOUT));
+                return Ok(s);
+            }
+            Err(e) => last = format!("{host}:{port}: {e}"),
+        }
+    }
+    Err(last)
 }
 
-fn tls(host: &str, tcp: TcpStream) -> Result<Box<dyn Stream>, String> {
+fn tls(
+    host: &str,
+    tcp: TcpStream,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Box<dyn Stream>, String> {
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| format!("{host}: {e}"))?;
-    let conn = rustls::ClientConnection::new(tls_config()?, name).map_err(|e| e.to_string())?;
+    let conn =
+        rustls::ClientConnection::new(tls_config(ca_file)?, name).map_err(|e| e.to_string())?;
     Ok(Box::new(rustls::StreamOwned::new(conn, tcp)))
 }
 
@@ -330,7 +351,7 @@ pub fn post(url: &str, headers: &[(String, String)], body: &[u8]) -> Result<(), 
     let tcp =
         connect(&host, port).map_err(|_| format!("cannot connect to the webhook's host {host}"))?;
     let mut s: Box<dyn Stream> = if is_tls {
-        tls(&host, tcp)?
+        tls(&host, tcp, None)?
     } else {
         Box::new(tcp)
     };
@@ -442,9 +463,10 @@ pub fn email(
         .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
         .ok_or("smtp.server must be host:port")?;
     let tcp = connect(&host, port)?;
+    let ca = smtp.ca_file.as_deref();
     let mut s = if smtp.tls == "tls" {
         Session {
-            s: tls(&host, tcp)?,
+            s: tls(&host, tcp, ca)?,
         }
     } else {
         let plain = tcp.try_clone().map_err(|e| format!("SMTP: {e}"))?;
@@ -454,7 +476,7 @@ pub fn email(
         if smtp.tls == "starttls" {
             s.cmd("STARTTLS", 220)?;
             Session {
-                s: tls(&host, tcp)?,
+                s: tls(&host, tcp, ca)?,
             }
         } else {
             s

@@ -342,6 +342,9 @@ pub struct Smtp {
     /// Name of the environment variable holding the password.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// A PEM file of CA certificates trusted besides the system's (a private mail relay).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_smtp_tls() -> String {

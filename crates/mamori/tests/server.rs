@@ -1631,11 +1631,16 @@ impl Drop for Smtpd {
     }
 }
 
-/// A real SMTP server (aiosmtpd) delivering into a Maildir.
-fn smtp_server(maildir: &Path) -> (Smtpd, u16) {
+/// A real SMTP server (aiosmtpd) delivering into a Maildir; with `tls` (certificate and key
+/// files) it offers STARTTLS and refuses mail without it.
+fn smtp_server(maildir: &Path, tls: Option<(&Path, &Path)>) -> (Smtpd, u16) {
     let port = free_port();
-    let child = Command::new("/usr/bin/python3")
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+    let mut c = Command::new("/usr/bin/python3");
+    c.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")]);
+    if let Some((cert, key)) = tls {
+        c.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
+    }
+    let child = c
         .args(["-c", "aiosmtpd.handlers.Mailbox"])
         .arg(maildir)
         .stderr(Stdio::null())
@@ -1686,18 +1691,35 @@ fn incidents_verdicts_notifications_reports_and_tuning() {
          detection:\n  selection:\n    CommandLine|contains: 'noisetest'\n  condition: selection\n",
     )
     .unwrap();
+    // The mail server speaks STARTTLS with a certificate from a private CA, which the policy
+    // names (`ca_file`); it refuses mail without TLS.
+    let ca = mamori_pki::Ca::generate("Test mail CA").unwrap();
+    let cert = ca.issue_server(&["localhost".to_string()]).unwrap();
+    let (ca_pem, cert_pem, key_pem) = (
+        srv.join("mail-ca.pem"),
+        srv.join("mail-cert.pem"),
+        srv.join("mail-key.pem"),
+    );
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    std::fs::write(&cert_pem, &cert.cert_pem).unwrap();
+    std::fs::write(&key_pem, &cert.key_pem).unwrap();
     let maildir = srv.join("maildir");
-    let (_smtpd, smtp_port) = smtp_server(&maildir);
+    let (_smtpd, smtp_port) = smtp_server(&maildir, Some((&cert_pem, &key_pem)));
     let (hook_port, hooks) = webhook_receiver();
+    // A channel whose receiver is down: its failure is recorded, the others are unaffected.
+    let down_port = free_port();
     let policy = srv.join("soc-policy.toml");
     std::fs::write(
         &policy,
         format!(
             "[incidents]\nreport_quiet_seconds = 1\n\
-             [smtp]\nserver = \"127.0.0.1:{smtp_port}\"\nfrom = \"mamori@example.com\"\ntls = \"none\"\n\
+             [smtp]\nserver = \"localhost:{smtp_port}\"\nfrom = \"mamori@example.com\"\ntls = \"starttls\"\nca_file = \"{}\"\n\
              [[notify]]\nkind = \"email\"\nto = [\"soc@example.com\"]\nmin_severity = \"high\"\nlanguage = \"ja\"\n\
              [[notify]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{hook_port}/hook\"\nmin_severity = \"high\"\nsecret_env = \"TEST_HOOK_KEY\"\n\
-             [[notify]]\nkind = \"slack\"\nurl = \"http://127.0.0.1:{hook_port}/slack\"\nmin_severity = \"critical\"\n"
+             [[notify]]\nkind = \"slack\"\nurl = \"http://127.0.0.1:{hook_port}/slack\"\nmin_severity = \"critical\"\n\
+             [[notify]]\nkind = \"teams\"\nurl = \"http://127.0.0.1:{hook_port}/teams\"\nmin_severity = \"critical\"\n\
+             [[notify]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{down_port}/down\"\nmin_severity = \"critical\"\n",
+            ca_pem.display()
         ),
     )
     .unwrap();
@@ -1894,9 +1916,25 @@ fn incidents_verdicts_notifications_reports_and_tuning() {
             .any(|h| h.0 == "/slack" && h.2.contains("\"text\"")),
         "{got:?}"
     );
+    assert!(
+        got.iter()
+            .any(|h| h.0 == "/teams" && h.2.contains("\"@type\":\"MessageCard\"")),
+        "{got:?}"
+    );
     let inc = get_json(&srv, port, &admin, &format!("/api/v1/incidents/{id}"));
     let notices = inc["notifications"].as_array().unwrap();
-    assert!(notices.iter().all(|n| n["ok"] == true), "{notices:?}");
+    let (ok, failed): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) =
+        notices.iter().partition(|n| n["ok"] == true);
+    assert!(
+        ok.iter().all(|n| n["channel"] != "webhook#5"),
+        "{notices:?}"
+    );
+    assert!(
+        !failed.is_empty()
+            && failed.iter().all(|n| n["channel"] == "webhook#5"
+                && n["error"].as_str().unwrap().contains("cannot connect")),
+        "the channel that is down, with the reason: {notices:?}"
+    );
     let (due, at) = (
         inc["clocks"]["first_notice_due"].as_i64().unwrap(),
         inc["clocks"]["first_notice_at"]
