@@ -936,7 +936,11 @@ pub fn build(shared: &Shared, policy: &Policy, id: i64) -> Result<Option<Inciden
             let p = sql_text(&f.path);
             format!("(process_executable = '{p}' OR file_path = '{p}')")
         } else {
-            format!("raw LIKE '%{}%'", f.sha256)
+            // Executions by hash (a column); the hash in any other field (a file written).
+            format!(
+                "(process_hash_sha256 = '{0}' OR raw LIKE '%{0}%')",
+                f.sha256
+            )
         };
         for r in query(
             shared,
