@@ -140,6 +140,7 @@ pub fn incident(i: &Incident, l: Lang, now: i64) -> Doc {
         .actions
         .iter()
         .find(|a| a.automatic && a.action == "isolate");
+    let auto_kill = i.actions.iter().find(|a| a.automatic && a.action == "kill");
 
     // Summary.
     let mut summary = match l {
@@ -173,6 +174,21 @@ pub fn incident(i: &Incident, l: Lang, now: i64) -> Doc {
             ),
             (Lang::En, s) => format!("Automatic isolation of {} is {s}.", a.host),
             (Lang::Ja, s) => format!("{} の自動隔離の状態: {s}", a.host),
+        });
+    }
+    if let Some(k) = auto_kill {
+        summary.push(' ');
+        summary.push_str(&match l {
+            Lang::En => format!(
+                "By the policy for this host's group, Mamori stopped the offending process tree \
+                 on {} automatically instead of isolating the host ({}).",
+                k.host, k.status
+            ),
+            Lang::Ja => format!(
+                "このホストのグループのポリシーにより、Mamori はホストを隔離せず、{} 上の該当プロセス\
+                 ツリーを自動的に停止しました (状態: {})。",
+                k.host, k.status
+            ),
         });
     }
     d.push(Block::Callout(tone(&i.severity), summary));

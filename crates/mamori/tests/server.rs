@@ -2276,4 +2276,20 @@ fn host_groups_get_limited_containment() {
         kill["reason"].as_str().unwrap().contains("limited: kill"),
         "{kill}"
     );
+    // The incident's report says what the policy did instead of isolating.
+    let list = get_json(&srv, port, &admin, "/api/v1/incidents");
+    let id = list[0]["id"].as_i64().unwrap();
+    let (code, html) = api(
+        &srv,
+        port,
+        Some(&admin),
+        "GET",
+        &format!("/api/v1/incidents/{id}/report?lang=en"),
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(
+        html.contains("stopped the offending process tree on db-1 automatically"),
+        "{html}"
+    );
 }
