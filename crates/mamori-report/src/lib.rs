@@ -89,16 +89,12 @@ pub fn fmt_time(secs: i64) -> String {
 /// An RFC 3339 time as the reports show it (`2026-11-26 10:00:00 UTC`).
 pub fn fmt_rfc3339(t: &str) -> String {
     let t = t.trim();
-    if t.len() >= 19 && t.as_bytes()[10] == b'T' {
-        let utc = t.ends_with('Z') || t.ends_with("+00:00");
-        format!(
-            "{} {}{}",
-            &t[..10],
-            &t[11..19],
-            if utc { " UTC" } else { "" }
-        )
-    } else {
-        t.to_string()
+    match (t.get(..10), t.get(10..11), t.get(11..19)) {
+        (Some(date), Some("T"), Some(time)) => {
+            let utc = t.ends_with('Z') || t.ends_with("+00:00");
+            format!("{date} {time}{}", if utc { " UTC" } else { "" })
+        }
+        _ => t.to_string(),
     }
 }
 

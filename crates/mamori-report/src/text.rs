@@ -628,11 +628,7 @@ fn kind(l: Lang, k: &str) -> String {
 }
 
 fn short_hash(h: &str) -> String {
-    if h.len() > 16 {
-        format!("{}…", &h[..16])
-    } else {
-        h.to_string()
-    }
+    shorten(h, 17)
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
