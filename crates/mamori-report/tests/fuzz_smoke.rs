@@ -42,7 +42,7 @@ impl Rng {
         let mut s = String::new();
         for _ in 0..n {
             s.push_str(PIECES[(self.next() % PIECES.len() as u64) as usize]);
-            if self.next() % 5 == 0 {
+            if self.next().is_multiple_of(5) {
                 s.push_str(&"x".repeat((self.next() % 300) as usize));
             }
         }
