@@ -240,7 +240,7 @@ fn int(v: &Value) -> Option<i64> {
 
 /// `SHA256=…` out of Sysmon's `Hashes` (`SHA1=…,MD5=…,SHA256=…,IMPHASH=…`), or the value
 /// itself when it is one bare SHA-256.
-fn sha256_of(v: &str) -> Option<String> {
+pub fn sha256_of(v: &str) -> Option<String> {
     if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Some(v.to_ascii_lowercase());
     }

@@ -104,22 +104,6 @@ fn tone(sev: &str) -> Tone {
     }
 }
 
-/// Paths where the operating system's own programs live (not quarantined, not blocked).
-fn system_path(p: &str) -> bool {
-    [
-        "/usr/bin/",
-        "/usr/sbin/",
-        "/bin/",
-        "/sbin/",
-        "/usr/lib",
-        "/lib",
-        "C:\\Windows\\",
-        "c:\\windows\\",
-    ]
-    .iter()
-    .any(|s| p.starts_with(s))
-}
-
 fn list(l: Lang, items: &[String]) -> String {
     match l {
         Lang::En => items.join(", "),
@@ -234,37 +218,20 @@ pub fn incident(i: &Incident, l: Lang, now: i64) -> Doc {
             } else {
                 shorten(&crate::redact(&a.command_line), 160)
             };
+            let who = match (a.process.is_empty(), l) {
+                (false, _) => a.process.as_str(),
+                (true, Lang::En) => "a process",
+                (true, Lang::Ja) => "プロセス",
+            };
+            let times = match (a.count > 1, l) {
+                (false, _) => String::new(),
+                (true, Lang::En) => format!(" ({} times)", a.count),
+                (true, Lang::Ja) => format!(" ({} 回)", a.count),
+            };
+            let when = fmt_rfc3339(&a.time);
             match l {
-                Lang::En => format!(
-                    "{}: {} — {} ran “{what}”{}",
-                    fmt_rfc3339(&a.time),
-                    a.rule,
-                    if a.process.is_empty() {
-                        "a process"
-                    } else {
-                        &a.process
-                    },
-                    if a.count > 1 {
-                        format!(" ({} times)", a.count)
-                    } else {
-                        String::new()
-                    }
-                ),
-                Lang::Ja => format!(
-                    "{}: {} — {} が「{what}」を実行{}",
-                    fmt_rfc3339(&a.time),
-                    a.rule,
-                    if a.process.is_empty() {
-                        "プロセス"
-                    } else {
-                        &a.process
-                    },
-                    if a.count > 1 {
-                        format!(" ({} 回)", a.count)
-                    } else {
-                        String::new()
-                    }
-                ),
+                Lang::En => format!("{when}: {} — {who} ran “{what}”{times}", a.rule),
+                Lang::Ja => format!("{when}: {} — {who} が「{what}」を実行{times}", a.rule),
             }
         })
         .collect();
@@ -734,7 +701,9 @@ fn steps(
             ),
         });
     }
-    for f in i.files.iter().filter(|f| !system_path(&f.path)).take(3) {
+    // The incident's files never include the system's own programs (the server leaves
+    // them out): each is a candidate for quarantine.
+    for f in i.files.iter().take(3) {
         let host = f
             .seen_on
             .first()

@@ -83,7 +83,7 @@ fn is_disabled(disabled: &Disabled, meta: &mamori_sigma::ast::RuleMeta) -> bool 
         .unwrap_or(false)
 }
 
-fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+pub(crate) fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
 }
 
@@ -249,7 +249,7 @@ pub(crate) fn flat_view(v: &Value) -> std::borrow::Cow<'_, Value> {
 }
 
 /// The first non-empty text among `paths` of `v`.
-fn first_text<'a>(v: &'a Value, paths: &[&[&str]]) -> &'a str {
+pub(crate) fn first_text<'a>(v: &'a Value, paths: &[&[&str]]) -> &'a str {
     paths
         .iter()
         .find_map(|p| text(v, p).filter(|s| !s.is_empty()))
@@ -445,17 +445,22 @@ fn attach(state: &State, soc: &Soc, id: i64) {
     }
 }
 
-/// Records an alert with its severity from the evidence; contains the host when Critical.
-fn record(state: &State, soc: &Soc, trees: &Trees, job: &Job, v: &Value, alert: NewAlert<'_>) {
-    let owned = tree_of(v);
-    let tree = [owned[0].as_str(), owned[1].as_str()];
-    let hashes: Vec<&str> = [
+/// The SHA-256s an event names: its process's and its file's.
+fn hashes_of(v: &Value) -> Vec<&str> {
+    [
         &v["process"]["hash"]["sha256"],
         &v["file"]["hash"]["sha256"],
     ]
     .into_iter()
     .filter_map(Value::as_str)
-    .collect();
+    .collect()
+}
+
+/// Records an alert with its severity from the evidence; contains the host when Critical.
+fn record(state: &State, soc: &Soc, trees: &Trees, job: &Job, v: &Value, alert: NewAlert<'_>) {
+    let owned = tree_of(v);
+    let tree = [owned[0].as_str(), owned[1].as_str()];
+    let hashes = hashes_of(v);
     let mut rules: HashSet<String> = state
         .alerts_on_tree(&job.agent, &tree)
         .unwrap_or_default()
@@ -596,13 +601,7 @@ fn run(
             let view = flat_view(&event.data);
             let v: &Value = &view;
             // Files on the tenant's allowlist are never flagged.
-            let hashes: Vec<&str> = [
-                &v["process"]["hash"]["sha256"],
-                &v["file"]["hash"]["sha256"],
-            ]
-            .into_iter()
-            .filter_map(Value::as_str)
-            .collect();
+            let hashes = hashes_of(v);
             if state.allowlisted(&job.tenant, &hashes).unwrap_or(false) {
                 continue;
             }

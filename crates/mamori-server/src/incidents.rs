@@ -137,10 +137,7 @@ fn first_event(a: &Alert) -> &Value {
 }
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
-    path.iter()
-        .try_fold(v, |v, k| v.get(k))
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    crate::detect::text(v, path).unwrap_or("")
 }
 
 /// The grouping keys of an alert.
@@ -571,31 +568,15 @@ impl State {
     }
 }
 
-fn one_of<'a>(v: &'a Value, paths: &[&[&str]]) -> &'a str {
-    paths
-        .iter()
-        .map(|p| s(v, p))
-        .find(|t| !t.is_empty())
-        .unwrap_or("")
-}
-
 /// The process's SHA-256: ECS `process.hash.sha256`, or Sysmon's `Hashes` (`SHA256=…,…`).
 fn sha256_of(e: &Value) -> String {
     let h = s(e, &["process", "hash", "sha256"]);
-    if !h.is_empty() {
-        return h.to_string();
-    }
-    s(e, &["Hashes"])
-        .split(',')
-        .find_map(|kv| kv.trim().strip_prefix("SHA256="))
-        .unwrap_or("")
-        .to_ascii_lowercase()
+    let h = if h.is_empty() { s(e, &["Hashes"]) } else { h };
+    mamori_columnar::schema::sha256_of(h).unwrap_or_default()
 }
 
 fn millis(t: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(t)
-        .map(|d| d.timestamp_millis())
-        .unwrap_or(0)
+    mamori_model::event::parse_time(t).map_or(0, |d| d.timestamp_millis())
 }
 
 fn sql_text(s: &str) -> String {
@@ -751,18 +732,19 @@ pub fn build(shared: &Shared, policy: &Policy, id: i64) -> Result<Option<Inciden
                 crate::detect::parent_entity(e),
             );
             let (ent, parent) = (ent.as_str(), parent.as_str());
-            let exe = one_of(
+            let exe = crate::detect::first_text(
                 e,
                 &[&["process", "executable"], &["Image"], &["NewProcessName"]],
             );
-            let cmd = one_of(e, &[&["process", "command_line"], &["CommandLine"]]);
+            let cmd =
+                crate::detect::first_text(e, &[&["process", "command_line"], &["CommandLine"]]);
             if !parent.is_empty() && !procs.contains_key(parent) {
                 procs.insert(
                     parent.to_string(),
                     model::Process {
                         entity: parent.to_string(),
                         pid: e["process"]["parent"]["pid"].as_i64().unwrap_or(0),
-                        executable: one_of(
+                        executable: crate::detect::first_text(
                             e,
                             &[
                                 &["process", "parent", "executable"],
@@ -771,7 +753,7 @@ pub fn build(shared: &Shared, policy: &Policy, id: i64) -> Result<Option<Inciden
                             ],
                         )
                         .to_string(),
-                        command_line: one_of(
+                        command_line: crate::detect::first_text(
                             e,
                             &[
                                 &["process", "parent", "command_line"],
@@ -827,7 +809,7 @@ pub fn build(shared: &Shared, policy: &Policy, id: i64) -> Result<Option<Inciden
                 );
             }
             inc.timeline.push(model::Entry {
-                at_ms: millis(one_of(
+                at_ms: millis(crate::detect::first_text(
                     e,
                     &[
                         &["@timestamp"],
@@ -1159,11 +1141,11 @@ fn event_text(e: &Value) -> String {
         },
         a => a,
     };
-    let exe = one_of(
+    let exe = crate::detect::first_text(
         e,
         &[&["process", "executable"], &["Image"], &["NewProcessName"]],
     );
-    let cmd = one_of(e, &[&["process", "command_line"], &["CommandLine"]]);
+    let cmd = crate::detect::first_text(e, &[&["process", "command_line"], &["CommandLine"]]);
     let mut t = if !cmd.is_empty() {
         format!("{action} {cmd}")
     } else {
