@@ -20,6 +20,7 @@
 //! skips, per tenant, what a file already holds. Nothing is lost and nothing is stored
 //! twice.
 
+mod fast;
 pub mod files;
 pub mod query;
 pub mod schema;

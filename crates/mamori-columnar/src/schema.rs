@@ -7,13 +7,17 @@
 //! `ParentImage`, `TargetFilename`, …): one query finds a command line on Linux and Windows
 //! hosts alike.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
     ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use mamori_model::event::parse_time;
 use mamori_model::{Event, Shape};
+
+use crate::fast::{Paths, Scalar};
 use serde_json::Value;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -146,6 +150,27 @@ const FIXED: usize = 5;
 /// Index of `process_executable` in [`COLS`].
 const PROCESS_EXECUTABLE: usize = 8;
 
+/// What the one-pass reader looks for: the ECS path of each of [`COLS`] (same slots), then
+/// the event's time and the names its host may have (in the order `Event::host` tries them).
+static FAST: LazyLock<Paths> = LazyLock::new(|| {
+    let mut paths: Vec<&'static str> = COLS.iter().map(|c| c.ecs).collect();
+    paths.extend([
+        "@timestamp",
+        "host.name",
+        "host.hostname",
+        "Computer",
+        "hostname",
+    ]);
+    Paths::new(&paths)
+});
+const TIME_SLOT: usize = COLS.len();
+const HOST_SLOTS: [usize; 4] = [
+    COLS.len() + 1,
+    COLS.len() + 2,
+    COLS.len() + 3,
+    COLS.len() + 4,
+];
+
 /// The table's schema.
 pub fn schema() -> SchemaRef {
     let mut fields = vec![
@@ -201,7 +226,6 @@ pub struct RowBuilder {
     cols: Vec<Builder>,
     raw: StringBuilder,
     rows: usize,
-    found: Vec<Option<Value>>,
     name_buf: String,
 }
 
@@ -227,14 +251,17 @@ fn text(v: &Value) -> Option<String> {
 fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => n.as_i64(),
-        Value::String(s) => {
-            let s = s.trim();
-            match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-                Some(h) => i64::from_str_radix(h, 16).ok(),
-                None => s.parse().ok(),
-            }
-        }
+        Value::String(s) => parse_int(s),
         _ => None,
+    }
+}
+
+/// A number written as text: decimal, or hexadecimal after `0x` (Windows process ids).
+pub(crate) fn parse_int(s: &str) -> Option<i64> {
+    let s = s.trim();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => i64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
     }
 }
 
@@ -272,7 +299,6 @@ impl RowBuilder {
                 .collect(),
             raw: StringBuilder::new(),
             rows: 0,
-            found: vec![None; COLS.len()],
             name_buf: String::new(),
         }
     }
@@ -286,61 +312,99 @@ impl RowBuilder {
     /// raw text (nothing is dropped).
     pub fn push(&mut self, origin: Origin<'_>, event: &[u8]) {
         let raw = String::from_utf8_lossy(event);
-        let parsed = serde_json::from_slice::<Value>(event).ok().map(Event::new);
-        for f in self.found.iter_mut() {
-            *f = None;
+        if let Some(f) = FAST.read(event) {
+            // The sensor's ECS documents: read in one pass, no tree (see `fast`).
+            let slot = |i: usize| f.slots[i].as_ref();
+            let time = slot(TIME_SLOT)
+                .and_then(Scalar::as_str)
+                .and_then(parse_time)
+                .map(|t| t.timestamp_micros());
+            let host = HOST_SLOTS
+                .into_iter()
+                .find_map(|i| slot(i).and_then(Scalar::as_str));
+            self.append_origin(origin, time, host);
+            self.append_columns(
+                |i| slot(i).and_then(Scalar::text),
+                |i| slot(i).and_then(Scalar::int),
+                slot(PROCESS_EXECUTABLE).and_then(Scalar::as_str),
+            );
+        } else {
+            self.push_general(origin, event);
         }
+        self.raw.append_value(&raw);
+        self.rows += 1;
+    }
+
+    /// Any event: parsed into a tree, columns found by ECS path or, for Windows shapes, by
+    /// their other names.
+    fn push_general(&mut self, origin: Origin<'_>, event: &[u8]) {
+        let parsed = serde_json::from_slice::<Value>(event).ok().map(Event::new);
+        // Borrowed from the tree where read by path; copied where found by the walk.
+        let mut found: Vec<Option<Cow<'_, Value>>> = vec![None; COLS.len()];
         let mut time = None;
         let mut host = None;
         if let Some(ev) = &parsed {
             time = ev.timestamp().map(|t| t.timestamp_micros());
-            host = ev.host().map(str::to_string);
+            host = ev.host();
             if ev.shape == Shape::Ecs {
                 for (i, c) in COLS.iter().enumerate() {
-                    self.found[i] = ev.get_path(c.ecs).cloned();
+                    found[i] = ev.get_path(c.ecs).map(Cow::Borrowed);
                 }
             }
             // Other names (Windows shapes): one walk over the fields. ECS events were read by
             // path above; walking them again found nothing new (and cost ~8% of a write).
-            if ev.shape != Shape::Ecs && self.found.iter().any(Option::is_none) {
-                let found = &mut self.found;
+            if ev.shape != Shape::Ecs && found.iter().any(Option::is_none) {
                 ev.for_each_field_with(&mut self.name_buf, &mut |name, v| {
                     for (i, c) in COLS.iter().enumerate() {
                         if found[i].is_none() && (name == c.ecs || c.other.contains(&name)) {
-                            found[i] = Some(v.clone());
+                            found[i] = Some(Cow::Owned(v.clone()));
                         }
                     }
                 });
             }
         }
+        self.append_origin(origin, time, host);
+        self.append_columns(
+            |i| found[i].as_deref().and_then(text).map(Cow::Owned),
+            |i| found[i].as_deref().and_then(int),
+            found[PROCESS_EXECUTABLE].as_deref().and_then(Value::as_str),
+        );
+    }
+
+    fn append_origin(&mut self, origin: Origin<'_>, time: Option<i64>, host: Option<&str>) {
         self.time.append_value(time.unwrap_or(origin.received_us));
         self.tenant.append_value(origin.tenant);
         self.host_id.append_value(origin.host_id);
         self.host_name.append_option(host);
         self.seq.append_value(origin.seq);
+    }
+
+    /// Appends the [`COLS`] of one row: `text(i)` and `int(i)` read column `i`'s value,
+    /// `executable` is the process image when it is a string.
+    fn append_columns<'v>(
+        &mut self,
+        text: impl Fn(usize) -> Option<Cow<'v, str>>,
+        int: impl Fn(usize) -> Option<i64>,
+        executable: Option<&str>,
+    ) {
         for (i, (c, b)) in COLS.iter().zip(self.cols.iter_mut()).enumerate() {
-            let v = self.found[i].as_ref();
             match b {
                 Builder::Str(b) => {
-                    let mut s = v.and_then(text);
+                    let mut s = text(i);
                     if c.name == "process_hash_sha256" {
-                        s = s.as_deref().and_then(sha256_of);
+                        s = s.as_deref().and_then(sha256_of).map(Cow::Owned);
                     } else if c.name == "process_name" && s.is_none() {
                         // Windows events name the image only: its file name, as ECS does.
-                        s = self.found[PROCESS_EXECUTABLE]
-                            .as_ref()
-                            .and_then(Value::as_str)
+                        s = executable
                             .and_then(|p| p.rsplit(['\\', '/']).next())
                             .filter(|n| !n.is_empty())
-                            .map(str::to_string);
+                            .map(|n| Cow::Owned(n.to_string()));
                     }
                     b.append_option(s)
                 }
-                Builder::Int(b) => b.append_option(v.and_then(int)),
+                Builder::Int(b) => b.append_option(int(i)),
             }
         }
-        self.raw.append_value(&raw);
-        self.rows += 1;
     }
 
     /// The rows added so far as one batch; the builder is empty afterwards.
@@ -451,5 +515,139 @@ mod tests {
             Some("cmd.exe"),
             "from the image"
         );
+    }
+
+    /// The rows of `events` through `push` (one-pass reader where it applies) and through
+    /// the general path only.
+    fn both(events: &[Vec<u8>]) -> (RecordBatch, RecordBatch, usize) {
+        let (mut a, mut b) = (RowBuilder::new(), RowBuilder::new());
+        let mut fast = 0;
+        for (i, e) in events.iter().enumerate() {
+            let o = Origin {
+                tenant: "t",
+                host_id: "h",
+                seq: i as u64,
+                received_us: 5,
+            };
+            fast += usize::from(FAST.read(e).is_some());
+            a.push(o, e);
+            b.push_general(o, e);
+            b.raw.append_value(String::from_utf8_lossy(e));
+            b.rows += 1;
+        }
+        (a.finish(), b.finish(), fast)
+    }
+
+    fn sensor_event(pid: u64, cmd: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "@timestamp": "2026-11-26T10:00:00.123456Z",
+            "event": {"kind": "event", "category": ["process"], "type": ["start"],
+                      "action": "exec", "module": "mamori", "dataset": "mamori.process"},
+            "host": {"name": "web1", "os": {"kernel": "6.18"}},
+            "process": {"pid": pid, "entity_id": format!("e{pid}"), "name": "sh",
+                        "executable": "/bin/sh", "command_line": cmd, "args": ["sh", "-c", cmd],
+                        "working_directory": "/tmp",
+                        "parent": {"pid": 1, "executable": "/sbin/init", "command_line": "init"},
+                        "hash": {"sha256": "ab".repeat(32)}},
+            "user": {"name": "root", "id": "0"},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn sensor_events_take_the_one_pass_reader_and_give_the_same_rows() {
+        let events: Vec<Vec<u8>> = (0..50)
+            .map(|i| sensor_event(i, &format!("echo \"quoted\\\\ {i}\" | base64 -d")))
+            .collect();
+        let (a, b, fast) = both(&events);
+        assert_eq!(fast, events.len(), "every sensor event is read in one pass");
+        assert_eq!(a, b);
+        let cmd = column(&a, "process_command_line").as_string::<i32>();
+        assert_eq!(cmd.value(3), "echo \"quoted\\\\ 3\" | base64 -d");
+    }
+
+    /// Random documents around the ECS layout (types, escapes, repeats, dotted and Windows
+    /// names, missing parts): wherever the one-pass reader accepts one, its row is the
+    /// general path's.
+    #[test]
+    fn one_pass_reader_agrees_with_the_general_path_on_odd_documents() {
+        let mut rng = fastrand::Rng::with_seed(0x6d61_6d6f_7269);
+        fn leaf(rng: &mut fastrand::Rng, depth: u32) -> String {
+            match rng.u32(0..12) {
+                0 => "null".into(),
+                1 => "true".into(),
+                2 => format!("{}", rng.i64(..)),
+                3 => format!("{}", rng.u64(..)),
+                4 => format!("{}.5e{}", rng.i32(-99..99), rng.i32(-5..5)),
+                5 => "\"0x1A4\"".into(),
+                6 => "\"  42 \"".into(),
+                7 => "\"C:\\\\Windows\\\\cmd.exe\"".into(),
+                8 => "\"caf\\u00e9 \\\"q\\\" \\n\"".into(),
+                9 if depth < 3 => format!("[{}, {}]", leaf(rng, depth + 1), leaf(rng, depth + 1)),
+                10 if depth < 3 => format!("{{\"name\": {}}}", leaf(rng, depth + 1)),
+                _ => format!("\"v{}\"", rng.u32(0..100)),
+            }
+        }
+        const KEYS: &[&str] = &[
+            "\"@timestamp\": \"2026-11-26T10:00:00Z\"",
+            "\"@timestamp\": \"yesterday\"",
+            "\"process\": {\"pid\": %, \"name\": %, \"executable\": %, \"parent\": {\"pid\": %}}",
+            "\"process\": %",
+            "\"process\": {\"hash\": {\"sha256\": %}, \"command_line\": %}",
+            "\"event\": {\"category\": %, \"code\": %, \"action\": %}",
+            "\"event\": %",
+            "\"host\": {\"name\": %, \"hostname\": %}",
+            "\"host\": {\"hostname\": %}",
+            "\"host\": %",
+            "\"Computer\": %",
+            "\"hostname\": %",
+            "\"user\": {\"name\": %, \"id\": %}",
+            "\"source\": {\"ip\": %, \"port\": %}",
+            "\"destination\": {\"port\": %}",
+            "\"dns\": {\"question\": {\"name\": %}}",
+            "\"process.name\": %",
+            "\"winlog\": {\"computer_name\": %}",
+            "\"Image\": %",
+            "\"EventData\": {}",
+            "\"other\": {\"process\": {\"pid\": %}}",
+        ];
+        let mut events = Vec::new();
+        for _ in 0..3000 {
+            let n = rng.usize(1..8);
+            let mut parts: Vec<String> = (0..n)
+                .map(|_| {
+                    let k = KEYS[rng.usize(..KEYS.len())];
+                    let mut out = String::new();
+                    for (j, piece) in k.split('%').enumerate() {
+                        if j > 0 {
+                            out.push_str(&leaf(&mut rng, 0));
+                        }
+                        out.push_str(piece);
+                    }
+                    out
+                })
+                .collect();
+            if rng.u32(0..5) > 0 {
+                parts.insert(0, KEYS[0].to_string());
+            }
+            events.push(format!("{{{}}}", parts.join(", ")).into_bytes());
+        }
+        let (a, b, fast) = both(&events);
+        assert!(fast > 200, "the reader took only {fast} of 3000 documents");
+        assert!(fast < 3000, "the reader gave up on none");
+        for (i, (x, y)) in a.columns().iter().zip(b.columns()).enumerate() {
+            if x != y {
+                let name = a.schema().field(i).name().clone();
+                let row = (0..a.num_rows())
+                    .find(|&r| x.slice(r, 1) != y.slice(r, 1))
+                    .unwrap();
+                panic!(
+                    "column {name} differs at {}: {:?} vs {:?}",
+                    String::from_utf8_lossy(&events[row]),
+                    x.slice(row, 1),
+                    y.slice(row, 1)
+                );
+            }
+        }
     }
 }
