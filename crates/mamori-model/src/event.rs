@@ -244,7 +244,7 @@ impl Event {
                     .iter()
                     .find_map(|k| self.get_path(k).and_then(Value::as_str))
                 {
-                    kind.product = product_from(os);
+                    kind.product = Product::from_os(os);
                 }
                 kind.ecs_category = str_list(self.get_path("event.category"));
                 kind.ecs_type = str_list(self.get_path("event.type"));
@@ -284,12 +284,15 @@ fn find<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
 }
 
-fn product_from(os: &str) -> Product {
-    match os.to_ascii_lowercase().as_str() {
-        "windows" => Product::Windows,
-        "linux" => Product::Linux,
-        "macos" | "darwin" => Product::MacOs,
-        other => Product::Other(other.to_string()),
+impl Product {
+    /// The product an ECS `host.os.type` (or platform, or family) names.
+    pub fn from_os(os: &str) -> Product {
+        match os.to_ascii_lowercase().as_str() {
+            "windows" => Product::Windows,
+            "linux" => Product::Linux,
+            "macos" | "darwin" => Product::MacOs,
+            other => Product::Other(other.to_string()),
+        }
     }
 }
 

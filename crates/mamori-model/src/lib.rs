@@ -6,6 +6,8 @@
 //!   Sigma rules use, so the detection engine never needs to know where an event came from.
 //! * [`fields`] — the documented mapping layer between Sigma's Sysmon-style field names
 //!   (`Image`, `CommandLine`, …) and ECS names (`process.executable`, …).
+//! * [`walk`] — the fields of a JSON document in one pass, without building a tree (the
+//!   fast path for the sensor's events).
 //! * [`Level`] and [`attack`] — rule severity and MITRE ATT&CK tag parsing.
 //!
 //! This crate does no I/O.
@@ -14,6 +16,7 @@ pub mod attack;
 pub mod event;
 pub mod fields;
 mod level;
+pub mod walk;
 
 pub use event::{Event, EventKind, Product, Shape};
 pub use level::{Level, ParseLevelError};

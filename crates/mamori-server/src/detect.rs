@@ -364,6 +364,57 @@ pub struct Contain {
 type Trees = HashMap<String, Vec<String>>;
 const TREES_MAX: usize = 200_000;
 
+/// The few fields of an event that decide how detection reads it.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    event: PeekEvent<'a>,
+    #[serde(borrow, default)]
+    destination: PeekDestination<'a>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct PeekEvent<'a> {
+    #[serde(borrow)]
+    module: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    dataset: Option<std::borrow::Cow<'a, str>>,
+    category: Option<Value>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct PeekDestination<'a> {
+    #[serde(borrow)]
+    ip: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Whether `raw` is one of the sensor's ECS events that needs nothing but matching: not a
+/// heartbeat, not a connection to an external address (a fact kept per process tree, read
+/// from the tree as [`external_destination`] does). Anything unexpected says no.
+fn plain_sensor_event(soc: &Soc, tenant: &str, raw: &[u8]) -> bool {
+    let Ok(p) = serde_json::from_slice::<Peek<'_>>(raw) else {
+        return false;
+    };
+    if p.event.module.as_deref() != Some("mamori")
+        || p.event.dataset.as_deref() == Some("mamori.health")
+    {
+        return false;
+    }
+    let network = match &p.event.category {
+        Some(Value::Array(a)) => a.iter().any(|c| c == "network"),
+        Some(Value::String(c)) => c == "network",
+        _ => false,
+    };
+    let external = || {
+        p.destination
+            .ip
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
+            .is_some_and(|ip| !soc.policy.is_internal(tenant, ip))
+    };
+    !(network && external())
+}
+
 /// `ip:port` of a network event to an address outside the tenant's internal networks.
 fn external_destination(soc: &Soc, tenant: &str, v: &Value) -> Option<String> {
     let network = match &v["event"]["category"] {
@@ -563,39 +614,48 @@ fn run(
             Msg::Rules(next) => return Some(next),
         };
         for raw in std::mem::take(&mut job.events) {
+            // Most events are the sensor's and match nothing: matched in one pass over the
+            // text, the tree is built only for a hit (or whatever the one pass leaves).
+            hits.clear();
+            let scanned = plain_sensor_event(soc, &job.tenant, &raw)
+                && scanner.scan_ecs_json(&raw, &mut hits).is_ok();
+            if scanned && hits.is_empty() {
+                continue;
+            }
             let Ok(value) = serde_json::from_slice::<Value>(&raw) else {
                 continue;
             };
-            if text(&value, &["event", "dataset"]) == Some("mamori.health") {
-                health(state, soc, &job, &value, &raw);
-                continue;
-            }
             // The sensor's events are ECS; uploads (Windows logs) are recognised by shape.
             let event = if text(&value, &["event", "module"]) == Some("mamori") {
                 Event::with_shape(value, Shape::Ecs)
             } else {
                 Event::new(value)
             };
-            // Connections to external addresses, by process and parent: a fact for severity
-            // (alerts already open on that tree are assessed again).
-            if let Some(dest) = external_destination(soc, &job.tenant, &event.data) {
-                if trees.len() > TREES_MAX {
-                    trees.clear();
+            if !scanned {
+                if text(&event.data, &["event", "dataset"]) == Some("mamori.health") {
+                    health(state, soc, &job, &event.data, &raw);
+                    continue;
                 }
-                let owned = tree_of(&event.data);
-                let tree = [owned[0].as_str(), owned[1].as_str()];
-                for e in tree.iter().filter(|e| !e.is_empty()) {
-                    let d = trees.entry(format!("{}|{e}", job.agent)).or_default();
-                    if !d.contains(&dest) && d.len() < 16 {
-                        d.push(dest.clone());
+                // Connections to external addresses, by process and parent: a fact for
+                // severity (alerts already open on that tree are assessed again).
+                if let Some(dest) = external_destination(soc, &job.tenant, &event.data) {
+                    if trees.len() > TREES_MAX {
+                        trees.clear();
                     }
+                    let owned = tree_of(&event.data);
+                    let tree = [owned[0].as_str(), owned[1].as_str()];
+                    for e in tree.iter().filter(|e| !e.is_empty()) {
+                        let d = trees.entry(format!("{}|{e}", job.agent)).or_default();
+                        if !d.contains(&dest) && d.len() < 16 {
+                            d.push(dest.clone());
+                        }
+                    }
+                    reassess(state, soc, trees, &job, &tree);
                 }
-                reassess(state, soc, trees, &job, &tree);
-            }
-            hits.clear();
-            scanner.scan(&event, &mut hits);
-            if hits.is_empty() {
-                continue;
+                scanner.scan(&event, &mut hits);
+                if hits.is_empty() {
+                    continue;
+                }
             }
             // Windows events are read through their Sigma field names.
             let view = flat_view(&event.data);

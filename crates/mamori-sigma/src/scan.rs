@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use mamori_model::walk::{GaveUp, Item, Leaf, Next, walk};
 use mamori_model::{Event, EventKind, Product, Shape};
 use serde_json::Value;
 
@@ -77,22 +78,24 @@ impl Values {
         });
     }
 
+    fn push_number(&mut self, n: &serde_json::Number) {
+        // Numbers are ASCII: their lowercase is themselves.
+        let r0 = self.raw.len() as u32;
+        let _ = write!(self.raw, "{n}");
+        let l0 = self.low.len() as u32;
+        let r1 = self.raw.len();
+        self.low.push_str(&self.raw[r0 as usize..r1]);
+        self.low.push('\0');
+        self.entries.push(Entry {
+            raw: (r0, r1 as u32),
+            low: (l0, self.low.len() as u32 - 1),
+        });
+    }
+
     fn push_value(&mut self, v: &Value, depth: u8) {
         match v {
             Value::String(s) => self.push_str(s),
-            Value::Number(n) => {
-                // Numbers are ASCII: their lowercase is themselves.
-                let r0 = self.raw.len() as u32;
-                let _ = write!(self.raw, "{n}");
-                let l0 = self.low.len() as u32;
-                let r1 = self.raw.len();
-                self.low.push_str(&self.raw[r0 as usize..r1]);
-                self.low.push('\0');
-                self.entries.push(Entry {
-                    raw: (r0, r1 as u32),
-                    low: (l0, self.low.len() as u32 - 1),
-                });
-            }
+            Value::Number(n) => self.push_number(n),
             Value::Bool(b) => self.push_str(if *b { "true" } else { "false" }),
             Value::Null => self.push_str(""),
             Value::Array(a) if depth == 0 => {
@@ -138,10 +141,9 @@ pub struct Scanner<'r> {
     touched: Vec<u32>,
     values: Values,
     candidates: Vec<u64>,
-    /// Event kind → the detection rules and prefilter automata that apply to it.
-    route_cache: HashMap<String, Arc<Candidates>>,
-    key: String,
+    routes: Routes,
     name_buf: String,
+    ecs_kind: EcsKind,
     stats: ScanStats,
     evaluations: Vec<u64>,
 }
@@ -155,9 +157,9 @@ impl RuleSet {
             touched: Vec::new(),
             values: Values::default(),
             candidates: vec![0; self.rules.len().div_ceil(64)],
-            route_cache: HashMap::new(),
-            key: String::new(),
+            routes: Routes::default(),
             name_buf: String::new(),
+            ecs_kind: EcsKind::default(),
             stats: ScanStats::default(),
             evaluations: vec![0; self.rules.len()],
         }
@@ -215,29 +217,19 @@ impl<'r> Scanner<'r> {
 
     /// The text of the first value of a slot in the event being scanned.
     fn slot_text(&self, slot: u32) -> Option<&str> {
-        let sl = self.slots.get(slot as usize)?;
-        if sl.prio == 0 || sl.start == sl.end {
-            return None;
-        }
-        Some(
-            self.values
-                .get(self.values.entries.get(sl.start as usize)?)
-                .0,
-        )
+        slot_text_in(&self.slots, &self.values, slot)
     }
 
     /// What applies to the event just filled. Windows events (EVTX, Winlogbeat) are keyed by
     /// the Channel, Provider_Name and EventID slots already read; other shapes by their kind.
     fn candidates_for(&mut self, event: &Event) -> Arc<Candidates> {
-        let mut key = std::mem::take(&mut self.key);
         let kind = if matches!(event.shape, Shape::Evtx | Shape::Winlogbeat) {
+            let text = |slot| slot_text_in(&self.slots, &self.values, slot);
             EventKind {
                 product: Product::Windows,
-                channel: self.slot_text(SLOT_CHANNEL),
-                provider: self.slot_text(SLOT_PROVIDER),
-                event_id: self
-                    .slot_text(SLOT_EVENT_ID)
-                    .and_then(|t| t.trim().parse::<u32>().ok()),
+                channel: text(SLOT_CHANNEL),
+                provider: text(SLOT_PROVIDER),
+                event_id: text(SLOT_EVENT_ID).and_then(|t| t.trim().parse::<u32>().ok()),
                 ecs_category: Vec::new(),
                 ecs_type: Vec::new(),
                 service: None,
@@ -245,19 +237,37 @@ impl<'r> Scanner<'r> {
         } else {
             event.kind()
         };
-        Self::kind_key(&kind, &mut key);
-        if let Some(c) = self.route_cache.get(key.as_str()) {
-            let c = c.clone();
-            self.key = key;
-            return c;
+        self.routes.candidates(self.set, &kind)
+    }
+}
+
+fn slot_text_in<'a>(slots: &'a [Slot], values: &'a Values, slot: u32) -> Option<&'a str> {
+    let sl = slots.get(slot as usize)?;
+    if sl.prio == 0 || sl.start == sl.end {
+        return None;
+    }
+    Some(values.get(values.entries.get(sl.start as usize)?).0)
+}
+
+/// Event kind → the detection rules and prefilter automata that apply to it.
+#[derive(Debug, Default)]
+struct Routes {
+    cache: HashMap<String, Arc<Candidates>>,
+    key: String,
+}
+
+impl Routes {
+    /// What applies to an event of `kind` (cached by kind).
+    fn candidates(&mut self, set: &RuleSet, kind: &EventKind<'_>) -> Arc<Candidates> {
+        Scanner::kind_key(kind, &mut self.key);
+        if let Some(c) = self.cache.get(self.key.as_str()) {
+            return c.clone();
         }
-        let c = Arc::new(compute_candidates(self.set, &kind));
-        drop(kind);
-        if self.route_cache.len() >= ROUTE_CACHE_MAX {
-            self.route_cache.clear();
+        let c = Arc::new(compute_candidates(set, kind));
+        if self.cache.len() >= ROUTE_CACHE_MAX {
+            self.cache.clear();
         }
-        self.route_cache.insert(key.clone(), c.clone());
-        self.key = key;
+        self.cache.insert(self.key.clone(), c.clone());
         c
     }
 }
@@ -294,6 +304,109 @@ fn compute_candidates(set: &RuleSet, kind: &EventKind<'_>) -> Candidates {
     c
 }
 
+/// Points the slots of the rules' fields named `name` at the values `start..end`: a value
+/// under the Sigma name itself wins over one under an alias, and the first of each wins.
+fn point_slots(
+    set: &RuleSet,
+    slots: &mut [Slot],
+    touched: &mut Vec<u32>,
+    name: &str,
+    start: u32,
+    end: u32,
+) {
+    let Some(targets) = set.fields.lookup(name) else {
+        return;
+    };
+    for &(s, direct) in targets {
+        let prio = if direct { 2 } else { 1 };
+        let slot = &mut slots[s as usize];
+        if slot.prio >= prio {
+            continue;
+        }
+        if slot.prio == 0 {
+            touched.push(s);
+        }
+        *slot = Slot { start, end, prio };
+    }
+}
+
+/// Top-level fields that route an ECS document as a Windows export or a cloud trail (see
+/// `EventKind` in mamori-model): [`Scanner::scan_ecs_json`] leaves those to the tree.
+const ROUTING_FIELDS: &[&str] = &[
+    "EventID",
+    "Channel",
+    "Provider_Name",
+    "eventSource",
+    "awsRegion",
+];
+
+/// The fields an ECS document is routed by, noted during a walk (as `Event::kind` reads
+/// them from the tree: strings only).
+#[derive(Debug, Default)]
+struct EcsKind {
+    /// `host.os.type`, `host.os.platform`, `host.os.family`.
+    os: [Option<String>; 3],
+    category: Vec<String>,
+    types: Vec<String>,
+    dataset: Option<String>,
+    module: Option<String>,
+}
+
+impl EcsKind {
+    fn clear(&mut self) {
+        self.os = Default::default();
+        self.category.clear();
+        self.types.clear();
+        self.dataset = None;
+        self.module = None;
+    }
+
+    fn note(&mut self, name: &str, leaf: &Leaf<'_>) {
+        let text = || match leaf {
+            Leaf::Str(s) => Some(s.to_string()),
+            _ => None,
+        };
+        let list = |out: &mut Vec<String>| match leaf {
+            Leaf::Str(s) => out.push(s.to_string()),
+            Leaf::List(items) => out.extend(items.iter().filter_map(|i| match i {
+                Item::Str(s) => Some(s.to_string()),
+                _ => None,
+            })),
+            _ => {}
+        };
+        match name {
+            "host.os.type" => self.os[0] = text(),
+            "host.os.platform" => self.os[1] = text(),
+            "host.os.family" => self.os[2] = text(),
+            "event.category" => list(&mut self.category),
+            "event.type" => list(&mut self.types),
+            "event.dataset" => self.dataset = text(),
+            "event.module" => self.module = text(),
+            _ => {}
+        }
+    }
+
+    fn kind(&self) -> EventKind<'_> {
+        EventKind {
+            product: self
+                .os
+                .iter()
+                .find_map(Option::as_deref)
+                .map_or(Product::Unknown, Product::from_os),
+            channel: None,
+            provider: None,
+            event_id: None,
+            ecs_category: self.category.iter().map(String::as_str).collect(),
+            ecs_type: self.types.iter().map(String::as_str).collect(),
+            service: self
+                .dataset
+                .as_deref()
+                .or(self.module.as_deref())
+                .map(std::borrow::Cow::Borrowed),
+        }
+    }
+}
+
 impl Scanner<'_> {
     fn reset(&mut self) {
         for &s in &self.touched {
@@ -317,21 +430,14 @@ impl Scanner<'_> {
         event.for_each_field_with(name_buf, &mut |name, value| {
             let start = values.entries.len() as u32;
             values.push_value(value, 0);
-            let end = values.entries.len() as u32;
-            let Some(targets) = set.fields.lookup(name) else {
-                return;
-            };
-            for &(s, direct) in targets {
-                let prio = if direct { 2 } else { 1 };
-                let slot = &mut slots[s as usize];
-                if slot.prio >= prio {
-                    continue;
-                }
-                if slot.prio == 0 {
-                    touched.push(s);
-                }
-                *slot = Slot { start, end, prio };
-            }
+            point_slots(
+                set,
+                slots,
+                touched,
+                name,
+                start,
+                values.entries.len() as u32,
+            );
         });
     }
 
@@ -347,6 +453,78 @@ impl Scanner<'_> {
         }
         self.fill(event);
         let candidates = self.candidates_for(event);
+        self.match_filled(&candidates, out);
+    }
+
+    /// [`Scanner::scan`] for an ECS document (the sensor's events) given as JSON text: the
+    /// fields are read in one pass ([`mamori_model::walk`]) without building a tree, and
+    /// the matches are those of scanning `Event::with_shape(tree, Shape::Ecs)`. Where the
+    /// walk gives up (see there), or the document names Windows or cloud fields that change
+    /// how it is routed, nothing is matched or counted: scan the tree instead.
+    pub fn scan_ecs_json(&mut self, raw: &[u8], out: &mut Vec<usize>) -> Result<(), GaveUp> {
+        self.reset();
+        if self.set.rules.is_empty() {
+            self.stats.events += 1;
+            self.stats.unrouted += 1;
+            return Ok(());
+        }
+        let mut kind = std::mem::take(&mut self.ecs_kind);
+        kind.clear();
+        let Scanner {
+            set,
+            slots,
+            touched,
+            values,
+            name_buf,
+            ..
+        } = self;
+        let walked = walk(raw, name_buf, &mut |name, leaf| {
+            if ROUTING_FIELDS.contains(&name) {
+                return Next::Stop; // routed by these in the tree's reading
+            }
+            kind.note(name, &leaf);
+            let start = values.entries.len() as u32;
+            match leaf {
+                Leaf::Object => return Next::Go,
+                Leaf::Str(s) => values.push_str(s),
+                Leaf::Num(n) => values.push_number(n),
+                Leaf::Bool(b) => values.push_str(if b { "true" } else { "false" }),
+                Leaf::Null => values.push_str(""),
+                Leaf::List(items) => {
+                    for item in items {
+                        match item {
+                            Item::Str(s) => values.push_str(s),
+                            Item::Num(n) => values.push_number(n),
+                            Item::Bool(b) => values.push_str(if *b { "true" } else { "false" }),
+                            Item::Null => values.push_str(""),
+                        }
+                    }
+                }
+            }
+            point_slots(
+                set,
+                slots,
+                touched,
+                name,
+                start,
+                values.entries.len() as u32,
+            );
+            Next::Go
+        });
+        if let Err(e) = walked {
+            self.ecs_kind = kind;
+            self.reset();
+            return Err(e);
+        }
+        self.stats.events += 1;
+        let candidates = self.routes.candidates(self.set, &kind.kind());
+        self.ecs_kind = kind;
+        self.match_filled(&candidates, out);
+        Ok(())
+    }
+
+    /// Prefilters and evaluates the rules that apply, over the fields already read.
+    fn match_filled(&mut self, candidates: &Candidates, out: &mut Vec<usize>) {
         if candidates.rules.is_empty() {
             self.stats.unrouted += 1;
             return;
