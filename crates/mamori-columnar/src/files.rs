@@ -18,7 +18,8 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::schema::types::ColumnPath;
 
 use crate::StoreError;
 
@@ -159,9 +160,14 @@ pub fn scan(root: &Path) -> Result<Vec<DataFile>, StoreError> {
 }
 
 fn properties() -> WriterProperties {
+    // `raw` (the whole event) is unique per row: a dictionary or min/max statistics of it
+    // would be work for every row and never serve a query.
+    let raw = ColumnPath::from("raw");
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(128 * 1024))
+        .set_column_dictionary_enabled(raw.clone(), false)
+        .set_column_statistics_enabled(raw, EnabledStatistics::None)
         .build()
 }
 
