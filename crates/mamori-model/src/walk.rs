@@ -19,23 +19,17 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::Number;
 
 /// A field's value as [`walk`] hands it over.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Leaf<'a> {
     /// An object starts here; its fields follow under longer names.
     Object,
-    /// A string, unescaped.
-    Str(&'a str),
-    /// A number.
-    Num(&'a Number),
-    /// `true` or `false`.
-    Bool(bool),
-    /// `null`.
-    Null,
+    /// A scalar.
+    One(Item<'a>),
     /// An array of scalars.
     List(&'a [Item<'a>]),
 }
 
-/// An element of an array.
+/// A scalar: a field's value or an element of an array.
 #[derive(Debug, Clone)]
 pub enum Item<'a> {
     /// A string, unescaped.
@@ -46,6 +40,16 @@ pub enum Item<'a> {
     Bool(bool),
     /// `null`.
     Null,
+}
+
+impl Item<'_> {
+    /// The string, if it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Item::Str(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// Why [`walk`] gave up: the document must be read as a tree.
@@ -206,25 +210,25 @@ impl<'de> Visitor<'de> for Field<'_, '_> {
         self.0.call(Leaf::List(&items))
     }
     fn visit_bool<E: de::Error>(self, b: bool) -> Result<(), E> {
-        self.0.call(Leaf::Bool(b))
+        self.0.call(Leaf::One(Item::Bool(b)))
     }
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<(), E> {
-        self.0.call(Leaf::Num(&n.into()))
+        self.0.call(Leaf::One(Item::Num(n.into())))
     }
     fn visit_u64<E: de::Error>(self, n: u64) -> Result<(), E> {
-        self.0.call(Leaf::Num(&n.into()))
+        self.0.call(Leaf::One(Item::Num(n.into())))
     }
     fn visit_f64<E: de::Error>(self, n: f64) -> Result<(), E> {
         match Number::from_f64(n) {
-            Some(n) => self.0.call(Leaf::Num(&n)),
+            Some(n) => self.0.call(Leaf::One(Item::Num(n))),
             None => Err(E::custom("a number JSON cannot hold")),
         }
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
-        self.0.call(Leaf::Str(s))
+        self.0.call(Leaf::One(Item::Str(Cow::Borrowed(s))))
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.0.call(Leaf::Null)
+        self.0.call(Leaf::One(Item::Null))
     }
 }
 
@@ -285,23 +289,16 @@ mod tests {
     fn walked(raw: &str) -> Result<Vec<(String, Value)>, GaveUp> {
         let mut out = Vec::new();
         walk(raw.as_bytes(), &mut String::new(), &mut |name, leaf| {
+            let value = |i: &Item<'_>| match i {
+                Item::Str(s) => Value::String(s.to_string()),
+                Item::Num(n) => Value::Number(n.clone()),
+                Item::Bool(b) => Value::Bool(*b),
+                Item::Null => Value::Null,
+            };
             let v = match leaf {
                 Leaf::Object => return Next::Go,
-                Leaf::Str(s) => Value::String(s.into()),
-                Leaf::Num(n) => Value::Number(n.clone()),
-                Leaf::Bool(b) => Value::Bool(b),
-                Leaf::Null => Value::Null,
-                Leaf::List(items) => Value::Array(
-                    items
-                        .iter()
-                        .map(|i| match i {
-                            Item::Str(s) => Value::String(s.to_string()),
-                            Item::Num(n) => Value::Number(n.clone()),
-                            Item::Bool(b) => Value::Bool(*b),
-                            Item::Null => Value::Null,
-                        })
-                        .collect(),
-                ),
+                Leaf::One(i) => value(&i),
+                Leaf::List(items) => Value::Array(items.iter().map(value).collect()),
             };
             out.push((name.to_string(), v));
             Next::Go

@@ -92,6 +92,16 @@ impl Values {
         });
     }
 
+    /// A scalar of the one-pass walk, as [`Values::push_value`] pushes it from the tree.
+    fn push_item(&mut self, item: &Item<'_>) {
+        match item {
+            Item::Str(s) => self.push_str(s),
+            Item::Num(n) => self.push_number(n),
+            Item::Bool(b) => self.push_str(if *b { "true" } else { "false" }),
+            Item::Null => self.push_str(""),
+        }
+    }
+
     fn push_value(&mut self, v: &Value, depth: u8) {
         match v {
             Value::String(s) => self.push_str(s),
@@ -363,16 +373,15 @@ impl EcsKind {
 
     fn note(&mut self, name: &str, leaf: &Leaf<'_>) {
         let text = || match leaf {
-            Leaf::Str(s) => Some(s.to_string()),
+            Leaf::One(i) => i.as_str().map(str::to_string),
             _ => None,
         };
         let list = |out: &mut Vec<String>| match leaf {
-            Leaf::Str(s) => out.push(s.to_string()),
-            Leaf::List(items) => out.extend(items.iter().filter_map(|i| match i {
-                Item::Str(s) => Some(s.to_string()),
-                _ => None,
-            })),
-            _ => {}
+            Leaf::One(i) => out.extend(i.as_str().map(str::to_string)),
+            Leaf::List(items) => {
+                out.extend(items.iter().filter_map(Item::as_str).map(str::to_string))
+            }
+            Leaf::Object => {}
         };
         match name {
             "host.os.type" => self.os[0] = text(),
@@ -486,20 +495,8 @@ impl Scanner<'_> {
             let start = values.entries.len() as u32;
             match leaf {
                 Leaf::Object => return Next::Go,
-                Leaf::Str(s) => values.push_str(s),
-                Leaf::Num(n) => values.push_number(n),
-                Leaf::Bool(b) => values.push_str(if b { "true" } else { "false" }),
-                Leaf::Null => values.push_str(""),
-                Leaf::List(items) => {
-                    for item in items {
-                        match item {
-                            Item::Str(s) => values.push_str(s),
-                            Item::Num(n) => values.push_number(n),
-                            Item::Bool(b) => values.push_str(if *b { "true" } else { "false" }),
-                            Item::Null => values.push_str(""),
-                        }
-                    }
-                }
+                Leaf::One(item) => values.push_item(&item),
+                Leaf::List(items) => items.iter().for_each(|i| values.push_item(i)),
             }
             point_slots(
                 set,
