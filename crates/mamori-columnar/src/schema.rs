@@ -17,7 +17,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use mamori_model::event::parse_time;
 use mamori_model::{Event, Shape};
 
-use crate::fast::Cells;
+use crate::fast::{Paths, Scalar};
 use serde_json::Value;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -152,7 +152,7 @@ const PROCESS_EXECUTABLE: usize = 8;
 
 /// What the one-pass reader looks for: the ECS path of each of [`COLS`] (same slots), then
 /// the event's time and the names its host may have (in the order `Event::host` tries them).
-static FAST: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+static FAST: LazyLock<Paths> = LazyLock::new(|| {
     let mut paths: Vec<&'static str> = COLS.iter().map(|c| c.ecs).collect();
     paths.extend([
         "@timestamp",
@@ -161,7 +161,7 @@ static FAST: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
         "Computer",
         "hostname",
     ]);
-    paths
+    Paths::new(&paths)
 });
 const TIME_SLOT: usize = COLS.len();
 const HOST_SLOTS: [usize; 4] = [
@@ -227,7 +227,6 @@ pub struct RowBuilder {
     raw: StringBuilder,
     rows: usize,
     name_buf: String,
-    cells: Cells,
 }
 
 impl Default for RowBuilder {
@@ -301,7 +300,6 @@ impl RowBuilder {
             raw: StringBuilder::new(),
             rows: 0,
             name_buf: String::new(),
-            cells: Cells::default(),
         }
     }
 
@@ -313,27 +311,30 @@ impl RowBuilder {
     /// Adds one event. An event that is not valid JSON is stored with only its origin and
     /// raw text (nothing is dropped).
     pub fn push(&mut self, origin: Origin<'_>, event: &[u8]) {
-        // Valid UTF-8 is checked faster than `from_utf8_lossy` walks it.
+        // Valid UTF-8 is checked faster than `from_utf8_lossy` walks it. The one-pass reader
+        // skips the strings it does not need without checking them, so it is only given
+        // valid UTF-8 (the tree refuses anything else).
         let valid = std::str::from_utf8(event).ok();
         let raw = valid.map_or_else(|| String::from_utf8_lossy(event), Cow::Borrowed);
-        let mut cells = std::mem::take(&mut self.cells);
-        if valid.is_some() && cells.read(&FAST, event, &mut self.name_buf) {
+        if let Some(f) = valid.and_then(|text| FAST.read(text.as_bytes())) {
             // The sensor's ECS documents: read in one pass, no tree (see `fast`).
-            let time = cells
-                .str(TIME_SLOT)
+            let slot = |i: usize| f.slots[i].as_ref();
+            let time = slot(TIME_SLOT)
+                .and_then(Scalar::as_str)
                 .and_then(parse_time)
                 .map(|t| t.timestamp_micros());
-            let host = HOST_SLOTS.into_iter().find_map(|i| cells.str(i));
+            let host = HOST_SLOTS
+                .into_iter()
+                .find_map(|i| slot(i).and_then(Scalar::as_str));
             self.append_origin(origin, time, host);
             self.append_columns(
-                |i| cells.text(i).map(Cow::Borrowed),
-                |i| cells.int(i),
-                cells.str(PROCESS_EXECUTABLE),
+                |i| slot(i).and_then(Scalar::text),
+                |i| slot(i).and_then(Scalar::int),
+                slot(PROCESS_EXECUTABLE).and_then(Scalar::as_str),
             );
         } else {
             self.push_general(origin, event);
         }
-        self.cells = cells;
         self.raw.append_value(&raw);
         self.rows += 1;
     }
@@ -532,10 +533,7 @@ mod tests {
                 seq: i as u64,
                 received_us: 5,
             };
-            fast += usize::from(
-                std::str::from_utf8(e).is_ok()
-                    && Cells::default().read(&FAST, e, &mut String::new()),
-            );
+            fast += usize::from(std::str::from_utf8(e).is_ok() && FAST.read(e).is_some());
             a.push(o, e);
             b.push_general(o, e);
             b.raw.append_value(String::from_utf8_lossy(e));
