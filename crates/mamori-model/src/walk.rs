@@ -73,22 +73,31 @@ pub enum Next {
     Stop,
 }
 
+/// Scratch space [`walk`] reuses between documents (names, sibling keys), so that a walk
+/// allocates nothing once it has seen a document or two.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// The dotted name of the field being read.
+    name: String,
+    /// The keys of the objects being read (ranges of `key_text`), for spotting repeats:
+    /// objects are small, a look along the list is cheaper than hashing.
+    keys: Vec<(usize, usize)>,
+    key_text: String,
+}
+
 /// Calls `f` with every field of the JSON object `raw`, in document order, named by dotted
-/// path (`name` is scratch space, reused between calls). See the module documentation for
-/// when it gives up; `f` may have seen some fields by then.
+/// path. See the module documentation for when it gives up; `f` may have seen some fields
+/// by then.
 pub fn walk(
     raw: &[u8],
-    name: &mut String,
+    scratch: &mut Scratch,
     f: &mut dyn FnMut(&str, Leaf<'_>) -> Next,
 ) -> Result<(), GaveUp> {
-    name.clear();
+    scratch.name.clear();
+    scratch.keys.clear();
+    scratch.key_text.clear();
     let mut de = serde_json::Deserializer::from_slice(raw);
-    let mut walker = Walker {
-        name,
-        keys: Vec::new(),
-        key_text: String::new(),
-        f,
-    };
+    let mut walker = Walker { scratch, f };
     let top = Object(&mut walker)
         .deserialize(&mut de)
         .map_err(|e| GaveUp(e.to_string()))?;
@@ -99,20 +108,37 @@ pub fn walk(
 }
 
 struct Walker<'w> {
-    name: &'w mut String,
-    /// The keys of the objects being read (ranges of `key_text`), for spotting repeats:
-    /// objects are small, a look along the list is cheaper than hashing.
-    keys: Vec<(usize, usize)>,
-    key_text: String,
+    scratch: &'w mut Scratch,
     f: &'w mut dyn FnMut(&str, Leaf<'_>) -> Next,
 }
 
 impl Walker<'_> {
     fn call<E: de::Error>(&mut self, leaf: Leaf<'_>) -> Result<(), E> {
-        match (self.f)(self.name, leaf) {
+        match (self.f)(&self.scratch.name, leaf) {
             Next::Go => Ok(()),
             Next::Stop => Err(E::custom("stopped")),
         }
+    }
+}
+
+/// Reads an object key onto the end of a string (no allocation of its own).
+struct KeyInto<'a>(&'a mut String);
+
+impl<'de> DeserializeSeed<'de> for KeyInto<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyInto<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        self.0.push_str(s);
+        Ok(())
     }
 }
 
@@ -136,30 +162,41 @@ impl<'de> Visitor<'de> for Object<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
         let w = self.0;
-        let (first_key, text_len) = (w.keys.len(), w.key_text.len());
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        let (first_key, text_len) = (w.scratch.keys.len(), w.scratch.key_text.len());
+        loop {
+            let start = w.scratch.key_text.len();
+            if map
+                .next_key_seed(KeyInto(&mut w.scratch.key_text))?
+                .is_none()
+            {
+                break;
+            }
+            let Scratch {
+                name,
+                keys,
+                key_text,
+            } = &mut *w.scratch;
+            let key = &key_text[start..];
             if key.contains('.') {
                 return Err(de::Error::custom("a key with a dot"));
             }
-            if w.keys[first_key..]
+            if keys[first_key..]
                 .iter()
-                .any(|&(a, b)| w.key_text[a..b] == *key)
+                .any(|&(a, b)| key_text[a..b] == *key)
             {
                 return Err(de::Error::custom("a repeated key"));
             }
-            let start = w.key_text.len();
-            w.key_text.push_str(&key);
-            w.keys.push((start, w.key_text.len()));
-            let len = w.name.len();
+            keys.push((start, key_text.len()));
+            let len = name.len();
             if len > 0 {
-                w.name.push('.');
+                name.push('.');
             }
-            w.name.push_str(&key);
+            name.push_str(key);
             map.next_value_seed(Field(&mut *w))?;
-            w.name.truncate(len);
+            w.scratch.name.truncate(len);
         }
-        w.keys.truncate(first_key);
-        w.key_text.truncate(text_len);
+        w.scratch.keys.truncate(first_key);
+        w.scratch.key_text.truncate(text_len);
         Ok(true)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
@@ -203,11 +240,25 @@ impl<'de> Visitor<'de> for Field<'_, '_> {
         Object(self.0).visit_map(map).map(|_| ())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<ItemOf<'de>>()? {
-            items.push(item.0);
+        // Arrays in events are short (categories, types): held on the stack, unless long.
+        let mut small: [Item<'de>; 8] = std::array::from_fn(|_| Item::Null);
+        let (mut n, mut long) = (0, Vec::new());
+        while let Some(ItemOf(item)) = seq.next_element()? {
+            if n < small.len() {
+                small[n] = item;
+                n += 1;
+            } else {
+                if long.is_empty() {
+                    long.extend(small.iter_mut().map(|i| std::mem::replace(i, Item::Null)));
+                }
+                long.push(item);
+            }
         }
-        self.0.call(Leaf::List(&items))
+        self.0.call(Leaf::List(if long.is_empty() {
+            &small[..n]
+        } else {
+            &long
+        }))
     }
     fn visit_bool<E: de::Error>(self, b: bool) -> Result<(), E> {
         self.0.call(Leaf::One(Item::Bool(b)))
@@ -288,21 +339,25 @@ mod tests {
     /// The fields of `raw` as `walk` gives them, in the tree's terms.
     fn walked(raw: &str) -> Result<Vec<(String, Value)>, GaveUp> {
         let mut out = Vec::new();
-        walk(raw.as_bytes(), &mut String::new(), &mut |name, leaf| {
-            let value = |i: &Item<'_>| match i {
-                Item::Str(s) => Value::String(s.to_string()),
-                Item::Num(n) => Value::Number(n.clone()),
-                Item::Bool(b) => Value::Bool(*b),
-                Item::Null => Value::Null,
-            };
-            let v = match leaf {
-                Leaf::Object => return Next::Go,
-                Leaf::One(i) => value(&i),
-                Leaf::List(items) => Value::Array(items.iter().map(value).collect()),
-            };
-            out.push((name.to_string(), v));
-            Next::Go
-        })?;
+        walk(
+            raw.as_bytes(),
+            &mut Scratch::default(),
+            &mut |name, leaf| {
+                let value = |i: &Item<'_>| match i {
+                    Item::Str(s) => Value::String(s.to_string()),
+                    Item::Num(n) => Value::Number(n.clone()),
+                    Item::Bool(b) => Value::Bool(*b),
+                    Item::Null => Value::Null,
+                };
+                let v = match leaf {
+                    Leaf::Object => return Next::Go,
+                    Leaf::One(i) => value(&i),
+                    Leaf::List(items) => Value::Array(items.iter().map(value).collect()),
+                };
+                out.push((name.to_string(), v));
+                Next::Go
+            },
+        )?;
         Ok(out)
     }
 
@@ -318,7 +373,7 @@ mod tests {
         let doc = r#"{"@timestamp":"2026-11-26T10:00:00Z","event":{"category":["process"],
             "module":"mamori"},"process":{"pid":42,"args":["sh","-c","echo \"hi\"",1.5,null,true],
             "parent":{"pid":-1,"executable":"/bin/ba\u0073h"},"empty":{}},"n":18446744073709551615,
-            "f":1e300,"b":false,"z":null,"s":"caf\u00e9"}"#;
+            "f":1e300,"b":false,"z":null,"s":"caf\u00e9","long":[1,2,3,4,5,6,7,8,"9","10",11]}"#;
         assert_eq!(walked(doc).unwrap(), flattened(doc));
     }
 
@@ -343,7 +398,7 @@ mod tests {
     #[test]
     fn the_callback_can_stop_the_walk() {
         let mut seen = 0;
-        let r = walk(br#"{"a":1,"b":2}"#, &mut String::new(), &mut |_, _| {
+        let r = walk(br#"{"a":1,"b":2}"#, &mut Scratch::default(), &mut |_, _| {
             seen += 1;
             Next::Stop
         });

@@ -544,15 +544,15 @@ async fn upload_windows(
             )));
         }
         let agent = format!("win:{host}");
-        let appended = {
-            let mut log = shared
-                .log
-                .lock()
-                .map_err(|_| ServerError::Store("event log lock poisoned".into()))?;
-            let first = log.watermark(&agent) + 1;
-            log.append(&tenant, &agent, first, &events)?
-        };
-        shared.commit.wait(&shared.log, appended.position)?;
+        let appended = shared
+            .writer
+            .append_blocking(crate::store::Append {
+                tenant: tenant.clone(),
+                agent,
+                first_seq: None,
+                events,
+            })
+            .map_err(ServerError::Store)?;
         shared
             .state
             .record_upload(&tenant, &host, appended.stored)?;
@@ -565,13 +565,6 @@ async fn upload_windows(
                 appended.stored, stats.errors
             ),
         )?;
-        if let Some(queue) = &shared.detect {
-            let _ = queue.send(crate::detect::Msg::Events(crate::detect::Job {
-                agent,
-                tenant,
-                events,
-            }));
-        }
         Ok(
             json!({"stored": appended.stored, "unreadable": stats.errors,
                   "durable_through": appended.durable_through}),

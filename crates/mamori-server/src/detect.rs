@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, RwLock};
 
+use mamori_model::walk::{Item, Leaf};
 use mamori_model::{Event, Shape};
 use mamori_sigma::{CorrelationInput, Correlator, RuleSet};
 use serde_json::Value;
@@ -45,8 +46,8 @@ pub struct Job {
 /// What the detection thread receives.
 #[derive(Debug)]
 pub enum Msg {
-    /// Events to scan.
-    Events(Job),
+    /// Events to scan (one log writer's round: the new events of several batches).
+    Events(Vec<Job>),
     /// A new rule set to use from now on.
     Rules(Arc<RuleSet>),
 }
@@ -364,55 +365,46 @@ pub struct Contain {
 type Trees = HashMap<String, Vec<String>>;
 const TREES_MAX: usize = 200_000;
 
-/// The few fields of an event that decide how detection reads it.
-#[derive(serde::Deserialize)]
-struct Peek<'a> {
-    #[serde(borrow, default)]
-    event: PeekEvent<'a>,
-    #[serde(borrow, default)]
-    destination: PeekDestination<'a>,
+/// The few fields of a sensor event that decide how detection reads it, noted as the
+/// scanner's walk reads them (one pass over the text for both).
+#[derive(Default)]
+struct Facts {
+    mamori: bool,
+    health: bool,
+    network: bool,
+    ip: String,
 }
 
-#[derive(serde::Deserialize, Default)]
-struct PeekEvent<'a> {
-    #[serde(borrow)]
-    module: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    dataset: Option<std::borrow::Cow<'a, str>>,
-    category: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-struct PeekDestination<'a> {
-    #[serde(borrow)]
-    ip: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// Whether `raw` is one of the sensor's ECS events that needs nothing but matching: not a
-/// heartbeat, not a connection to an external address (a fact kept per process tree, read
-/// from the tree as [`external_destination`] does). Anything unexpected says no.
-fn plain_sensor_event(soc: &Soc, tenant: &str, raw: &[u8]) -> bool {
-    let Ok(p) = serde_json::from_slice::<Peek<'_>>(raw) else {
-        return false;
-    };
-    if p.event.module.as_deref() != Some("mamori")
-        || p.event.dataset.as_deref() == Some("mamori.health")
-    {
-        return false;
+impl Facts {
+    fn clear(&mut self) {
+        (self.mamori, self.health, self.network) = (false, false, false);
+        self.ip.clear();
     }
-    let network = match &p.event.category {
-        Some(Value::Array(a)) => a.iter().any(|c| c == "network"),
-        Some(Value::String(c)) => c == "network",
-        _ => false,
-    };
-    let external = || {
-        p.destination
-            .ip
-            .as_deref()
-            .and_then(|ip| ip.parse().ok())
-            .is_some_and(|ip| !soc.policy.is_internal(tenant, ip))
-    };
-    !(network && external())
+
+    fn note(&mut self, name: &str, leaf: &Leaf<'_>) {
+        match (name, leaf) {
+            ("event.module", Leaf::One(i)) => self.mamori = i.as_str() == Some("mamori"),
+            ("event.dataset", Leaf::One(i)) => self.health = i.as_str() == Some("mamori.health"),
+            ("event.category", Leaf::One(i)) => self.network = i.as_str() == Some("network"),
+            ("event.category", Leaf::List(items)) => {
+                self.network = items.iter().any(|i| i.as_str() == Some("network"))
+            }
+            ("destination.ip", Leaf::One(Item::Str(ip))) => self.ip.push_str(ip),
+            _ => {}
+        }
+    }
+
+    /// Whether the event is one of the sensor's that needs nothing but matching: not a
+    /// heartbeat, not a connection to an external address (a fact kept per process tree,
+    /// read from the tree as [`external_destination`] does).
+    fn plain(&self, soc: &Soc, tenant: &str) -> bool {
+        let external = || {
+            self.ip
+                .parse()
+                .is_ok_and(|ip| !soc.policy.is_internal(tenant, ip))
+        };
+        self.mamori && !self.health && !(self.network && external())
+    }
 }
 
 /// `ip:port` of a network event to an address outside the tenant's internal networks.
@@ -608,137 +600,146 @@ fn run(
     let mut next_id = 0u64;
     let mut fired = Vec::new();
     let mut hits = Vec::new();
+    let mut facts = Facts::default();
     for msg in rx {
-        let mut job = match msg {
-            Msg::Events(job) => job,
+        let jobs = match msg {
+            Msg::Events(jobs) => jobs,
             Msg::Rules(next) => return Some(next),
         };
-        for raw in std::mem::take(&mut job.events) {
-            // Most events are the sensor's and match nothing: matched in one pass over the
-            // text, the tree is built only for a hit (or whatever the one pass leaves).
-            hits.clear();
-            let scanned = plain_sensor_event(soc, &job.tenant, &raw)
-                && scanner.scan_ecs_json(&raw, &mut hits).is_ok();
-            if scanned && hits.is_empty() {
-                continue;
-            }
-            let Ok(value) = serde_json::from_slice::<Value>(&raw) else {
-                continue;
-            };
-            // The sensor's events are ECS; uploads (Windows logs) are recognised by shape.
-            let event = if text(&value, &["event", "module"]) == Some("mamori") {
-                Event::with_shape(value, Shape::Ecs)
-            } else {
-                Event::new(value)
-            };
-            if !scanned {
-                if text(&event.data, &["event", "dataset"]) == Some("mamori.health") {
-                    health(state, soc, &job, &event.data, &raw);
+        for mut job in jobs {
+            for raw in std::mem::take(&mut job.events) {
+                // Most events are the sensor's and match nothing: matched in one pass over the
+                // text, the tree is built only for a hit (or whatever the one pass leaves).
+                hits.clear();
+                facts.clear();
+                let scanned = scanner
+                    .scan_ecs_json_with(&raw, &mut hits, &mut |name, leaf| facts.note(name, leaf))
+                    .is_ok()
+                    && facts.plain(soc, &job.tenant);
+                if !scanned {
+                    hits.clear(); // read again from the tree below
+                }
+                if scanned && hits.is_empty() {
                     continue;
                 }
-                // Connections to external addresses, by process and parent: a fact for
-                // severity (alerts already open on that tree are assessed again).
-                if let Some(dest) = external_destination(soc, &job.tenant, &event.data) {
-                    if trees.len() > TREES_MAX {
-                        trees.clear();
-                    }
-                    let owned = tree_of(&event.data);
-                    let tree = [owned[0].as_str(), owned[1].as_str()];
-                    for e in tree.iter().filter(|e| !e.is_empty()) {
-                        let d = trees.entry(format!("{}|{e}", job.agent)).or_default();
-                        if !d.contains(&dest) && d.len() < 16 {
-                            d.push(dest.clone());
-                        }
-                    }
-                    reassess(state, soc, trees, &job, &tree);
-                }
-                scanner.scan(&event, &mut hits);
-                if hits.is_empty() {
+                let Ok(value) = serde_json::from_slice::<Value>(&raw) else {
                     continue;
-                }
-            }
-            // Windows events are read through their Sigma field names.
-            let view = flat_view(&event.data);
-            let v: &Value = &view;
-            // Files on the tenant's allowlist are never flagged.
-            let hashes = hashes_of(v);
-            if state.allowlisted(&job.tenant, &hashes).unwrap_or(false) {
-                continue;
-            }
-            for &h in &hits {
-                if !rules.feeds_correlation(h) {
-                    continue;
-                }
-                next_id += 1;
-                let input = CorrelationInput {
-                    rule: h,
-                    time_ms: event.timestamp().map(|t| t.timestamp_millis()).unwrap_or(0),
-                    id: next_id,
-                    fields: rules
-                        .correlation_fields(h)
-                        .iter()
-                        .map(|f| (f.clone(), scanner.value(f).unwrap_or_default().to_string()))
-                        .collect(),
                 };
-                fed.push_back((next_id, raw.clone()));
-                if fed.len() > FED_KEEP {
-                    fed.pop_front();
-                }
-                fired.clear();
-                correlators
-                    .entry(job.tenant.clone())
-                    .or_insert_with(|| Correlator::new(rules))
-                    .push(&input, &mut fired);
-                for m in &fired {
-                    let meta = &rules.rules()[m.rule].meta;
-                    if is_disabled(disabled, meta) {
+                // The sensor's events are ECS; uploads (Windows logs) are recognised by shape.
+                let event = if text(&value, &["event", "module"]) == Some("mamori") {
+                    Event::with_shape(value, Shape::Ecs)
+                } else {
+                    Event::new(value)
+                };
+                if !scanned {
+                    if text(&event.data, &["event", "dataset"]) == Some("mamori.health") {
+                        health(state, soc, &job, &event.data, &raw);
                         continue;
                     }
-                    let group: Vec<String> =
-                        m.group.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    let evidence: Vec<Value> = m
-                        .ids
-                        .iter()
-                        .filter_map(|id| fed.iter().find(|(i, _)| i == id))
-                        .filter_map(|(_, r)| serde_json::from_slice(r).ok())
-                        .collect();
-                    let evidence = serde_json::to_vec(&serde_json::json!({
-                        "correlation": {"group": group, "count": m.count,
-                                        "first_ms": m.first_ms, "last_ms": m.last_ms},
-                        "events": evidence,
-                    }))
-                    .unwrap_or_default();
-                    // One alert per group and window start; the group is what it is about.
-                    let key = format!("correlation:{}:{}", group.join(","), m.first_ms);
-                    let alert = NewAlert {
-                        process_entity: &key,
-                        process_executable: "",
-                        command_line: "",
-                        ..alert_of(&job, v, meta, &evidence, "")
+                    // Connections to external addresses, by process and parent: a fact for
+                    // severity (alerts already open on that tree are assessed again).
+                    if let Some(dest) = external_destination(soc, &job.tenant, &event.data) {
+                        if trees.len() > TREES_MAX {
+                            trees.clear();
+                        }
+                        let owned = tree_of(&event.data);
+                        let tree = [owned[0].as_str(), owned[1].as_str()];
+                        for e in tree.iter().filter(|e| !e.is_empty()) {
+                            let d = trees.entry(format!("{}|{e}", job.agent)).or_default();
+                            if !d.contains(&dest) && d.len() < 16 {
+                                d.push(dest.clone());
+                            }
+                        }
+                        reassess(state, soc, trees, &job, &tree);
+                    }
+                    scanner.scan(&event, &mut hits);
+                    if hits.is_empty() {
+                        continue;
+                    }
+                }
+                // Windows events are read through their Sigma field names.
+                let view = flat_view(&event.data);
+                let v: &Value = &view;
+                // Files on the tenant's allowlist are never flagged.
+                let hashes = hashes_of(v);
+                if state.allowlisted(&job.tenant, &hashes).unwrap_or(false) {
+                    continue;
+                }
+                for &h in &hits {
+                    if !rules.feeds_correlation(h) {
+                        continue;
+                    }
+                    next_id += 1;
+                    let input = CorrelationInput {
+                        rule: h,
+                        time_ms: event.timestamp().map(|t| t.timestamp_millis()).unwrap_or(0),
+                        id: next_id,
+                        fields: rules
+                            .correlation_fields(h)
+                            .iter()
+                            .map(|f| (f.clone(), scanner.value(f).unwrap_or_default().to_string()))
+                            .collect(),
                     };
+                    fed.push_back((next_id, raw.clone()));
+                    if fed.len() > FED_KEEP {
+                        fed.pop_front();
+                    }
+                    fired.clear();
+                    correlators
+                        .entry(job.tenant.clone())
+                        .or_insert_with(|| Correlator::new(rules))
+                        .push(&input, &mut fired);
+                    for m in &fired {
+                        let meta = &rules.rules()[m.rule].meta;
+                        if is_disabled(disabled, meta) {
+                            continue;
+                        }
+                        let group: Vec<String> =
+                            m.group.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        let evidence: Vec<Value> = m
+                            .ids
+                            .iter()
+                            .filter_map(|id| fed.iter().find(|(i, _)| i == id))
+                            .filter_map(|(_, r)| serde_json::from_slice(r).ok())
+                            .collect();
+                        let evidence = serde_json::to_vec(&serde_json::json!({
+                            "correlation": {"group": group, "count": m.count,
+                                            "first_ms": m.first_ms, "last_ms": m.last_ms},
+                            "events": evidence,
+                        }))
+                        .unwrap_or_default();
+                        // One alert per group and window start; the group is what it is about.
+                        let key = format!("correlation:{}:{}", group.join(","), m.first_ms);
+                        let alert = NewAlert {
+                            process_entity: &key,
+                            process_executable: "",
+                            command_line: "",
+                            ..alert_of(&job, v, meta, &evidence, "")
+                        };
+                        record(state, soc, trees, &job, v, alert);
+                    }
+                }
+                let entity = process_entity(v);
+                for &h in &hits {
+                    let info = &scanner.rule_set().rules()[h];
+                    if !info.reported || is_disabled(disabled, &info.meta) {
+                        continue; // feeds a correlation only, or switched off
+                    }
+                    let alert = alert_of(&job, v, &info.meta, &raw, &entity);
+                    let d = crate::tuning::Detection {
+                        rule_id: alert.rule_id,
+                        host: alert.host,
+                        process: alert.process_executable,
+                        command_line: alert.command_line,
+                        hashes: &hashes,
+                        user: alert.user,
+                        group: soc.policy.group_of(&job.tenant, alert.host),
+                    };
+                    if state.suppressed(&job.tenant, &d).unwrap_or(None).is_some() {
+                        continue; // tuned away (counted on the suppression)
+                    }
                     record(state, soc, trees, &job, v, alert);
                 }
-            }
-            let entity = process_entity(v);
-            for &h in &hits {
-                let info = &scanner.rule_set().rules()[h];
-                if !info.reported || is_disabled(disabled, &info.meta) {
-                    continue; // feeds a correlation only, or switched off
-                }
-                let alert = alert_of(&job, v, &info.meta, &raw, &entity);
-                let d = crate::tuning::Detection {
-                    rule_id: alert.rule_id,
-                    host: alert.host,
-                    process: alert.process_executable,
-                    command_line: alert.command_line,
-                    hashes: &hashes,
-                    user: alert.user,
-                    group: soc.policy.group_of(&job.tenant, alert.host),
-                };
-                if state.suppressed(&job.tenant, &d).unwrap_or(None).is_some() {
-                    continue; // tuned away (counted on the suppression)
-                }
-                record(state, soc, trees, &job, v, alert);
             }
         }
     }

@@ -239,13 +239,15 @@ impl Server {
                 },
             )
         });
+        let log = Arc::new(Mutex::new(log));
+        let writer = store::Writer::spawn(log.clone(), detect.clone())?;
         let shared = Arc::new(service::Shared {
             state,
             detect,
             rules,
             ca,
-            log: Mutex::new(log),
-            commit: store::GroupCommit::default(),
+            log,
+            writer,
             events: Arc::new(events),
             limits: service::Limits::default(),
             dispatch: actions::Dispatch::default(),
@@ -361,9 +363,7 @@ impl Server {
         watcher.abort();
         let _ = stop_compactor.send(());
         let _ = compactor.join();
-        if let Ok(log) = Arc::try_unwrap(self.shared).map(|s| s.log)
-            && let Ok(log) = log.into_inner()
-        {
+        if let Ok(mut log) = self.shared.log.lock() {
             log.close()?;
         }
         result

@@ -10,7 +10,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::state::State;
-use crate::store::EventLog;
+use crate::store::{Append, EventLog, Writer};
 
 /// Limits on what an agent may send.
 #[derive(Debug, Clone, Copy)]
@@ -43,10 +43,10 @@ pub struct Shared {
     pub rules: Option<Arc<crate::rules::Rules>>,
     /// The CA.
     pub ca: mamori_pki::Ca,
-    /// The ingest log (one writer at a time; appends are synced before acknowledgement).
-    pub log: Mutex<EventLog>,
-    /// Syncs of the log shared by concurrent batches.
-    pub commit: crate::store::GroupCommit,
+    /// The ingest log (the compactor reads it; only `writer` appends to it).
+    pub log: Arc<Mutex<EventLog>>,
+    /// Appends batches to the log, durable before they are acknowledged.
+    pub writer: Writer,
     /// The columnar store the compactor fills from the log; queries read it.
     pub events: Arc<dyn mamori_columnar::EventStore>,
     /// Limits.
@@ -238,40 +238,17 @@ impl Ingest for IngestService {
                     let _ = tx.send(Err(Status::invalid_argument(why))).await;
                     return;
                 }
-                let shared2 = shared.clone();
-                let agent2 = agent.clone();
-                let tenant2 = tenant.clone();
-                let appended = tokio::task::spawn_blocking(move || {
-                    let a = {
-                        let mut log = shared2
-                            .log
-                            .lock()
-                            .map_err(|_| "event log lock poisoned".to_string())?;
-                        log.append(&tenant2, &agent2, batch.first_seq, &batch.events)
-                            .map_err(|e| e.to_string())?
-                    };
-                    // Durable before acknowledged: one sync serves every batch appended
-                    // while the previous one ran.
-                    shared2
-                        .commit
-                        .wait(&shared2.log, a.position)
-                        .map_err(|e| e.to_string())?;
-                    // Durable: detect on what was new (a full queue makes ingest wait).
-                    if let Some(q) = &shared2.detect
-                        && a.stored > 0
-                    {
-                        let skip = (batch.events.len() as u64 - a.stored) as usize;
-                        let _ = q.send(crate::detect::Msg::Events(crate::detect::Job {
-                            agent: agent2,
-                            tenant: tenant2,
-                            events: batch.events.into_iter().skip(skip).collect(),
-                        }));
-                    }
-                    Ok::<_, String>(a)
-                })
-                .await;
+                let appended = shared
+                    .writer
+                    .append(Append {
+                        tenant: tenant.clone(),
+                        agent: agent.clone(),
+                        first_seq: Some(batch.first_seq),
+                        events: batch.events,
+                    })
+                    .await;
                 let reply = match appended {
-                    Ok(Ok(a)) => {
+                    Ok(a) => {
                         if a.gap > 0 {
                             // Agents skip reserved numbers after a restart; real losses are
                             // counted by the agent (spool eviction) and reported in its health.
@@ -281,7 +258,6 @@ impl Ingest for IngestService {
                             durable_through: a.durable_through,
                         })
                     }
-                    Ok(Err(e)) => Err(internal(e)),
                     Err(e) => Err(internal(e)),
                 };
                 let failed = reply.is_err();

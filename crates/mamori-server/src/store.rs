@@ -50,6 +50,8 @@ pub struct EventLog {
     last_log_seq: u64,
     /// A write or sync failed: nothing more is written until a restart.
     failed: bool,
+    /// The record being written (reused).
+    record: Vec<u8>,
     /// Syncs done (how well group commit groups).
     pub syncs: u64,
     /// The position the last sync reached: readers must not go past it (what is beyond may
@@ -73,63 +75,156 @@ pub struct Appended {
     pub position: u64,
 }
 
-/// Group commit: appenders wait until a sync covers their position; one of them runs the
-/// sync for everyone who appended meanwhile, so one fsync serves many batches.
-#[derive(Default)]
-pub struct GroupCommit {
-    state: std::sync::Mutex<(u64, bool, bool)>, // (synced through, a sync is running, failed)
-    done: std::sync::Condvar,
+/// A batch for the log writer ([`Writer`]).
+pub struct Append {
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// The agent that sent it.
+    pub agent: String,
+    /// The agent's sequence number of the first event; `None`: the numbers after its
+    /// watermark (uploads, whose events carry no numbers of their own).
+    pub first_seq: Option<u64>,
+    /// The events.
+    pub events: Vec<Vec<u8>>,
 }
 
-impl GroupCommit {
-    /// Returns once `position` is durable in `log` (syncing it if no one else is).
-    pub fn wait(&self, log: &std::sync::Mutex<EventLog>, position: u64) -> Result<(), ServerError> {
-        let poisoned = || ServerError::Store("event log lock poisoned".into());
-        let mut g = self.state.lock().map_err(|_| poisoned())?;
-        loop {
-            if g.0 >= position {
-                return Ok(());
-            }
-            if g.2 {
-                return Err(ServerError::Store(
-                    "the event log failed earlier; restart the server".into(),
-                ));
-            }
-            if !g.1 {
-                g.1 = true;
-                drop(g);
-                let synced = log
-                    .lock()
-                    .map_err(|_| poisoned())
-                    .and_then(|mut l| l.sync());
-                g = self.state.lock().map_err(|_| poisoned())?;
-                g.1 = false;
-                match synced {
-                    Ok(through) => g.0 = g.0.max(through),
-                    Err(e) => {
-                        g.2 = true;
-                        self.done.notify_all();
-                        return Err(e);
+/// Answered once a batch is durable (or could not be made so).
+type Done = tokio::sync::oneshot::Sender<Result<Appended, String>>;
+
+/// Batches queued for the writer at most (ingest waits when it is full).
+const WRITER_QUEUE: usize = 1024;
+/// Events the writer appends before syncing, at most.
+const WRITER_ROUND_EVENTS: usize = 64 * 1024;
+/// Syncs start at least this far apart: under load, batches that arrive meanwhile share the
+/// next one (a sync costs the kernel far more than appending a batch), at the price of
+/// acknowledging up to this much later. An idle log syncs at once.
+const SYNC_SPACING: std::time::Duration = std::time::Duration::from_millis(4);
+
+/// The log's one writer: a thread that appends every batch queued meanwhile, makes them
+/// durable with one sync (group commit), hands what was new to detection, and only then
+/// answers each batch. Batches wait in a bounded queue, so a slow disk or a slow detection
+/// thread slows agents down instead of growing memory.
+#[derive(Clone)]
+pub struct Writer {
+    queue: tokio::sync::mpsc::Sender<(Append, Done)>,
+}
+
+impl Writer {
+    /// Starts the writer thread for `log`; durable events go to `detect` (if any).
+    pub fn spawn(
+        log: std::sync::Arc<std::sync::Mutex<EventLog>>,
+        detect: Option<std::sync::mpsc::SyncSender<crate::detect::Msg>>,
+    ) -> Result<Writer, ServerError> {
+        let (queue, rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
+        std::thread::Builder::new()
+            .name("mamori-ingest".into())
+            .spawn(move || write_loop(&log, detect.as_ref(), rx))
+            .map_err(|e| ServerError::Store(format!("starting the log writer: {e}")))?;
+        Ok(Writer { queue })
+    }
+
+    /// Appends a batch; returns once it is durable (from async code).
+    pub async fn append(&self, a: Append) -> Result<Appended, String> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((a, done))
+            .await
+            .map_err(|_| "the event log writer has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the event log writer has stopped".to_string())?
+    }
+
+    /// Appends a batch; returns once it is durable (from blocking code).
+    pub fn append_blocking(&self, a: Append) -> Result<Appended, String> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .blocking_send((a, done))
+            .map_err(|_| "the event log writer has stopped".to_string())?;
+        answer
+            .blocking_recv()
+            .map_err(|_| "the event log writer has stopped".to_string())?
+    }
+}
+
+fn write_loop(
+    log: &std::sync::Mutex<EventLog>,
+    detect: Option<&std::sync::mpsc::SyncSender<crate::detect::Msg>>,
+    mut rx: tokio::sync::mpsc::Receiver<(Append, Done)>,
+) {
+    let mut round: Vec<(Append, Done, Result<Appended, String>)> = Vec::new();
+    let mut last_sync = std::time::Instant::now() - SYNC_SPACING;
+    while let Some((first, done)) = rx.blocking_recv() {
+        let wait = SYNC_SPACING.saturating_sub(last_sync.elapsed());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+        // Everything queued meanwhile joins this round.
+        let mut events = first.events.len();
+        round.push((first, done, Err(String::new())));
+        while events < WRITER_ROUND_EVENTS
+            && let Ok((next, done)) = rx.try_recv()
+        {
+            events += next.events.len();
+            round.push((next, done, Err(String::new())));
+        }
+        match log.lock() {
+            Ok(mut log) => {
+                for (a, _, result) in round.iter_mut() {
+                    let first = a.first_seq.unwrap_or_else(|| log.watermark(&a.agent) + 1);
+                    *result = log
+                        .append(&a.tenant, &a.agent, first, &a.events)
+                        .map_err(|e| e.to_string());
+                }
+                // Durable before acknowledged: one sync for the whole round.
+                last_sync = std::time::Instant::now();
+                if round.iter().any(|(_, _, r)| r.is_ok())
+                    && let Err(e) = log.sync()
+                {
+                    for (_, _, result) in round.iter_mut() {
+                        *result = Err(e.to_string());
                     }
                 }
-                self.done.notify_all();
-                continue;
             }
-            g = self.done.wait(g).map_err(|_| poisoned())?;
+            Err(_) => {
+                for (_, _, result) in round.iter_mut() {
+                    *result = Err("event log lock poisoned".to_string());
+                }
+            }
+        }
+        // Durable: detection gets what was new (a full queue makes the writer, and so
+        // ingest, wait).
+        if let Some(q) = detect {
+            let jobs: Vec<crate::detect::Job> = round
+                .iter_mut()
+                .filter_map(|(a, _, r)| {
+                    let stored = r.as_ref().ok()?.stored as usize;
+                    (stored > 0).then(|| crate::detect::Job {
+                        agent: a.agent.clone(),
+                        tenant: a.tenant.clone(),
+                        events: a.events.split_off(a.events.len() - stored),
+                    })
+                })
+                .collect();
+            if !jobs.is_empty() {
+                let _ = q.send(crate::detect::Msg::Events(jobs));
+            }
+        }
+        for (_, done, result) in round.drain(..) {
+            let _ = done.send(result);
         }
     }
 }
 
 /// A record: `u16 len, agent, u16 len, tenant, u64 seq, event` (little endian).
-fn encode(tenant: &str, agent: &str, seq: u64, event: &[u8]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(4 + agent.len() + tenant.len() + 8 + event.len());
+fn encode(tenant: &str, agent: &str, seq: u64, event: &[u8], r: &mut Vec<u8>) {
+    r.clear();
     r.extend_from_slice(&(agent.len() as u16).to_le_bytes());
     r.extend_from_slice(agent.as_bytes());
     r.extend_from_slice(&(tenant.len() as u16).to_le_bytes());
     r.extend_from_slice(tenant.as_bytes());
     r.extend_from_slice(&seq.to_le_bytes());
     r.extend_from_slice(event);
-    r
 }
 
 fn decode(r: &[u8]) -> Option<(String, String, u64, Vec<u8>)> {
@@ -197,6 +292,7 @@ impl EventLog {
             since_checkpoint: 0,
             last_log_seq: last,
             failed: false,
+            record: Vec::new(),
             syncs: 0,
             synced: last,
         };
@@ -259,7 +355,8 @@ impl EventLog {
                 out.duplicates += 1;
                 continue;
             }
-            match self.spool.append(&encode(tenant, agent, seq, ev)) {
+            encode(tenant, agent, seq, ev, &mut self.record);
+            match self.spool.append(&self.record) {
                 Ok(pos) => self.last_log_seq = pos,
                 Err(e) => {
                     self.failed = true;
@@ -336,7 +433,7 @@ impl EventLog {
     }
 
     /// Syncs and writes the checkpoint (on shutdown).
-    pub fn close(mut self) -> Result<(), ServerError> {
+    pub fn close(&mut self) -> Result<(), ServerError> {
         self.sync()?;
         self.write_checkpoint()
     }
@@ -395,29 +492,66 @@ mod tests {
         let _ = std::fs::remove_dir_all(d);
     }
 
+    fn batch(agent: &str, first_seq: Option<u64>, n: usize) -> Append {
+        Append {
+            tenant: "t".into(),
+            agent: agent.into(),
+            first_seq,
+            events: evs(n),
+        }
+    }
+
     #[test]
-    fn group_commit_makes_every_batch_durable_with_fewer_syncs() {
-        let d = dir("group");
+    fn batches_queued_together_share_one_sync() {
+        let d = dir("round");
+        let log = std::sync::Mutex::new(EventLog::open(&d, 1 << 30).unwrap());
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut answers = Vec::new();
+        for a in 0..8 {
+            let (done, answer) = tokio::sync::oneshot::channel();
+            tx.try_send((batch(&format!("a{a}"), Some(1), 3), done))
+                .unwrap();
+            answers.push(answer);
+        }
+        // The same batch again in the same round: acknowledged, stored once.
+        let (done, again) = tokio::sync::oneshot::channel();
+        tx.try_send((batch("a0", Some(1), 3), done)).unwrap();
+        drop(tx);
+        let (detect, detected) = std::sync::mpsc::sync_channel(16);
+        write_loop(&log, Some(&detect), rx);
+        assert_eq!(log.lock().unwrap().syncs, 1, "one sync for nine batches");
+        for answer in answers {
+            let a = answer.blocking_recv().unwrap().unwrap();
+            assert_eq!((a.stored, a.durable_through), (3, 3));
+        }
+        let a = again.blocking_recv().unwrap().unwrap();
+        assert_eq!((a.stored, a.duplicates, a.durable_through), (0, 3, 3));
+        // Detection got the round's new events in one message, none twice.
+        let Ok(crate::detect::Msg::Events(jobs)) = detected.try_recv() else {
+            panic!("no detection job");
+        };
+        assert_eq!(jobs.len(), 8);
+        assert!(jobs.iter().all(|j| j.events.len() == 3));
+        assert!(detected.try_recv().is_err());
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn the_writer_makes_every_batch_durable_before_answering() {
+        let d = dir("writer");
         let log = std::sync::Arc::new(std::sync::Mutex::new(EventLog::open(&d, 1 << 30).unwrap()));
-        let commit = std::sync::Arc::new(GroupCommit::default());
-        // Two batches appended before anyone waits: the first wait's sync covers both.
-        let a = log.lock().unwrap().append("t", "x", 1, &evs(2)).unwrap();
-        let b = log.lock().unwrap().append("t", "y", 1, &evs(2)).unwrap();
-        commit.wait(&log, a.position).unwrap();
-        commit.wait(&log, b.position).unwrap();
-        assert_eq!(log.lock().unwrap().syncs, 1, "one sync for two batches");
-        // Many writers at once: every batch durable when its wait returns.
+        let (detect, detected) = std::sync::mpsc::sync_channel(1024);
+        let writer = Writer::spawn(log.clone(), Some(detect)).unwrap();
+        // Many writers at once.
         let threads: Vec<_> = (0..8)
             .map(|t| {
-                let (log, commit) = (log.clone(), commit.clone());
+                let writer = writer.clone();
                 std::thread::spawn(move || {
                     for b in 0..50u64 {
-                        let a = log
-                            .lock()
-                            .unwrap()
-                            .append("t", &format!("a{t}"), b * 2 + 1, &evs(2))
+                        let a = writer
+                            .append_blocking(batch(&format!("a{t}"), Some(b * 2 + 1), 2))
                             .unwrap();
-                        commit.wait(&log, a.position).unwrap();
+                        assert_eq!((a.stored, a.durable_through), (2, b * 2 + 2));
                     }
                 })
             })
@@ -425,12 +559,28 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+        // A replay is acknowledged but neither stored nor detected again; a batch without
+        // numbers follows the watermark.
+        let a = writer.append_blocking(batch("a0", Some(99), 2)).unwrap();
+        assert_eq!((a.stored, a.duplicates, a.durable_through), (0, 2, 100));
+        let a = writer.append_blocking(batch("a0", None, 3)).unwrap();
+        assert_eq!((a.stored, a.durable_through), (3, 103));
         eprintln!("{} syncs for 402 batches", log.lock().unwrap().syncs);
-        // Everything acknowledged is on disk: reopen without closing.
+        let mut seen = 0;
+        while let Ok(crate::detect::Msg::Events(jobs)) = detected.try_recv() {
+            seen += jobs.iter().map(|j| j.events.len()).sum::<usize>();
+        }
+        assert_eq!(seen, 803);
+        // Everything acknowledged is on disk: reopen without closing, once the writer has
+        // let go of the log.
+        drop(writer);
+        while std::sync::Arc::strong_count(&log) > 1 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         drop(log);
         let mut log = EventLog::open(&d, 1 << 30).unwrap();
-        assert_eq!(log.read(1, 10_000).unwrap().len(), 804);
-        assert_eq!(log.watermark("a7"), 100);
+        assert_eq!(log.read(1, 10_000).unwrap().len(), 803);
+        assert_eq!((log.watermark("a7"), log.watermark("a0")), (100, 103));
         let _ = std::fs::remove_dir_all(d);
     }
 }

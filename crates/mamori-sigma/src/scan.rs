@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use mamori_model::walk::{GaveUp, Item, Leaf, Next, walk};
+use mamori_model::walk::{GaveUp, Item, Leaf, Next, Scratch, walk};
 use mamori_model::{Event, EventKind, Product, Shape};
 use serde_json::Value;
 
@@ -153,6 +153,7 @@ pub struct Scanner<'r> {
     candidates: Vec<u64>,
     routes: Routes,
     name_buf: String,
+    walk_scratch: Scratch,
     ecs_kind: EcsKind,
     stats: ScanStats,
     evaluations: Vec<u64>,
@@ -169,6 +170,7 @@ impl RuleSet {
             candidates: vec![0; self.rules.len().div_ceil(64)],
             routes: Routes::default(),
             name_buf: String::new(),
+            walk_scratch: Scratch::default(),
             ecs_kind: EcsKind::default(),
             stats: ScanStats::default(),
             evaluations: vec![0; self.rules.len()],
@@ -471,6 +473,18 @@ impl Scanner<'_> {
     /// walk gives up (see there), or the document names Windows or cloud fields that change
     /// how it is routed, nothing is matched or counted: scan the tree instead.
     pub fn scan_ecs_json(&mut self, raw: &[u8], out: &mut Vec<usize>) -> Result<(), GaveUp> {
+        self.scan_ecs_json_with(raw, out, &mut |_, _| {})
+    }
+
+    /// [`Scanner::scan_ecs_json`], handing every field to `also` too as the walk reads it:
+    /// a caller that needs a few of the event's fields itself reads the text once, not twice.
+    /// (With no rules loaded nothing is read.)
+    pub fn scan_ecs_json_with(
+        &mut self,
+        raw: &[u8],
+        out: &mut Vec<usize>,
+        also: &mut dyn FnMut(&str, &Leaf<'_>),
+    ) -> Result<(), GaveUp> {
         self.reset();
         if self.set.rules.is_empty() {
             self.stats.events += 1;
@@ -484,13 +498,14 @@ impl Scanner<'_> {
             slots,
             touched,
             values,
-            name_buf,
+            walk_scratch,
             ..
         } = self;
-        let walked = walk(raw, name_buf, &mut |name, leaf| {
+        let walked = walk(raw, walk_scratch, &mut |name, leaf| {
             if ROUTING_FIELDS.contains(&name) {
                 return Next::Stop; // routed by these in the tree's reading
             }
+            also(name, &leaf);
             kind.note(name, &leaf);
             let start = values.entries.len() as u32;
             match leaf {

@@ -191,12 +191,14 @@ fn crc32(parts: &[&[u8]]) -> u32 {
     h.finalize()
 }
 
-fn encode(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&MAGIC.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&crc32(&[&seq.to_le_bytes(), payload]).to_le_bytes());
-    out.extend_from_slice(payload);
+/// A record's header: magic, length, sequence number, CRC-32 of sequence number and payload.
+fn header(seq: u64, payload: &[u8]) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..20].copy_from_slice(&crc32(&[&seq.to_le_bytes(), payload]).to_le_bytes());
+    h
 }
 
 /// Parses the record at `buf[at..]`: `Some((seq, payload range, total length))` when valid.
@@ -229,18 +231,31 @@ struct Scan {
     tail: Option<usize>,
 }
 
+/// First piece of a segment that [`Spool::read`] reads (it doubles while more is needed).
+const READ_PIECE: u64 = 1 << 20;
+const MAX_READ_PIECE: u64 = 16 << 20;
+
 fn scan(buf: &[u8]) -> Scan {
+    scan_from(buf, 0, |_| false)
+}
+
+/// Scans `buf` from `at`; stops after a record for which `enough` says so (the tail is then
+/// where the scan stopped).
+fn scan_from(buf: &[u8], mut at: usize, mut enough: impl FnMut(u64) -> bool) -> Scan {
     let mut s = Scan {
         records: Vec::new(),
         corrupt_at: Vec::new(),
         corrupted_bytes: 0,
         tail: None,
     };
-    let mut at = 0;
     while at < buf.len() {
         if let Some((seq, range, total)) = decode(buf, at) {
             s.records.push((seq, range));
             at += total;
+            if enough(seq) {
+                s.tail = (at < buf.len()).then_some(at);
+                break;
+            }
             continue;
         }
         // Not a valid record here: find the next one.
@@ -372,14 +387,15 @@ impl Spool {
             self.reserved = seq + SEQ_BLOCK - 1;
             write_marker(&self.dir, "reserved", self.reserved)?;
         }
-        let mut buf = Vec::with_capacity(need as usize);
-        encode(seq, payload, &mut buf);
+        let header = header(seq, payload);
         let path = self.active_path();
         let w = self.writer.as_mut().ok_or_else(|| SpoolError::Io {
             path: path.clone(),
             source: std::io::Error::other("no open segment"),
         })?;
-        w.write_all(&buf).map_err(io(&path))?;
+        w.write_all(&header)
+            .and_then(|()| w.write_all(payload))
+            .map_err(io(&path))?;
         if let Some(s) = self.segments.back_mut() {
             s.bytes += need;
             s.last = seq;
@@ -507,21 +523,40 @@ impl Spool {
                 Some((p, o, next)) if *p == s.path && *next <= start => *o,
                 _ => 0,
             };
-            let mut buf = Vec::new();
+            // Read in growing pieces, and check only the records needed: a reader that asks
+            // for a few thousand records does not read and check the whole segment.
             let mut f = File::open(&s.path).map_err(io(&s.path))?;
             f.seek(SeekFrom::Start(off)).map_err(io(&s.path))?;
-            f.read_to_end(&mut buf).map_err(io(&s.path))?;
-            let scanned = scan(&buf);
-            for &at in &scanned.corrupt_at {
-                if s.damaged.insert(off + at as u64) {
-                    stats.corrupted_records += 1;
+            let (mut buf, mut at, mut piece) = (Vec::new(), 0, READ_PIECE);
+            loop {
+                let got = (&mut f)
+                    .take(piece)
+                    .read_to_end(&mut buf)
+                    .map_err(io(&s.path))?;
+                let eof = (got as u64) < piece;
+                let mut wanted = out.len();
+                let scanned = scan_from(&buf, at, |seq| {
+                    wanted += usize::from(seq >= start);
+                    wanted >= max
+                });
+                for &c in &scanned.corrupt_at {
+                    if s.damaged.insert(off + c as u64) {
+                        stats.corrupted_records += 1;
+                    }
                 }
-            }
-            for (seq, range) in scanned.records {
-                if seq >= start && out.len() < max {
-                    next_cursor = Some((s.path.clone(), off + range.end as u64, seq + 1));
-                    out.push((seq, buf[range].to_vec()));
+                for (seq, range) in scanned.records {
+                    at = range.end;
+                    if seq >= start && out.len() < max {
+                        next_cursor = Some((s.path.clone(), off + range.end as u64, seq + 1));
+                        out.push((seq, buf[range].to_vec()));
+                    }
                 }
+                // A record cut by the end of this piece is read whole with the next one.
+                at = scanned.tail.unwrap_or(buf.len()).max(at);
+                if eof || out.len() >= max {
+                    break;
+                }
+                piece = (piece * 2).min(MAX_READ_PIECE);
             }
         }
         if next_cursor.is_some() {
@@ -641,6 +676,11 @@ mod tests {
     }
 
     use super::*;
+
+    fn encode(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&header(seq, payload));
+        out.extend_from_slice(payload);
+    }
 
     #[test]
     fn crc_matches_the_standard_check_value() {
