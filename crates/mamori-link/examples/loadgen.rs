@@ -258,14 +258,14 @@ async fn main() {
             let mut seq = 1u64;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let events: Vec<Vec<u8>> = (0..per_batch)
+                let events: Vec<mamori_wire::Bytes> = (0..per_batch)
                     .map(|_| {
                         let n = counter.fetch_add(1, Ordering::Relaxed);
                         let marker = n % marker_every == marker_every - 1;
                         if marker {
                             markers_sent.fetch_add(1, Ordering::Relaxed);
                         }
-                        event(i, n, marker)
+                        event(i, n, marker).into()
                     })
                     .collect();
                 let k = events.len() as u64;

@@ -451,7 +451,7 @@ fn next_batch(
             break;
         }
         bytes += r.len();
-        events.push(r);
+        events.push(r.into());
     }
     Ok(Some(Batch {
         first_seq: first,

@@ -529,7 +529,7 @@ async fn upload_windows(
                 .map(str::to_string)
                 .unwrap_or_else(|| rec.event.data.to_string());
             if text.trim_start().starts_with('{') {
-                events.push(text.into_bytes());
+                events.push(mamori_wire::Bytes::from(text.into_bytes()));
             }
         });
         if events.is_empty() {

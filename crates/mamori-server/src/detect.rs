@@ -40,7 +40,7 @@ pub struct Job {
     /// Its tenant.
     pub tenant: String,
     /// The events (JSON objects, validated at ingest).
-    pub events: Vec<Vec<u8>>,
+    pub events: Vec<mamori_wire::Bytes>,
 }
 
 /// What the detection thread receives.
@@ -596,7 +596,7 @@ fn run(
 ) -> Option<Arc<RuleSet>> {
     let mut scanner = rules.scanner();
     let mut correlators: HashMap<String, Correlator<'_>> = HashMap::new();
-    let mut fed: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+    let mut fed: VecDeque<(u64, mamori_wire::Bytes)> = VecDeque::new();
     let mut next_id = 0u64;
     let mut fired = Vec::new();
     let mut hits = Vec::new();

@@ -316,10 +316,13 @@ mod tests {
         let l = Limits::default();
         let ok = Batch {
             first_seq: 1,
-            events: vec![b"{\"a\":1}".to_vec()],
+            events: vec![b"{\"a\":1}".to_vec().into()],
         };
         assert!(check(&ok, &l).is_ok());
-        let bad = |first_seq: u64, events: Vec<Vec<u8>>| check(&Batch { first_seq, events }, &l);
+        let bad = |first_seq: u64, events: Vec<Vec<u8>>| {
+            let events = events.into_iter().map(Into::into).collect();
+            check(&Batch { first_seq, events }, &l)
+        };
         assert!(
             bad(0, vec![b"{}".to_vec()])
                 .unwrap_err()

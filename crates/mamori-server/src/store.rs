@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mamori_spool::{Spool, SpoolConfig};
 use serde::{Deserialize, Serialize};
@@ -25,9 +26,9 @@ pub struct Stored {
     /// Position in the log.
     pub log_seq: u64,
     /// The tenant it belongs to.
-    pub tenant: String,
+    pub tenant: Arc<str>,
     /// The agent that sent it.
-    pub agent: String,
+    pub agent: Arc<str>,
     /// Its sequence number at the agent.
     pub seq: u64,
     /// The event (JSON).
@@ -84,8 +85,8 @@ pub struct Append {
     /// The agent's sequence number of the first event; `None`: the numbers after its
     /// watermark (uploads, whose events carry no numbers of their own).
     pub first_seq: Option<u64>,
-    /// The events.
-    pub events: Vec<Vec<u8>>,
+    /// The events (slices of the message they came in).
+    pub events: Vec<mamori_wire::Bytes>,
 }
 
 /// Answered once a batch is durable (or could not be made so).
@@ -112,7 +113,7 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer thread for `log`; durable events go to `detect` (if any).
     pub fn spawn(
-        log: std::sync::Arc<std::sync::Mutex<EventLog>>,
+        log: Arc<std::sync::Mutex<EventLog>>,
         detect: Option<std::sync::mpsc::SyncSender<crate::detect::Msg>>,
     ) -> Result<Writer, ServerError> {
         let (queue, rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
@@ -227,16 +228,34 @@ fn encode(tenant: &str, agent: &str, seq: u64, event: &[u8], r: &mut Vec<u8>) {
     r.extend_from_slice(event);
 }
 
-fn decode(r: &[u8]) -> Option<(String, String, u64, Vec<u8>)> {
-    let text = |at: usize| -> Option<(String, usize)> {
+/// A record's parts: (agent, tenant, seq, where the event starts).
+fn decode(r: &[u8]) -> Option<(&str, &str, u64, usize)> {
+    let text = |at: usize| -> Option<(&str, usize)> {
         let n = u16::from_le_bytes([*r.get(at)?, *r.get(at + 1)?]) as usize;
         let s = std::str::from_utf8(r.get(at + 2..at + 2 + n)?).ok()?;
-        Some((s.to_string(), at + 2 + n))
+        Some((s, at + 2 + n))
     };
     let (agent, at) = text(0)?;
     let (tenant, at) = text(at)?;
     let seq = u64::from_le_bytes(r.get(at..at + 8)?.try_into().ok()?);
-    Some((agent, tenant, seq, r.get(at + 8..)?.to_vec()))
+    Some((agent, tenant, seq, at + 8))
+}
+
+/// The last agent and tenant names read, shared by the records that repeat them (most do:
+/// records come in batches).
+#[derive(Default)]
+struct Names {
+    agent: Option<Arc<str>>,
+    tenant: Option<Arc<str>>,
+}
+
+impl Names {
+    fn share(slot: &mut Option<Arc<str>>, name: &str) -> Arc<str> {
+        match slot {
+            Some(n) if &**n == name => n.clone(),
+            _ => slot.insert(Arc::from(name)).clone(),
+        }
+    }
 }
 
 const CHECKPOINT_EVERY: u64 = 64;
@@ -278,7 +297,7 @@ impl EventLog {
             };
             for (log_seq, r) in &recs {
                 if let Some((agent, _, seq, _)) = decode(r) {
-                    let w = watermarks.entry(agent).or_insert(0);
+                    let w = watermarks.entry(agent.to_string()).or_insert(0);
                     *w = (*w).max(seq);
                 }
                 last = *log_seq;
@@ -334,7 +353,7 @@ impl EventLog {
         tenant: &str,
         agent: &str,
         first_seq: u64,
-        events: &[Vec<u8>],
+        events: &[impl AsRef<[u8]>],
     ) -> Result<Appended, ServerError> {
         if self.failed {
             return Err(ServerError::Store(
@@ -355,7 +374,7 @@ impl EventLog {
                 out.duplicates += 1;
                 continue;
             }
-            encode(tenant, agent, seq, ev, &mut self.record);
+            encode(tenant, agent, seq, ev.as_ref(), &mut self.record);
             match self.spool.append(&self.record) {
                 Ok(pos) => self.last_log_seq = pos,
                 Err(e) => {
@@ -405,16 +424,21 @@ impl EventLog {
             .read(from, max)
             .map_err(|e| ServerError::Store(e.to_string()))?;
         let synced = self.synced;
+        let mut names = Names::default();
         Ok(recs
             .into_iter()
             .take_while(|(log_seq, _)| *log_seq <= synced)
-            .filter_map(|(log_seq, r)| {
-                decode(&r).map(|(agent, tenant, seq, event)| Stored {
+            .filter_map(|(log_seq, mut r)| {
+                let (agent, tenant, seq, at) = decode(&r)?;
+                let agent = Names::share(&mut names.agent, agent);
+                let tenant = Names::share(&mut names.tenant, tenant);
+                r.drain(..at); // the event, in the record's own buffer
+                Some(Stored {
                     log_seq,
                     tenant,
                     agent,
                     seq,
-                    event,
+                    event: r,
                 })
             })
             .collect())
@@ -482,7 +506,7 @@ mod tests {
         let all = log.read(1, 100).unwrap();
         let a1: Vec<u64> = all
             .iter()
-            .filter(|s| s.agent == "a1")
+            .filter(|s| &*s.agent == "a1")
             .map(|s| s.seq)
             .collect();
         assert_eq!(a1, vec![1, 2, 3, 4, 5, 8]);
@@ -497,7 +521,7 @@ mod tests {
             tenant: "t".into(),
             agent: agent.into(),
             first_seq,
-            events: evs(n),
+            events: evs(n).into_iter().map(Into::into).collect(),
         }
     }
 
@@ -539,7 +563,7 @@ mod tests {
     #[test]
     fn the_writer_makes_every_batch_durable_before_answering() {
         let d = dir("writer");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(EventLog::open(&d, 1 << 30).unwrap()));
+        let log = Arc::new(std::sync::Mutex::new(EventLog::open(&d, 1 << 30).unwrap()));
         let (detect, detected) = std::sync::mpsc::sync_channel(1024);
         let writer = Writer::spawn(log.clone(), Some(detect)).unwrap();
         // Many writers at once.
@@ -574,7 +598,7 @@ mod tests {
         // Everything acknowledged is on disk: reopen without closing, once the writer has
         // let go of the log.
         drop(writer);
-        while std::sync::Arc::strong_count(&log) > 1 {
+        while Arc::strong_count(&log) > 1 {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         drop(log);

@@ -353,67 +353,85 @@ const ROUTING_FIELDS: &[&str] = &[
 ];
 
 /// The fields an ECS document is routed by, noted during a walk (as `Event::kind` reads
-/// them from the tree: strings only).
+/// them from the tree: strings only). Their text is kept in one reused buffer.
 #[derive(Debug, Default)]
 struct EcsKind {
+    text: String,
     /// `host.os.type`, `host.os.platform`, `host.os.family`.
-    os: [Option<String>; 3],
-    category: Vec<String>,
-    types: Vec<String>,
-    dataset: Option<String>,
-    module: Option<String>,
+    os: [Option<(usize, usize)>; 3],
+    category: Vec<(usize, usize)>,
+    types: Vec<(usize, usize)>,
+    dataset: Option<(usize, usize)>,
+    module: Option<(usize, usize)>,
 }
 
 impl EcsKind {
     fn clear(&mut self) {
-        self.os = Default::default();
+        self.text.clear();
+        self.os = [None; 3];
         self.category.clear();
         self.types.clear();
         self.dataset = None;
         self.module = None;
     }
 
+    fn keep(text: &mut String, s: &str) -> (usize, usize) {
+        text.push_str(s);
+        (text.len() - s.len(), text.len())
+    }
+
     fn note(&mut self, name: &str, leaf: &Leaf<'_>) {
-        let text = || match leaf {
-            Leaf::One(i) => i.as_str().map(str::to_string),
+        let EcsKind {
+            text,
+            os,
+            category,
+            types,
+            dataset,
+            module,
+        } = self;
+        let one = |text: &mut String| match leaf {
+            Leaf::One(i) => i.as_str().map(|s| EcsKind::keep(text, s)),
             _ => None,
         };
-        let list = |out: &mut Vec<String>| match leaf {
-            Leaf::One(i) => out.extend(i.as_str().map(str::to_string)),
+        let list = |text: &mut String, out: &mut Vec<(usize, usize)>| match leaf {
+            Leaf::One(i) => out.extend(i.as_str().map(|s| EcsKind::keep(text, s))),
             Leaf::List(items) => {
-                out.extend(items.iter().filter_map(Item::as_str).map(str::to_string))
+                for s in items.iter().filter_map(Item::as_str) {
+                    out.push(EcsKind::keep(text, s));
+                }
             }
             Leaf::Object => {}
         };
         match name {
-            "host.os.type" => self.os[0] = text(),
-            "host.os.platform" => self.os[1] = text(),
-            "host.os.family" => self.os[2] = text(),
-            "event.category" => list(&mut self.category),
-            "event.type" => list(&mut self.types),
-            "event.dataset" => self.dataset = text(),
-            "event.module" => self.module = text(),
+            "host.os.type" => os[0] = one(text),
+            "host.os.platform" => os[1] = one(text),
+            "host.os.family" => os[2] = one(text),
+            "event.category" => list(text, category),
+            "event.type" => list(text, types),
+            "event.dataset" => *dataset = one(text),
+            "event.module" => *module = one(text),
             _ => {}
         }
     }
 
     fn kind(&self) -> EventKind<'_> {
+        let at = |&(a, b): &(usize, usize)| &self.text[a..b];
         EventKind {
             product: self
                 .os
                 .iter()
-                .find_map(Option::as_deref)
+                .find_map(|o| o.as_ref().map(at))
                 .map_or(Product::Unknown, Product::from_os),
             channel: None,
             provider: None,
             event_id: None,
-            ecs_category: self.category.iter().map(String::as_str).collect(),
-            ecs_type: self.types.iter().map(String::as_str).collect(),
+            ecs_category: self.category.iter().map(at).collect(),
+            ecs_type: self.types.iter().map(at).collect(),
             service: self
                 .dataset
-                .as_deref()
-                .or(self.module.as_deref())
-                .map(std::borrow::Cow::Borrowed),
+                .as_ref()
+                .or(self.module.as_ref())
+                .map(|r| std::borrow::Cow::Borrowed(at(r))),
         }
     }
 }

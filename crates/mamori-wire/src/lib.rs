@@ -67,9 +67,10 @@ pub struct Batch {
     /// Spool sequence number of the first event; the others follow without gaps.
     #[prost(uint64, tag = "1")]
     pub first_seq: u64,
-    /// The events (ECS JSON documents).
-    #[prost(bytes = "vec", repeated, tag = "2")]
-    pub events: Vec<Vec<u8>>,
+    /// The events (ECS JSON documents). Decoded as slices of the received message, not
+    /// copies.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub events: Vec<bytes::Bytes>,
 }
 
 /// What the server has made durable for this agent.
@@ -131,3 +132,6 @@ pub mod control {
 }
 
 pub mod command;
+
+/// The byte-buffer type of [`Batch::events`].
+pub use bytes::Bytes;
