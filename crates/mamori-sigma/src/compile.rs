@@ -710,33 +710,49 @@ impl Compiler {
                 list.sort_unstable();
                 list.dedup();
             }
-            // Small automata as DFAs (fastest); large ones as contiguous NFAs (compact).
-            let kind = if patterns.len() <= 500 {
-                AhoCorasickKind::DFA
-            } else {
-                AhoCorasickKind::ContiguousNFA
-            };
-            match AhoCorasickBuilder::new()
-                .match_kind(MatchKind::LeftmostLongest)
-                .kind(Some(kind))
-                .build(&patterns)
-                .or_else(|_| {
-                    AhoCorasickBuilder::new()
-                        .match_kind(MatchKind::LeftmostLongest)
-                        .build(&patterns)
-                }) {
-                Ok(ac) => prefilter.groups.push(PrefilterGroup {
-                    route,
-                    slot,
-                    ac,
-                    pattern_rules,
-                }),
-                Err(_) => {
-                    // Cannot happen with these sizes; if it does, those rules are simply
-                    // always evaluated.
-                    for rules_of in &pattern_rules {
-                        for &r in rules_of {
-                            rules[r as usize].prefiltered = false;
+            // Up to 64 literals, an automaton gets aho-corasick's SIMD prefilter (Teddy), which
+            // skips text no literal can start in; a mid-sized set is cheaper scanned as several
+            // such automata than as one (scanbench on sensor events: 5.1 against 5.7 µs per
+            // event; on EVTX unchanged). Large sets stay whole (as chunks they were slower).
+            let parts: Vec<(Vec<String>, Vec<Vec<u32>>)> =
+                if patterns.len() > SIMD_LITERALS && patterns.len() <= SPLIT_UP_TO {
+                    let mut rules_of = pattern_rules.into_iter();
+                    patterns
+                        .chunks(SIMD_LITERALS)
+                        .map(|c| (c.to_vec(), rules_of.by_ref().take(c.len()).collect()))
+                        .collect()
+                } else {
+                    vec![(patterns, pattern_rules)]
+                };
+            for (patterns, pattern_rules) in parts {
+                // Small automata as DFAs (fastest); large ones as contiguous NFAs (compact).
+                let kind = if patterns.len() <= 500 {
+                    AhoCorasickKind::DFA
+                } else {
+                    AhoCorasickKind::ContiguousNFA
+                };
+                match AhoCorasickBuilder::new()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .kind(Some(kind))
+                    .build(&patterns)
+                    .or_else(|_| {
+                        AhoCorasickBuilder::new()
+                            .match_kind(MatchKind::LeftmostLongest)
+                            .build(&patterns)
+                    }) {
+                    Ok(ac) => prefilter.groups.push(PrefilterGroup {
+                        route,
+                        slot,
+                        ac,
+                        pattern_rules,
+                    }),
+                    Err(_) => {
+                        // Cannot happen with these sizes; if it does, those rules are simply
+                        // always evaluated.
+                        for rules_of in &pattern_rules {
+                            for &r in rules_of {
+                                rules[r as usize].prefiltered = false;
+                            }
                         }
                     }
                 }
@@ -1032,6 +1048,11 @@ fn needed_ids(c: &Cond, sels: &[SelNode], slot: u32) -> Option<Vec<u32>> {
 /// Pseudo-slot for literals of keyword searches: they may occur in any field.
 pub(crate) const ANY_FIELD: u32 = u32::MAX;
 
+/// Literals an Aho-Corasick automaton may hold and still get the SIMD prefilter.
+const SIMD_LITERALS: usize = 64;
+/// Prefilter literal sets up to this size are split into automata of [`SIMD_LITERALS`].
+const SPLIT_UP_TO: usize = 256;
+
 /// A literal that must occur in the (lowercased) value of a slot, or of any field.
 type Lit = (u32, String);
 
@@ -1117,6 +1138,55 @@ mod tests {
             c.add(d.unwrap());
         }
         c.compile()
+    }
+
+    /// A field with more literals than one SIMD-prefiltered automaton holds is split into
+    /// several; every rule still matches exactly where it should, including a literal that is
+    /// a prefix of literals in another automaton.
+    #[test]
+    fn split_prefilter_automata_miss_nothing() {
+        let mut text = String::new();
+        for i in 0..150 {
+            text.push_str(&format!(
+                "title: r{i}\nlogsource: {{product: linux, category: process_creation}}\n\
+                 detection: {{sel: {{CommandLine|contains: 'token{i:03}x'}}, condition: sel}}\n---\n"
+            ));
+        }
+        text.push_str(
+            "title: prefix\nlogsource: {product: linux, category: process_creation}\n\
+             detection: {sel: {CommandLine|contains: 'token04'}, condition: sel}\n",
+        );
+        let (set, rej) = compile(&text);
+        assert!(rej.is_empty(), "{rej:?}");
+        assert_eq!(
+            set.prefilter.groups.len(),
+            3,
+            "151 literals in automata of 64"
+        );
+        let mut scanner = set.scanner();
+        let names = |hits: &[usize]| -> Vec<String> {
+            hits.iter()
+                .map(|&h| set.rules()[h].meta.title.clone())
+                .collect()
+        };
+        for (line, want) in [
+            ("run token042x now", vec!["r42", "prefix"]),
+            ("token149x", vec!["r149"]),
+            ("token000x token130x", vec!["r0", "r130"]),
+            ("token04", vec!["prefix"]),
+            ("token15x", vec![]),
+        ] {
+            let doc = format!(
+                r#"{{"event":{{"category":["process"],"type":["start"],"module":"mamori"}},"host":{{"os":{{"type":"linux"}}}},"process":{{"command_line":"{line}"}}}}"#
+            );
+            let mut hits = Vec::new();
+            scanner.scan_ecs_json(doc.as_bytes(), &mut hits).unwrap();
+            let mut got = names(&hits);
+            got.sort();
+            let mut want: Vec<String> = want.into_iter().map(String::from).collect();
+            want.sort();
+            assert_eq!(got, want, "{line}");
+        }
     }
 
     #[test]
