@@ -5,6 +5,8 @@
 # its own certificate and stream. For each N: durable events/s, server CPU per event, RSS per
 # connected agent, and event-to-alert latency as seen through the REST API.
 # Usage: AGENTS="100 1000 10000" RATE=50000 SECS=20 scripts/bench-load.sh
+# BIN=/path/to/another/mamori measures that server binary instead (e.g. an older build, to
+# compare two builds run by run on this noisy machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AGENTS=${AGENTS:-"100 1000 10000"}
@@ -12,7 +14,7 @@ RATE=${RATE:-50000}
 SECS=${SECS:-20}
 . scripts/deps.sh
 cargo build --release -j2 -p mamori -p mamori-link --bins --example loadgen >&2
-BIN=$PWD/target/release/mamori
+BIN=${BIN:-$PWD/target/release/mamori}
 WORK=$(mktemp -d)
 SERVER=
 trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null; rm -rf "$WORK"' EXIT

@@ -663,27 +663,10 @@ mod tests {
     /// Mutated sensor events (bytes changed, cut, spliced): same rows both ways, no panic.
     #[test]
     fn mutated_sensor_events_give_the_same_rows_both_ways() {
-        const ALPHABET: &[u8] = b"{}[]\",:.\\a1 ";
         let seed = sensor_event(7, "echo hi | base64 -d");
         let mut rng = fastrand::Rng::with_seed(0x636f_6c73);
         let events: Vec<Vec<u8>> = (0..3000)
-            .map(|_| {
-                let mut v = seed.clone();
-                for _ in 0..rng.usize(1..4) {
-                    let i = rng.usize(..v.len());
-                    match rng.u32(0..4) {
-                        0 => v[i] = ALPHABET[rng.usize(..ALPHABET.len())],
-                        1 => v.truncate(i.max(1)),
-                        2 => v.insert(i, rng.u8(..)),
-                        _ => {
-                            let j = rng.usize(..seed.len());
-                            let k = (j + rng.usize(..24)).min(seed.len());
-                            v.splice(i..i, seed[j..k].iter().copied());
-                        }
-                    }
-                }
-                v
-            })
+            .map(|_| mamori_model::testing::mutate(&mut rng, &seed, 24))
             .collect();
         let (a, b, fast) = both(&events);
         assert!(

@@ -18,5 +18,8 @@ pub mod fields;
 mod level;
 pub mod walk;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
 pub use event::{Event, EventKind, Product, Shape};
 pub use level::{Level, ParseLevelError};

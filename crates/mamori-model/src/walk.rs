@@ -411,24 +411,10 @@ mod tests {
     #[test]
     fn mutated_documents_walk_as_the_tree_reads_them_or_not_at_all() {
         let seed = br#"{"@timestamp":"2026-11-26T10:00:00Z","event":{"category":["process"],"module":"mamori"},"process":{"pid":42,"args":["sh","-c","a\"b"],"parent":{"pid":1,"executable":"/bin/bash"}},"user":{"name":"root","id":"0"},"n":-1.5e3}"#;
-        const ALPHABET: &[u8] = b"{}[]\",:.\\a1 ";
         let mut rng = fastrand::Rng::with_seed(0x77616c6b);
         let (mut walked, mut refused) = (0, 0);
         for _ in 0..5000 {
-            let mut v = seed.to_vec();
-            for _ in 0..rng.usize(1..4) {
-                let i = rng.usize(..v.len());
-                match rng.u32(0..4) {
-                    0 => v[i] = ALPHABET[rng.usize(..ALPHABET.len())],
-                    1 => v.truncate(i.max(1)),
-                    2 => v.insert(i, rng.u8(..)),
-                    _ => {
-                        let j = rng.usize(..seed.len());
-                        let k = (j + rng.usize(..20)).min(seed.len());
-                        v.splice(i..i, seed[j..k].iter().copied());
-                    }
-                }
-            }
+            let v = crate::testing::mutate(&mut rng, seed, 20);
             let text = String::from_utf8_lossy(&v);
             match walked_bytes(&v) {
                 Ok(fields) => {
