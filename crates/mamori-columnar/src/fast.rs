@@ -2,16 +2,15 @@
 //!
 //! Nearly every stored event is one of the sensor's ECS documents. Parsing each into a
 //! `serde_json::Value` allocates every key and every string, only to read two dozen of
-//! them; here serde walks the document once, borrows the strings the columns need (escaped
-//! ones are the only copies) and skips everything else. Anything this reader is not sure to
+//! them; here [`mamori_model::json::Reader`] reads the document once, borrows the strings
+//! the columns need (escaped ones are the only copies) and skips everything else. Anything this reader is not sure to
 //! read exactly as the general path would (Windows shapes, dotted top-level names, repeated
 //! keys, a document that is not ECS) makes it give up, and the caller takes the general
 //! path: the result is the same row either way (tested against the general path).
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use mamori_model::json::{self, Kind, Reader};
 use serde_json::Number;
 
 /// A leaf value as the columns see it.
@@ -125,153 +124,103 @@ impl Paths {
             ecs_objects: false,
             timestamp: false,
         };
-        let mut de = serde_json::Deserializer::from_slice(event);
-        Level {
-            nodes: &self.root,
-            top: true,
-            found: &mut found,
+        let mut r = Reader::new(event).ok()?;
+        if r.kind().ok()? != Kind::Object {
+            return None;
         }
-        .deserialize(&mut de)
-        .ok()?;
-        de.end().ok()?;
+        level(&mut r, &self.root, true, &mut found).ok()?;
+        r.end().ok()?;
         (found.timestamp && found.ecs_objects).then_some(found)
     }
 }
 
-/// Reads one object level: wanted leaves into their slots, wanted objects descended into,
-/// everything else skipped.
-struct Level<'n, 'f, 'a> {
-    nodes: &'n [Node],
+/// Gives up on the document (not an error in the text: the general path reads it).
+fn give_up<T>(what: &'static str) -> Result<T, json::Error> {
+    Err(json::Error { what, at: 0 })
+}
+
+/// Reads one object (the reader is at its `{`): wanted leaves into their slots, wanted
+/// objects descended into, everything else skipped.
+fn level<'a>(
+    r: &mut Reader<'a>,
+    nodes: &[Node],
     top: bool,
-    found: &'f mut Found<'a>,
-}
-
-impl<'de, 'n, 'f> DeserializeSeed<'de> for Level<'n, 'f, 'de> {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_any(self)
+    found: &mut Found<'a>,
+) -> Result<(), json::Error> {
+    if !r.object_start()? {
+        return Ok(());
     }
-}
-
-impl<'de, 'n, 'f> Visitor<'de> for Level<'n, 'f, 'de> {
-    /// Whether the value was an object.
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        let mut seen = 0u64;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let key: &str = &key;
-            if self.top {
-                if key.contains('.') || OTHER_SHAPES.contains(&key) {
-                    return Err(de::Error::custom("not a plain ECS document"));
-                }
-                if key == "@timestamp" {
-                    self.found.timestamp = true;
-                }
+    let mut seen = 0u64;
+    loop {
+        let text = r.key()?;
+        let decoded;
+        let key: &str = match text.plain() {
+            Some(k) => k,
+            None => {
+                decoded = text.decoded();
+                &decoded
             }
-            let Some(i) = self.nodes.iter().position(|n| n.name == key) else {
-                map.next_value::<IgnoredAny>()?;
-                continue;
-            };
-            // The general path keeps the last of repeated keys; this one gives up.
-            if seen & (1 << i) != 0 {
-                return Err(de::Error::custom("repeated key"));
+        };
+        if top {
+            if key.contains('.') || OTHER_SHAPES.contains(&key) {
+                return give_up("not a plain ECS document");
             }
-            seen |= 1 << i;
-            let node = &self.nodes[i];
-            if let Some(slot) = node.slot {
-                self.found.slots[slot] = Some(map.next_value::<Scalar<'de>>()?);
-            } else {
-                let object = map.next_value_seed(Level {
-                    nodes: &node.children,
-                    top: false,
-                    found: &mut *self.found,
-                })?;
-                if self.top && object && ECS_OBJECTS.contains(&key) {
-                    self.found.ecs_objects = true;
+            if key == "@timestamp" {
+                found.timestamp = true;
+            }
+        }
+        match nodes.iter().position(|n| n.name == key) {
+            None => r.skip_value()?,
+            Some(i) => {
+                // The general path keeps the last of repeated keys; this one gives up.
+                if seen & (1 << i) != 0 {
+                    return give_up("repeated key");
+                }
+                seen |= 1 << i;
+                let node = &nodes[i];
+                if let Some(slot) = node.slot {
+                    found.slots[slot] = Some(scalar(r)?);
+                } else if r.kind()? == Kind::Object {
+                    level(r, &node.children, false, found)?;
+                    if top && ECS_OBJECTS.contains(&key) {
+                        found.ecs_objects = true;
+                    }
+                } else {
+                    r.skip_value()?;
                 }
             }
         }
-        Ok(true)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(false)
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_unit<E>(self) -> Result<bool, E> {
-        Ok(false)
-    }
-}
-
-impl<'de> de::Deserialize<'de> for Scalar<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ScalarVisitor)
-    }
-}
-
-struct ScalarVisitor;
-
-impl<'de> Visitor<'de> for ScalarVisitor {
-    type Value = Scalar<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, b: bool) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Bool(b))
-    }
-    fn visit_i64<E>(self, n: i64) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Num(n.into()))
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Num(n.into()))
-    }
-    fn visit_f64<E>(self, n: f64) -> Result<Scalar<'de>, E> {
-        Ok(Number::from_f64(n).map_or(Scalar::Other, Scalar::Num))
-    }
-    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Str(Cow::Borrowed(s)))
-    }
-    fn visit_str<E>(self, s: &str) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Str(Cow::Owned(s.to_string())))
-    }
-    fn visit_string<E>(self, s: String) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Str(Cow::Owned(s)))
-    }
-    fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Other)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar<'de>, A::Error> {
-        let mut items = Vec::new();
-        while let Some(s) = seq.next_element::<Scalar<'de>>()? {
-            items.push(s);
+        if !r.object_next()? {
+            return Ok(());
         }
-        Ok(Scalar::List(items))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar<'de>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Other)
-    }
+}
+
+/// Reads a leaf value.
+fn scalar<'a>(r: &mut Reader<'a>) -> Result<Scalar<'a>, json::Error> {
+    Ok(match r.kind()? {
+        Kind::String => Scalar::Str(r.string()?.decoded()),
+        Kind::Number => json::number(r.number()?).map_or(Scalar::Other, Scalar::Num),
+        Kind::Bool => Scalar::Bool(r.bool()?),
+        Kind::Null => {
+            r.null()?;
+            Scalar::Other
+        }
+        Kind::Array => {
+            let mut items = Vec::new();
+            if r.array_start()? {
+                loop {
+                    items.push(scalar(r)?);
+                    if !r.array_next()? {
+                        break;
+                    }
+                }
+            }
+            Scalar::List(items)
+        }
+        Kind::Object => {
+            r.skip_value()?;
+            Scalar::Other
+        }
+    })
 }

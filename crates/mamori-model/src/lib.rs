@@ -6,6 +6,8 @@
 //!   Sigma rules use, so the detection engine never needs to know where an event came from.
 //! * [`fields`] — the documented mapping layer between Sigma's Sysmon-style field names
 //!   (`Image`, `CommandLine`, …) and ECS names (`process.executable`, …).
+//! * [`json`] — a pull reader for JSON text that checks it as serde_json would, for the
+//!   server's hot paths (checking events on arrival, detection, the compactor).
 //! * [`walk`] — the fields of a JSON document in one pass, without building a tree (the
 //!   fast path for the sensor's events).
 //! * [`Level`] and [`attack`] — rule severity and MITRE ATT&CK tag parsing.
@@ -15,6 +17,7 @@
 pub mod attack;
 pub mod event;
 pub mod fields;
+pub mod json;
 mod level;
 pub mod walk;
 

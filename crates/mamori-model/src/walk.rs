@@ -15,8 +15,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
+
+use crate::json::{self, Kind, Reader};
 
 /// A field's value as [`walk`] hands it over.
 #[derive(Debug, Clone)]
@@ -83,6 +84,8 @@ pub struct Scratch {
     /// objects are small, a look along the list is cheaper than hashing.
     keys: Vec<(usize, usize)>,
     key_text: String,
+    /// A string value with escapes, decoded.
+    value: String,
 }
 
 /// Calls `f` with every field of the JSON object `raw`, in document order, named by dotted
@@ -96,237 +99,163 @@ pub fn walk(
     scratch.name.clear();
     scratch.keys.clear();
     scratch.key_text.clear();
-    let mut de = serde_json::Deserializer::from_slice(raw);
-    let mut walker = Walker { scratch, f };
-    let top = Object(&mut walker)
-        .deserialize(&mut de)
-        .map_err(|e| GaveUp(e.to_string()))?;
-    if !top {
-        return Err(GaveUp("not a JSON object".into()));
-    }
-    de.end().map_err(|e| GaveUp(e.to_string()))
+    let mut w = Walker {
+        r: Reader::new(raw).map_err(|e| GaveUp(e.to_string()))?,
+        scratch,
+        f,
+    };
+    let walked = match w.r.kind() {
+        Ok(Kind::Object) => w.object().and_then(|()| Ok(w.r.end()?)),
+        Ok(_) => Err(Why::Not("not a JSON object")),
+        Err(e) => Err(e.into()),
+    };
+    walked.map_err(|why| {
+        GaveUp(match why {
+            Why::Json(e) => e.to_string(),
+            Why::Not(what) => what.to_string(),
+        })
+    })
 }
 
-struct Walker<'w> {
+/// Why a walk stopped.
+enum Why {
+    /// The text is not JSON.
+    Json(json::Error),
+    /// JSON, but not what a walk reads exactly (or the callback said stop).
+    Not(&'static str),
+}
+
+impl From<json::Error> for Why {
+    fn from(e: json::Error) -> Why {
+        Why::Json(e)
+    }
+}
+
+struct Walker<'a, 'w> {
+    r: Reader<'a>,
     scratch: &'w mut Scratch,
     f: &'w mut dyn FnMut(&str, Leaf<'_>) -> Next,
 }
 
-impl Walker<'_> {
-    fn call<E: de::Error>(&mut self, leaf: Leaf<'_>) -> Result<(), E> {
-        match (self.f)(&self.scratch.name, leaf) {
-            Next::Go => Ok(()),
-            Next::Stop => Err(E::custom("stopped")),
+fn call(f: &mut dyn FnMut(&str, Leaf<'_>) -> Next, name: &str, leaf: Leaf<'_>) -> Result<(), Why> {
+    match f(name, leaf) {
+        Next::Go => Ok(()),
+        Next::Stop => Err(Why::Not("stopped")),
+    }
+}
+
+fn number(text: &str) -> Result<Number, Why> {
+    json::number(text).ok_or(Why::Not("a number JSON cannot hold"))
+}
+
+impl<'a> Walker<'a, '_> {
+    /// Reads an object's fields (the reader is at its `{`).
+    fn object(&mut self) -> Result<(), Why> {
+        let (first_key, text_len) = (self.scratch.keys.len(), self.scratch.key_text.len());
+        if self.r.object_start()? {
+            loop {
+                let key = self.r.key()?;
+                let Scratch {
+                    name,
+                    keys,
+                    key_text,
+                    ..
+                } = &mut *self.scratch;
+                let start = key_text.len();
+                key.decode_into(key_text);
+                let key = &key_text[start..];
+                if key.contains('.') {
+                    return Err(Why::Not("a key with a dot"));
+                }
+                if keys[first_key..]
+                    .iter()
+                    .any(|&(a, b)| key_text[a..b] == *key)
+                {
+                    return Err(Why::Not("a repeated key"));
+                }
+                keys.push((start, key_text.len()));
+                let len = name.len();
+                if len > 0 {
+                    name.push('.');
+                }
+                name.push_str(key);
+                self.field()?;
+                self.scratch.name.truncate(len);
+                if !self.r.object_next()? {
+                    break;
+                }
+            }
         }
-    }
-}
-
-/// Reads an object key onto the end of a string (no allocation of its own).
-struct KeyInto<'a>(&'a mut String);
-
-impl<'de> DeserializeSeed<'de> for KeyInto<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeyInto<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E>(self, s: &str) -> Result<(), E> {
-        self.0.push_str(s);
+        self.scratch.keys.truncate(first_key);
+        self.scratch.key_text.truncate(text_len);
         Ok(())
     }
-}
 
-/// Reads a value that may be an object (descended into) or not (`false`, nothing read).
-struct Object<'a, 'w>(&'a mut Walker<'w>);
-
-/// Reads a field's value under the name the walker holds.
-struct Field<'a, 'w>(&'a mut Walker<'w>);
-
-impl<'de> DeserializeSeed<'de> for Object<'_, '_> {
-    type Value = bool;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Object<'_, '_> {
-    type Value = bool;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        let w = self.0;
-        let (first_key, text_len) = (w.scratch.keys.len(), w.scratch.key_text.len());
-        loop {
-            let start = w.scratch.key_text.len();
-            if map
-                .next_key_seed(KeyInto(&mut w.scratch.key_text))?
-                .is_none()
-            {
-                break;
+    /// Reads a field's value under the name the scratch holds.
+    fn field(&mut self) -> Result<(), Why> {
+        let Scratch { name, value, .. } = &mut *self.scratch;
+        let leaf = match self.r.kind()? {
+            Kind::Object => {
+                call(self.f, name, Leaf::Object)?;
+                return self.object();
             }
-            let Scratch {
-                name,
-                keys,
-                key_text,
-            } = &mut *w.scratch;
-            let key = &key_text[start..];
-            if key.contains('.') {
-                return Err(de::Error::custom("a key with a dot"));
+            Kind::Array => return self.array(),
+            Kind::String => {
+                let text = self.r.string()?;
+                let s = match text.plain() {
+                    Some(s) => s,
+                    None => {
+                        value.clear();
+                        text.decode_into(value);
+                        value
+                    }
+                };
+                Item::Str(Cow::Borrowed(s))
             }
-            if keys[first_key..]
-                .iter()
-                .any(|&(a, b)| key_text[a..b] == *key)
-            {
-                return Err(de::Error::custom("a repeated key"));
+            Kind::Number => Item::Num(number(self.r.number()?)?),
+            Kind::Bool => Item::Bool(self.r.bool()?),
+            Kind::Null => {
+                self.r.null()?;
+                Item::Null
             }
-            keys.push((start, key_text.len()));
-            let len = name.len();
-            if len > 0 {
-                name.push('.');
-            }
-            name.push_str(key);
-            map.next_value_seed(Field(&mut *w))?;
-            w.scratch.name.truncate(len);
-        }
-        w.scratch.keys.truncate(first_key);
-        w.scratch.key_text.truncate(text_len);
-        Ok(true)
+        };
+        call(self.f, name, Leaf::One(leaf))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(false)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
-        Ok(false)
-    }
-    fn visit_unit<E>(self) -> Result<bool, E> {
-        Ok(false)
-    }
-}
 
-impl<'de> DeserializeSeed<'de> for Field<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Field<'_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        self.0.call(Leaf::Object)?;
-        Object(self.0).visit_map(map).map(|_| ())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    /// Reads an array of scalars.
+    fn array(&mut self) -> Result<(), Why> {
         // Arrays in events are short (categories, types): held on the stack, unless long.
-        let mut small: [Item<'de>; 8] = std::array::from_fn(|_| Item::Null);
+        let mut small: [Item<'a>; 8] = std::array::from_fn(|_| Item::Null);
         let (mut n, mut long) = (0, Vec::new());
-        while let Some(ItemOf(item)) = seq.next_element()? {
-            if n < small.len() {
-                small[n] = item;
-                n += 1;
-            } else {
-                if long.is_empty() {
-                    long.extend(small.iter_mut().map(|i| std::mem::replace(i, Item::Null)));
+        if self.r.array_start()? {
+            loop {
+                let item = match self.r.kind()? {
+                    Kind::Object => return Err(Why::Not("an object in an array")),
+                    Kind::Array => return Err(Why::Not("an array in an array")),
+                    Kind::String => Item::Str(self.r.string()?.decoded()),
+                    Kind::Number => Item::Num(number(self.r.number()?)?),
+                    Kind::Bool => Item::Bool(self.r.bool()?),
+                    Kind::Null => {
+                        self.r.null()?;
+                        Item::Null
+                    }
+                };
+                if n < small.len() {
+                    small[n] = item;
+                    n += 1;
+                } else {
+                    if long.is_empty() {
+                        long.extend(small.iter_mut().map(|i| std::mem::replace(i, Item::Null)));
+                    }
+                    long.push(item);
                 }
-                long.push(item);
+                if !self.r.array_next()? {
+                    break;
+                }
             }
         }
-        self.0.call(Leaf::List(if long.is_empty() {
-            &small[..n]
-        } else {
-            &long
-        }))
-    }
-    fn visit_bool<E: de::Error>(self, b: bool) -> Result<(), E> {
-        self.0.call(Leaf::One(Item::Bool(b)))
-    }
-    fn visit_i64<E: de::Error>(self, n: i64) -> Result<(), E> {
-        self.0.call(Leaf::One(Item::Num(n.into())))
-    }
-    fn visit_u64<E: de::Error>(self, n: u64) -> Result<(), E> {
-        self.0.call(Leaf::One(Item::Num(n.into())))
-    }
-    fn visit_f64<E: de::Error>(self, n: f64) -> Result<(), E> {
-        match Number::from_f64(n) {
-            Some(n) => self.0.call(Leaf::One(Item::Num(n))),
-            None => Err(E::custom("a number JSON cannot hold")),
-        }
-    }
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
-        self.0.call(Leaf::One(Item::Str(Cow::Borrowed(s))))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.0.call(Leaf::One(Item::Null))
-    }
-}
-
-/// An array element: a scalar, or the walk gives up.
-struct ItemOf<'a>(Item<'a>);
-
-impl<'de> de::Deserialize<'de> for ItemOf<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ItemVisitor)
-    }
-}
-
-struct ItemVisitor;
-
-impl<'de> Visitor<'de> for ItemVisitor {
-    type Value = ItemOf<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a scalar")
-    }
-    fn visit_bool<E>(self, b: bool) -> Result<ItemOf<'de>, E> {
-        Ok(ItemOf(Item::Bool(b)))
-    }
-    fn visit_i64<E>(self, n: i64) -> Result<ItemOf<'de>, E> {
-        Ok(ItemOf(Item::Num(n.into())))
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<ItemOf<'de>, E> {
-        Ok(ItemOf(Item::Num(n.into())))
-    }
-    fn visit_f64<E: de::Error>(self, n: f64) -> Result<ItemOf<'de>, E> {
-        Number::from_f64(n)
-            .map(|n| ItemOf(Item::Num(n)))
-            .ok_or_else(|| E::custom("a number JSON cannot hold"))
-    }
-    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<ItemOf<'de>, E> {
-        Ok(ItemOf(Item::Str(Cow::Borrowed(s))))
-    }
-    fn visit_str<E>(self, s: &str) -> Result<ItemOf<'de>, E> {
-        Ok(ItemOf(Item::Str(Cow::Owned(s.to_string()))))
-    }
-    fn visit_unit<E>(self) -> Result<ItemOf<'de>, E> {
-        Ok(ItemOf(Item::Null))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<ItemOf<'de>, A::Error> {
-        Err(de::Error::custom("an array in an array"))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<ItemOf<'de>, A::Error> {
-        Err(de::Error::custom("an object in an array"))
+        let items = if long.is_empty() { &small[..n] } else { &long };
+        call(self.f, &self.scratch.name, Leaf::List(items))
     }
 }
 
@@ -387,6 +316,8 @@ mod tests {
             (r#"[1,2]"#, "not a JSON object"),
             (r#"{"a":1} x"#, "trailing"),
             (r#"{"a":"#, "EOF"),
+            ("{\"a\":\"\\ud800\"}", "lone surrogate"),
+            (r#"{"a":1e999}"#, "out of range"),
         ] {
             let e = walked(doc).unwrap_err();
             assert!(e.0.contains(why), "{doc}: {e}");

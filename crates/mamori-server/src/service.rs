@@ -300,7 +300,7 @@ fn check(b: &Batch, limits: &Limits) -> Result<(), String> {
         if e.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
             return Err(format!("event {i}: not a JSON object"));
         }
-        if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(e) {
+        if let Err(err) = mamori_model::json::validate(e) {
             return Err(format!("event {i}: not JSON: {err}"));
         }
     }
@@ -338,6 +338,17 @@ mod tests {
             bad(1, vec![b"{".to_vec()])
                 .unwrap_err()
                 .contains("not JSON")
+        );
+        // Text the stores could not read back as a string is refused here, not found later.
+        assert!(
+            bad(1, vec![b"{}".to_vec(), b"{\"a\":\"\xff\"}".to_vec()])
+                .unwrap_err()
+                .contains("event 1: not JSON: not UTF-8 at byte 6")
+        );
+        assert!(
+            bad(1, vec![br#"{"a":"\ud800"}"#.to_vec()])
+                .unwrap_err()
+                .contains("lone surrogate")
         );
         assert!(
             bad(u64::MAX, vec![b"{}".to_vec()])
