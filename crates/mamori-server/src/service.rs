@@ -208,65 +208,91 @@ pub fn authorise_agent<T>(shared: &Shared, r: &Request<T>) -> Result<(String, St
     Ok((id, agent.tenant))
 }
 
-type AckStream = tokio_stream::wrappers::ReceiverStream<Result<Ack, Status>>;
+type AckStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Ack, Status>> + Send + 'static>>;
+
+/// One agent's ingest stream as the acknowledgements answer it.
+struct Flow {
+    inbound: Streaming<Batch>,
+    shared: Arc<Shared>,
+    agent: String,
+    tenant: String,
+    ended: bool,
+}
+
+impl Flow {
+    /// Reads the next batch and makes it durable: its acknowledgement, or the refusal that
+    /// ends the stream. `None` when the agent has closed its side.
+    async fn next(&mut self) -> Option<Result<Ack, Status>> {
+        if self.ended {
+            return None;
+        }
+        let batch = match self.inbound.next().await? {
+            Ok(b) => b,
+            Err(status) => {
+                tracing::debug!(agent = %self.agent, "stream ended: {status}");
+                return None;
+            }
+        };
+        if let Err(why) = check(&batch, &self.shared.limits) {
+            tracing::warn!(agent = %self.agent, "malformed batch refused: {why}");
+            self.ended = true;
+            return Some(Err(Status::invalid_argument(why)));
+        }
+        let appended = self
+            .shared
+            .writer
+            .append(Append {
+                tenant: self.tenant.clone(),
+                agent: self.agent.clone(),
+                first_seq: Some(batch.first_seq),
+                events: batch.events,
+            })
+            .await;
+        Some(match appended {
+            Ok(a) => {
+                if a.gap > 0 {
+                    // Agents skip reserved numbers after a restart; real losses are counted
+                    // by the agent (spool eviction) and reported in its health.
+                    tracing::debug!(agent = %self.agent, skipped = a.gap, "sequence jump");
+                }
+                Ok(Ack {
+                    durable_through: a.durable_through,
+                })
+            }
+            Err(e) => {
+                self.ended = true;
+                Err(internal(e))
+            }
+        })
+    }
+}
 
 #[tonic::async_trait]
 impl Ingest for IngestService {
     type StreamStream = AckStream;
 
+    /// The acknowledgements are the response stream itself: the next batch is read when the
+    /// last acknowledgement has been handed to the connection, so one is in flight at most
+    /// and the agent cannot run ahead of the disk (no task or channel of its own per stream).
     async fn stream(
         &self,
         r: Request<Streaming<Batch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let (agent, tenant) = authorise_agent(&self.0, &r)?;
         let _ = self.0.state.touch(&agent);
-        let mut inbound = r.into_inner();
-        // One acknowledgement in flight at most: the agent cannot run ahead of the disk.
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let shared = self.0.clone();
-        tokio::spawn(async move {
-            while let Some(next) = inbound.next().await {
-                let batch = match next {
-                    Ok(b) => b,
-                    Err(status) => {
-                        tracing::debug!(%agent, "stream ended: {status}");
-                        return;
-                    }
-                };
-                if let Err(why) = check(&batch, &shared.limits) {
-                    tracing::warn!(%agent, "malformed batch refused: {why}");
-                    let _ = tx.send(Err(Status::invalid_argument(why))).await;
-                    return;
-                }
-                let appended = shared
-                    .writer
-                    .append(Append {
-                        tenant: tenant.clone(),
-                        agent: agent.clone(),
-                        first_seq: Some(batch.first_seq),
-                        events: batch.events,
-                    })
-                    .await;
-                let reply = match appended {
-                    Ok(a) => {
-                        if a.gap > 0 {
-                            // Agents skip reserved numbers after a restart; real losses are
-                            // counted by the agent (spool eviction) and reported in its health.
-                            tracing::debug!(%agent, skipped = a.gap, "sequence jump");
-                        }
-                        Ok(Ack {
-                            durable_through: a.durable_through,
-                        })
-                    }
-                    Err(e) => Err(internal(e)),
-                };
-                let failed = reply.is_err();
-                if tx.send(reply).await.is_err() || failed {
-                    return;
-                }
-            }
+        let flow = Flow {
+            inbound: r.into_inner(),
+            shared: self.0.clone(),
+            agent,
+            tenant,
+            ended: false,
+        };
+        let acks = futures_util::stream::unfold(flow, |mut flow| async move {
+            let ack = flow.next().await?;
+            Some((ack, flow))
         });
-        Ok(Response::new(AckStream::new(rx)))
+        Ok(Response::new(Box::pin(acks)))
     }
 }
 

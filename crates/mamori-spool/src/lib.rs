@@ -388,14 +388,12 @@ impl Spool {
             write_marker(&self.dir, "reserved", self.reserved)?;
         }
         let header = header(seq, payload);
-        let path = self.active_path();
-        let w = self.writer.as_mut().ok_or_else(|| SpoolError::Io {
-            path: path.clone(),
-            source: std::io::Error::other("no open segment"),
-        })?;
-        w.write_all(&header)
-            .and_then(|()| w.write_all(payload))
-            .map_err(io(&path))?;
+        let written = match self.writer.as_mut() {
+            Some(w) => w.write_all(&header).and_then(|()| w.write_all(payload)),
+            None => Err(std::io::Error::other("no open segment")),
+        };
+        // The path is only named in an error (cloning it for every record cost a malloc).
+        written.map_err(|e| io(&self.active_path())(e))?;
         if let Some(s) = self.segments.back_mut() {
             s.bytes += need;
             s.last = seq;
