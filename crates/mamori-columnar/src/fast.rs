@@ -118,13 +118,13 @@ impl Paths {
     }
 
     /// Reads `event` when it is an ECS document this reader handles exactly.
-    pub(crate) fn read<'a>(&self, event: &'a [u8]) -> Option<Found<'a>> {
+    pub(crate) fn read<'a>(&self, event: &'a str) -> Option<Found<'a>> {
         let mut found = Found {
             slots: (0..self.slots).map(|_| None).collect(),
             ecs_objects: false,
             timestamp: false,
         };
-        let mut r = Reader::new(event).ok()?;
+        let mut r = Reader::of_text(event);
         if r.kind().ok()? != Kind::Object {
             return None;
         }

@@ -167,11 +167,16 @@ impl<'a> Reader<'a> {
             what: "not UTF-8",
             at: e.valid_up_to(),
         })?;
-        Ok(Reader {
+        Ok(Reader::of_text(text))
+    }
+
+    /// A reader at the start of `text` (already known to be UTF-8).
+    pub fn of_text(text: &'a str) -> Reader<'a> {
+        Reader {
             text,
             pos: 0,
             depth: 0,
-        })
+        }
     }
 
     fn bytes(&self) -> &'a [u8] {

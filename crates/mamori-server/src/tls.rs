@@ -95,12 +95,18 @@ pub fn incoming(
 /// Bytes read from the socket at once, at most.
 const READ_AHEAD: usize = 64 << 10;
 
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(READ_AHEAD));
+}
+
 /// A TCP connection read ahead through a buffer that exists only while it holds data.
 ///
 /// rustls asks for at most 4 KiB per read (resizing its own buffer around each), so a batch
 /// of 30 KiB cost eight `recvfrom` calls. Here one call takes whatever the socket holds, up
-/// to 64 KiB, and rustls's reads are served from memory. The buffer is freed once drained:
-/// an idle connection (most of 10,000 agents, most of the time) holds none.
+/// to 64 KiB (through a scratch buffer per thread), and rustls's reads are served from
+/// memory. The connection's buffer is exactly what was read and is freed once drained: an
+/// idle connection (most of 10,000 agents, most of the time) holds none.
 pub struct ReadAhead {
     tcp: TcpStream,
     buf: Vec<u8>,
@@ -135,11 +141,18 @@ impl AsyncRead for ReadAhead {
                 return Poll::Ready(Ok(()));
             }
             ready!(this.tcp.poll_read_ready(cx))?;
-            let mut buf = Vec::with_capacity(READ_AHEAD);
-            match this.tcp.try_read_buf(&mut buf) {
+            // Read into the thread's scratch space, keep an exact copy: a connection holds
+            // only what it was sent (a 64 KiB buffer per handshake left the heap fragmented).
+            let read = SCRATCH.with_borrow_mut(|scratch| {
+                scratch.clear();
+                let n = this.tcp.try_read_buf(scratch)?;
+                this.buf.extend_from_slice(&scratch[..n]);
+                Ok::<_, io::Error>(n)
+            });
+            match read {
                 // End of stream: nothing read.
                 Ok(0) => return Poll::Ready(Ok(())),
-                Ok(_) => (this.buf, this.at) = (buf, 0),
+                Ok(_) => this.at = 0,
                 // Readiness is cleared: the next poll waits for more.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
