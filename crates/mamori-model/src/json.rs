@@ -241,14 +241,7 @@ impl<'a> Reader<'a> {
 
     /// Reads `{`; whether the object has fields (if not, its `}` is read too).
     pub fn object_start(&mut self) -> Result<bool, Error> {
-        self.expect(b'{', "expected an object")?;
-        self.enter()?;
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
-            self.depth -= 1;
-            return Ok(false);
-        }
-        Ok(true)
+        self.open(b'{', b'}', "expected an object")
     }
 
     /// Reads a key and its `:`.
@@ -265,26 +258,25 @@ impl<'a> Reader<'a> {
 
     /// After a field's value: `,` (another field follows: `true`) or `}` (`false`).
     pub fn object_next(&mut self) -> Result<bool, Error> {
-        match self.peek() {
-            Some(b',') => {
-                self.pos += 1;
-                Ok(true)
-            }
-            Some(b'}') => {
-                self.pos += 1;
-                self.depth -= 1;
-                Ok(false)
-            }
-            Some(_) => self.err("expected ',' or '}'"),
-            None => self.err("EOF while parsing an object"),
-        }
+        self.next_or_close(b'}', "expected ',' or '}'", "EOF while parsing an object")
     }
 
     /// Reads `[`; whether the array has elements (if not, its `]` is read too).
     pub fn array_start(&mut self) -> Result<bool, Error> {
-        self.expect(b'[', "expected an array")?;
+        self.open(b'[', b']', "expected an array")
+    }
+
+    /// After an element: `,` (another follows: `true`) or `]` (`false`).
+    pub fn array_next(&mut self) -> Result<bool, Error> {
+        self.next_or_close(b']', "expected ',' or ']'", "EOF while parsing an array")
+    }
+
+    /// Reads `open`, one level deeper; whether something follows before `close` (if
+    /// nothing does, `close` is read too).
+    fn open(&mut self, open: u8, close: u8, what: &'static str) -> Result<bool, Error> {
+        self.expect(open, what)?;
         self.enter()?;
-        if self.peek() == Some(b']') {
+        if self.peek() == Some(close) {
             self.pos += 1;
             self.depth -= 1;
             return Ok(false);
@@ -292,20 +284,25 @@ impl<'a> Reader<'a> {
         Ok(true)
     }
 
-    /// After an element: `,` (another follows: `true`) or `]` (`false`).
-    pub fn array_next(&mut self) -> Result<bool, Error> {
+    /// `,` (`true`: more follows) or `close` (`false`: one level up).
+    fn next_or_close(
+        &mut self,
+        close: u8,
+        what: &'static str,
+        eof: &'static str,
+    ) -> Result<bool, Error> {
         match self.peek() {
             Some(b',') => {
                 self.pos += 1;
                 Ok(true)
             }
-            Some(b']') => {
+            Some(c) if c == close => {
                 self.pos += 1;
                 self.depth -= 1;
                 Ok(false)
             }
-            Some(_) => self.err("expected ',' or ']'"),
-            None => self.err("EOF while parsing an array"),
+            Some(_) => self.err(what),
+            None => self.err(eof),
         }
     }
 
