@@ -366,6 +366,12 @@ pub struct ShipOptions {
     pub batch_bytes: usize,
     /// Batches sent ahead of their acknowledgement.
     pub window: usize,
+    /// How long events may wait for more to join their batch. A batch that is not full is
+    /// sent only this long after the last one: an agent that records a few events a second
+    /// sends a batch every `linger` instead of one per event (the server's cost per batch
+    /// is many times its cost per event), at the price of up to `linger` before the server
+    /// sees an event.
+    pub linger: Duration,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
 }
@@ -376,6 +382,7 @@ impl Default for ShipOptions {
             batch_events: 2000,
             batch_bytes: mamori_wire::MAX_MESSAGE_BYTES / 2,
             window: 4,
+            linger: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
         }
     }
@@ -388,6 +395,8 @@ pub struct ShipStats {
     pub acked: std::sync::atomic::AtomicU64,
     /// Connections made.
     pub connects: std::sync::atomic::AtomicU64,
+    /// Batches sent.
+    pub batches: std::sync::atomic::AtomicU64,
 }
 
 /// Ships the spool until `stop` is set. Refusals of the agent's identity (revoked, unknown)
@@ -429,11 +438,12 @@ pub(crate) async fn reconnecting(
     Ok(())
 }
 
+/// The next batch from `from`, and whether it is full (by events or bytes).
 fn next_batch(
     spool: &Mutex<Spool>,
     from: u64,
     opts: ShipOptions,
-) -> Result<Option<Batch>, LinkError> {
+) -> Result<Option<(Batch, bool)>, LinkError> {
     let mut sp = spool
         .lock()
         .map_err(|_| LinkError::Transport("spool lock poisoned".into()))?;
@@ -445,18 +455,27 @@ fn next_batch(
     };
     let mut events = Vec::new();
     let mut bytes = 0;
+    let mut full = recs.len() >= opts.batch_events;
     for (expect, (seq, r)) in (first..).zip(recs) {
         // A batch is consecutive numbers; it ends before a gap or the byte limit.
-        if seq != expect || (bytes + r.len() > opts.batch_bytes && !events.is_empty()) {
+        if seq != expect {
+            full = true; // what follows the gap goes at once, in the next batch
+            break;
+        }
+        if bytes + r.len() > opts.batch_bytes && !events.is_empty() {
+            full = true;
             break;
         }
         bytes += r.len();
         events.push(r.into());
     }
-    Ok(Some(Batch {
-        first_seq: first,
-        events,
-    }))
+    Ok(Some((
+        Batch {
+            first_seq: first,
+            events,
+        },
+        full,
+    )))
 }
 
 async fn ship_once(
@@ -486,31 +505,44 @@ async fn ship_once(
         .map_err(|_| LinkError::Transport("spool lock poisoned".into()))?;
     let mut next = acked_at_start + 1;
     let mut in_flight: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+    // What is in the spool at connection goes at once.
+    let mut last_sent = std::time::Instant::now() - opts.linger;
     loop {
         if stop.load(Ordering::Relaxed) && in_flight.is_empty() {
             return Ok(());
         }
-        // Fill the window.
+        // Fill the window: full batches at once, the rest once the linger is over.
+        let mut lingering = None;
         while in_flight.len() < opts.window && !stop.load(Ordering::Relaxed) {
             let spool2 = spool.clone();
             let batch = tokio::task::spawn_blocking(move || next_batch(&spool2, next, opts))
                 .await
                 .map_err(|e| LinkError::Transport(e.to_string()))??;
-            let Some(batch) = batch else { break };
+            let Some((batch, full)) = batch else { break };
+            let waited = last_sent.elapsed();
+            if !full && waited < opts.linger {
+                lingering = Some(opts.linger - waited);
+                break;
+            }
             let last = batch.first_seq + batch.events.len() as u64 - 1;
             next = last + 1;
             in_flight.push_back(last);
+            last_sent = std::time::Instant::now();
+            stats.batches.fetch_add(1, Ordering::Relaxed);
             tx.send(batch)
                 .await
                 .map_err(|_| LinkError::Transport("the stream closed".into()))?;
         }
-        let wait = if in_flight.is_empty() {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(30)
+        // Idle or lingering, the spool is looked at again every 200 ms at least (a full
+        // batch goes at once); an acknowledgement may come first.
+        let look = Duration::from_millis(200);
+        let wait = match lingering {
+            Some(l) => l.min(look),
+            None if in_flight.is_empty() => look,
+            None => Duration::from_secs(30),
         };
         match tokio::time::timeout(wait, acks.message()).await {
-            Err(_) if in_flight.is_empty() => continue, // idle: look at the spool again
+            Err(_) if in_flight.is_empty() || lingering.is_some() => continue,
             Err(_) => {
                 return Err(LinkError::Transport(
                     "no acknowledgement within 30 s".into(),

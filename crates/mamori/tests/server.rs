@@ -346,6 +346,103 @@ fn enrollment_trust_and_every_refusal() {
     assert!(!audit.contains(&t1), "a token in the audit log");
 }
 
+/// The agent batches a trickle of events by time (its linger) and sends full batches at
+/// once: a few events a second cost the server a batch every linger, not one per event.
+#[test]
+fn the_agent_sends_full_batches_at_once_and_lingers_over_a_trickle() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::{Arc, Mutex};
+    let srv = tempdir("server", "linger-srv");
+    let a = tempdir("server", "linger-agent");
+    let port = free_port();
+    let (mut server, fp) = start_server(&srv, port);
+    enroll(&a, port, &token(&srv, &[]), &fp).unwrap();
+    let ident = mamori_link::Identity::load(&a.join("agent"))
+        .unwrap()
+        .unwrap();
+    let (spool, _) =
+        mamori_spool::Spool::open(a.join("spool"), mamori_spool::SpoolConfig::default()).unwrap();
+    let spool = Arc::new(Mutex::new(spool));
+    let append = |n: usize| {
+        let mut sp = spool.lock().unwrap();
+        for _ in 0..n {
+            sp.append(b"{\"trickle\":true}").unwrap();
+        }
+        sp.sync().unwrap();
+    };
+    let run = |opts: mamori_link::ShipOptions| {
+        let (stop, stats) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(mamori_link::ShipStats::default()),
+        );
+        let (ident, spool, stop2, stats2) =
+            (ident.clone(), spool.clone(), stop.clone(), stats.clone());
+        let thread = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(mamori_link::ship(&ident, spool, stop2, opts, stats2))
+        });
+        (stop, stats, thread)
+    };
+    let acked_to = |stats: &mamori_link::ShipStats, n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while stats.acked.load(Relaxed) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{n} events not acknowledged in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Instant::now()
+    };
+
+    // Two full batches go at once; the 50 events left wait for the linger.
+    let linger = Duration::from_secs(3);
+    let (stop, stats, thread) = run(mamori_link::ShipOptions {
+        batch_events: 100,
+        linger,
+        ..Default::default()
+    });
+    append(250);
+    let full = acked_to(&stats, 200);
+    assert_eq!(
+        stats.acked.load(Relaxed),
+        200,
+        "the partial batch went early"
+    );
+    let rest = acked_to(&stats, 250);
+    assert!(
+        rest - full >= linger - Duration::from_millis(500),
+        "the partial batch went after {:?}, before the linger",
+        rest - full
+    );
+    assert_eq!(stats.batches.load(Relaxed), 3);
+    stop.store(true, Relaxed);
+    thread.join().unwrap().unwrap();
+
+    // A trickle (an event every 20 ms for 3 s) goes in a batch every 500 ms (the default).
+    let (stop, stats, thread) = run(mamori_link::ShipOptions::default());
+    let start = Instant::now();
+    for _ in 0..150 {
+        append(1);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    acked_to(&stats, 400);
+    let took = start.elapsed().as_secs_f64();
+    let batches = stats.batches.load(Relaxed);
+    // One batch per linger, plus the first (it goes at once) and one for rounding.
+    let most = (took / 0.5).ceil() as u64 + 2;
+    assert!(
+        (2..=most).contains(&batches),
+        "150 events over {took:.1} s went in {batches} batches (at most {most} expected)"
+    );
+    stop.store(true, Relaxed);
+    thread.join().unwrap().unwrap();
+    stop_server(&mut server);
+}
+
 #[test]
 fn server_killed_with_sigkill_loses_and_duplicates_nothing() {
     let srv = tempdir("server", "kill-srv");
