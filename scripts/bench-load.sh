@@ -5,6 +5,8 @@
 # its own certificate and stream. For each N: durable events/s, server CPU per event, RSS per
 # connected agent, and event-to-alert latency as seen through the REST API.
 # Usage: AGENTS="100 1000 10000" RATE=50000 SECS=20 scripts/bench-load.sh
+# INTERVAL_MS=500 sends each agent's batches every 500 ms (the agent's linger) instead of the
+# default (every second, or every N/2 ms above 2,000 agents).
 # BIN=/path/to/another/mamori measures that server binary instead (e.g. an older build, to
 # compare two builds run by run on this noisy machine).
 set -euo pipefail
@@ -31,8 +33,8 @@ for N in $AGENTS; do
     FP=$(grep -o 'sha256:[0-9a-f]*' "$WORK/server-$N.err" | head -1)
     TOKEN=$("$BIN" server token --uses 100000 --ttl 4h 2>/dev/null)
     API=$("$BIN" server api-token --name loadgen --role viewer 2>/dev/null)
-    # A batch per agent per second, or fewer for many agents.
-    INTERVAL=$(( N > 2000 ? N / 2 : 1000 ))
+    # A batch per agent per second, or fewer for many agents (or every INTERVAL_MS).
+    INTERVAL=${INTERVAL_MS:-$(( N > 2000 ? N / 2 : 1000 ))}
     echo "== $N agents, $RATE events/s offered, $SECS s; $(grep "live detection" "$WORK/server-$N.err")"
     target/release/examples/loadgen --server https://127.0.0.1:$PORT --fingerprint "$FP" \
         --token "$TOKEN" --api-token "$API" --agents "$N" --rate "$RATE" --seconds "$SECS" \
