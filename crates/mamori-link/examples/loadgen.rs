@@ -258,13 +258,12 @@ async fn main() {
             let mut seq = 1u64;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
+                let mut markers = 0;
                 let events: Vec<mamori_wire::Bytes> = (0..per_batch)
                     .map(|_| {
                         let n = counter.fetch_add(1, Ordering::Relaxed);
                         let marker = n % marker_every == marker_every - 1;
-                        if marker {
-                            markers_sent.fetch_add(1, Ordering::Relaxed);
-                        }
+                        markers += u64::from(marker);
                         event(i, n, marker).into()
                     })
                     .collect();
@@ -281,6 +280,8 @@ async fn main() {
                 }
                 seq += k;
                 sent.fetch_add(k, Ordering::Relaxed);
+                // Counted once handed to the stream: a batch cut short at the end is not.
+                markers_sent.fetch_add(markers, Ordering::Relaxed);
             }
         }));
     }
