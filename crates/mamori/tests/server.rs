@@ -398,14 +398,15 @@ fn the_agent_sends_full_batches_at_once_and_lingers_over_a_trickle() {
         Instant::now()
     };
 
-    // Two full batches go at once; the 50 events left wait for the linger.
+    // Two full batches go at once; the 50 events left wait for the linger. (Queued before
+    // the agent connects: what the spool holds at connection goes at once.)
     let linger = Duration::from_secs(3);
+    append(250);
     let (stop, stats, thread) = run(mamori_link::ShipOptions {
         batch_events: 100,
         linger,
         ..Default::default()
     });
-    append(250);
     let full = acked_to(&stats, 200);
     assert_eq!(
         stats.acked.load(Relaxed),
