@@ -7,6 +7,8 @@
 # Usage: AGENTS="100 1000 10000" RATE=50000 SECS=20 scripts/bench-load.sh
 # INTERVAL_MS=500 sends each agent's batches every 500 ms (the agent's linger) instead of the
 # default (every second, or every N/2 ms above 2,000 agents).
+# THREADS=1 also prints the server's CPU per thread over 5 s inside the load
+# (scripts/thread-cpu.sh).
 # BIN=/path/to/another/mamori measures that server binary instead (e.g. an older build, to
 # compare two builds run by run on this noisy machine).
 set -euo pipefail
@@ -36,6 +38,7 @@ for N in $AGENTS; do
     # A batch per agent per second, or fewer for many agents (or every INTERVAL_MS).
     INTERVAL=${INTERVAL_MS:-$(( N > 2000 ? N / 2 : 1000 ))}
     echo "== $N agents, $RATE events/s offered, $SECS s; $(grep "live detection" "$WORK/server-$N.err")"
+    if [ -n "${THREADS:-}" ]; then (sleep $(( 8 + N / 500 )); scripts/thread-cpu.sh "$SERVER" 5) & fi
     target/release/examples/loadgen --server https://127.0.0.1:$PORT --fingerprint "$FP" \
         --token "$TOKEN" --api-token "$API" --agents "$N" --rate "$RATE" --seconds "$SECS" \
         --interval-ms "$INTERVAL" --cache "$WORK/agents-$N" --server-pid "$SERVER"

@@ -99,8 +99,8 @@ const WRITER_ROUND_EVENTS: usize = 64 * 1024;
 /// Syncs start at least this far apart: under load, batches that arrive meanwhile share the
 /// next one (a sync costs the kernel far more than appending a batch), at the price of
 /// acknowledging up to this much later. An idle log syncs at once. At 1,000 agents (1,000
-/// batches a second) 4 ms gave ~250 syncs a second and the writer thread 7% of a core;
-/// 20 ms gives ~50 and 4%, for 10 ms more at the median before an alert.
+/// batches a second) 4 ms allowed up to 250 syncs a second and the writer thread took 6–7%
+/// of a core; 20 ms allows 50 and it takes 3–4%, for ~10 ms more before an alert (BENCHMARKS).
 const SYNC_SPACING: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The log's one writer: a thread that appends every batch queued meanwhile, makes them

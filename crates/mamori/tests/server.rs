@@ -435,6 +435,7 @@ fn the_agent_sends_full_batches_at_once_and_lingers_over_a_trickle() {
     let batches = stats.batches.load(Relaxed);
     // One batch per linger, plus the first (it goes at once) and one for rounding.
     let most = (took / 0.5).ceil() as u64 + 2;
+    eprintln!("150 events over {took:.1} s went in {batches} batches");
     assert!(
         (2..=most).contains(&batches),
         "150 events over {took:.1} s went in {batches} batches (at most {most} expected)"
