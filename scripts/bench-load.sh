@@ -23,7 +23,7 @@ WORK=$(mktemp -d)
 SERVER=
 trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null; rm -rf "$WORK"' EXIT
 ulimit -n "$(ulimit -Hn)"   # 10,000 agents need ~10,000 descriptors in each process
-echo "machine: $(nproc) cores, $(uname -r)"
+echo "machine: $(nproc) cores, $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs) at $(grep -m1 "cpu MHz" /proc/cpuinfo | cut -d: -f2 | xargs) MHz, $(uname -r)"
 for N in $AGENTS; do
     # A fresh server for each agent count, so that nothing carries over.
     export MAMORI_DATA_DIR=$WORK/srv-$N

@@ -245,6 +245,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a key and its `:`.
+    #[inline]
     pub fn key(&mut self) -> Result<Text<'a>, Error> {
         match self.peek() {
             Some(b'"') => {}
@@ -307,6 +308,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a string.
+    #[inline(always)]
     pub fn string(&mut self) -> Result<Text<'a>, Error> {
         self.expect(b'"', "expected a string")?;
         let b = self.bytes();
@@ -348,6 +350,8 @@ impl<'a> Reader<'a> {
     }
 
     /// Checks the escape whose `\` is at `i`; where the string goes on.
+    #[cold]
+    #[inline(never)]
     fn escape(&mut self, i: usize) -> Result<usize, Error> {
         let b = self.bytes();
         let fail = |this: &mut Self, at: usize, what| {

@@ -30,6 +30,12 @@ use crate::matcher::{ValueMatcher, lower};
 struct Candidates {
     /// Detection rules whose logsource (and EventID, when they name one) fit.
     rules: Vec<u32>,
+    /// Those of them evaluated whatever the prefilter saw, as a bitmap of rule indexes.
+    always: Vec<u64>,
+    /// Those evaluated only when the prefilter saw one of their literals, as a bitmap.
+    /// Bitmaps rather than a look at each rule: a route holds hundreds of rules, and
+    /// touching each one's compiled form per event cost more than evaluating the few hits.
+    filtered: Vec<u64>,
     /// Whether any of them is prefiltered.
     prefiltered: bool,
     /// Prefilter automata serving those rules.
@@ -304,7 +310,17 @@ fn compute_candidates(set: &RuleSet, kind: &EventKind<'_>) -> Candidates {
         }
     }
     c.rules.sort_unstable();
-    c.prefiltered = c.rules.iter().any(|&i| set.rules[i as usize].prefiltered);
+    let words = set.rules.len().div_ceil(64);
+    (c.always, c.filtered) = (vec![0; words], vec![0; words]);
+    for &i in &c.rules {
+        let map = if set.rules[i as usize].prefiltered {
+            &mut c.filtered
+        } else {
+            &mut c.always
+        };
+        map[(i / 64) as usize] |= 1 << (i % 64);
+    }
+    c.prefiltered = c.filtered.iter().any(|&w| w != 0);
     c.groups = set
         .prefilter
         .groups
@@ -594,17 +610,31 @@ impl Scanner<'_> {
                 }
             }
         }
-        for &i in candidates.rules.iter() {
-            let rule = &set.rules[i as usize];
-            if rule.prefiltered && self.candidates[(i / 64) as usize] & (1u64 << (i % 64)) == 0 {
-                continue;
+        // In rule order: the rules always evaluated and the prefiltered ones whose literal
+        // was seen (bits of rules outside this route are masked off).
+        for (w, (&always, &filtered)) in candidates
+            .always
+            .iter()
+            .zip(&candidates.filtered)
+            .enumerate()
+        {
+            let mut bits = always | (filtered & self.candidates[w]);
+            while bits != 0 {
+                let i = w as u32 * 64 + bits.trailing_zeros();
+                bits &= bits - 1;
+                self.evaluate(i, out);
             }
-            self.stats.evaluated += 1;
-            self.evaluations[i as usize] += 1;
-            if self.eval(&rule.main) && rule.filters.iter().all(|f| self.eval(f)) {
-                self.stats.matched += 1;
-                out.push(i as usize);
-            }
+        }
+    }
+
+    /// Evaluates rule `i` over the fields read; pushes it to `out` if it matches.
+    fn evaluate(&mut self, i: u32, out: &mut Vec<usize>) {
+        let rule = &self.set.rules[i as usize];
+        self.stats.evaluated += 1;
+        self.evaluations[i as usize] += 1;
+        if self.eval(&rule.main) && rule.filters.iter().all(|f| self.eval(f)) {
+            self.stats.matched += 1;
+            out.push(i as usize);
         }
     }
 

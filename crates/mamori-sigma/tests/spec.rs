@@ -600,3 +600,48 @@ detection: {sel: {CommandLine|contains: 'bcdy'}, condition: sel}
     scanner.scan(&sysmon1(json!({"CommandLine": "xabcdy"})), &mut hits);
     assert_eq!(hits, vec![2, 3]);
 }
+
+/// Rules are evaluated in rule order, across more than 64 rules: those the prefilter cannot
+/// judge always, prefiltered ones only when their literal was seen.
+#[test]
+fn prefiltered_and_unfiltered_rules_are_evaluated_in_rule_order() {
+    let mut text = String::new();
+    for i in 0..70 {
+        text.push_str(&format!(
+            "title: r{i}\nlogsource: {{product: windows, category: process_creation}}\n\
+             detection: {{sel: {{CommandLine|contains: '<lit{i}>'}}, condition: sel}}\n---\n"
+        ));
+    }
+    text.push_str(
+        "title: any pid\nlogsource: {product: windows, category: process_creation}\n\
+         detection: {sel: {ProcessId|gt: 0}, condition: sel}\n---\n\
+         title: zzz\nlogsource: {product: windows, category: process_creation}\n\
+         detection: {sel: {CommandLine|contains: 'zzz'}, condition: sel}\n",
+    );
+    let mut c = Compiler::default();
+    for d in parse_documents(&text) {
+        c.add(d.unwrap());
+    }
+    let (set, rejected) = c.compile();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(set.prefiltered_rules(), 71);
+    let mut scanner = set.scanner();
+    let mut hits = Vec::new();
+    scanner.scan(
+        &sysmon1(json!({"CommandLine": "zzz <lit68> <lit3>", "ProcessId": 42})),
+        &mut hits,
+    );
+    assert_eq!(hits, vec![3, 68, 70, 71]);
+    assert_eq!(
+        scanner.stats().evaluated,
+        4,
+        "only the rules seen and the unfiltered one"
+    );
+    hits.clear();
+    scanner.scan(
+        &sysmon1(json!({"CommandLine": "<lit69>", "ProcessId": 0})),
+        &mut hits,
+    );
+    assert_eq!(hits, vec![69]);
+    assert_eq!(scanner.stats().evaluated, 6);
+}
