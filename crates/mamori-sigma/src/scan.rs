@@ -33,8 +33,8 @@ struct Candidates {
     /// Those of them evaluated whatever the prefilter saw, as a bitmap of rule indexes.
     always: Vec<u64>,
     /// Those evaluated only when the prefilter saw one of their literals, as a bitmap.
-    /// Bitmaps rather than a look at each rule: a route holds hundreds of rules, and
-    /// touching each one's compiled form per event cost more than evaluating the few hits.
+    /// Bitmaps, so that a scan touches only the rules it evaluates, not each of the
+    /// route's hundreds of compiled rules to ask whether it is prefiltered.
     filtered: Vec<u64>,
     /// Whether any of them is prefiltered.
     prefiltered: bool,
