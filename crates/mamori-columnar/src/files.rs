@@ -14,9 +14,13 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{RecordBatch, RecordBatchReader};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
+use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
@@ -171,14 +175,15 @@ fn properties() -> WriterProperties {
         .build()
 }
 
-/// Writes `batches` as the file for log positions `from..=to` of `tenant` on `day`.
+/// Writes the file for log positions `from..=to` of `tenant` on `day` from the batches
+/// `fill` hands to its writer one at a time (none is kept after it is written).
 pub fn write(
     root: &Path,
     tenant: &str,
     day: &str,
-    from: u64,
-    to: u64,
-    batches: &[RecordBatch],
+    (from, to): (u64, u64),
+    schema: SchemaRef,
+    fill: impl FnOnce(&mut dyn FnMut(&RecordBatch) -> Result<(), StoreError>) -> Result<(), StoreError>,
 ) -> Result<DataFile, StoreError> {
     let dir = day_dir(root, tenant, day);
     let new_dir = !dir.exists();
@@ -188,21 +193,24 @@ pub fn write(
     }
     let path = dir.join(format!("{from:020}-{to:020}.parquet"));
     let tmp = path.with_extension("tmp");
-    let Some(first) = batches.first() else {
-        return Err(StoreError::Invalid("nothing to write".into()));
-    };
-    {
+    let written = (|| {
+        let parquet = |e: ParquetError| StoreError::Io(format!("{}: {e}", tmp.display()));
         let f = File::create(&tmp).map_err(io(&tmp))?;
-        let mut w = ArrowWriter::try_new(f, first.schema(), Some(properties()))
-            .map_err(|e| StoreError::Io(format!("{}: {e}", tmp.display())))?;
-        for b in batches {
-            w.write(b)
-                .map_err(|e| StoreError::Io(format!("{}: {e}", tmp.display())))?;
+        let mut w = ArrowWriter::try_new(f, schema, Some(properties())).map_err(parquet)?;
+        let mut rows = 0;
+        fill(&mut |b| {
+            rows += b.num_rows();
+            w.write(b).map_err(parquet)
+        })?;
+        if rows == 0 {
+            return Err(StoreError::Invalid("nothing to write".into()));
         }
-        let f = w
-            .into_inner()
-            .map_err(|e| StoreError::Io(format!("{}: {e}", tmp.display())))?;
-        f.sync_all().map_err(io(&tmp))?;
+        let f = w.into_inner().map_err(parquet)?;
+        f.sync_all().map_err(io(&tmp))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
     sync_dir(&dir)?;
@@ -217,29 +225,36 @@ pub fn write(
     })
 }
 
-/// Reads a file back.
-pub fn read(path: &Path) -> Result<Vec<RecordBatch>, StoreError> {
+/// Rows per batch read back from a file: a merge holds one such batch at a time (a whole
+/// file of 100,000 sensor events is ~80 MB once decoded).
+const READ_BATCH_ROWS: usize = 8192;
+
+/// Opens a file for reading batch by batch.
+fn reader(path: &Path) -> Result<ParquetRecordBatchReader, StoreError> {
     let f = File::open(path).map_err(io(path))?;
-    let r = ParquetRecordBatchReaderBuilder::try_new(f)
-        .and_then(|b| b.with_batch_size(64 * 1024).build())
-        .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
-    r.collect::<Result<Vec<_>, _>>()
+    ParquetRecordBatchReaderBuilder::try_new(f)
+        .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
         .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))
 }
 
 /// Merges the files of one tenant and day into one (inputs deleted after the merged file
-/// is durable). Returns the merged file.
+/// is durable). Returns the merged file. The inputs are streamed: memory stays at one read
+/// batch and the row group being written, whatever the inputs' total size.
 pub fn merge(root: &Path, inputs: &[DataFile]) -> Result<DataFile, StoreError> {
     let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
         return Err(StoreError::Invalid("nothing to merge".into()));
     };
-    let mut batches = Vec::new();
-    for f in inputs {
-        batches.extend(read(&f.path)?);
-    }
+    let schema = reader(&first.path)?.schema();
     let from = inputs.iter().map(|f| f.from).min().unwrap_or(first.from);
     let to = inputs.iter().map(|f| f.to).max().unwrap_or(last.to);
-    let merged = write(root, &first.tenant, &first.day, from, to, &batches)?;
+    let merged = write(root, &first.tenant, &first.day, (from, to), schema, |out| {
+        for f in inputs {
+            for b in reader(&f.path)? {
+                out(&b.map_err(|e| StoreError::Io(format!("{}: {e}", f.path.display())))?)?;
+            }
+        }
+        Ok(())
+    })?;
     for f in inputs {
         if f.path != merged.path {
             std::fs::remove_file(&f.path).map_err(io(&f.path))?;

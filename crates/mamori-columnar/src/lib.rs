@@ -221,7 +221,15 @@ impl EventStore for ParquetStore {
             out.rows += 1;
         }
         for (tenant, (mut b, from, to)) in by_tenant {
-            let f = files::write(&self.root, tenant, &day, from, to, &[b.finish()])?;
+            let batch = b.finish();
+            let f = files::write(
+                &self.root,
+                tenant,
+                &day,
+                (from, to),
+                batch.schema(),
+                |out| out(&batch),
+            )?;
             inner.high_water.insert(tenant.to_string(), to);
             inner.files.push(f);
             out.files += 1;

@@ -238,6 +238,51 @@ fn small_files_are_merged_and_an_interrupted_merge_is_repaired() {
 }
 
 #[test]
+fn a_merge_streams_many_rows_and_keeps_each_once() {
+    let d = tempdir("merge-rows");
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    // 26 flushes of 500 events: more rows than the merge reads at a time.
+    let evs: Vec<String> = (0..13_000).map(event).collect();
+    for (i, chunk) in evs.chunks(500).enumerate() {
+        let from = 1 + (i * 500) as u64;
+        let rows: Vec<Row<'_>> = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, e)| Row {
+                log_seq: from + j as u64,
+                origin: Origin {
+                    tenant: "a",
+                    host_id: "agt-1",
+                    seq: from + j as u64,
+                    received_us: NOW,
+                },
+                event: e.as_bytes(),
+            })
+            .collect();
+        store.write(&rows, from + 499, NOW).unwrap();
+    }
+    assert_eq!(store.stats().files, 26);
+    assert_eq!(store.maintain(NOW).unwrap().merges, 1);
+    assert_eq!(store.stats().files, 1);
+    let t = store
+        .query(
+            &Scope::All,
+            "SELECT count(*) AS n, count(DISTINCT seq) AS d, min(seq) AS lo, max(seq) AS hi, \
+             sum(process_pid) AS pids FROM events",
+            Limits::default(),
+        )
+        .unwrap()
+        .to_json();
+    let row = &t["rows"][0];
+    assert_eq!(row["n"], 13_000);
+    assert_eq!(row["d"], 13_000);
+    assert_eq!(row["lo"], 1);
+    assert_eq!(row["hi"], 13_000);
+    assert_eq!(row["pids"], (0..13_000i64).sum::<i64>(), "every event's own columns");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
 fn retention_by_age_and_by_size() {
     let d = tempdir("retention");
     let retention = Retention {
