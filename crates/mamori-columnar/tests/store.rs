@@ -278,7 +278,11 @@ fn a_merge_streams_many_rows_and_keeps_each_once() {
     assert_eq!(row["d"], 13_000);
     assert_eq!(row["lo"], 1);
     assert_eq!(row["hi"], 13_000);
-    assert_eq!(row["pids"], (0..13_000i64).sum::<i64>(), "every event's own columns");
+    assert_eq!(
+        row["pids"],
+        (0..13_000i64).sum::<i64>(),
+        "every event's own columns"
+    );
     let _ = std::fs::remove_dir_all(d);
 }
 

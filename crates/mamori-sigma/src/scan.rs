@@ -28,9 +28,9 @@ use crate::matcher::{ValueMatcher, lower};
 /// What applies to one kind of event.
 #[derive(Debug, Default)]
 struct Candidates {
-    /// Detection rules whose logsource (and EventID, when they name one) fit.
-    rules: Vec<u32>,
-    /// Those of them evaluated whatever the prefilter saw, as a bitmap of rule indexes.
+    /// Whether any detection rule's logsource (and EventID, when it names one) fits.
+    routed: bool,
+    /// Those rules evaluated whatever the prefilter saw, as a bitmap of rule indexes.
     always: Vec<u64>,
     /// Those evaluated only when the prefilter saw one of their literals, as a bitmap.
     /// Bitmaps, so that a scan touches only the rules it evaluates, not each of the
@@ -293,6 +293,7 @@ impl Routes {
 /// Detection rules and prefilter automata that apply to an event kind.
 fn compute_candidates(set: &RuleSet, kind: &EventKind<'_>) -> Candidates {
     let mut c = Candidates::default();
+    let mut rules = Vec::new();
     let mut accepted = vec![false; set.routes.len()];
     for (route, r) in set.routes.iter().enumerate() {
         if !r.accepts(kind) {
@@ -305,14 +306,14 @@ fn compute_candidates(set: &RuleSet, kind: &EventKind<'_>) -> Candidates {
                 .as_ref()
                 .is_none_or(|ids| kind.event_id.is_some_and(|id| ids.contains(&id)))
             {
-                c.rules.push(i);
+                rules.push(i);
             }
         }
     }
-    c.rules.sort_unstable();
     let words = set.rules.len().div_ceil(64);
     (c.always, c.filtered) = (vec![0; words], vec![0; words]);
-    for &i in &c.rules {
+    c.routed = !rules.is_empty();
+    for i in rules {
         let map = if set.rules[i as usize].prefiltered {
             &mut c.filtered
         } else {
@@ -571,7 +572,7 @@ impl Scanner<'_> {
 
     /// Prefilters and evaluates the rules that apply, over the fields already read.
     fn match_filled(&mut self, candidates: &Candidates, out: &mut Vec<usize>) {
-        if candidates.rules.is_empty() {
+        if !candidates.routed {
             self.stats.unrouted += 1;
             return;
         }
