@@ -282,31 +282,22 @@ pub fn sha256_of(v: &str) -> Option<String> {
 impl RowBuilder {
     /// An empty builder.
     pub fn new() -> Self {
-        RowBuilder::with_capacity(0, 0)
-    }
-
-    /// An empty builder sized for `rows` events of `bytes` bytes in all: the columns do
-    /// not grow (and copy themselves) while a flush fills them.
-    pub fn with_capacity(rows: usize, bytes: usize) -> Self {
         debug_assert_eq!(COLS[PROCESS_EXECUTABLE].name, "process_executable");
-        // Offsets are known; the text of short values (names, ids, categories, mostly null)
-        // is not and grows as it comes; `raw`'s is known exactly.
-        let text = || StringBuilder::with_capacity(rows, 0);
         RowBuilder {
             schema: schema(),
-            time: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
-            tenant: text(),
-            host_id: text(),
-            host_name: text(),
-            seq: UInt64Builder::with_capacity(rows),
+            time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            tenant: StringBuilder::new(),
+            host_id: StringBuilder::new(),
+            host_name: StringBuilder::new(),
+            seq: UInt64Builder::new(),
             cols: COLS
                 .iter()
                 .map(|c| match c.ty {
-                    Str => Builder::Str(text()),
-                    Int => Builder::Int(Int64Builder::with_capacity(rows)),
+                    Str => Builder::Str(StringBuilder::new()),
+                    Int => Builder::Int(Int64Builder::new()),
                 })
                 .collect(),
-            raw: StringBuilder::with_capacity(rows, bytes),
+            raw: StringBuilder::new(),
             rows: 0,
             name_buf: String::new(),
         }

@@ -192,6 +192,20 @@ fn stop_server(server: &mut ServerProc) {
     while server.stderr.try_recv().is_ok() {}
 }
 
+/// The next line the server logs that contains `needle` (waits up to 10 s).
+fn server_line(server: &ServerProc, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = server
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("the server did not log {needle:?} within 10 s"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
 /// `mamori query` as JSON rows: the local files, or with `extra` (`--server …`) the API.
 fn query_with(server_data: &Path, extra: &[&str], sql: &str) -> Vec<serde_json::Value> {
     let out = mamori(server_data)
@@ -260,6 +274,12 @@ fn enrollment_trust_and_every_refusal() {
     assert!(e.contains("used up"), "{e}");
     let e = enroll(&b, port, "mamori_enroll_0000", &fp).unwrap_err();
     assert!(e.contains("unknown enrollment token"), "{e}");
+    // The server logs the refusal; its stderr is a pipe here, so in plain text.
+    let said = server_line(&server, "enrollment refused");
+    assert!(
+        said.contains("WARN") && !said.contains('\x1b'),
+        "a log that is not a terminal has no colour codes: {said:?}"
+    );
     let short = token(&srv, &["--ttl", "1s"]);
     std::thread::sleep(Duration::from_millis(2100));
     let e = enroll(&b, port, &short, &fp).unwrap_err();
