@@ -344,6 +344,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     last_seen TEXT NOT NULL, count INTEGER NOT NULL, status TEXT NOT NULL,
     evidence TEXT NOT NULL, created_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS alerts_tenant ON alerts (tenant, id);
+CREATE INDEX IF NOT EXISTS alerts_process ON alerts (agent, process_entity);
 CREATE TABLE IF NOT EXISTS uploaded_hosts (
     tenant TEXT NOT NULL, host TEXT NOT NULL, first_seen INTEGER NOT NULL,
     last_seen INTEGER NOT NULL, events INTEGER NOT NULL, PRIMARY KEY (tenant, host));
@@ -355,6 +356,22 @@ CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
     target TEXT NOT NULL, detail TEXT NOT NULL);
 ";
+
+/// The open alerts of one process of an agent. Detection asks this for every alert it raises,
+/// so it must go through the `alerts_process` index: a scan of the table made each alert cost
+/// more than the one before.
+const ALERTS_ON_TREE: &str = "SELECT id, rule_id, level, severity, host FROM alerts
+     WHERE agent = ?1 AND process_entity = ?2 AND status != 'closed'";
+
+/// Alerts by tenant, status and id (`?1`, `?3`, `?4`; each may be NULL), newest first, at
+/// most `?2`. The id is a range so that one alert is found through the primary key: an
+/// `id = ?4` inside an `OR` made SQLite walk the table from the newest alert down to it.
+const ALERTS_WHERE: &str = "SELECT id, tenant, agent, host, rule_id, rule_title, level, tags,
+        user, process_entity, process_executable, command_line, first_seen, last_seen, count,
+        status, evidence, severity, severity_reasons
+     FROM alerts WHERE (?1 IS NULL OR tenant = ?1) AND (?3 IS NULL OR status = ?3)
+       AND id BETWEEN coalesce(?4, -9223372036854775808) AND coalesce(?4, 9223372036854775807)
+     ORDER BY id DESC LIMIT ?2";
 
 fn db(e: rusqlite::Error) -> ServerError {
     ServerError::State(e.to_string())
@@ -1037,7 +1054,7 @@ impl State {
         let evidence = std::str::from_utf8(a.evidence).unwrap_or("{}");
         let reasons = serde_json::to_string(a.severity_reasons).unwrap_or_else(|_| "[]".into());
         self.with(|c| {
-            c.query_row(
+            c.prepare_cached(
                 "INSERT INTO alerts (fold_key, tenant, agent, host, rule_id, rule_title, level,
                      tags, user, process_entity, process_executable, command_line, first_seen,
                      last_seen, count, status, evidence, created_at, severity, severity_reasons)
@@ -1055,6 +1072,8 @@ impl State {
                          WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END)
                          THEN excluded.severity_reasons ELSE severity_reasons END
                  RETURNING id",
+            )?
+            .query_row(
                 params![
                     fold_key,
                     a.tenant,
@@ -1114,10 +1133,7 @@ impl State {
     ) -> Result<Vec<TreeAlert>, ServerError> {
         let mut out = Vec::new();
         self.with(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT id, rule_id, level, severity, host FROM alerts
-                 WHERE agent = ?1 AND process_entity = ?2 AND status != 'closed'",
-            )?;
+            let mut st = c.prepare_cached(ALERTS_ON_TREE)?;
             for e in entities.iter().filter(|e| !e.is_empty()) {
                 for row in st.query_map(params![agent, e], |r| {
                     Ok(TreeAlert {
@@ -1192,14 +1208,7 @@ impl State {
         limit: usize,
     ) -> Result<Vec<Alert>, ServerError> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT id, tenant, agent, host, rule_id, rule_title, level, tags, user,
-                        process_entity, process_executable, command_line, first_seen, last_seen,
-                        count, status, evidence, severity, severity_reasons
-                 FROM alerts WHERE (?1 IS NULL OR tenant = ?1) AND (?3 IS NULL OR status = ?3)
-                   AND (?4 IS NULL OR id = ?4)
-                 ORDER BY id DESC LIMIT ?2",
-            )?;
+            let mut st = c.prepare_cached(ALERTS_WHERE)?;
             let rows = st.query_map(params![tenant, limit as i64, status, id], |r| {
                 let json = |i: usize| -> rusqlite::Result<serde_json::Value> {
                     let t: String = r.get(i)?;
@@ -1270,6 +1279,37 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         (State::open(&dir.join("state.db")).unwrap(), dir)
+    }
+
+    #[test]
+    fn alerts_of_a_process_and_by_id_are_found_through_an_index() {
+        let (s, dir) = state();
+        let plan: Vec<String> = s
+            .with(|c| {
+                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {ALERTS_ON_TREE}"))?;
+                let rows = st.query_map(params!["agt-1", "boot:1"], |r| r.get(3))?;
+                rows.collect()
+            })
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("USING INDEX alerts_process")),
+            "{plan:?}"
+        );
+        // One alert by id (incidents, folding, the API) through the primary key.
+        let plan: Vec<String> = s
+            .with(|c| {
+                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {ALERTS_WHERE}"))?;
+                let none = None::<String>;
+                let rows = st.query_map(params![none, 1, none, 7], |r| r.get(3))?;
+                rows.collect()
+            })
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains("USING INTEGER PRIMARY KEY")),
+            "{plan:?}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
