@@ -7,18 +7,23 @@
 # Usage: AGENTS="100 1000 10000" RATE=50000 SECS=20 scripts/bench-load.sh
 # INTERVAL_MS=500 sends each agent's batches every 500 ms (the agent's linger) instead of the
 # default (every second, or every N/2 ms above 2,000 agents).
+# MARKERS=200 makes 200 of each second's events new alerts (default 10): an alert storm.
 # THREADS=1 also prints the server's CPU per thread over 5 s inside the load
 # (scripts/thread-cpu.sh).
 # BIN=/path/to/another/mamori measures that server binary instead (e.g. an older build, to
-# compare two builds run by run on this noisy machine).
+# compare two builds run by run on this noisy machine); it is used as it is, not rebuilt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AGENTS=${AGENTS:-"100 1000 10000"}
 RATE=${RATE:-50000}
 SECS=${SECS:-20}
 . scripts/deps.sh
-cargo build --release -j2 -p mamori -p mamori-link --bins --example loadgen >&2
-BIN=${BIN:-$PWD/target/release/mamori}
+if [ -z "${BIN:-}" ]; then
+    cargo build --release -j2 -p mamori -p mamori-link --bins --example loadgen >&2
+    BIN=$PWD/target/release/mamori
+else
+    cargo build --release -j2 -p mamori-link --example loadgen >&2   # BIN is not rebuilt
+fi
 WORK=$(mktemp -d)
 SERVER=
 trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null; rm -rf "$WORK"' EXIT
@@ -41,7 +46,7 @@ for N in $AGENTS; do
     if [ -n "${THREADS:-}" ]; then (sleep $(( 8 + N / 500 )); scripts/thread-cpu.sh "$SERVER" 5) & fi
     target/release/examples/loadgen --server https://127.0.0.1:$PORT --fingerprint "$FP" \
         --token "$TOKEN" --api-token "$API" --agents "$N" --rate "$RATE" --seconds "$SECS" \
-        --interval-ms "$INTERVAL" --cache "$WORK/agents-$N" --server-pid "$SERVER"
+        --interval-ms "$INTERVAL" --markers "${MARKERS:-10}" --cache "$WORK/agents-$N" --server-pid "$SERVER"
     kill $SERVER; wait $SERVER 2>/dev/null || true
     SERVER=
 done

@@ -195,7 +195,8 @@ impl State {
         let sev = Severity::parse(&a.severity).unwrap_or(Severity::Informational);
         let title = format!("{} on {}", a.rule_title, a.host);
         self.with(|c| {
-            let tx = c.transaction()?;
+            // A savepoint: part of the detection thread's batch when there is one.
+            let tx = c.savepoint()?;
             let existing: Option<i64> = tx
                 .query_row(
                     "SELECT incident FROM incident_alerts WHERE alert = ?1",

@@ -228,11 +228,17 @@ impl Server {
         };
         let (contain_tx, contain_rx) = std::sync::mpsc::channel::<detect::Contain>();
         let policy = Arc::new(policy);
-        let detect = rules.as_ref().map(|r| {
+        // Detection has a connection of its own: it commits a round's alerts as one batch,
+        // which must not take in the API's writes.
+        let detect_state = match &rules {
+            Some(_) => Some(Arc::new(state::State::open(&dir.join("state.db"))?)),
+            None => None,
+        };
+        let detect = rules.as_ref().zip(detect_state).map(|(r, detect_state)| {
             detect::spawn(
                 r.current(),
                 r.disabled(),
-                state.clone(),
+                detect_state,
                 detect::Soc {
                     policy: policy.clone(),
                     contain: contain_tx.clone(),

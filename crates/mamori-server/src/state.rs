@@ -381,6 +381,9 @@ impl State {
     /// Opens (creating) the database.
     pub fn open(path: &Path) -> Result<State, ServerError> {
         let conn = Connection::open(path).map_err(db)?;
+        // Detection writes through a connection of its own: a writer waits for the other.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
@@ -438,6 +441,24 @@ impl State {
             .lock()
             .map_err(|_| ServerError::State("state lock poisoned".into()))?;
         f(&mut c).map_err(db)
+    }
+
+    /// Starts a batch: the writes that follow, until [`State::commit_batch`], are committed
+    /// together, with one fsync for all. Holds the database's write lock until then. Only for
+    /// a connection that one thread owns (a `State` opened for it): another user of the same
+    /// connection would write into the batch.
+    pub fn begin_batch(&self) -> Result<(), ServerError> {
+        self.with(|c| c.execute_batch("BEGIN IMMEDIATE"))
+    }
+
+    /// Commits a batch; if the commit fails, rolls it back so that the connection stays
+    /// usable.
+    pub fn commit_batch(&self) -> Result<(), ServerError> {
+        self.with(|c| {
+            c.execute_batch("COMMIT").inspect_err(|_| {
+                let _ = c.execute_batch("ROLLBACK");
+            })
+        })
     }
 
     /// Creates the first admin token if there is none; returns it (to be shown once).
@@ -1281,6 +1302,27 @@ mod tests {
         (State::open(&dir.join("state.db")).unwrap(), dir)
     }
 
+    /// A high alert of rule `r1` on process `entity` of agent `a1` (tenant `acme`).
+    fn high_alert<'a>(tags: &'a [String], entity: &'a str, at: &'a str) -> NewAlert<'a> {
+        NewAlert {
+            tenant: "acme",
+            agent: "a1",
+            host: "web1",
+            rule_id: "r1",
+            rule_title: "Suspicious",
+            level: "high",
+            tags,
+            user: "root",
+            process_entity: entity,
+            process_executable: "/bin/sh",
+            command_line: "sh -c evil",
+            timestamp: at,
+            evidence: b"{\"n\":1}",
+            severity: "high",
+            severity_reasons: &[],
+        }
+    }
+
     #[test]
     fn alerts_of_a_process_and_by_id_are_found_through_an_index() {
         let (s, dir) = state();
@@ -1309,6 +1351,63 @@ mod tests {
             plan.iter().any(|p| p.contains("USING INTEGER PRIMARY KEY")),
             "{plan:?}"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_batch_commits_alerts_and_their_incidents_together() {
+        let (s, dir) = state();
+        // Detection's own connection to the same database, as the server opens it.
+        let detection = State::open(&dir.join("state.db")).unwrap();
+        let tags = vec!["attack.t1059".to_string()];
+        let alert = |entity| high_alert(&tags, entity, "2026-01-01T00:00:00Z");
+        let policy = mamori_soc::Policy::default();
+        detection.begin_batch().unwrap();
+        let mut ids = Vec::new();
+        for entity in ["p1", "p2", "p3"] {
+            let id = detection.record_alert(&alert(entity)).unwrap();
+            // Grouping runs inside the batch (a savepoint, not a transaction of its own).
+            let attached = detection.attach_alert(id, &policy).unwrap();
+            assert!(attached.is_some(), "a high alert belongs to an incident");
+            ids.push(id);
+        }
+        assert!(
+            s.alerts(Some("acme"), 10).unwrap().is_empty(),
+            "nothing is visible before the commit"
+        );
+        // The API's writes wait for the batch instead of joining it.
+        let s = std::sync::Arc::new(s);
+        let api = {
+            let s = s.clone();
+            std::thread::spawn(move || s.audit("admin", "test.write", "x", "during a batch"))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!api.is_finished(), "another connection's write waits");
+        detection.commit_batch().unwrap();
+        api.join().unwrap().unwrap();
+        let seen: Vec<i64> = s
+            .alerts(Some("acme"), 10)
+            .unwrap()
+            .iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        for id in ids {
+            assert!(seen.contains(&id));
+            let incident: i64 = s
+                .with(|c| {
+                    c.query_row(
+                        "SELECT incident FROM incident_alerts WHERE alert = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )
+                })
+                .unwrap();
+            assert!(s.incident(incident).unwrap().is_some());
+        }
+        // Without a batch every write commits on its own, as before.
+        let id = detection.record_alert(&alert("p4")).unwrap();
+        assert!(s.alert(id).unwrap().is_some());
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -1384,26 +1483,13 @@ mod tests {
     fn repeats_fold_into_one_alert_with_bounded_evidence() {
         let (s, dir) = state();
         let tags = vec!["attack.t1059".to_string()];
-        let mk = |entity: &'static str, n: usize| NewAlert {
-            tenant: "acme",
-            agent: "a1",
-            host: "web1",
-            rule_id: "r1",
-            rule_title: "Suspicious",
-            level: "high",
-            tags: &tags,
-            user: "root",
-            process_entity: entity,
-            process_executable: "/bin/sh",
-            command_line: "sh -c evil",
-            timestamp: if n == 0 {
+        let mk = |entity, n: usize| {
+            let at = if n == 0 {
                 "2026-01-01T00:00:00Z"
             } else {
                 "2026-01-01T00:00:09Z"
-            },
-            evidence: b"{\"n\":1}",
-            severity: "high",
-            severity_reasons: &[],
+            };
+            high_alert(&tags, entity, at)
         };
         let first = s.record_alert(&mk("p1", 0)).unwrap();
         for i in 1..15 {
