@@ -7,6 +7,7 @@
 # Usage: AGENTS="100 1000 10000" RATE=50000 SECS=20 scripts/bench-load.sh
 # INTERVAL_MS=500 sends each agent's batches every 500 ms (the agent's linger) instead of the
 # default (every second, or every N/2 ms above 2,000 agents).
+# HEARTBEAT_S=60: each agent's heartbeat interval, as real agents (0: none).
 # MARKERS=200 makes 200 of each second's events new alerts (default 10): an alert storm.
 # THREADS=1 also prints the server's CPU per thread over 5 s inside the load
 # (scripts/thread-cpu.sh).
@@ -46,7 +47,8 @@ for N in $AGENTS; do
     if [ -n "${THREADS:-}" ]; then (sleep $(( 8 + N / 500 )); scripts/thread-cpu.sh "$SERVER" 5) & fi
     target/release/examples/loadgen --server https://127.0.0.1:$PORT --fingerprint "$FP" \
         --token "$TOKEN" --api-token "$API" --agents "$N" --rate "$RATE" --seconds "$SECS" \
-        --interval-ms "$INTERVAL" --markers "${MARKERS:-10}" --cache "$WORK/agents-$N" --server-pid "$SERVER"
+        --interval-ms "$INTERVAL" --markers "${MARKERS:-10}" --heartbeat-s "${HEARTBEAT_S:-60}" \
+        --cache "$WORK/agents-$N" --server-pid "$SERVER"
     kill $SERVER; wait $SERVER 2>/dev/null || true
     SERVER=
 done

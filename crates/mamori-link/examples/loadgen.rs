@@ -5,7 +5,9 @@
 //! batch of synthetic sensor events every `--interval-ms`. Among the events, `--markers`
 //! per second are a base64-to-shell command line with a unique process: each becomes an
 //! alert, and a poller reading `GET /api/v1/alerts` measures the time from the event's
-//! creation to the alert being visible in the API.
+//! creation to the alert being visible in the API. Like real agents, each also sends a
+//! heartbeat (its health report) every `--heartbeat-s` seconds (60; 0: never), spread over
+//! the interval.
 //!
 //! ```sh
 //! loadgen --server https://127.0.0.1:7443 --fingerprint sha256:… --token ENROLL \
@@ -33,6 +35,7 @@ struct Args {
     rate: u64,
     seconds: u64,
     markers: u64,
+    heartbeat_s: u64,
     interval_ms: u64,
     cache: PathBuf,
     server_pid: Option<u32>,
@@ -48,6 +51,7 @@ fn args() -> Args {
         rate: 10_000,
         seconds: 20,
         markers: 10,
+        heartbeat_s: 60,
         interval_ms: 1000,
         cache: PathBuf::from("/tmp/mamori-loadgen"),
         server_pid: None,
@@ -64,6 +68,7 @@ fn args() -> Args {
             "--rate" => a.rate = val.parse().expect("--rate events/s"),
             "--seconds" => a.seconds = val.parse().expect("--seconds S"),
             "--markers" => a.markers = val.parse().expect("--markers per second"),
+            "--heartbeat-s" => a.heartbeat_s = val.parse().expect("--heartbeat-s SECONDS"),
             "--interval-ms" => a.interval_ms = val.parse().expect("--interval-ms MS"),
             "--cache" => a.cache = PathBuf::from(val),
             "--server-pid" => a.server_pid = Some(val.parse().expect("--server-pid PID")),
@@ -106,6 +111,17 @@ fn event(agent: usize, n: u64, marker: bool) -> Vec<u8> {
         rfc3339(ns),
         1000 + n % 60_000,
         exe.rsplit('/').next().unwrap_or(exe),
+    )
+    .into_bytes()
+}
+
+/// A heartbeat as the agent sends it (`mamori agent`'s health report).
+fn heartbeat(agent: usize, interval_s: u64, events: u64) -> Vec<u8> {
+    format!(
+        r#"{{"@timestamp":"{}","event":{{"kind":"metric","category":["host"],"type":["info"],"action":"heartbeat","module":"mamori","dataset":"mamori.health"}},"host":{{"name":"sim-{agent:05}","os":{{"type":"linux","kernel":"6.18.0"}},"ip":["10.0.{}.{}"]}},"agent":{{"version":"0.1.0"}},"mamori":{{"health":{{"uptime_s":60,"collectors":{{"process":"bpf","network":"bpf","dns":"bpf","login":"audit","file":"bpf","privilege":"bpf","ptrace":"bpf","module":"bpf"}},"missing":[],"events":{events},"dropped":{{"ring_buffer_full":0}},"spool":{{"depth_records":0,"depth_bytes":0,"evicted_records":0,"corrupted_records":0}},"cpu_seconds":1.5,"rss_kib":40000}},"heartbeat_interval_s":{interval_s}}}}}"#,
+        rfc3339(now_ns()),
+        agent / 250 % 256,
+        agent % 250 + 1,
     )
     .into_bytes()
 }
@@ -241,6 +257,8 @@ async fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let markers_sent = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
+    let agents = a.agents;
+    let heartbeat_every = Duration::from_secs(a.heartbeat_s);
     for (i, tx, client) in senders {
         let (counter, sent, stop, markers_sent) = (
             counter.clone(),
@@ -256,10 +274,13 @@ async fn main() {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut seq = 1u64;
+            // Heartbeats spread over their interval too.
+            let mut next_heartbeat = (!heartbeat_every.is_zero())
+                .then(|| Instant::now() + heartbeat_every * (i % agents) as u32 / agents as u32);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let mut markers = 0;
-                let events: Vec<mamori_wire::Bytes> = (0..per_batch)
+                let mut events: Vec<mamori_wire::Bytes> = (0..per_batch)
                     .map(|_| {
                         let n = counter.fetch_add(1, Ordering::Relaxed);
                         let marker = n % marker_every == marker_every - 1;
@@ -267,6 +288,12 @@ async fn main() {
                         event(i, n, marker).into()
                     })
                     .collect();
+                if let Some(at) = next_heartbeat.as_mut()
+                    && Instant::now() >= *at
+                {
+                    *at += heartbeat_every;
+                    events.push(heartbeat(i, heartbeat_every.as_secs(), seq).into());
+                }
                 let k = events.len() as u64;
                 if tx
                     .send(Batch {
