@@ -1340,49 +1340,30 @@ mod tests {
         }
     }
 
+    /// SQLite's plan for `sql` with `params`, one line per step.
+    fn plan(s: &State, sql: &str, params: impl rusqlite::Params) -> String {
+        s.with(|c| {
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let rows = st.query_map(params, |r| r.get::<_, String>(3))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .unwrap()
+        .join("\n")
+    }
+
     #[test]
     fn alerts_of_a_process_a_tenant_and_by_id_are_found_through_an_index() {
         let (s, dir) = state();
-        let plan: Vec<String> = s
-            .with(|c| {
-                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {ALERTS_ON_TREE}"))?;
-                let rows = st.query_map(params!["agt-1", "boot:1"], |r| r.get(3))?;
-                rows.collect()
-            })
-            .unwrap();
-        assert!(
-            plan.iter()
-                .any(|p| p.contains("USING INDEX alerts_process")),
-            "{plan:?}"
-        );
+        let none = None::<String>;
+        let p = plan(&s, ALERTS_ON_TREE, params!["agt-1", "boot:1"]);
+        assert!(p.contains("USING INDEX alerts_process"), "{p}");
         // One alert by id (incidents, folding, the API) through the primary key.
-        let plan: Vec<String> = s
-            .with(|c| {
-                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {ALERTS_WHERE}"))?;
-                let none = None::<String>;
-                let rows = st.query_map(params![none, 1, none, 7], |r| r.get(3))?;
-                rows.collect()
-            })
-            .unwrap();
-        assert!(
-            plan.iter().any(|p| p.contains("USING INTEGER PRIMARY KEY")),
-            "{plan:?}"
-        );
+        let p = plan(&s, ALERTS_WHERE, params![none, 1, none, 7]);
+        assert!(p.contains("USING INTEGER PRIMARY KEY"), "{p}");
         // One tenant's alerts through the tenant index, newest first without a sort.
-        let plan: Vec<String> = s
-            .with(|c| {
-                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {ALERTS_OF_TENANT}"))?;
-                let none = None::<String>;
-                let rows = st.query_map(params!["acme", 50, none, none], |r| r.get(3))?;
-                rows.collect()
-            })
-            .unwrap();
-        assert!(
-            plan.iter()
-                .any(|p| p.contains("USING INDEX alerts_tenant (tenant=?")),
-            "{plan:?}"
-        );
-        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+        let p = plan(&s, ALERTS_OF_TENANT, params!["acme", 50, none, none]);
+        assert!(p.contains("USING INDEX alerts_tenant (tenant=?"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
         let _ = std::fs::remove_dir_all(dir);
     }
 
