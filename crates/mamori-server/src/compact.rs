@@ -29,7 +29,11 @@ fn now_us() -> i64 {
 
 /// Moves what the log holds after the store's position into the store; returns the number
 /// of events stored.
-pub fn flush(log: &Mutex<EventLog>, store: &dyn EventStore) -> Result<u64, String> {
+pub fn flush(
+    log: &Mutex<EventLog>,
+    store: &dyn EventStore,
+    detected: Option<&crate::detect::Progress>,
+) -> Result<u64, String> {
     let mut stored = 0;
     loop {
         let from = store.position() + 1;
@@ -53,6 +57,8 @@ pub fn flush(log: &Mutex<EventLog>, store: &dyn EventStore) -> Result<u64, Strin
             }
         }
         let Some(through) = recs.last().map(|r| r.log_seq) else {
+            // Detection may have passed more since the last release.
+            release(log, store, detected)?;
             return Ok(stored);
         };
         let received = now_us();
@@ -73,14 +79,26 @@ pub fn flush(log: &Mutex<EventLog>, store: &dyn EventStore) -> Result<u64, Strin
             .write(&rows, through, received)
             .map_err(|e| e.to_string())?;
         stored += w.rows;
-        log.lock()
-            .map_err(|_| "event log lock poisoned".to_string())?
-            .ack(through)
-            .map_err(|e| e.to_string())?;
+        release(log, store, detected)?;
         if recs.len() < MAX_ROWS {
             return Ok(stored);
         }
     }
+}
+
+/// Releases the log through what the store holds and, when detection runs, what detection
+/// has passed too: after a crash, detection reads the rest again.
+fn release(
+    log: &Mutex<EventLog>,
+    store: &dyn EventStore,
+    detected: Option<&crate::detect::Progress>,
+) -> Result<(), String> {
+    let stored = store.position();
+    let through = detected.map_or(stored, |d| stored.min(d.through()));
+    log.lock()
+        .map_err(|_| "event log lock poisoned".to_string())?
+        .ack(through)
+        .map_err(|e| e.to_string())
 }
 
 /// Runs the compactor until `stop` receives (or its sender is dropped); flushes once more
@@ -90,7 +108,7 @@ pub fn run(shared: Arc<crate::service::Shared>, every: Duration, stop: Receiver<
     let mut last_maintenance = Instant::now() - Duration::from_secs(3600);
     loop {
         let stopping = !matches!(stop.recv_timeout(every), Err(RecvTimeoutError::Timeout));
-        if let Err(e) = flush(log, store) {
+        if let Err(e) = flush(log, store, shared.detected.as_ref()) {
             tracing::error!("moving events into the columnar store: {e} (retrying)");
         }
         if last_maintenance.elapsed() >= Duration::from_secs(60) && !stopping {
@@ -110,5 +128,48 @@ pub fn run(shared: Arc<crate::service::Shared>, every: Duration, stop: Receiver<
         if stopping {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Progress;
+    use crate::state::State;
+
+    #[test]
+    fn the_log_keeps_what_detection_has_not_passed() {
+        let d = std::env::temp_dir().join(format!("mamori-compact-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let mut log = EventLog::open(&d.join("events"), 1 << 30).unwrap();
+        let state = State::open(&d.join("state.db")).unwrap();
+        let behind = Progress::load(&state, &log).unwrap();
+        assert_eq!(behind.through(), 0, "an empty log on the first start");
+        let events: Vec<Vec<u8>> = (0..10)
+            .map(|i| format!("{{\"n\":{i}}}").into_bytes())
+            .collect();
+        log.append("t1", "a1", 1, &events).unwrap();
+        log.sync().unwrap();
+        let store = mamori_columnar::ParquetStore::open(
+            &d.join("columnar"),
+            mamori_columnar::Retention {
+                max_age_days: 45,
+                max_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        let log = Mutex::new(log);
+        let unread = |log: &Mutex<EventLog>| log.lock().unwrap().read(1, 100).unwrap().len();
+        assert_eq!(flush(&log, &store, Some(&behind)).unwrap(), 10);
+        assert_eq!(unread(&log), 10, "stored, but not detected: kept");
+        // Detection has passed 4 of them: those go, the rest stay (nothing new to store).
+        state.set_detected_through(4).unwrap();
+        let progress = Progress::load(&state, &log.lock().unwrap()).unwrap();
+        assert_eq!(flush(&log, &store, Some(&progress)).unwrap(), 0);
+        assert_eq!(unread(&log), 6);
+        // Without detection, what is stored goes.
+        assert_eq!(flush(&log, &store, None).unwrap(), 0);
+        assert_eq!(unread(&log), 0);
+        let _ = std::fs::remove_dir_all(d);
     }
 }

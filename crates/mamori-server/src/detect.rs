@@ -15,17 +15,27 @@
 //!
 //! Runs in its own thread behind a bounded queue: when detection falls behind, ingest waits
 //! (acknowledgements slow down) instead of memory growing.
+//!
+//! Detection survives a crash: how far it has gone through the event log is committed with
+//! the alerts of those events (at least every [`PROGRESS_EVERY`] otherwise), the log keeps
+//! what detection has not passed yet, and on start [`replay`] sends detection what the log
+//! holds beyond that point. An event acknowledged to its agent is detected exactly once,
+//! whenever the server stops.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use mamori_model::walk::{Item, Leaf};
 use mamori_model::{Event, Shape};
 use mamori_sigma::{CorrelationInput, Correlator, RuleSet};
 use serde_json::Value;
 
+use crate::ServerError;
 use crate::state::{NewAlert, State};
+use crate::store::EventLog;
 
 /// Events kept as evidence per alert.
 pub const EVIDENCE_MAX: usize = 10;
@@ -43,11 +53,19 @@ pub struct Job {
     pub events: Vec<mamori_wire::Bytes>,
 }
 
+/// How far detection has gone is recorded at least this often when no alert is raised.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 /// What the detection thread receives.
 #[derive(Debug)]
 pub enum Msg {
     /// Events to scan (one log writer's round: the new events of several batches).
-    Events(Vec<Job>),
+    Events {
+        /// The events, by batch.
+        jobs: Vec<Job>,
+        /// The log position of the last of them.
+        through: u64,
+    },
     /// A new rule set to use from now on.
     Rules(Arc<RuleSet>),
 }
@@ -55,12 +73,80 @@ pub enum Msg {
 /// Rule ids whose alerts are suppressed.
 pub type Disabled = Arc<RwLock<HashSet<String>>>;
 
+/// How far detection has gone through the event log: recorded in the state database, and
+/// shared with the compactor, which must not release what detection has not passed.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    through: Arc<AtomicU64>,
+}
+
+impl Progress {
+    /// Where detection starts: the recorded position, or (on the first start that records
+    /// one) the end of the log.
+    pub fn load(state: &State, log: &EventLog) -> Result<Progress, ServerError> {
+        let through = match state.detected_through()? {
+            Some(t) => t,
+            None => {
+                state.set_detected_through(log.synced())?;
+                log.synced()
+            }
+        };
+        Ok(Progress {
+            through: Arc::new(AtomicU64::new(through)),
+        })
+    }
+
+    /// The log position through which every event has been detected and recorded.
+    pub fn through(&self) -> u64 {
+        self.through.load(Ordering::Acquire)
+    }
+}
+
+/// Sends detection the events the log holds after `progress` (acknowledged to their
+/// agents, not yet detected when the server stopped). Returns how many.
+pub fn replay(
+    log: &Mutex<EventLog>,
+    progress: &Progress,
+    queue: &SyncSender<Msg>,
+) -> Result<u64, ServerError> {
+    let mut next = progress.through() + 1;
+    let mut sent = 0;
+    loop {
+        let recs = log
+            .lock()
+            .map_err(|_| ServerError::Store("event log lock poisoned".into()))?
+            .read(next, 8192)?;
+        let Some(through) = recs.last().map(|r| r.log_seq) else {
+            return Ok(sent);
+        };
+        let mut jobs: Vec<Job> = Vec::new();
+        for r in recs {
+            sent += 1;
+            match jobs.last_mut() {
+                Some(j) if *j.agent == *r.agent && *j.tenant == *r.tenant => {
+                    j.events.push(r.event.into())
+                }
+                _ => jobs.push(Job {
+                    agent: r.agent.to_string(),
+                    tenant: r.tenant.to_string(),
+                    events: vec![r.event.into()],
+                }),
+            }
+        }
+        queue
+            .send(Msg::Events { jobs, through })
+            .map_err(|_| ServerError::Store("the detection thread has stopped".into()))?;
+        next = through + 1;
+    }
+}
+
 /// Starts the detection thread; returns its queue.
 pub fn spawn(
     rules: Arc<RuleSet>,
     disabled: Disabled,
     state: Arc<State>,
     soc: Soc,
+    progress: Progress,
 ) -> SyncSender<Msg> {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     std::thread::Builder::new()
@@ -68,13 +154,47 @@ pub fn spawn(
         .spawn(move || {
             let mut rules = rules;
             let mut trees = Trees::new();
-            while let Some(next) = run(&rules, &disabled, &state, &soc, &mut trees, &rx) {
+            let mut saved = Saved {
+                progress,
+                reached: 0,
+                at: Instant::now(),
+            };
+            while let Some(next) = run(&rules, &disabled, &state, &soc, &mut trees, &mut saved, &rx)
+            {
                 tracing::info!(rules = next.rules().len(), "detection rules replaced");
                 rules = next;
+            }
+            // Stopping: what was detected since the last record is recorded now.
+            if saved.reached > saved.progress.through() {
+                let _ = saved.save(&state, saved.reached);
             }
         })
         .expect("spawning the detection thread");
     tx
+}
+
+/// The detection thread's side of [`Progress`].
+struct Saved {
+    progress: Progress,
+    /// The last position detected (recorded or not).
+    reached: u64,
+    /// When it was last recorded.
+    at: Instant,
+}
+
+impl Saved {
+    /// Records `through` (in the round's batch when one is open) and, once committed,
+    /// shares it.
+    fn save(&mut self, state: &State, through: u64) -> Result<(), ServerError> {
+        state.set_detected_through(through)?;
+        self.done(through);
+        Ok(())
+    }
+
+    fn done(&mut self, through: u64) {
+        self.progress.through.store(through, Ordering::Release);
+        self.at = Instant::now();
+    }
 }
 
 fn is_disabled(disabled: &Disabled, meta: &mamori_sigma::ast::RuleMeta) -> bool {
@@ -119,13 +239,25 @@ impl<'a> Round<'a> {
         self.state
     }
 
-    /// Commits the round's writes, then sends its containment requests.
-    fn finish(&mut self, soc: &Soc) {
-        if std::mem::take(&mut self.open)
-            && let Err(e) = self.state.commit_batch()
+    /// Commits the round's writes with the log position it reached, then sends its
+    /// containment requests. A round that wrote nothing records its position only when
+    /// [`PROGRESS_EVERY`] has passed (a commit costs an fsync).
+    fn finish(&mut self, soc: &Soc, saved: &mut Saved, through: u64) {
+        saved.reached = through;
+        if std::mem::take(&mut self.open) {
+            let recorded = self.state.set_detected_through(through);
+            match self.state.commit_batch() {
+                Ok(()) if recorded.is_ok() => saved.done(through),
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!("committing a round of alerts: {e}");
+                    self.contain.clear(); // their alerts were not recorded
+                }
+            }
+        } else if saved.at.elapsed() >= PROGRESS_EVERY
+            && let Err(e) = saved.save(self.state, through)
         {
-            tracing::error!("committing a round of alerts: {e}");
-            self.contain.clear(); // their alerts were not recorded
+            tracing::error!("recording how far detection has gone: {e}");
         }
         for c in self.contain.drain(..) {
             let _ = soc.contain.send(c);
@@ -647,6 +779,7 @@ fn run(
     state: &State,
     soc: &Soc,
     trees: &mut Trees,
+    saved: &mut Saved,
     rx: &Receiver<Msg>,
 ) -> Option<Arc<RuleSet>> {
     let mut scanner = rules.scanner();
@@ -656,9 +789,23 @@ fn run(
     let mut fired = Vec::new();
     let mut hits = Vec::new();
     let mut facts = Facts::default();
-    for msg in rx {
-        let jobs = match msg {
-            Msg::Events(jobs) => jobs,
+    loop {
+        let msg = match rx.recv_timeout(PROGRESS_EVERY) {
+            Ok(msg) => msg,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Idle: the last rounds' position is recorded, so that a restart does not
+                // read them again.
+                if saved.reached > saved.progress.through()
+                    && let Err(e) = saved.save(state, saved.reached)
+                {
+                    tracing::error!("recording how far detection has gone: {e}");
+                }
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+        };
+        let (jobs, through) = match msg {
+            Msg::Events { jobs, through } => (jobs, through),
             Msg::Rules(next) => return Some(next),
         };
         let mut round = Round::new(state);
@@ -799,7 +946,6 @@ fn run(
                 }
             }
         }
-        round.finish(soc);
+        round.finish(soc, saved, through);
     }
-    None
 }

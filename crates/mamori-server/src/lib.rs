@@ -234,6 +234,9 @@ impl Server {
             Some(_) => Some(Arc::new(state::State::open(&dir.join("state.db"))?)),
             None => None,
         };
+        // Recorded even without rules: a later start with rules detects what the log still
+        // holds from then on.
+        let progress = detect::Progress::load(&state, &log)?;
         let detect = rules.as_ref().zip(detect_state).map(|(r, detect_state)| {
             detect::spawn(
                 r.current(),
@@ -243,10 +246,23 @@ impl Server {
                     policy: policy.clone(),
                     contain: contain_tx.clone(),
                 },
+                progress.clone(),
             )
         });
         let log = Arc::new(Mutex::new(log));
+        if let Some(q) = &detect {
+            // Before the writer starts, so that detection sees the log in order.
+            let n = detect::replay(&log, &progress, q)?;
+            if n > 0 {
+                tracing::warn!(
+                    events = n,
+                    "detecting again the events the server had stored but not yet detected \
+                     when it stopped"
+                );
+            }
+        }
         let writer = store::Writer::spawn(log.clone(), detect.clone())?;
+        let detected = detect.is_some().then_some(progress);
         let shared = Arc::new(service::Shared {
             state,
             detect,
@@ -261,6 +277,7 @@ impl Server {
             isolation_allow: config.isolation_allow.clone(),
             local_agents: Default::default(),
             policy,
+            detected,
         });
         // Automatic containment: isolation commands must be signed, so a thread with the
         // server's shared state serves the detection thread's requests (a weak reference: it

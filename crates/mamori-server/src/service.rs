@@ -62,6 +62,9 @@ pub struct Shared {
     pub local_agents: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The SOC policy (severity, incidents, clocks, notifications).
     pub policy: Arc<mamori_soc::Policy>,
+    /// How far detection has gone through the log (none without detection): the log keeps
+    /// what it has not passed.
+    pub detected: Option<crate::detect::Progress>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {

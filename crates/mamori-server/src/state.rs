@@ -352,6 +352,7 @@ CREATE TABLE IF NOT EXISTS custom_rules (
     id TEXT PRIMARY KEY, title TEXT NOT NULL, yaml TEXT NOT NULL, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS disabled_rules (
     id TEXT PRIMARY KEY, at INTEGER NOT NULL, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS progress (name TEXT PRIMARY KEY, through INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
     target TEXT NOT NULL, detail TEXT NOT NULL);
@@ -472,6 +473,32 @@ impl State {
             c.execute_batch("COMMIT").inspect_err(|_| {
                 let _ = c.execute_batch("ROLLBACK");
             })
+        })
+    }
+
+    /// How far detection has gone through the event log (`None` before the first start
+    /// that recorded it).
+    pub fn detected_through(&self) -> Result<Option<u64>, ServerError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT through FROM progress WHERE name = 'detection'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+        })
+        .map(|t| t.map(|t| t as u64))
+    }
+
+    /// Records how far detection has gone (in a batch: with the alerts of those events).
+    pub fn set_detected_through(&self, through: u64) -> Result<(), ServerError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT INTO progress (name, through) VALUES ('detection', ?1)
+                 ON CONFLICT (name) DO UPDATE SET through = excluded.through",
+            )?
+            .execute(params![through as i64])
+            .map(|_| ())
         })
     }
 

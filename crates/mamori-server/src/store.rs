@@ -58,6 +58,8 @@ pub struct EventLog {
     /// The position the last sync reached: readers must not go past it (what is beyond may
     /// still be lost, and then sent again by its agent).
     synced: u64,
+    /// The position released last (by this process).
+    released: u64,
 }
 
 /// What an append did.
@@ -157,6 +159,7 @@ fn write_loop(
 ) {
     let mut round: Vec<(Append, Done, Result<Appended, String>)> = Vec::new();
     let mut last_sync = std::time::Instant::now() - SYNC_SPACING;
+    let mut through = 0;
     while let Some((first, done)) = rx.blocking_recv() {
         let wait = SYNC_SPACING.saturating_sub(last_sync.elapsed());
         if !wait.is_zero() {
@@ -188,6 +191,7 @@ fn write_loop(
                         *result = Err(e.to_string());
                     }
                 }
+                through = log.synced();
             }
             Err(_) => {
                 for (_, _, result) in round.iter_mut() {
@@ -210,7 +214,7 @@ fn write_loop(
                 })
                 .collect();
             if !jobs.is_empty() {
-                let _ = q.send(crate::detect::Msg::Events(jobs));
+                let _ = q.send(crate::detect::Msg::Events { jobs, through });
             }
         }
         for (_, done, result) in round.drain(..) {
@@ -316,6 +320,7 @@ impl EventLog {
             record: Vec::new(),
             syncs: 0,
             synced: last,
+            released: 0,
         };
         log.write_checkpoint()?;
         Ok(log)
@@ -395,6 +400,11 @@ impl EventLog {
         Ok(out)
     }
 
+    /// The position the last sync reached.
+    pub fn synced(&self) -> u64 {
+        self.synced
+    }
+
     /// Makes everything appended so far durable; returns the position it reached. Writes the
     /// watermark checkpoint now and then (it must only ever cover durable records).
     pub fn sync(&mut self) -> Result<u64, ServerError> {
@@ -447,7 +457,11 @@ impl EventLog {
     }
 
     /// Releases the log through `log_seq` (stored downstream): whole segments are deleted.
+    /// Releasing no further than before does nothing.
     pub fn ack(&mut self, log_seq: u64) -> Result<(), ServerError> {
+        if log_seq <= self.released {
+            return Ok(());
+        }
         // Watermarks are rebuilt from the records after the checkpoint, and acknowledged
         // records are not read again: the checkpoint must cover them first, and it may only
         // cover durable records.
@@ -455,7 +469,9 @@ impl EventLog {
         self.write_checkpoint()?;
         self.spool
             .ack(log_seq)
-            .map_err(|e| ServerError::Store(e.to_string()))
+            .map_err(|e| ServerError::Store(e.to_string()))?;
+        self.released = log_seq;
+        Ok(())
     }
 
     /// Syncs and writes the checkpoint (on shutdown).
@@ -553,10 +569,11 @@ mod tests {
         let a = again.blocking_recv().unwrap().unwrap();
         assert_eq!((a.stored, a.duplicates, a.durable_through), (0, 3, 3));
         // Detection got the round's new events in one message, none twice.
-        let Ok(crate::detect::Msg::Events(jobs)) = detected.try_recv() else {
+        let Ok(crate::detect::Msg::Events { jobs, through }) = detected.try_recv() else {
             panic!("no detection job");
         };
         assert_eq!(jobs.len(), 8);
+        assert_eq!(through, 24, "the log position they reach");
         assert!(jobs.iter().all(|j| j.events.len() == 3));
         assert!(detected.try_recv().is_err());
         let _ = std::fs::remove_dir_all(d);
@@ -593,7 +610,7 @@ mod tests {
         assert_eq!((a.stored, a.durable_through), (3, 103));
         eprintln!("{} syncs for 402 batches", log.lock().unwrap().syncs);
         let mut seen = 0;
-        while let Ok(crate::detect::Msg::Events(jobs)) = detected.try_recv() {
+        while let Ok(crate::detect::Msg::Events { jobs, .. }) = detected.try_recv() {
             seen += jobs.iter().map(|j| j.events.len()).sum::<usize>();
         }
         assert_eq!(seen, 803);

@@ -553,6 +553,90 @@ fn server_killed_with_sigkill_loses_and_duplicates_nothing() {
     }
 }
 
+/// A rule on `base64 -d | sh` in a command line.
+const ENCODED_SHELL_RULE: &str = "title: Test Encoded Shell
+id: 5b7f6a4e-0000-4000-8000-00000000c0de
+status: test
+level: high
+tags:
+  - attack.execution
+  - attack.t1059.004
+logsource:
+  product: linux
+  category: process_creation
+detection:
+  selection:
+    CommandLine|contains: 'base64 -d | sh'
+  condition: selection
+";
+
+/// Events the log made durable and acknowledged, but which detection had not finished when
+/// the server died, are detected on the next start, and only once: how far detection got is
+/// committed with the alerts it raised.
+#[test]
+fn detection_resumes_after_a_crash_and_alerts_exactly_once() {
+    let srv = tempdir("server", "resume-srv");
+    let rules = srv.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("test.yml"), ENCODED_SHELL_RULE).unwrap();
+    let rules = ["--rules", rules.to_str().unwrap()];
+    let port = free_port();
+    let (mut server, fp) = start_server_with(&srv, port, &rules);
+    let a = tempdir("server", "resume-agent");
+    enroll(&a, port, &token(&srv, &[]), &fp).unwrap();
+    let id = agent_id(&a);
+    send(&a, &[exec_event(100, "id")]);
+    // Idle for a moment: detection records how far it got, so a restart reads nothing again.
+    std::thread::sleep(Duration::from_secs(3));
+    stop_server(&mut server);
+    drop(server);
+    // What a crash between the acknowledgement and detection leaves on disk: events in the
+    // log (the real log, written as the server writes it) past the recorded detection point.
+    let cmd = "echo aWQK | base64 -d | sh";
+    {
+        let mut log =
+            mamori_server::store::EventLog::open(&srv.join("server/events"), 1 << 30).unwrap();
+        let events = [exec_event(200, "uname -a"), exec_event(201, cmd)];
+        let appended = log.append("default", &id, 2, &events).unwrap();
+        assert_eq!(appended.stored, 2);
+        log.close().unwrap();
+    }
+    let encoded = |alerts: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        alerts
+            .iter()
+            .filter(|a| a["command_line"] == cmd)
+            .cloned()
+            .collect()
+    };
+    assert!(encoded(&alerts(&srv)).is_empty(), "not detected yet");
+    let (mut server, _) = start_server_with(&srv, port, &rules);
+    // Logged before the server listens, so read from its log file.
+    let log = std::fs::read_to_string(srv.join("server.log")).unwrap();
+    let said = log.lines().find(|l| l.contains("detecting again"));
+    assert!(said.is_some_and(|l| l.contains("events=2")), "{log}");
+    let found = encoded(&wait_alerts(&srv, |a| !encoded(a).is_empty()));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["count"], 1);
+    assert_eq!(found[0]["evidence"][0]["process"]["pid"], 201);
+    // Killed again once the alert is recorded: nothing is detected a second time (a second
+    // detection would fold into the alert and count 2).
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    let (mut server, _) = start_server_with(&srv, port, &rules);
+    send(&a, &[exec_event(300, "true")]);
+    std::thread::sleep(Duration::from_secs(2));
+    let found = encoded(&alerts(&srv));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["count"], 1, "detected once: {found:?}");
+    stop_server(&mut server);
+    let log = std::fs::read_to_string(srv.join("server.log")).unwrap();
+    assert_eq!(
+        log.matches("detecting again").count(),
+        0,
+        "the last start found nothing to detect again:\n{log}"
+    );
+}
+
 #[test]
 fn live_detection_raises_folded_alerts_with_evidence() {
     let srv = tempdir("server", "detect-srv");
@@ -592,14 +676,7 @@ correlation:
 "#,
     )
     .unwrap();
-    std::fs::write(
-        rules.join("test.yml"),
-        "title: Test Encoded Shell\nid: 5b7f6a4e-0000-4000-8000-00000000c0de\nstatus: test\n\
-         level: high\ntags:\n  - attack.execution\n  - attack.t1059.004\n\
-         logsource:\n  product: linux\n  category: process_creation\n\
-         detection:\n  selection:\n    CommandLine|contains: 'base64 -d | sh'\n  condition: selection\n",
-    )
-    .unwrap();
+    std::fs::write(rules.join("test.yml"), ENCODED_SHELL_RULE).unwrap();
     let port = free_port();
     let mut child = mamori(&srv)
         .args(["server", "run", "--listen", &format!("127.0.0.1:{port}")])
