@@ -96,7 +96,8 @@ impl Progress {
         })
     }
 
-    /// The log position through which every event has been detected and recorded.
+    /// The log position through which every event has been detected and recorded
+    /// (`u64::MAX` once the detection thread has ended: nothing is waited for).
     pub fn through(&self) -> u64 {
         self.through.load(Ordering::Acquire)
     }
@@ -152,11 +153,12 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("mamori-detect".into())
         .spawn(move || {
+            let _gone = Gone(progress.clone());
             let mut rules = rules;
             let mut trees = Trees::new();
             let mut saved = Saved {
+                reached: progress.through(),
                 progress,
-                reached: 0,
                 at: Instant::now(),
             };
             while let Some(next) = run(&rules, &disabled, &state, &soc, &mut trees, &mut saved, &rx)
@@ -171,6 +173,16 @@ pub fn spawn(
         })
         .expect("spawning the detection thread");
     tx
+}
+
+/// Dropped when the detection thread ends, even by a panic: the log no longer waits for
+/// detection (it would otherwise grow until its quota stops ingest).
+struct Gone(Progress);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        self.0.through.store(u64::MAX, Ordering::Release);
+    }
 }
 
 /// The detection thread's side of [`Progress`].
