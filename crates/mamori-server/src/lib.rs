@@ -249,17 +249,23 @@ impl Server {
                 progress.clone(),
             )
         });
+        let behind = log.synced().saturating_sub(progress.through());
         let log = Arc::new(Mutex::new(log));
-        if let Some(q) = &detect {
-            // Before the writer starts, so that detection sees the log in order.
+        if let Some(q) = &detect
+            && behind > 0
+        {
+            // Before the writer starts, so that detection sees the log in order; said first,
+            // since a long backlog delays listening.
+            tracing::warn!(
+                from = progress.through() + 1,
+                "detection had not recorded every event stored before the server stopped: \
+                 reading the rest again before listening"
+            );
             let n = detect::replay(&log, &progress, q)?;
-            if n > 0 {
-                tracing::warn!(
-                    events = n,
-                    "detecting again the events the server had stored but not yet detected \
-                     when it stopped"
-                );
-            }
+            tracing::warn!(
+                events = n,
+                "detected again the events stored after detection's last recorded position"
+            );
         }
         let writer = store::Writer::spawn(log.clone(), detect.clone())?;
         let detected = detect.is_some().then_some(progress);
