@@ -167,9 +167,7 @@ pub fn spawn(
                 rules = next;
             }
             // Stopping: what was detected since the last record is recorded now.
-            if saved.reached > saved.progress.through() {
-                let _ = saved.save(&state, saved.reached);
-            }
+            saved.catch_up(&state);
         })
         .expect("spawning the detection thread");
     tx
@@ -195,14 +193,18 @@ struct Saved {
 }
 
 impl Saved {
-    /// Records `through` (in the round's batch when one is open) and, once committed,
-    /// shares it.
-    fn save(&mut self, state: &State, through: u64) -> Result<(), ServerError> {
-        state.set_detected_through(through)?;
-        self.done(through);
-        Ok(())
+    /// Records the position reached, unless it is recorded already.
+    fn catch_up(&mut self, state: &State) {
+        if self.reached <= self.progress.through() {
+            return;
+        }
+        match state.set_detected_through(self.reached) {
+            Ok(()) => self.done(self.reached),
+            Err(e) => tracing::error!("recording how far detection has gone: {e}"),
+        }
     }
 
+    /// `through` is recorded (committed): the compactor may release the log through it.
     fn done(&mut self, through: u64) {
         self.progress.through.store(through, Ordering::Release);
         self.at = Instant::now();
@@ -222,8 +224,10 @@ pub(crate) fn text<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 
 /// One writer round's writes to the state database, committed together: an alert storm
 /// costs one commit (one fsync) per round instead of two or three per alert, and so do
-/// heartbeats. The batch starts at the first event that may write. Containment requests wait
-/// for the commit: the containment thread reads the alert through another connection.
+/// heartbeats. The batch starts at the round's first write, not at its first read: a round
+/// that only reads (connections to external addresses, say) commits nothing. Containment
+/// requests wait for the commit: the containment thread reads the alert through another
+/// connection.
 struct Round<'a> {
     state: &'a State,
     open: bool,
@@ -266,10 +270,8 @@ impl<'a> Round<'a> {
                     self.contain.clear(); // their alerts were not recorded
                 }
             }
-        } else if saved.at.elapsed() >= PROGRESS_EVERY
-            && let Err(e) = saved.save(self.state, through)
-        {
-            tracing::error!("recording how far detection has gone: {e}");
+        } else if saved.at.elapsed() >= PROGRESS_EVERY {
+            saved.catch_up(self.state);
         }
         for c in self.contain.drain(..) {
             let _ = soc.contain.send(c);
@@ -656,7 +658,7 @@ fn contain(
             });
         }
         mamori_soc::Containment::Approve => {
-            let _ = round.state.audit(
+            let _ = round.write().audit(
                 "policy",
                 "containment.awaiting_approval",
                 &format!("agent:{agent}"),
@@ -698,7 +700,7 @@ fn record(
     v: &Value,
     alert: NewAlert<'_>,
 ) {
-    let state = round.state;
+    let state = round.write();
     let owned = tree_of(v);
     let tree = [owned[0].as_str(), owned[1].as_str()];
     let hashes = hashes_of(v);
@@ -771,7 +773,8 @@ fn reassess(round: &mut Round<'_>, soc: &Soc, trees: &Trees, job: &Job, tree: &[
         };
         let a = soc.policy.assess(&job.tenant, &facts);
         if a.severity == mamori_soc::Severity::Critical
-            && state
+            && round
+                .write()
                 .raise_severity(*id, "critical", &a.reasons)
                 .unwrap_or(false)
         {
@@ -807,11 +810,7 @@ fn run(
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 // Idle: the last rounds' position is recorded, so that a restart does not
                 // read them again.
-                if saved.reached > saved.progress.through()
-                    && let Err(e) = saved.save(state, saved.reached)
-                {
-                    tracing::error!("recording how far detection has gone: {e}");
-                }
+                saved.catch_up(state);
                 continue;
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
@@ -837,7 +836,7 @@ fn run(
                 if scanned && hits.is_empty() {
                     continue;
                 }
-                let state = round.write();
+                let state = round.state;
                 let Ok(value) = serde_json::from_slice::<Value>(&raw) else {
                     continue;
                 };
@@ -849,7 +848,7 @@ fn run(
                 };
                 if !scanned {
                     if text(&event.data, &["event", "dataset"]) == Some("mamori.health") {
-                        health(state, soc, &job, &event.data, &raw);
+                        health(round.write(), soc, &job, &event.data, &raw);
                         continue;
                     }
                     // Connections to external addresses, by process and parent: a fact for
@@ -951,7 +950,13 @@ fn run(
                         user: alert.user,
                         group: soc.policy.group_of(&job.tenant, alert.host),
                     };
-                    if state.suppressed(&job.tenant, &d).unwrap_or(None).is_some() {
+                    // Counts a hit on the suppression that matches, if any: a write.
+                    if round
+                        .write()
+                        .suppressed(&job.tenant, &d)
+                        .unwrap_or(None)
+                        .is_some()
+                    {
                         continue; // tuned away (counted on the suppression)
                     }
                     record(&mut round, soc, trees, &job, v, alert);
