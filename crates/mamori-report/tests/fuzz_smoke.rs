@@ -29,82 +29,73 @@ const PIECES: &[&str] = &[
     "ｱｲｳ",
 ];
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn text(&mut self) -> String {
-        let n = self.next() % 12;
-        let mut s = String::new();
-        for _ in 0..n {
-            s.push_str(PIECES[(self.next() % PIECES.len() as u64) as usize]);
-            if self.next().is_multiple_of(5) {
-                s.push_str(&"x".repeat((self.next() % 300) as usize));
-            }
+/// Up to eleven pieces, some followed by a run of up to 299 `x`.
+fn hostile(r: &mut fastrand::Rng) -> String {
+    let mut s = String::new();
+    for _ in 0..r.usize(..12) {
+        s.push_str(PIECES[r.usize(..PIECES.len())]);
+        if r.u32(..5) == 0 {
+            s.push_str(&"x".repeat(r.usize(..300)));
         }
-        s
     }
+    s
 }
 
 #[test]
 fn hostile_fields_never_break_a_report() {
-    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut r = fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15);
     for round in 0..300 {
         let mut i = Incident {
             id: round,
-            title: r.text(),
+            title: hostile(&mut r),
             severity: ["critical", "high", "medium", "low", "", "??"][round as usize % 6].into(),
-            verdict: r.text(),
-            verdict_reasons: vec![r.text(), r.text()],
-            opened_at: r.next() as i64 % 4_000_000_000,
-            users: vec![r.text()],
-            tactics: vec![r.text(), "persistence".into()],
-            techniques: vec![r.text()],
-            blind_spots: vec![r.text()],
+            verdict: hostile(&mut r),
+            verdict_reasons: vec![hostile(&mut r), hostile(&mut r)],
+            opened_at: r.i64(..) % 4_000_000_000,
+            users: vec![hostile(&mut r)],
+            tactics: vec![hostile(&mut r), "persistence".into()],
+            techniques: vec![hostile(&mut r)],
+            blind_spots: vec![hostile(&mut r)],
             ..Incident::default()
         };
         i.hosts.push(Host {
-            agent: r.text(),
-            name: r.text(),
+            agent: hostile(&mut r),
+            name: hostile(&mut r),
             isolated: round % 2 == 0,
-            isolated_by: r.text(),
+            isolated_by: hostile(&mut r),
         });
         i.files.push(File {
-            path: r.text(),
-            sha256: r.text(),
+            path: hostile(&mut r),
+            sha256: hostile(&mut r),
             seen_on: vec![Seen {
-                host: r.text(),
-                first: r.text(),
-                events: r.next() % 10,
+                host: hostile(&mut r),
+                first: hostile(&mut r),
+                events: r.u64(..10),
             }],
         });
         for _ in 0..3 {
             i.alerts.push(AlertLine {
-                time: r.text(),
-                rule: r.text(),
-                command_line: r.text(),
-                process: r.text(),
-                host: r.text(),
-                count: (r.next() % 5) as i64,
+                time: hostile(&mut r),
+                rule: hostile(&mut r),
+                command_line: hostile(&mut r),
+                process: hostile(&mut r),
+                host: hostile(&mut r),
+                count: r.i64(..5),
                 ..AlertLine::default()
             });
             i.process_tree.push(Process {
-                entity: r.text(),
-                executable: r.text(),
-                command_line: r.text(),
-                depth: (r.next() % 40) as usize,
-                rules: vec![r.text()],
+                entity: hostile(&mut r),
+                executable: hostile(&mut r),
+                command_line: hostile(&mut r),
+                depth: r.usize(..40),
+                rules: vec![hostile(&mut r)],
                 ..Process::default()
             });
             i.timeline.push(Entry {
-                at_ms: r.next() as i64,
-                kind: r.text(),
-                host: r.text(),
-                text: r.text(),
+                at_ms: r.i64(..),
+                kind: hostile(&mut r),
+                host: hostile(&mut r),
+                text: hostile(&mut r),
             });
         }
         for l in [Lang::En, Lang::Ja] {
@@ -119,17 +110,17 @@ fn hostile_fields_never_break_a_report() {
             let (subject, body) = text::notice(&i, l, 0);
             assert!(subject.contains("Mamori") && !body.is_empty());
             let m = Monthly {
-                period: r.text(),
-                tenant: r.text(),
-                hosts: vec![(r.text(), r.next() % 100)],
-                gaps: vec![r.text()],
-                top_incidents: vec![(1, r.text(), r.text())],
+                period: hostile(&mut r),
+                tenant: hostile(&mut r),
+                hosts: vec![(hostile(&mut r), r.u64(..100))],
+                gaps: vec![hostile(&mut r)],
+                top_incidents: vec![(1, hostile(&mut r), hostile(&mut r))],
                 ..Monthly::default()
             };
             let _ = pdf::render(&text::monthly(&m, l));
             assert!(!html::render(&text::monthly(&m, l)).contains("<script>"));
         }
-        let _ = mamori_report::fmt_rfc3339(&r.text());
-        let _ = mamori_report::redact(&r.text());
+        let _ = mamori_report::fmt_rfc3339(&hostile(&mut r));
+        let _ = mamori_report::redact(&hostile(&mut r));
     }
 }

@@ -6,20 +6,6 @@
 
 use mamori_wire::command::{Allow, Command};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 const ALPHABET: &[u8] = b"0123456789abcdef.:/[] ;{}\"\\\n#-accept flush";
 
 fn structure(script: &str) -> (usize, usize, usize) {
@@ -41,15 +27,15 @@ fn mutated_allowlists_and_commands_never_escape() {
         "[fd00::/64]",
         "192.168.1.1:22",
     ];
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
     let mut parsed = 0;
     for round in 0..20_000 {
         let mut v = seeds[round % seeds.len()].as_bytes().to_vec();
-        for _ in 0..1 + rng.below(4) {
-            let at = rng.below(v.len() + 1);
-            match rng.below(3) {
-                0 if at < v.len() => v[at] = ALPHABET[rng.below(ALPHABET.len())],
-                1 => v.insert(at.min(v.len()), ALPHABET[rng.below(ALPHABET.len())]),
+        for _ in 0..1 + rng.usize(..4) {
+            let at = rng.usize(..=v.len());
+            match rng.usize(..3) {
+                0 if at < v.len() => v[at] = ALPHABET[rng.usize(..ALPHABET.len())],
+                1 => v.insert(at.min(v.len()), ALPHABET[rng.usize(..ALPHABET.len())]),
                 _ if at < v.len() => {
                     v.remove(at);
                 }
@@ -80,9 +66,9 @@ fn mutated_allowlists_and_commands_never_escape() {
     assert!(serde_json::from_str::<Command>(cmd).is_ok());
     for _ in 0..20_000 {
         let mut v = cmd.as_bytes().to_vec();
-        for _ in 0..1 + rng.below(3) {
-            let at = rng.below(v.len());
-            v[at] = rng.next() as u8;
+        for _ in 0..1 + rng.usize(..3) {
+            let at = rng.usize(..v.len().max(1));
+            v[at] = rng.u8(..);
         }
         let _ = serde_json::from_slice::<Command>(&v);
     }

@@ -5,20 +5,6 @@
 
 use mamori_sensor::{audit, bpf::SensorEvent, dns};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 #[test]
 fn mutated_inputs_never_panic() {
     let answer = dns::answer(
@@ -31,20 +17,20 @@ fn mutated_inputs_never_panic() {
         addr=? terminal=pts/1 res=failed'"
         .to_vec();
     assert!(audit::parse(1100, std::str::from_utf8(&record).unwrap()).is_some());
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
     for _ in 0..20_000 {
         for seed in [&answer, &record] {
             let mut v = seed.clone();
-            for _ in 0..=rng.below(4) {
-                match rng.below(3) {
+            for _ in 0..=rng.usize(..4) {
+                match rng.usize(..3) {
                     0 => {
-                        let i = rng.below(v.len());
-                        v[i] ^= 1 << rng.below(8);
+                        let i = rng.usize(..v.len().max(1));
+                        v[i] ^= 1 << rng.usize(..8);
                     }
-                    1 => v.truncate(rng.below(v.len() + 1)),
+                    1 => v.truncate(rng.usize(..=v.len())),
                     _ => {
-                        let i = rng.below(v.len());
-                        v[i] = rng.next() as u8;
+                        let i = rng.usize(..v.len().max(1));
+                        v[i] = rng.u8(..);
                     }
                 }
                 if v.is_empty() {

@@ -9,50 +9,36 @@ use mamori_model::Event;
 use mamori_sigma::{Compiler, parse::parse_documents};
 use serde_json::json;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
+fn mutate(rng: &mut fastrand::Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
     let mut v = seed.to_vec();
-    for _ in 0..1 + rng.below(8) {
-        match rng.below(5) {
+    for _ in 0..1 + rng.usize(..8) {
+        match rng.usize(..5) {
             0 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                v[i] ^= 1 << rng.below(8);
+                let i = rng.usize(..v.len().max(1));
+                v[i] ^= 1 << rng.usize(..8);
             }
             1 => {
-                let i = rng.below(v.len() + 1);
+                let i = rng.usize(..=v.len());
                 let tokens: [&[u8]; 10] = [
                     b"|", b"*", b"\\", b"'", b"\n  ", b": ", b"- ", b"(", b" of ", b"%x%",
                 ];
-                let t = tokens[rng.below(tokens.len())];
+                let t = tokens[rng.usize(..tokens.len())];
                 v.splice(i..i, t.iter().copied());
             }
             2 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                let j = (i + rng.below(16)).min(v.len());
+                let i = rng.usize(..v.len().max(1));
+                let j = (i + rng.usize(..16)).min(v.len());
                 v.drain(i..j);
             }
             3 if !other.is_empty() => {
-                let i = rng.below(v.len() + 1);
-                let a = rng.below(other.len());
-                let b = (a + rng.below(64)).min(other.len());
+                let i = rng.usize(..=v.len());
+                let a = rng.usize(..other.len().max(1));
+                let b = (a + rng.usize(..64)).min(other.len());
                 v.splice(i..i, other[a..b].iter().copied());
             }
             _ => {
-                let i = rng.below(v.len() + 1);
-                v.insert(i, rng.next() as u8);
+                let i = rng.usize(..=v.len());
+                v.insert(i, rng.u8(..));
             }
         }
     }
@@ -75,11 +61,11 @@ fn mutated_rules_never_panic() {
         "EventData": {"Image": "C:\\Windows\\System32\\cmd.exe", "CommandLine": "cmd.exe /c whoami -all",
                       "ParentImage": "C:\\x\\explorer.exe", "User": "a\\b", "Size": 5}}}),
     );
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
     let mut loaded = 0;
     for _ in 0..3000 {
-        let a = rng.below(seeds.len());
-        let b = rng.below(seeds.len());
+        let a = rng.usize(..seeds.len());
+        let b = rng.usize(..seeds.len());
         let input = mutate(&mut rng, &seeds[a], &seeds[b]);
         let Ok(text) = std::str::from_utf8(&input) else {
             continue;

@@ -4,20 +4,6 @@
 
 use std::path::Path;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 #[test]
 fn mutated_logs_never_panic() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
@@ -34,25 +20,25 @@ fn mutated_logs_never_panic() {
     let json = std::fs::read(json_file.path()).unwrap();
     let clean = mamori_sources::read_bytes(&evtx, &mut |_| {});
     assert!(clean.records > 100 && clean.errors == 0, "{clean:?}");
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut rng = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
     for round in 0..300 {
         let seed = if round % 3 == 0 { &json } else { &evtx };
         let mut v = seed.clone();
-        for _ in 0..1 + rng.below(20) {
-            match rng.below(3) {
+        for _ in 0..1 + rng.usize(..20) {
+            match rng.usize(..3) {
                 0 => {
-                    let i = rng.below(v.len());
-                    v[i] ^= 1 << rng.below(8);
+                    let i = rng.usize(..v.len().max(1));
+                    v[i] ^= 1 << rng.usize(..8);
                 }
                 1 => {
-                    let cut = rng.below(v.len());
+                    let cut = rng.usize(..v.len().max(1));
                     v.truncate(cut.max(8));
                 }
                 _ => {
-                    let i = rng.below(v.len());
-                    let n = rng.below(256).min(v.len() - i);
+                    let i = rng.usize(..v.len().max(1));
+                    let n = rng.usize(..256).min(v.len() - i);
                     for b in &mut v[i..i + n] {
-                        *b = rng.next() as u8;
+                        *b = rng.u8(..);
                     }
                 }
             }
