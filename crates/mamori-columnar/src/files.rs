@@ -244,12 +244,19 @@ pub fn merge(root: &Path, inputs: &[DataFile]) -> Result<DataFile, StoreError> {
     let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
         return Err(StoreError::Invalid("nothing to merge".into()));
     };
-    let schema = reader(&first.path)?.schema();
+    // The first input, opened for its schema, is the first one read.
+    let first_reader = reader(&first.path)?;
+    let schema = first_reader.schema();
+    let mut opened = Some(first_reader);
     let from = inputs.iter().map(|f| f.from).min().unwrap_or(first.from);
     let to = inputs.iter().map(|f| f.to).max().unwrap_or(last.to);
     let merged = write(root, &first.tenant, &first.day, (from, to), schema, |out| {
         for f in inputs {
-            for b in reader(&f.path)? {
+            let batches = match opened.take() {
+                Some(r) => r,
+                None => reader(&f.path)?,
+            };
+            for b in batches {
                 out(&b.map_err(|e| StoreError::Io(format!("{}: {e}", f.path.display())))?)?;
             }
         }
