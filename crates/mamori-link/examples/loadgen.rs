@@ -15,6 +15,10 @@
 //! ```
 //!
 //! `scripts/bench-load.sh` starts a server and runs this at several agent counts.
+//!
+//! `loadgen --dump 20000 --agents 1000 --rate 50000 > load.ecs.jsonl` prints the events it
+//! would send instead (markers in the same proportion), one per line, for `scanbench` and
+//! `jsonbench`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -39,6 +43,7 @@ struct Args {
     interval_ms: u64,
     cache: PathBuf,
     server_pid: Option<u32>,
+    dump: Option<u64>,
 }
 
 fn args() -> Args {
@@ -55,6 +60,7 @@ fn args() -> Args {
         interval_ms: 1000,
         cache: PathBuf::from("/tmp/mamori-loadgen"),
         server_pid: None,
+        dump: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     for pair in v.chunks(2) {
@@ -72,11 +78,12 @@ fn args() -> Args {
             "--interval-ms" => a.interval_ms = val.parse().expect("--interval-ms MS"),
             "--cache" => a.cache = PathBuf::from(val),
             "--server-pid" => a.server_pid = Some(val.parse().expect("--server-pid PID")),
+            "--dump" => a.dump = Some(val.parse().expect("--dump EVENTS")),
             other => panic!("unknown argument {other}"),
         }
     }
     assert!(
-        !a.server.is_empty() && !a.fingerprint.is_empty(),
+        a.dump.is_some() || (!a.server.is_empty() && !a.fingerprint.is_empty()),
         "--server and --fingerprint"
     );
     a
@@ -113,6 +120,23 @@ fn event(agent: usize, n: u64, marker: bool) -> Vec<u8> {
         exe.rsplit('/').next().unwrap_or(exe),
     )
     .into_bytes()
+}
+
+/// Prints `n` events as the agents would send them, one per line.
+fn dump(a: &Args, n: u64) {
+    use std::io::Write;
+    let every = (a.rate / a.markers.max(1)).max(1);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for i in 0..n {
+        let e = event(
+            i as usize % a.agents.max(1),
+            i,
+            a.markers > 0 && i % every == 0,
+        );
+        out.write_all(&e)
+            .and_then(|()| out.write_all(b"\n"))
+            .expect("writing to stdout");
+    }
 }
 
 /// A heartbeat as the agent sends it (`mamori agent`'s health report).
@@ -194,6 +218,10 @@ async fn identities(a: &Args, ca_pem: &str) -> Vec<Identity> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a = args();
+    if let Some(n) = a.dump {
+        dump(&a, n);
+        return;
+    }
     let ca_pem = mamori_link::pinned_ca(&a.server, &a.fingerprint)
         .await
         .expect("the server's CA");
