@@ -167,12 +167,16 @@ fn properties() -> WriterProperties {
     // `raw` (the whole event) is unique per row: a dictionary or min/max statistics of it
     // would be work for every row and never serve a query.
     let raw = ColumnPath::from("raw");
-    WriterProperties::builder()
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(128 * 1024))
         .set_column_dictionary_enabled(raw.clone(), false)
-        .set_column_statistics_enabled(raw, EnabledStatistics::None)
-        .build()
+        .set_column_statistics_enabled(raw, EnabledStatistics::None);
+    // Unique per row too: a dictionary would hash every value only to be given up.
+    for unique in ["time", "seq", "process_entity_id"] {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(unique), false);
+    }
+    b.build()
 }
 
 /// Writes the file for log positions `from..=to` of `tenant` on `day` from the batches
@@ -284,6 +288,18 @@ pub fn high_water(files: &[DataFile]) -> BTreeMap<String, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unique_columns_are_written_without_a_dictionary() {
+        let p = properties();
+        for c in ["raw", "time", "seq", "process_entity_id"] {
+            assert!(!p.dictionary_enabled(&ColumnPath::from(c)), "{c}");
+        }
+        // Columns whose values repeat keep theirs.
+        for c in ["event_category", "process_executable", "host_name"] {
+            assert!(p.dictionary_enabled(&ColumnPath::from(c)), "{c}");
+        }
+    }
 
     #[test]
     fn tenant_names_are_safe_directory_names_and_come_back() {
