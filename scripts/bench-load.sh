@@ -8,6 +8,7 @@
 # INTERVAL_MS=500 sends each agent's batches every 500 ms (the agent's linger) instead of the
 # default (every second, or every N/2 ms above 2,000 agents).
 # HEARTBEAT_S=60: each agent's heartbeat interval, as real agents (0: none).
+# NETWORK=30 makes 30% of the events connections to an external address (default 0).
 # MARKERS=200 makes 200 of each second's events new alerts (default 10): an alert storm.
 # THREADS=1 also prints the server's CPU per thread over 5 s inside the load
 # (scripts/thread-cpu.sh).
@@ -48,6 +49,7 @@ for N in $AGENTS; do
     target/release/examples/loadgen --server https://127.0.0.1:$PORT --fingerprint "$FP" \
         --token "$TOKEN" --api-token "$API" --agents "$N" --rate "$RATE" --seconds "$SECS" \
         --interval-ms "$INTERVAL" --markers "${MARKERS:-10}" --heartbeat-s "${HEARTBEAT_S:-60}" \
+        --network "${NETWORK:-0}" \
         --cache "$WORK/agents-$N" --server-pid "$SERVER"
     kill $SERVER; wait $SERVER 2>/dev/null || true
     SERVER=

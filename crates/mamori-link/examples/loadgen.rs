@@ -7,7 +7,8 @@
 //! alert, and a poller reading `GET /api/v1/alerts` measures the time from the event's
 //! creation to the alert being visible in the API. Like real agents, each also sends a
 //! heartbeat (its health report) every `--heartbeat-s` seconds (60; 0: never), spread over
-//! the interval.
+//! the interval. `--network P` makes P% of the other events connections to an external
+//! address (0 by default), which detection also keeps as facts about the process tree.
 //!
 //! ```sh
 //! loadgen --server https://127.0.0.1:7443 --fingerprint sha256:… --token ENROLL \
@@ -39,6 +40,7 @@ struct Args {
     rate: u64,
     seconds: u64,
     markers: u64,
+    network: u64,
     heartbeat_s: u64,
     interval_ms: u64,
     cache: PathBuf,
@@ -56,6 +58,7 @@ fn args() -> Args {
         rate: 10_000,
         seconds: 20,
         markers: 10,
+        network: 0,
         heartbeat_s: 60,
         interval_ms: 1000,
         cache: PathBuf::from("/tmp/mamori-loadgen"),
@@ -74,6 +77,7 @@ fn args() -> Args {
             "--rate" => a.rate = val.parse().expect("--rate events/s"),
             "--seconds" => a.seconds = val.parse().expect("--seconds S"),
             "--markers" => a.markers = val.parse().expect("--markers per second"),
+            "--network" => a.network = val.parse().expect("--network PERCENT"),
             "--heartbeat-s" => a.heartbeat_s = val.parse().expect("--heartbeat-s SECONDS"),
             "--interval-ms" => a.interval_ms = val.parse().expect("--interval-ms MS"),
             "--cache" => a.cache = PathBuf::from(val),
@@ -98,7 +102,10 @@ fn now_ns() -> u128 {
 
 /// A process start; a marker is an encoded command piped to a shell, with a process entity
 /// that carries its creation time.
-fn event(agent: usize, n: u64, marker: bool) -> Vec<u8> {
+fn event(agent: usize, n: u64, marker: bool, network: u64) -> Vec<u8> {
+    if !marker && n % 100 < network {
+        return connection(agent, n);
+    }
     let ns = now_ns();
     let (exe, cmd, entity) = if marker {
         (
@@ -122,6 +129,19 @@ fn event(agent: usize, n: u64, marker: bool) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A TCP connection from a worker process to an address outside every internal network
+/// (TEST-NET-3, 203.0.113.0/24), as the sensor reports it.
+fn connection(agent: usize, n: u64) -> Vec<u8> {
+    format!(
+        r#"{{"@timestamp":"{}","event":{{"kind":"event","category":["network"],"type":["start","connection"],"action":"connect","module":"mamori","dataset":"mamori.network"}},"host":{{"name":"sim-{agent:05}","os":{{"type":"linux","kernel":"6.18.0"}}}},"process":{{"pid":{},"entity_id":"boot:{agent}:{n}","executable":"/usr/bin/python3","name":"python3","parent":{{"pid":1,"entity_id":"boot:{agent}:1"}}}},"source":{{"ip":"10.0.0.5","port":{}}},"destination":{{"ip":"203.0.113.{}","port":443}},"network":{{"transport":"tcp","type":"ipv4","direction":"egress"}},"user":{{"id":"1000","name":"app"}}}}"#,
+        rfc3339(now_ns()),
+        1000 + n % 60_000,
+        32768 + n % 28_000,
+        n % 250 + 1,
+    )
+    .into_bytes()
+}
+
 /// Prints `n` events as the agents would send them, one per line.
 fn dump(a: &Args, n: u64) {
     use std::io::Write;
@@ -132,6 +152,7 @@ fn dump(a: &Args, n: u64) {
             i as usize % a.agents.max(1),
             i,
             a.markers > 0 && i % every == 0,
+            a.network,
         );
         out.write_all(&e)
             .and_then(|()| out.write_all(b"\n"))
@@ -287,6 +308,7 @@ async fn main() {
     let mut tasks = Vec::new();
     let agents = a.agents;
     let heartbeat_every = Duration::from_secs(a.heartbeat_s);
+    let network = a.network;
     for (i, tx, client) in senders {
         let (counter, sent, stop, markers_sent) = (
             counter.clone(),
@@ -313,7 +335,7 @@ async fn main() {
                         let n = counter.fetch_add(1, Ordering::Relaxed);
                         let marker = n % marker_every == marker_every - 1;
                         markers += u64::from(marker);
-                        event(i, n, marker).into()
+                        event(i, n, marker, network).into()
                     })
                     .collect();
                 if let Some(at) = next_heartbeat.as_mut()

@@ -585,16 +585,19 @@ impl Facts {
         }
     }
 
-    /// Whether the event is one of the sensor's that needs nothing but matching: not a
-    /// heartbeat, not a connection to an external address (a fact kept per process tree,
+    /// Whether the event is one of the sensor's, and not a heartbeat.
+    fn sensor(&self) -> bool {
+        self.mamori && !self.health
+    }
+
+    /// Whether it is a connection to an external address (a fact kept per process tree,
     /// read from the tree as [`external_destination`] does).
-    fn plain(&self, soc: &Soc, tenant: &str) -> bool {
-        let external = || {
-            self.ip
+    fn external(&self, soc: &Soc, tenant: &str) -> bool {
+        self.network
+            && self
+                .ip
                 .parse()
                 .is_ok_and(|ip| !soc.policy.is_internal(tenant, ip))
-        };
-        self.mamori && !self.health && !(self.network && external())
     }
 }
 
@@ -826,14 +829,18 @@ fn run(
                 // text, the tree is built only for a hit (or whatever the one pass leaves).
                 hits.clear();
                 facts.clear();
+                // A sensor event (not a heartbeat) read in one pass has the hits a scan of its
+                // tree would give; only a connection to an external address needs the tree
+                // besides, for the fact it adds to its process tree.
                 let scanned = scanner
                     .scan_ecs_json_with(&raw, &mut hits, &mut |name, leaf| facts.note(name, leaf))
                     .is_ok()
-                    && facts.plain(soc, &job.tenant);
+                    && facts.sensor();
+                let plain = scanned && !facts.external(soc, &job.tenant);
                 if !scanned {
                     hits.clear(); // read again from the tree below
                 }
-                if scanned && hits.is_empty() {
+                if plain && hits.is_empty() {
                     continue;
                 }
                 let state = round.state;
@@ -846,11 +853,11 @@ fn run(
                 } else {
                     Event::new(value)
                 };
-                if !scanned {
-                    if text(&event.data, &["event", "dataset"]) == Some("mamori.health") {
-                        health(round.write(), soc, &job, &event.data, &raw);
-                        continue;
-                    }
+                if !scanned && text(&event.data, &["event", "dataset"]) == Some("mamori.health") {
+                    health(round.write(), soc, &job, &event.data, &raw);
+                    continue;
+                }
+                if !plain {
                     // Connections to external addresses, by process and parent: a fact for
                     // severity (alerts already open on that tree are assessed again).
                     if let Some(dest) = external_destination(soc, &job.tenant, &event.data) {
@@ -867,10 +874,12 @@ fn run(
                         }
                         reassess(&mut round, soc, trees, &job, &tree);
                     }
+                }
+                if !scanned {
                     scanner.scan(&event, &mut hits);
-                    if hits.is_empty() {
-                        continue;
-                    }
+                }
+                if hits.is_empty() {
+                    continue;
                 }
                 // Windows events are read through their Sigma field names.
                 let view = flat_view(&event.data);
