@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Profiles the server inside the many-agent load of scripts/bench-load.sh: waits until the
 # load is under way, then `perf record`s the server (or only its threads named COMM) for a
-# few seconds and prints the self time of the hottest symbols.
+# few seconds and prints the self time of the hottest symbols. One agent count (AGENTS=1000).
 # Usage: BIN=target/release/mamori AGENTS=1000 [COMM=tokio-rt-worker] [DWARF=1] \
 #        scripts/profile-load.sh OUT.data
 # DWARF=1 records call graphs by DWARF unwinding (needed for inclusive shares: the release
