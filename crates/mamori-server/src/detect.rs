@@ -557,19 +557,31 @@ type Trees = HashMap<String, Vec<String>>;
 const TREES_MAX: usize = 200_000;
 
 /// The few fields of a sensor event that decide how detection reads it, noted as the
-/// scanner's walk reads them (one pass over the text for both).
+/// scanner's walk reads them (one pass over the text for both), and those a connection to an
+/// external address adds to its process tree.
 #[derive(Default)]
 struct Facts {
     mamori: bool,
     health: bool,
     network: bool,
     ip: String,
+    port: Option<u64>,
+    /// `process.entity_id` and `process.parent.entity_id`, when they are strings.
+    entity: String,
+    parent: String,
+    /// A top-level field that [`process_entity`] or [`parent_entity`] would also read:
+    /// those two are then read from the tree.
+    other_ids: bool,
 }
 
 impl Facts {
     fn clear(&mut self) {
         (self.mamori, self.health, self.network) = (false, false, false);
         self.ip.clear();
+        self.port = None;
+        self.entity.clear();
+        self.parent.clear();
+        self.other_ids = false;
     }
 
     fn note(&mut self, name: &str, leaf: &Leaf<'_>) {
@@ -581,6 +593,12 @@ impl Facts {
                 self.network = items.iter().any(|i| i.as_str() == Some("network"))
             }
             ("destination.ip", Leaf::One(Item::Str(ip))) => self.ip.push_str(ip),
+            ("destination.port", Leaf::One(Item::Num(n))) => self.port = n.as_u64(),
+            ("process.entity_id", Leaf::One(Item::Str(e))) => self.entity.push_str(e),
+            ("process.parent.entity_id", Leaf::One(Item::Str(e))) => self.parent.push_str(e),
+            ("ProcessGuid" | "ParentProcessGuid" | "NewProcessId" | "ProcessId", _) => {
+                self.other_ids = true
+            }
             _ => {}
         }
     }
@@ -590,14 +608,27 @@ impl Facts {
         self.mamori && !self.health
     }
 
-    /// Whether it is a connection to an external address (a fact kept per process tree,
-    /// read from the tree as [`external_destination`] does).
-    fn external(&self, soc: &Soc, tenant: &str) -> bool {
-        self.network
-            && self
-                .ip
-                .parse()
-                .is_ok_and(|ip| !soc.policy.is_internal(tenant, ip))
+    /// The address of a connection outside the tenant's internal networks.
+    fn external(&self, soc: &Soc, tenant: &str) -> Option<std::net::IpAddr> {
+        if !self.network {
+            return None;
+        }
+        let ip = self.ip.parse().ok()?;
+        (!soc.policy.is_internal(tenant, ip)).then_some(ip)
+    }
+
+    /// `ip:port` and the process tree of a connection to an external address, as
+    /// [`external_destination`] and [`tree_of`] read them from the tree; `None` when the
+    /// tree must be read.
+    fn connection(&self, soc: &Soc, tenant: &str) -> Option<(String, [&str; 2])> {
+        let ip = self.external(soc, tenant)?;
+        if self.other_ids {
+            return None;
+        }
+        Some((
+            destination(ip, self.port),
+            [self.entity.as_str(), self.parent.as_str()],
+        ))
     }
 }
 
@@ -615,11 +646,37 @@ fn external_destination(soc: &Soc, tenant: &str, v: &Value) -> Option<String> {
     if soc.policy.is_internal(tenant, ip) {
         return None;
     }
-    Some(match v["destination"]["port"].as_u64() {
+    Some(destination(ip, v["destination"]["port"].as_u64()))
+}
+
+fn destination(ip: std::net::IpAddr, port: Option<u64>) -> String {
+    match port {
         Some(p) if ip.is_ipv6() => format!("[{ip}]:{p}"),
         Some(p) => format!("{ip}:{p}"),
         None => ip.to_string(),
-    })
+    }
+}
+
+/// A process tree talked to `dest`: noted for it (and its parent), and the alerts open on
+/// it assessed again.
+fn connected(
+    round: &mut Round<'_>,
+    soc: &Soc,
+    trees: &mut Trees,
+    job: &Job,
+    dest: &str,
+    tree: &[&str; 2],
+) {
+    if trees.len() > TREES_MAX {
+        trees.clear();
+    }
+    for e in tree.iter().filter(|e| !e.is_empty()) {
+        let d = trees.entry(format!("{}|{e}", job.agent)).or_default();
+        if !d.iter().any(|x| x == dest) && d.len() < 16 {
+            d.push(dest.to_string());
+        }
+    }
+    reassess(round, soc, trees, job, tree);
 }
 
 fn tree_of(v: &Value) -> [String; 2] {
@@ -836,11 +893,20 @@ fn run(
                     .scan_ecs_json_with(&raw, &mut hits, &mut |name, leaf| facts.note(name, leaf))
                     .is_ok()
                     && facts.sensor();
-                let plain = scanned && !facts.external(soc, &job.tenant);
+                let plain = scanned && facts.external(soc, &job.tenant).is_none();
                 if !scanned {
                     hits.clear(); // read again from the tree below
                 }
                 if plain && hits.is_empty() {
+                    continue;
+                }
+                if scanned
+                    && hits.is_empty()
+                    && let Some((dest, tree)) = facts.connection(soc, &job.tenant)
+                {
+                    // A connection to an external address that matched nothing: what it adds
+                    // to its process tree comes from the one pass as well.
+                    connected(&mut round, soc, trees, &job, &dest, &tree);
                     continue;
                 }
                 let state = round.state;
@@ -861,18 +927,9 @@ fn run(
                     // Connections to external addresses, by process and parent: a fact for
                     // severity (alerts already open on that tree are assessed again).
                     if let Some(dest) = external_destination(soc, &job.tenant, &event.data) {
-                        if trees.len() > TREES_MAX {
-                            trees.clear();
-                        }
                         let owned = tree_of(&event.data);
                         let tree = [owned[0].as_str(), owned[1].as_str()];
-                        for e in tree.iter().filter(|e| !e.is_empty()) {
-                            let d = trees.entry(format!("{}|{e}", job.agent)).or_default();
-                            if !d.contains(&dest) && d.len() < 16 {
-                                d.push(dest.clone());
-                            }
-                        }
-                        reassess(&mut round, soc, trees, &job, &tree);
+                        connected(&mut round, soc, trees, &job, &dest, &tree);
                     }
                 }
                 if !scanned {
@@ -973,5 +1030,59 @@ fn run(
             }
         }
         round.finish(soc, saved, through);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a connection adds to its process tree, read in one pass ([`Facts`]) and from the
+    /// tree, on events that vary each field the two read.
+    #[test]
+    fn a_connection_reads_the_same_in_one_pass_as_from_the_tree() {
+        let soc = Soc {
+            policy: Arc::new(mamori_soc::Policy::default()),
+            contain: std::sync::mpsc::channel().0,
+        };
+        let docs = [
+            r#"{"event":{"category":["network"],"module":"mamori"},"destination":{"ip":"203.0.113.9","port":443},"process":{"entity_id":"boot:5:1","parent":{"entity_id":"boot:4:1"}}}"#,
+            r#"{"event":{"category":"network","module":"mamori"},"destination":{"ip":"2001:db8::1","port":53},"process":{"entity_id":"a\"b","parent":{"entity_id":"c\u0041"}}}"#,
+            r#"{"event":{"category":["network"]},"destination":{"ip":"198.51.100.7"},"process":{"entity_id":"boot:5:1"}}"#,
+            r#"{"event":{"category":["network"]},"destination":{"ip":"198.51.100.7","port":"443"},"process":{"entity_id":7,"parent":{"entity_id":""}}}"#,
+            r#"{"event":{"category":["network"]},"destination":{"ip":"198.51.100.7","port":44.5},"process":{"parent":{"entity_id":"p"}}}"#,
+            r#"{"event":{"category":["network"]},"destination":{"ip":"198.51.100.7","port":-1}}"#,
+            r#"{"event":{"category":["network"]},"destination":{"ip":"198.51.100.7","port":[443]},"process":{"entity_id":["x"]}}"#,
+            r#"{"event":{"category":["network"]},"destination":{"ip":"198.51.100.7"},"process":{"entity_id":""},"ProcessGuid":"{g}"}"#,
+            r#"{"event":{"category":["network"]},"destination":{"ip":"198.51.100.7"},"NewProcessId":"0x10","ProcessId":4,"Computer":"pc"}"#,
+            r#"{"event":{"category":["network"]},"destination":{"ip":"10.1.2.3","port":443},"process":{"entity_id":"boot:5:1"}}"#,
+            r#"{"event":{"category":["process"]},"destination":{"ip":"203.0.113.9","port":443}}"#,
+            r#"{"event":{"category":["network"]},"destination":{"ip":"not an address"}}"#,
+            r#"{"event":{"category":["network"]},"destination":{"ip":"203.0.113.\u0039"}}"#,
+        ];
+        let mut scratch = mamori_model::walk::Scratch::default();
+        let mut fast_paths = 0;
+        for doc in docs {
+            let mut facts = Facts::default();
+            mamori_model::walk::walk(doc.as_bytes(), &mut scratch, &mut |name, leaf| {
+                facts.note(name, &leaf);
+                mamori_model::walk::Next::Go
+            })
+            .unwrap();
+            let v: Value = serde_json::from_str(doc).unwrap();
+            let from_tree = external_destination(&soc, "t", &v);
+            assert_eq!(
+                facts.external(&soc, "t").is_some(),
+                from_tree.is_some(),
+                "{doc}"
+            );
+            if let Some((dest, tree)) = facts.connection(&soc, "t") {
+                fast_paths += 1;
+                assert_eq!(Some(dest), from_tree, "{doc}");
+                assert_eq!(tree.map(str::to_string), tree_of(&v), "{doc}");
+            }
+        }
+        // Every external connection but the two with Windows process ids.
+        assert_eq!(fast_paths, 8);
     }
 }

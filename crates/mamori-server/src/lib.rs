@@ -231,7 +231,7 @@ impl Server {
         // Detection has a connection of its own: it commits a round's alerts as one batch,
         // which must not take in the API's writes.
         let detect_state = match &rules {
-            Some(_) => Some(Arc::new(state::State::open(&dir.join("state.db"))?)),
+            Some(_) => Some(Arc::new(state.reopen()?)),
             None => None,
         };
         // Recorded even without rules: a later start with rules detects what the log still

@@ -2,8 +2,9 @@
 //! agents, and the audit log. Secrets are stored as hashes only. Every change that a person
 //! or an agent causes is written to the audit log in the same transaction.
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use mamori_pki::Secret;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -324,6 +325,72 @@ pub struct HostStatus {
 /// The state database.
 pub struct State {
     conn: Mutex<Connection>,
+    path: PathBuf,
+    alerted: Arc<Alerted>,
+}
+
+/// Every `agent|process entity` that has an alert, shared by the connections of one server
+/// ([`State::reopen`]), so that the lookup detection makes for each connection to an external
+/// address ([`State::alerts_on_tree`]) skips the database for the trees that have none, which
+/// is nearly all of them. A superset: an alert rolled back or closed stays in it, and that
+/// costs only a lookup. `None` once it would hold more than [`ALERTED_MAX`]: every lookup
+/// goes to the database then.
+#[derive(Debug)]
+struct Alerted(Mutex<Option<HashSet<String>>>);
+
+/// Most entries [`Alerted`] keeps.
+const ALERTED_MAX: usize = 1_000_000;
+
+impl Alerted {
+    fn key(agent: &str, entity: &str) -> String {
+        format!("{agent}|{entity}")
+    }
+
+    fn load(conn: &Connection) -> Result<Alerted, ServerError> {
+        let mut keys = HashSet::new();
+        let mut st = conn
+            .prepare("SELECT DISTINCT agent, process_entity FROM alerts")
+            .map_err(db)?;
+        let mut rows = st.query([]).map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            if keys.len() >= ALERTED_MAX {
+                return Ok(Alerted(Mutex::new(None)));
+            }
+            let (agent, entity): (String, String) = (r.get(0).map_err(db)?, r.get(1).map_err(db)?);
+            keys.insert(Alerted::key(&agent, &entity));
+        }
+        Ok(Alerted(Mutex::new(Some(keys))))
+    }
+
+    fn insert(&self, agent: &str, entity: &str) {
+        if let Ok(mut keys) = self.0.lock()
+            && let Some(set) = keys.as_mut()
+        {
+            if set.len() >= ALERTED_MAX {
+                *keys = None;
+            } else {
+                set.insert(Alerted::key(agent, entity));
+            }
+        }
+    }
+
+    /// Whether any of `entities` of `agent` may have an alert.
+    fn any(&self, agent: &str, entities: &[&str]) -> bool {
+        let Ok(keys) = self.0.lock() else {
+            return true;
+        };
+        let Some(set) = keys.as_ref() else {
+            return true;
+        };
+        let mut key = String::with_capacity(agent.len() + 64);
+        entities.iter().filter(|e| !e.is_empty()).any(|e| {
+            key.clear();
+            key.push_str(agent);
+            key.push('|');
+            key.push_str(e);
+            set.contains(&key)
+        })
+    }
 }
 
 const SCHEMA: &str = "
@@ -392,15 +459,21 @@ fn db(e: rusqlite::Error) -> ServerError {
     ServerError::State(e.to_string())
 }
 
+/// A connection to the database at `path` (created if missing).
+fn connect(path: &Path) -> Result<Connection, ServerError> {
+    let conn = Connection::open(path).map_err(db)?;
+    // Detection writes through a connection of its own: a writer waits for the other.
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db)?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
+        .map_err(db)?;
+    Ok(conn)
+}
+
 impl State {
     /// Opens (creating) the database.
     pub fn open(path: &Path) -> Result<State, ServerError> {
-        let conn = Connection::open(path).map_err(db)?;
-        // Detection writes through a connection of its own: a writer waits for the other.
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db)?;
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
-            .map_err(db)?;
+        let conn = connect(path)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         conn.execute_batch(crate::actions::SCHEMA).map_err(db)?;
         conn.execute_batch(crate::incidents::SCHEMA).map_err(db)?;
@@ -442,8 +515,21 @@ impl State {
                 Err(e) => return Err(db(e)),
             }
         }
+        let alerted = Arc::new(Alerted::load(&conn)?);
         Ok(State {
             conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            alerted,
+        })
+    }
+
+    /// Another connection to the same database, for a thread that writes in batches of its
+    /// own (detection); it shares what this one knows of alerts.
+    pub fn reopen(&self) -> Result<State, ServerError> {
+        Ok(State {
+            conn: Mutex::new(connect(&self.path)?),
+            path: self.path.clone(),
+            alerted: self.alerted.clone(),
         })
     }
 
@@ -1112,6 +1198,8 @@ impl State {
     /// process. Returns the alert id.
     pub fn record_alert(&self, a: &NewAlert<'_>) -> Result<i64, ServerError> {
         let fold_key = format!("{}|{}|{}", a.agent, a.rule_id, a.process_entity);
+        // Before the insert: a lookup that finds the key in the set always reads the table.
+        self.alerted.insert(a.agent, a.process_entity);
         let tags = serde_json::to_string(a.tags).unwrap_or_else(|_| "[]".into());
         let evidence = std::str::from_utf8(a.evidence).unwrap_or("{}");
         let reasons = serde_json::to_string(a.severity_reasons).unwrap_or_else(|_| "[]".into());
@@ -1194,6 +1282,9 @@ impl State {
         entities: &[&str],
     ) -> Result<Vec<TreeAlert>, ServerError> {
         let mut out = Vec::new();
+        if !self.alerted.any(agent, entities) {
+            return Ok(out);
+        }
         self.with(|c| {
             let mut st = c.prepare_cached(ALERTS_ON_TREE)?;
             for e in entities.iter().filter(|e| !e.is_empty()) {
@@ -1398,7 +1489,7 @@ mod tests {
     fn a_batch_commits_alerts_and_their_incidents_together() {
         let (s, dir) = state();
         // Detection's own connection to the same database, as the server opens it.
-        let detection = State::open(&dir.join("state.db")).unwrap();
+        let detection = s.reopen().unwrap();
         let tags = vec!["attack.t1059".to_string()];
         let alert = |entity| high_alert(&tags, entity, "2026-01-01T00:00:00Z");
         let policy = mamori_soc::Policy::default();
@@ -1448,6 +1539,52 @@ mod tests {
         // Without a batch every write commits on its own, as before.
         let id = detection.record_alert(&alert("p4")).unwrap();
         assert!(s.alert(id).unwrap().is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn alerts_on_a_tree_are_found_whichever_connection_recorded_them() {
+        let (s, dir) = state();
+        let tags = vec!["attack.t1059".to_string()];
+        let at = "2026-01-01T00:00:00Z";
+        let old = s.record_alert(&high_alert(&tags, "p-old", at)).unwrap();
+        drop(s);
+        // Alerts recorded before this start, through the API's connection, through
+        // detection's, and one on another agent.
+        let s = State::open(&dir.join("state.db")).unwrap();
+        let detection = s.reopen().unwrap();
+        let api = s.record_alert(&high_alert(&tags, "p-api", at)).unwrap();
+        let det = detection
+            .record_alert(&high_alert(&tags, "p-det", at))
+            .unwrap();
+        let other = NewAlert {
+            agent: "a2",
+            ..high_alert(&tags, "p-a2", at)
+        };
+        s.record_alert(&other).unwrap();
+        let ids = |st: &State, tree: &[&str]| -> Vec<i64> {
+            let mut v: Vec<i64> = st
+                .alerts_on_tree("a1", tree)
+                .unwrap()
+                .iter()
+                .map(|a| a.id)
+                .collect();
+            v.sort();
+            v
+        };
+        for st in [&s, &detection] {
+            assert_eq!(ids(st, &["p-old", ""]), vec![old]);
+            assert_eq!(ids(st, &["x", "p-api"]), vec![api]);
+            assert_eq!(ids(st, &["p-det", "p-old"]), vec![old, det]);
+            assert!(ids(st, &["p-a2", "nothing"]).is_empty(), "another agent's");
+            assert!(ids(st, &["", ""]).is_empty());
+        }
+        // A closed alert is not open, though its tree is still looked up.
+        s.set_alert_status("admin", api, "closed", "benign")
+            .unwrap();
+        assert!(ids(&detection, &["p-api"]).is_empty());
+        s.set_alert_status("admin", api, "open", "again").unwrap();
+        assert_eq!(ids(&detection, &["p-api"]), vec![api]);
         let _ = std::fs::remove_dir_all(dir);
     }
 
