@@ -20,7 +20,8 @@
 //! the alerts of those events (at least every [`PROGRESS_EVERY`] otherwise), the log keeps
 //! what detection has not passed yet, and on start [`replay`] sends detection what the log
 //! holds beyond that point. An event acknowledged to its agent is detected exactly once,
-//! whenever the server stops.
+//! whenever the server stops. A round whose writes the state database refuses is rolled
+//! back and detected again until they are committed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -243,44 +244,51 @@ impl<'a> Round<'a> {
         }
     }
 
-    /// The state database, inside the round's batch (without one if it could not start:
-    /// each write is then committed on its own).
-    fn write(&mut self) -> &'a State {
+    /// The state database, inside the round's batch (started at the first write).
+    fn write(&mut self) -> Result<&'a State, ServerError> {
         if !self.open {
-            match self.state.begin_batch() {
-                Ok(()) => self.open = true,
-                Err(e) => tracing::warn!("starting a batch of alert writes: {e}"),
-            }
+            self.state.begin_batch()?;
+            self.open = true;
         }
-        self.state
+        Ok(self.state)
     }
 
     /// Commits the round's writes with the log position it reached, then sends its
     /// containment requests. A round that wrote nothing records its position only when
-    /// [`PROGRESS_EVERY`] has passed (a commit costs an fsync).
-    fn finish(&mut self, soc: &Soc, saved: &mut Saved, through: u64) {
-        saved.reached = through;
-        if std::mem::take(&mut self.open) {
-            let recorded = self.state.set_detected_through(through);
-            match self.state.commit_batch() {
-                Ok(()) if recorded.is_ok() => saved.done(through),
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::error!("committing a round of alerts: {e}");
-                    self.contain.clear(); // their alerts were not recorded
-                }
+    /// [`PROGRESS_EVERY`] has passed (a commit costs an fsync). On an error nothing of the
+    /// round is recorded; the caller [abandons](Round::abandon) it.
+    fn finish(&mut self, soc: &Soc, saved: &mut Saved, through: u64) -> Result<(), ServerError> {
+        if self.open {
+            self.state.set_detected_through(through)?;
+            self.state.commit_batch()?;
+            self.open = false;
+            saved.reached = through;
+            saved.done(through);
+        } else {
+            saved.reached = through;
+            if saved.at.elapsed() >= PROGRESS_EVERY {
+                saved.catch_up(self.state);
             }
-        } else if saved.at.elapsed() >= PROGRESS_EVERY {
-            saved.catch_up(self.state);
         }
         for c in self.contain.drain(..) {
             let _ = soc.contain.send(c);
         }
+        Ok(())
+    }
+
+    /// Rolls back what the round wrote; its containment requests are dropped with it.
+    fn abandon(&mut self) {
+        if std::mem::take(&mut self.open)
+            && let Err(e) = self.state.rollback_batch()
+        {
+            tracing::error!("rolling back a round of alert writes: {e}");
+        }
+        self.contain.clear();
     }
 }
 
 /// A sensor's heartbeat or stop notice: updates the inventory; a stop is an alert.
-fn health(state: &State, soc: &Soc, job: &Job, v: &Value, raw: &[u8]) {
+fn health(state: &State, soc: &Soc, job: &Job, v: &Value, raw: &[u8]) -> Result<(), ServerError> {
     let stopped = text(v, &["event", "action"]) == Some("agent-stopped");
     let interval = v["mamori"]["heartbeat_interval_s"].as_i64().unwrap_or(60);
     gaps(
@@ -288,16 +296,14 @@ fn health(state: &State, soc: &Soc, job: &Job, v: &Value, raw: &[u8]) {
         &job.agent,
         &state.agent_health(&job.agent).unwrap_or_default(),
         v,
-    );
-    if let Err(e) = state.heartbeat(
+    )?;
+    state.heartbeat(
         &job.agent,
         &v["mamori"]["health"],
         &v["host"]["ip"],
         interval,
         stopped,
-    ) {
-        tracing::error!("recording a heartbeat: {e}");
-    }
+    )?;
     if stopped {
         let tags = vec![
             "attack.defense-evasion".to_string(),
@@ -322,17 +328,16 @@ fn health(state: &State, soc: &Soc, job: &Job, v: &Value, raw: &[u8]) {
                 "the sensor reported that it stopped: the host is not watched".to_string(),
             ],
         };
-        let _ = state.record_gap(&job.agent, "stopped", "the sensor stopped");
-        match state.record_alert(&alert) {
-            Ok(id) => attach(state, soc, id),
-            Err(e) => tracing::error!("recording a sensor-stopped alert: {e}"),
-        }
+        state.record_gap(&job.agent, "stopped", "the sensor stopped")?;
+        let id = state.record_alert(&alert)?;
+        attach(state, soc, id)?;
     }
+    Ok(())
 }
 
 /// Records what a heartbeat says was lost since the previous one: events dropped in the
 /// kernel, collectors not running, a spool that evicted records.
-fn gaps(state: &State, agent: &str, before: &Value, v: &Value) {
+fn gaps(state: &State, agent: &str, before: &Value, v: &Value) -> Result<(), ServerError> {
     let now = &v["mamori"]["health"];
     let count = |h: &Value, path: &[&str]| path.iter().fold(h, |h, k| &h[k]).as_u64().unwrap_or(0);
     for (path, what) in [
@@ -349,7 +354,7 @@ fn gaps(state: &State, agent: &str, before: &Value, v: &Value) {
         // Counters restart with the agent.
         let lost = if new >= old { new - old } else { new };
         if lost > 0 {
-            let _ = state.record_gap(agent, "dropped", &format!("{lost} {what}"));
+            state.record_gap(agent, "dropped", &format!("{lost} {what}"))?;
         }
     }
     let missing = |h: &Value| -> Vec<String> {
@@ -362,12 +367,13 @@ fn gaps(state: &State, agent: &str, before: &Value, v: &Value) {
     };
     let m = missing(now);
     if !m.is_empty() && m != missing(before) {
-        let _ = state.record_gap(
+        state.record_gap(
             agent,
             "missing",
             &format!("collectors not running: {}", m.join(", ")),
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// Raises an alert for each sensor that went silent (three heartbeat intervals without a
@@ -666,7 +672,7 @@ fn connected(
     job: &Job,
     dest: &str,
     tree: &[&str; 2],
-) {
+) -> Result<(), ServerError> {
     if trees.len() > TREES_MAX {
         trees.clear();
     }
@@ -676,7 +682,7 @@ fn connected(
             d.push(dest.to_string());
         }
     }
-    reassess(round, soc, trees, job, tree);
+    reassess(round, soc, trees, job, tree)
 }
 
 fn tree_of(v: &Value) -> [String; 2] {
@@ -706,7 +712,7 @@ fn contain(
     host: &str,
     alert: i64,
     reasons: &[String],
-) {
+) -> Result<(), ServerError> {
     match soc.policy.containment(tenant, host) {
         c @ (mamori_soc::Containment::Isolate | mamori_soc::Containment::Kill) => {
             round.contain.push(Contain {
@@ -718,26 +724,26 @@ fn contain(
             });
         }
         mamori_soc::Containment::Approve => {
-            let _ = round.write().audit(
+            round.write()?.audit(
                 "policy",
                 "containment.awaiting_approval",
                 &format!("agent:{agent}"),
                 &format!("critical alert {alert}: {}", reasons.join("; ")),
-            );
+            )?;
         }
         mamori_soc::Containment::None => {}
     }
+    Ok(())
 }
 
 /// Puts an alert into its incident.
-fn attach(state: &State, soc: &Soc, id: i64) {
-    match state.attach_alert(id, &soc.policy) {
-        Ok(Some(a)) if a.opened => {
-            tracing::info!(incident = a.incident, alert = id, "incident opened")
-        }
-        Ok(_) => {}
-        Err(e) => tracing::error!("grouping alert {id} into an incident: {e}"),
+fn attach(state: &State, soc: &Soc, id: i64) -> Result<(), ServerError> {
+    if let Some(a) = state.attach_alert(id, &soc.policy)?
+        && a.opened
+    {
+        tracing::info!(incident = a.incident, alert = id, "incident opened")
     }
+    Ok(())
 }
 
 /// The SHA-256s an event names: its process's and its file's.
@@ -759,8 +765,8 @@ fn record(
     job: &Job,
     v: &Value,
     alert: NewAlert<'_>,
-) {
-    let state = round.write();
+) -> Result<(), ServerError> {
+    let state = round.write()?;
     let owned = tree_of(v);
     let tree = [owned[0].as_str(), owned[1].as_str()];
     let hashes = hashes_of(v);
@@ -784,27 +790,30 @@ fn record(
         severity_reasons: &a.reasons,
         ..alert
     };
-    match state.record_alert(&alert) {
-        Ok(id) => {
-            attach(state, soc, id);
-            if a.severity == mamori_soc::Severity::Critical {
-                contain(
-                    round,
-                    soc,
-                    &job.tenant,
-                    &job.agent,
-                    alert.host,
-                    id,
-                    &a.reasons,
-                );
-            }
-        }
-        Err(e) => tracing::error!("recording an alert: {e}"),
+    let id = state.record_alert(&alert)?;
+    attach(state, soc, id)?;
+    if a.severity == mamori_soc::Severity::Critical {
+        contain(
+            round,
+            soc,
+            &job.tenant,
+            &job.agent,
+            alert.host,
+            id,
+            &a.reasons,
+        )?;
     }
+    Ok(())
 }
 
 /// A process tree talked to an external address: its open alerts are assessed again.
-fn reassess(round: &mut Round<'_>, soc: &Soc, trees: &Trees, job: &Job, tree: &[&str]) {
+fn reassess(
+    round: &mut Round<'_>,
+    soc: &Soc,
+    trees: &Trees,
+    job: &Job,
+    tree: &[&str],
+) -> Result<(), ServerError> {
     let state = round.state;
     let open = state.alerts_on_tree(&job.agent, tree).unwrap_or_default();
     let rules: HashSet<&str> = open.iter().map(|a| a.rule_id.as_str()).collect();
@@ -833,19 +842,20 @@ fn reassess(round: &mut Round<'_>, soc: &Soc, trees: &Trees, job: &Job, tree: &[
         };
         let a = soc.policy.assess(&job.tenant, &facts);
         if a.severity == mamori_soc::Severity::Critical
-            && round
-                .write()
-                .raise_severity(*id, "critical", &a.reasons)
-                .unwrap_or(false)
+            && round.write()?.raise_severity(*id, "critical", &a.reasons)?
         {
-            attach(state, soc, *id);
-            contain(round, soc, &job.tenant, &job.agent, host, *id, &a.reasons);
+            attach(state, soc, *id)?;
+            contain(round, soc, &job.tenant, &job.agent, host, *id, &a.reasons)?;
         }
     }
+    Ok(())
 }
 
 /// Events that fed correlations, kept to be the evidence of correlation alerts.
 const FED_KEEP: usize = 4096;
+
+/// The longest wait between two attempts at a round the state database refused.
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Scans with `rules` until the queue closes (`None`) or brings new rules.
 fn run(
@@ -857,13 +867,18 @@ fn run(
     saved: &mut Saved,
     rx: &Receiver<Msg>,
 ) -> Option<Arc<RuleSet>> {
-    let mut scanner = rules.scanner();
-    let mut correlators: HashMap<String, Correlator<'_>> = HashMap::new();
-    let mut fed: VecDeque<(u64, mamori_wire::Bytes)> = VecDeque::new();
-    let mut next_id = 0u64;
-    let mut fired = Vec::new();
-    let mut hits = Vec::new();
-    let mut facts = Facts::default();
+    let mut d = Detector {
+        rules,
+        disabled,
+        soc,
+        scanner: rules.scanner(),
+        correlators: HashMap::new(),
+        fed: VecDeque::new(),
+        next_id: 0,
+        fired: Vec::new(),
+        hits: Vec::new(),
+        facts: Facts::default(),
+    };
     loop {
         let msg = match rx.recv_timeout(PROGRESS_EVERY) {
             Ok(msg) => msg,
@@ -879,157 +894,217 @@ fn run(
             Msg::Events { jobs, through } => (jobs, through),
             Msg::Rules(next) => return Some(next),
         };
-        let mut round = Round::new(state);
-        for mut job in jobs {
-            for raw in std::mem::take(&mut job.events) {
-                // Most events are the sensor's and match nothing: matched in one pass over the
-                // text, the tree is built only for a hit (or whatever the one pass leaves).
-                hits.clear();
-                facts.clear();
-                // A sensor event (not a heartbeat) read in one pass has the hits a scan of its
-                // tree would give; only a connection to an external address needs the tree
-                // besides, for the fact it adds to its process tree.
-                let scanned = scanner
-                    .scan_ecs_json_with(&raw, &mut hits, &mut |name, leaf| facts.note(name, leaf))
-                    .is_ok()
-                    && facts.sensor();
-                let plain = scanned && facts.external(soc, &job.tenant).is_none();
-                if !scanned {
-                    hits.clear(); // read again from the tree below
-                }
-                if plain && hits.is_empty() {
-                    continue;
-                }
-                if scanned
-                    && hits.is_empty()
-                    && let Some((dest, tree)) = facts.connection(soc, &job.tenant)
-                {
-                    // A connection to an external address that matched nothing: what it adds
-                    // to its process tree comes from the one pass as well.
-                    connected(&mut round, soc, trees, &job, &dest, &tree);
-                    continue;
-                }
-                let state = round.state;
-                let Ok(value) = serde_json::from_slice::<Value>(&raw) else {
-                    continue;
-                };
-                // The sensor's events are ECS; uploads (Windows logs) are recognised by shape.
-                let event = if text(&value, &["event", "module"]) == Some("mamori") {
-                    Event::with_shape(value, Shape::Ecs)
-                } else {
-                    Event::new(value)
-                };
-                if !scanned && text(&event.data, &["event", "dataset"]) == Some("mamori.health") {
-                    health(round.write(), soc, &job, &event.data, &raw);
-                    continue;
-                }
-                if !plain {
-                    // Connections to external addresses, by process and parent: a fact for
-                    // severity (alerts already open on that tree are assessed again).
-                    if let Some(dest) = external_destination(soc, &job.tenant, &event.data) {
-                        let owned = tree_of(&event.data);
-                        let tree = [owned[0].as_str(), owned[1].as_str()];
-                        connected(&mut round, soc, trees, &job, &dest, &tree);
-                    }
-                }
-                if !scanned {
-                    scanner.scan(&event, &mut hits);
-                }
-                if hits.is_empty() {
-                    continue;
-                }
-                // Windows events are read through their Sigma field names.
-                let view = flat_view(&event.data);
-                let v: &Value = &view;
-                // Files on the tenant's allowlist are never flagged.
-                let hashes = hashes_of(v);
-                if state.allowlisted(&job.tenant, &hashes).unwrap_or(false) {
-                    continue;
-                }
-                for &h in &hits {
-                    if !rules.feeds_correlation(h) {
-                        continue;
-                    }
-                    next_id += 1;
-                    let input = CorrelationInput {
-                        rule: h,
-                        time_ms: event.timestamp().map(|t| t.timestamp_millis()).unwrap_or(0),
-                        id: next_id,
-                        fields: rules
-                            .correlation_fields(h)
-                            .iter()
-                            .map(|f| (f.clone(), scanner.value(f).unwrap_or_default().to_string()))
-                            .collect(),
-                    };
-                    fed.push_back((next_id, raw.clone()));
-                    if fed.len() > FED_KEEP {
-                        fed.pop_front();
-                    }
-                    fired.clear();
-                    correlators
-                        .entry(job.tenant.clone())
-                        .or_insert_with(|| Correlator::new(rules))
-                        .push(&input, &mut fired);
-                    for m in &fired {
-                        let meta = &rules.rules()[m.rule].meta;
-                        if is_disabled(disabled, meta) {
-                            continue;
-                        }
-                        let group: Vec<String> =
-                            m.group.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                        let evidence: Vec<Value> = m
-                            .ids
-                            .iter()
-                            .filter_map(|id| fed.iter().find(|(i, _)| i == id))
-                            .filter_map(|(_, r)| serde_json::from_slice(r).ok())
-                            .collect();
-                        let evidence = serde_json::to_vec(&serde_json::json!({
-                            "correlation": {"group": group, "count": m.count,
-                                            "first_ms": m.first_ms, "last_ms": m.last_ms},
-                            "events": evidence,
-                        }))
-                        .unwrap_or_default();
-                        // One alert per group and window start; the group is what it is about.
-                        let key = format!("correlation:{}:{}", group.join(","), m.first_ms);
-                        let alert = NewAlert {
-                            process_entity: &key,
-                            process_executable: "",
-                            command_line: "",
-                            ..alert_of(&job, v, meta, &evidence, "")
-                        };
-                        record(&mut round, soc, trees, &job, v, alert);
-                    }
-                }
-                let entity = process_entity(v);
-                for &h in &hits {
-                    let info = &scanner.rule_set().rules()[h];
-                    if !info.reported || is_disabled(disabled, &info.meta) {
-                        continue; // feeds a correlation only, or switched off
-                    }
-                    let alert = alert_of(&job, v, &info.meta, &raw, &entity);
-                    let d = crate::tuning::Detection {
-                        rule_id: alert.rule_id,
-                        host: alert.host,
-                        process: alert.process_executable,
-                        command_line: alert.command_line,
-                        hashes: &hashes,
-                        user: alert.user,
-                        group: soc.policy.group_of(&job.tenant, alert.host),
-                    };
-                    // Counts a hit on the suppression that matches, if any: a write.
-                    if round
-                        .write()
-                        .suppressed(&job.tenant, &d)
-                        .unwrap_or(None)
-                        .is_some()
-                    {
-                        continue; // tuned away (counted on the suppression)
-                    }
-                    record(&mut round, soc, trees, &job, v, alert);
+        // A round the state database refused (locked past the busy timeout, disk full) is
+        // rolled back whole and detected again, until it is recorded: its alerts are never
+        // lost, nor recorded twice. Meanwhile the queue fills and ingest waits.
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1u32.. {
+            let mut round = Round::new(state);
+            let done = d
+                .round(&mut round, trees, &jobs)
+                .and_then(|()| round.finish(soc, saved, through));
+            match done {
+                Ok(()) => break,
+                Err(e) => {
+                    round.abandon();
+                    // The failed attempt fed the correlations: their windows start again (as
+                    // when rules change) rather than count its events twice.
+                    d.correlators.clear();
+                    d.fed.clear();
+                    tracing::error!(
+                        attempt,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "detecting a round of events: {e}; its writes were rolled back and \
+                         the round will be retried"
+                    );
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(RETRY_MAX);
                 }
             }
         }
-        round.finish(soc, saved, through);
+    }
+}
+
+/// Detection's working state between events and rounds.
+struct Detector<'r> {
+    rules: &'r RuleSet,
+    disabled: &'r Disabled,
+    soc: &'r Soc,
+    scanner: mamori_sigma::Scanner<'r>,
+    correlators: HashMap<String, Correlator<'r>>,
+    fed: VecDeque<(u64, mamori_wire::Bytes)>,
+    next_id: u64,
+    fired: Vec<mamori_sigma::CorrelationMatch>,
+    hits: Vec<usize>,
+    facts: Facts,
+}
+
+impl<'r> Detector<'r> {
+    /// Detects a round's events, writing their alerts into the round's batch.
+    fn round(
+        &mut self,
+        round: &mut Round<'_>,
+        trees: &mut Trees,
+        jobs: &[Job],
+    ) -> Result<(), ServerError> {
+        for job in jobs {
+            for raw in &job.events {
+                self.event(round, trees, job, raw)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn event(
+        &mut self,
+        round: &mut Round<'_>,
+        trees: &mut Trees,
+        job: &Job,
+        raw: &mamori_wire::Bytes,
+    ) -> Result<(), ServerError> {
+        let (rules, soc, hits, facts) = (self.rules, self.soc, &mut self.hits, &mut self.facts);
+        // Most events are the sensor's and match nothing: matched in one pass over the text,
+        // the tree is built only for a hit (or whatever the one pass leaves).
+        hits.clear();
+        facts.clear();
+        // A sensor event (not a heartbeat) read in one pass has the hits a scan of its tree
+        // would give; only a connection to an external address needs the tree besides, for
+        // the fact it adds to its process tree.
+        let scanned = self
+            .scanner
+            .scan_ecs_json_with(raw, hits, &mut |name, leaf| facts.note(name, leaf))
+            .is_ok()
+            && facts.sensor();
+        let plain = scanned && facts.external(soc, &job.tenant).is_none();
+        if !scanned {
+            hits.clear(); // read again from the tree below
+        }
+        if plain && hits.is_empty() {
+            return Ok(());
+        }
+        if scanned
+            && hits.is_empty()
+            && let Some((dest, tree)) = facts.connection(soc, &job.tenant)
+        {
+            // A connection to an external address that matched nothing: what it adds to its
+            // process tree comes from the one pass as well.
+            return connected(round, soc, trees, job, &dest, &tree);
+        }
+        let state = round.state;
+        let Ok(value) = serde_json::from_slice::<Value>(raw) else {
+            return Ok(());
+        };
+        // The sensor's events are ECS; uploads (Windows logs) are recognised by shape.
+        let event = if text(&value, &["event", "module"]) == Some("mamori") {
+            Event::with_shape(value, Shape::Ecs)
+        } else {
+            Event::new(value)
+        };
+        if !scanned && text(&event.data, &["event", "dataset"]) == Some("mamori.health") {
+            return health(round.write()?, soc, job, &event.data, raw);
+        }
+        if !plain {
+            // Connections to external addresses, by process and parent: a fact for severity
+            // (alerts already open on that tree are assessed again).
+            if let Some(dest) = external_destination(soc, &job.tenant, &event.data) {
+                let owned = tree_of(&event.data);
+                let tree = [owned[0].as_str(), owned[1].as_str()];
+                connected(round, soc, trees, job, &dest, &tree)?;
+            }
+        }
+        if !scanned {
+            self.scanner.scan(&event, hits);
+        }
+        if hits.is_empty() {
+            return Ok(());
+        }
+        // Windows events are read through their Sigma field names.
+        let view = flat_view(&event.data);
+        let v: &Value = &view;
+        // Files on the tenant's allowlist are never flagged.
+        let hashes = hashes_of(v);
+        if state.allowlisted(&job.tenant, &hashes).unwrap_or(false) {
+            return Ok(());
+        }
+        for &h in hits.iter() {
+            if !rules.feeds_correlation(h) {
+                continue;
+            }
+            self.next_id += 1;
+            let input = CorrelationInput {
+                rule: h,
+                time_ms: event.timestamp().map(|t| t.timestamp_millis()).unwrap_or(0),
+                id: self.next_id,
+                fields: rules
+                    .correlation_fields(h)
+                    .iter()
+                    .map(|f| {
+                        let value = self.scanner.value(f).unwrap_or_default();
+                        (f.clone(), value.to_string())
+                    })
+                    .collect(),
+            };
+            self.fed.push_back((self.next_id, raw.clone()));
+            if self.fed.len() > FED_KEEP {
+                self.fed.pop_front();
+            }
+            self.fired.clear();
+            self.correlators
+                .entry(job.tenant.clone())
+                .or_insert_with(|| Correlator::new(rules))
+                .push(&input, &mut self.fired);
+            for m in &self.fired {
+                let meta = &rules.rules()[m.rule].meta;
+                if is_disabled(self.disabled, meta) {
+                    continue;
+                }
+                let group: Vec<String> = m.group.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let evidence: Vec<Value> = m
+                    .ids
+                    .iter()
+                    .filter_map(|id| self.fed.iter().find(|(i, _)| i == id))
+                    .filter_map(|(_, r)| serde_json::from_slice(r).ok())
+                    .collect();
+                let evidence = serde_json::to_vec(&serde_json::json!({
+                    "correlation": {"group": group, "count": m.count,
+                                    "first_ms": m.first_ms, "last_ms": m.last_ms},
+                    "events": evidence,
+                }))
+                .unwrap_or_default();
+                // One alert per group and window start; the group is what it is about.
+                let key = format!("correlation:{}:{}", group.join(","), m.first_ms);
+                let alert = NewAlert {
+                    process_entity: &key,
+                    process_executable: "",
+                    command_line: "",
+                    ..alert_of(job, v, meta, &evidence, "")
+                };
+                record(round, soc, trees, job, v, alert)?;
+            }
+        }
+        let entity = process_entity(v);
+        for &h in hits.iter() {
+            let info = &rules.rules()[h];
+            if !info.reported || is_disabled(self.disabled, &info.meta) {
+                continue; // feeds a correlation only, or switched off
+            }
+            let alert = alert_of(job, v, &info.meta, raw, &entity);
+            let d = crate::tuning::Detection {
+                rule_id: alert.rule_id,
+                host: alert.host,
+                process: alert.process_executable,
+                command_line: alert.command_line,
+                hashes: &hashes,
+                user: alert.user,
+                group: soc.policy.group_of(&job.tenant, alert.host),
+            };
+            // Counts a hit on the suppression that matches, if any: a write.
+            if round.write()?.suppressed(&job.tenant, &d)?.is_some() {
+                continue; // tuned away (counted on the suppression)
+            }
+            record(round, soc, trees, job, v, alert)?;
+        }
+        Ok(())
     }
 }
 

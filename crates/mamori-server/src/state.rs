@@ -562,6 +562,17 @@ impl State {
         })
     }
 
+    /// Rolls a batch back: none of its writes are kept.
+    pub fn rollback_batch(&self) -> Result<(), ServerError> {
+        self.with(|c| {
+            if c.is_autocommit() {
+                Ok(()) // already rolled back (a failed commit does that)
+            } else {
+                c.execute_batch("ROLLBACK")
+            }
+        })
+    }
+
     /// How far detection has gone through the event log (`None` before the first start
     /// that recorded it).
     pub fn detected_through(&self) -> Result<Option<u64>, ServerError> {

@@ -6,7 +6,7 @@ mod common;
 use common::tempdir;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -570,15 +570,21 @@ detection:
   condition: selection
 ";
 
+/// A rules directory in `srv` holding [`ENCODED_SHELL_RULE`].
+fn encoded_shell_rules(srv: &Path) -> PathBuf {
+    let rules = srv.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("test.yml"), ENCODED_SHELL_RULE).unwrap();
+    rules
+}
+
 /// Events the log made durable and acknowledged, but which detection had not finished when
 /// the server died, are detected on the next start, and only once: how far detection got is
 /// committed with the alerts it raised.
 #[test]
 fn detection_resumes_after_a_crash_and_alerts_exactly_once() {
     let srv = tempdir("server", "resume-srv");
-    let rules = srv.join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(rules.join("test.yml"), ENCODED_SHELL_RULE).unwrap();
+    let rules = encoded_shell_rules(&srv);
     let rules = ["--rules", rules.to_str().unwrap()];
     let port = free_port();
     let (mut server, fp) = start_server_with(&srv, port, &rules);
@@ -636,6 +642,49 @@ fn detection_resumes_after_a_crash_and_alerts_exactly_once() {
         0,
         "the last start found nothing to detect again:\n{log}"
     );
+}
+
+#[test]
+fn a_round_the_state_database_refuses_is_detected_again_once_it_takes_writes() {
+    let srv = tempdir("server", "refused-srv");
+    let rules = encoded_shell_rules(&srv);
+    let rules = ["--rules", rules.to_str().unwrap()];
+    let port = free_port();
+    let (mut server, fp) = start_server_with(&srv, port, &rules);
+    let a = tempdir("server", "refused-agent");
+    enroll(&a, port, &token(&srv, &[]), &fp).unwrap();
+    // Another writer (a backup, an administrator's sqlite3) holds the state database's write
+    // lock past detection's busy timeout (5 s).
+    let other = mamori_server::state::State::open(&srv.join("server/state.db")).unwrap();
+    other.begin_batch().unwrap();
+    let cmd = "echo aWQK | base64 -d | sh";
+    send(&a, &[exec_event(400, cmd)]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let log = loop {
+        let log = std::fs::read_to_string(srv.join("server.log")).unwrap_or_default();
+        if log.contains("the round will be retried") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(log.contains("the round will be retried"), "{log}");
+    assert!(
+        alerts(&srv).is_empty(),
+        "nothing recorded while the lock is held"
+    );
+    other.rollback_batch().unwrap();
+    let found = wait_alerts(&srv, |a| !a.is_empty());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["command_line"], cmd);
+    assert_eq!(found[0]["count"], 1, "recorded once: {found:?}");
+    // The round's position was recorded with it: a restart detects nothing again.
+    stop_server(&mut server);
+    let (mut server, _) = start_server_with(&srv, port, &rules);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(alerts(&srv)[0]["count"], 1);
+    stop_server(&mut server);
+    let log = std::fs::read_to_string(srv.join("server.log")).unwrap();
+    assert!(!log.contains("before listening"), "{log}");
 }
 
 #[test]
