@@ -49,14 +49,21 @@ impl IntoResponse for Refused {
 type ApiResult = Result<Response, Refused>;
 
 /// Runs `f` on the blocking pool: state and store calls never stall the async threads.
-/// [`ServerError::Invalid`] is the caller's mistake (400, with the reason); anything else is
-/// logged and answered 500.
+/// [`ServerError::Invalid`] is the caller's mistake (400, with the reason); a database that
+/// cannot take the request now is 503; anything else is logged and answered 500.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
 ) -> Result<T, Refused> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(ServerError::Invalid(why))) => Err(refused(StatusCode::BAD_REQUEST, why)),
+        Ok(Err(e)) if e.is_transient() => {
+            tracing::warn!("API request: {e}");
+            Err(refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the state database is busy: try again",
+            ))
+        }
         Ok(Err(e)) => {
             tracing::error!("API request: {e}");
             Err(internal())
@@ -953,7 +960,8 @@ pub fn openapi_document() -> serde_json::Value {
     let forbidden = json!({"description": "the token's role or tenant does not allow this"});
     let mut doc = json!({
         "openapi": "3.1.0",
-        "info": {"title": "Mamori server API", "version": "1"},
+        "info": {"title": "Mamori server API", "version": "1",
+                 "description": "Any request may be answered 503 when the state database cannot take it now (locked by another writer past 5 s, disk full): the same request may succeed later."},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
             "/api/v1/alerts": {"get": {

@@ -287,6 +287,20 @@ impl<'a> Round<'a> {
     }
 }
 
+/// A write's outcome within a round. An error the database may not give later (locked past
+/// the busy timeout, disk full) aborts the round: it is rolled back and detected again. Any
+/// other error would come again: it is logged and the write skipped.
+fn soft<T>(r: Result<T, ServerError>, what: &str) -> Result<Option<T>, ServerError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_transient() => Err(e),
+        Err(e) => {
+            tracing::error!("{what}: {e}");
+            Ok(None)
+        }
+    }
+}
+
 /// A sensor's heartbeat or stop notice: updates the inventory; a stop is an alert.
 fn health(state: &State, soc: &Soc, job: &Job, v: &Value, raw: &[u8]) -> Result<(), ServerError> {
     let stopped = text(v, &["event", "action"]) == Some("agent-stopped");
@@ -297,12 +311,15 @@ fn health(state: &State, soc: &Soc, job: &Job, v: &Value, raw: &[u8]) -> Result<
         &state.agent_health(&job.agent).unwrap_or_default(),
         v,
     )?;
-    state.heartbeat(
-        &job.agent,
-        &v["mamori"]["health"],
-        &v["host"]["ip"],
-        interval,
-        stopped,
+    soft(
+        state.heartbeat(
+            &job.agent,
+            &v["mamori"]["health"],
+            &v["host"]["ip"],
+            interval,
+            stopped,
+        ),
+        "recording a heartbeat",
     )?;
     if stopped {
         let tags = vec![
@@ -328,9 +345,16 @@ fn health(state: &State, soc: &Soc, job: &Job, v: &Value, raw: &[u8]) -> Result<
                 "the sensor reported that it stopped: the host is not watched".to_string(),
             ],
         };
-        state.record_gap(&job.agent, "stopped", "the sensor stopped")?;
-        let id = state.record_alert(&alert)?;
-        attach(state, soc, id)?;
+        soft(
+            state.record_gap(&job.agent, "stopped", "the sensor stopped"),
+            "recording a gap",
+        )?;
+        if let Some(id) = soft(
+            state.record_alert(&alert),
+            "recording a sensor-stopped alert",
+        )? {
+            attach(state, soc, id)?;
+        }
     }
     Ok(())
 }
@@ -354,7 +378,8 @@ fn gaps(state: &State, agent: &str, before: &Value, v: &Value) -> Result<(), Ser
         // Counters restart with the agent.
         let lost = if new >= old { new - old } else { new };
         if lost > 0 {
-            state.record_gap(agent, "dropped", &format!("{lost} {what}"))?;
+            let gap = state.record_gap(agent, "dropped", &format!("{lost} {what}"));
+            soft(gap, "recording a gap")?;
         }
     }
     let missing = |h: &Value| -> Vec<String> {
@@ -367,11 +392,12 @@ fn gaps(state: &State, agent: &str, before: &Value, v: &Value) -> Result<(), Ser
     };
     let m = missing(now);
     if !m.is_empty() && m != missing(before) {
-        state.record_gap(
+        let gap = state.record_gap(
             agent,
             "missing",
             &format!("collectors not running: {}", m.join(", ")),
-        )?;
+        );
+        soft(gap, "recording a gap")?;
     }
     Ok(())
 }
@@ -724,12 +750,13 @@ fn contain(
             });
         }
         mamori_soc::Containment::Approve => {
-            round.write()?.audit(
+            let audit = round.write()?.audit(
                 "policy",
                 "containment.awaiting_approval",
                 &format!("agent:{agent}"),
                 &format!("critical alert {alert}: {}", reasons.join("; ")),
-            )?;
+            );
+            soft(audit, "auditing a containment awaiting approval")?;
         }
         mamori_soc::Containment::None => {}
     }
@@ -738,7 +765,11 @@ fn contain(
 
 /// Puts an alert into its incident.
 fn attach(state: &State, soc: &Soc, id: i64) -> Result<(), ServerError> {
-    if let Some(a) = state.attach_alert(id, &soc.policy)?
+    let attached = soft(
+        state.attach_alert(id, &soc.policy),
+        &format!("grouping alert {id} into an incident"),
+    )?;
+    if let Some(Some(a)) = attached
         && a.opened
     {
         tracing::info!(incident = a.incident, alert = id, "incident opened")
@@ -790,7 +821,9 @@ fn record(
         severity_reasons: &a.reasons,
         ..alert
     };
-    let id = state.record_alert(&alert)?;
+    let Some(id) = soft(state.record_alert(&alert), "recording an alert")? else {
+        return Ok(());
+    };
     attach(state, soc, id)?;
     if a.severity == mamori_soc::Severity::Critical {
         contain(
@@ -842,7 +875,11 @@ fn reassess(
         };
         let a = soc.policy.assess(&job.tenant, &facts);
         if a.severity == mamori_soc::Severity::Critical
-            && round.write()?.raise_severity(*id, "critical", &a.reasons)?
+            && soft(
+                round.write()?.raise_severity(*id, "critical", &a.reasons),
+                "raising an alert's severity",
+            )?
+            .unwrap_or(false)
         {
             attach(state, soc, *id)?;
             contain(round, soc, &job.tenant, &job.agent, host, *id, &a.reasons)?;
@@ -1099,7 +1136,11 @@ impl<'r> Detector<'r> {
                 group: soc.policy.group_of(&job.tenant, alert.host),
             };
             // Counts a hit on the suppression that matches, if any: a write.
-            if round.write()?.suppressed(&job.tenant, &d)?.is_some() {
+            let suppressed = round.write()?.suppressed(&job.tenant, &d);
+            if soft(suppressed, "checking suppressions")?
+                .flatten()
+                .is_some()
+            {
                 continue; // tuned away (counted on the suppression)
             }
             record(round, soc, trees, job, v, alert)?;
@@ -1111,6 +1152,17 @@ impl<'r> Detector<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Within a round, an error the database may not give later aborts the round (to be
+    /// retried); any other skips its write.
+    #[test]
+    fn only_errors_that_may_pass_abort_a_round() {
+        let busy = || ServerError::StateUnavailable("database is locked".into());
+        let broken = || ServerError::State("CHECK constraint failed".into());
+        assert!(soft(Err::<(), _>(busy()), "w").is_err());
+        assert!(matches!(soft(Err::<(), _>(broken()), "w"), Ok(None)));
+        assert!(matches!(soft(Ok(7), "w"), Ok(Some(7))));
+    }
 
     /// What a connection adds to its process tree, read in one pass ([`Facts`]) and from the
     /// tree, on events that vary each field the two read.

@@ -56,6 +56,10 @@ pub enum ServerError {
     /// The state database failed.
     #[error("state database: {0}")]
     State(String),
+    /// The state database cannot take the request now (locked past the busy timeout, disk
+    /// full, an I/O error): the same request may succeed later.
+    #[error("state database unavailable: {0}")]
+    StateUnavailable(String),
     /// The event store failed.
     #[error("event store: {0}")]
     Store(String),
@@ -76,6 +80,13 @@ pub enum ServerError {
     /// The listener failed.
     #[error("listener: {0}")]
     Transport(String),
+}
+
+impl ServerError {
+    /// Whether the same request may succeed later ([`ServerError::StateUnavailable`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ServerError::StateUnavailable(_))
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {

@@ -456,7 +456,20 @@ const ALERTS_WHERE: &str = alerts_where!("?1 IS NULL");
 const ALERTS_OF_TENANT: &str = alerts_where!("tenant = ?1");
 
 fn db(e: rusqlite::Error) -> ServerError {
-    ServerError::State(e.to_string())
+    use rusqlite::ErrorCode::*;
+    match e.sqlite_error_code() {
+        Some(
+            DatabaseBusy
+            | DatabaseLocked
+            | DiskFull
+            | SystemIoFailure
+            | OutOfMemory
+            | CannotOpen
+            | ReadOnly
+            | FileLockingProtocolFailed,
+        ) => ServerError::StateUnavailable(e.to_string()),
+        _ => ServerError::State(e.to_string()),
+    }
 }
 
 /// A connection to the database at `path` (created if missing).

@@ -659,6 +659,17 @@ fn a_round_the_state_database_refuses_is_detected_again_once_it_takes_writes() {
     other.begin_batch().unwrap();
     let cmd = "echo aWQK | base64 -d | sh";
     send(&a, &[exec_event(400, cmd)]);
+    // An API write waits as long, then is told to try again (not "internal error").
+    let (status, body) = api(
+        &srv,
+        port,
+        server.admin.as_deref(),
+        "POST",
+        "/api/v1/enrollment-tokens",
+        Some("{}"),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("try again"), "{body}");
     let deadline = Instant::now() + Duration::from_secs(15);
     let log = loop {
         let log = std::fs::read_to_string(srv.join("server.log")).unwrap_or_default();
