@@ -205,17 +205,26 @@ impl EventStore for ParquetStore {
         let mut inner = self.lock();
         let day = day_of(now_us);
         let mut out = Written::default();
-        // One builder (and one file) per tenant.
+        // One builder (and one file) per tenant, sized for its rows.
+        let new = |r: &Row<'_>| {
+            let hw = inner.high_water.get(r.origin.tenant).copied().unwrap_or(0);
+            r.log_seq > hw && r.log_seq > inner.position
+        };
+        let mut sizes: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for r in rows.iter().filter(|r| new(r)) {
+            let s = sizes.entry(r.origin.tenant).or_default();
+            (s.0, s.1) = (s.0 + 1, s.1 + r.event.len());
+        }
         let mut by_tenant: BTreeMap<&str, (RowBuilder, u64, u64)> = BTreeMap::new();
         for r in rows {
-            let hw = inner.high_water.get(r.origin.tenant).copied().unwrap_or(0);
-            if r.log_seq <= hw || r.log_seq <= inner.position {
+            if !new(r) {
                 out.skipped += 1;
                 continue;
             }
-            let e = by_tenant
-                .entry(r.origin.tenant)
-                .or_insert_with(|| (RowBuilder::new(), r.log_seq, r.log_seq));
+            let e = by_tenant.entry(r.origin.tenant).or_insert_with(|| {
+                let (n, bytes) = sizes.get(r.origin.tenant).copied().unwrap_or_default();
+                (RowBuilder::with_capacity(n, bytes), r.log_seq, r.log_seq)
+            });
             e.0.push(r.origin, r.event);
             e.2 = r.log_seq;
             out.rows += 1;

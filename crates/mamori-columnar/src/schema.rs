@@ -282,22 +282,30 @@ pub fn sha256_of(v: &str) -> Option<String> {
 impl RowBuilder {
     /// An empty builder.
     pub fn new() -> Self {
+        RowBuilder::with_capacity(1024, 1024)
+    }
+
+    /// An empty builder with room for `rows` events of `bytes` bytes of JSON together, so
+    /// that its buffers do not grow (and copy) while they are added: Arrow's buffers are
+    /// aligned beyond what the allocator's `realloc` keeps, so each growth is a new
+    /// allocation, a copy and fresh pages.
+    pub fn with_capacity(rows: usize, bytes: usize) -> Self {
         debug_assert_eq!(COLS[PROCESS_EXECUTABLE].name, "process_executable");
         RowBuilder {
             schema: schema(),
-            time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
-            tenant: StringBuilder::new(),
-            host_id: StringBuilder::new(),
-            host_name: StringBuilder::new(),
-            seq: UInt64Builder::new(),
+            time: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+            tenant: StringBuilder::with_capacity(rows, rows * 8),
+            host_id: StringBuilder::with_capacity(rows, rows * 36),
+            host_name: StringBuilder::with_capacity(rows, rows * 16),
+            seq: UInt64Builder::with_capacity(rows),
             cols: COLS
                 .iter()
                 .map(|c| match c.ty {
-                    Str => Builder::Str(StringBuilder::new()),
-                    Int => Builder::Int(Int64Builder::new()),
+                    Str => Builder::Str(StringBuilder::with_capacity(rows, rows * 8)),
+                    Int => Builder::Int(Int64Builder::with_capacity(rows)),
                 })
                 .collect(),
-            raw: StringBuilder::new(),
+            raw: StringBuilder::with_capacity(rows, bytes),
             rows: 0,
             name_buf: String::new(),
         }

@@ -526,7 +526,11 @@ impl Spool {
             let mut f = File::open(&s.path).map_err(io(&s.path))?;
             f.seek(SeekFrom::Start(off)).map_err(io(&s.path))?;
             let (mut buf, mut at, mut piece) = (Vec::new(), 0, READ_PIECE);
+            let len = f.metadata().map_err(io(&s.path))?.len();
             loop {
+                // Room for what the piece will read first: one call, not growth from a probe.
+                let left = len.saturating_sub(off + buf.len() as u64);
+                buf.reserve(piece.min(left) as usize);
                 let got = (&mut f)
                     .take(piece)
                     .read_to_end(&mut buf)
