@@ -207,6 +207,7 @@ impl Server {
             std::fs::read(&srv_key).map_err(io(&srv_key))?,
         );
         let state = Arc::new(state::State::open(&dir.join("state.db"))?);
+        state.track_alerts()?;
         let admin_token = state.first_admin_token()?;
         let log = store::EventLog::open(&dir.join("events"), config.store_quota_bytes)?;
         let events = mamori_columnar::ParquetStore::open(

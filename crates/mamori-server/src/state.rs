@@ -333,8 +333,9 @@ pub struct State {
 /// ([`State::reopen`]), so that the lookup detection makes for each connection to an external
 /// address ([`State::alerts_on_tree`]) skips the database for the trees that have none, which
 /// is nearly all of them. A superset: an alert rolled back or closed stays in it, and that
-/// costs only a lookup. `None` once it would hold more than [`ALERTED_MAX`]: every lookup
-/// goes to the database then.
+/// costs only a lookup. `None` (every lookup goes to the database) until the server starts
+/// tracking alerts ([`State::track_alerts`], before any is recorded), and once it would hold
+/// more than [`ALERTED_MAX`].
 #[derive(Debug)]
 struct Alerted(Mutex<Option<HashSet<String>>>);
 
@@ -346,7 +347,7 @@ impl Alerted {
         format!("{agent}|{entity}")
     }
 
-    fn load(conn: &Connection) -> Result<Alerted, ServerError> {
+    fn load(conn: &Connection) -> Result<Option<HashSet<String>>, ServerError> {
         let mut keys = HashSet::new();
         let mut st = conn
             .prepare("SELECT DISTINCT agent, process_entity FROM alerts")
@@ -354,12 +355,12 @@ impl Alerted {
         let mut rows = st.query([]).map_err(db)?;
         while let Some(r) = rows.next().map_err(db)? {
             if keys.len() >= ALERTED_MAX {
-                return Ok(Alerted(Mutex::new(None)));
+                return Ok(None);
             }
             let (agent, entity): (String, String) = (r.get(0).map_err(db)?, r.get(1).map_err(db)?);
             keys.insert(Alerted::key(&agent, &entity));
         }
-        Ok(Alerted(Mutex::new(Some(keys))))
+        Ok(Some(keys))
     }
 
     fn insert(&self, agent: &str, entity: &str) {
@@ -528,12 +529,25 @@ impl State {
                 Err(e) => return Err(db(e)),
             }
         }
-        let alerted = Arc::new(Alerted::load(&conn)?);
         Ok(State {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
-            alerted,
+            alerted: Arc::new(Alerted(Mutex::new(None))),
         })
+    }
+
+    /// Keeps in memory which processes have alerts, so that looking up the alerts of a
+    /// process tree that has none costs no query. The server calls it once, at start, before
+    /// any alert is recorded and before [`State::reopen`]: an alert recorded meanwhile by
+    /// another process would be missed (the CLI's commands never record alerts).
+    pub fn track_alerts(&self) -> Result<(), ServerError> {
+        let keys = self.with(|c| Ok(Alerted::load(c)))??;
+        *self
+            .alerted
+            .0
+            .lock()
+            .map_err(|_| ServerError::State("alert set lock poisoned".into()))? = keys;
+        Ok(())
     }
 
     /// Another connection to the same database, for a thread that writes in batches of its
@@ -1572,10 +1586,14 @@ mod tests {
         let tags = vec!["attack.t1059".to_string()];
         let at = "2026-01-01T00:00:00Z";
         let old = s.record_alert(&high_alert(&tags, "p-old", at)).unwrap();
+        // Not tracked (the CLI's connections): every lookup reads the table.
+        let found = s.alerts_on_tree("a1", &["p-old"]).unwrap();
+        assert_eq!(found.iter().map(|a| a.id).collect::<Vec<_>>(), vec![old]);
         drop(s);
         // Alerts recorded before this start, through the API's connection, through
         // detection's, and one on another agent.
         let s = State::open(&dir.join("state.db")).unwrap();
+        s.track_alerts().unwrap();
         let detection = s.reopen().unwrap();
         let api = s.record_alert(&high_alert(&tags, "p-api", at)).unwrap();
         let det = detection
