@@ -174,11 +174,17 @@ fn tenant_of(p: &Principal, asked: Option<String>) -> Result<Option<String>, Ref
 
 /// Rule changes apply to every tenant: only tokens not bound to one may make them.
 fn global(p: &Principal) -> Result<(), Refused> {
+    every_tenant(p, "rules apply")
+}
+
+/// Refuses a token limited to one tenant: `what` (e.g. "the audit log belongs") belongs or
+/// applies to every tenant.
+fn every_tenant(p: &Principal, what: &str) -> Result<(), Refused> {
     match &p.tenant {
         None => Ok(()),
         Some(t) => Err(refused(
             StatusCode::FORBIDDEN,
-            format!("rules apply to every tenant; this token is limited to {t:?}"),
+            format!("{what} to every tenant; this token is limited to {t:?}"),
         )),
     }
 }
@@ -407,14 +413,49 @@ async fn action_file(
 
 async fn audit(State(shared): State<Arc<Shared>>, Caller(p, _): Caller<Admin>) -> ApiResult {
     // Audit records are not per tenant: only administrators of all tenants read them.
-    global(&p).map_err(|_| {
-        refused(
-            StatusCode::FORBIDDEN,
-            "the audit log covers every tenant; this token is limited to one",
-        )
-    })?;
+    every_tenant(&p, "the audit log belongs")?;
     let log = blocking(move || shared.state.audit_log()).await?;
     Ok(Json(log).into_response())
+}
+
+/// `GET /api/v1/status`: how far the server's pipeline has got, for its operators. Events
+/// are durable in the log through `log.synced`; detection and the columnar store follow it.
+/// `detection.failing_since` is set while the state database refuses detection's writes
+/// (detection then waits, and so, once its queue is full, does ingest).
+async fn status(State(shared): State<Arc<Shared>>, Caller(p, _): Caller<Admin>) -> ApiResult {
+    // The pipeline is shared by every tenant.
+    every_tenant(&p, "the server's status belongs")?;
+    let synced = blocking({
+        let shared = shared.clone();
+        move || {
+            shared
+                .log
+                .lock()
+                .map(|l| l.synced())
+                .map_err(|_| ServerError::Store("event log lock poisoned".into()))
+        }
+    })
+    .await?;
+    let stored = shared.events.position();
+    let detection = shared.detected.as_ref().map(|d| {
+        // `through` is u64::MAX once the detection thread has ended.
+        let through = d.through();
+        let failing = d.failing();
+        json!({
+            "running": through != u64::MAX,
+            "through": (through != u64::MAX).then_some(through),
+            "behind": synced.saturating_sub(through),
+            "failing_since": failing.as_ref().map(|f| f.0),
+            "last_error": failing.map(|f| f.1),
+        })
+    });
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "log": {"synced": synced},
+        "detection": detection,
+        "store": {"through": stored, "behind": synced.saturating_sub(stored)},
+    }))
+    .into_response())
 }
 
 /// Query parameters naming a tenant.
@@ -991,6 +1032,11 @@ pub fn openapi_document() -> serde_json::Value {
                 "responses": {"200": {"description": "changed"}, "400": {"description": "bad status or body"},
                               "401": unauthorised, "404": {"description": "no such alert"}}
             }},
+            "/api/v1/status": {"get": {
+                "summary": "The server's pipeline: events durable in the log (log.synced), how far detection and the columnar store have got (behind, in events), and since when the state database has refused detection's writes (detection.failing_since, last_error; null when all is well). Null detection: the server runs without rules (admin of all tenants)",
+                "security": bearer,
+                "responses": {"200": {"description": "{version, log, detection, store}"}, "401": unauthorised, "403": forbidden}
+            }},
             "/api/v1/hosts": {"get": {
                 "summary": "Enrolled hosts with sensor status and last health report",
                 "security": bearer,
@@ -1250,6 +1296,7 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/api/v1/hosts/{agent}/isolation", get(host_isolation))
         .route("/api/v1/actions", get(actions_list))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/status", get(status))
         .route("/api/v1/blocklist", get(blocklist_get).post(blocklist_add))
         .route(
             "/api/v1/blocklist/{list}/{sha256}",

@@ -79,6 +79,9 @@ pub type Disabled = Arc<RwLock<HashSet<String>>>;
 #[derive(Debug, Clone)]
 pub struct Progress {
     through: Arc<AtomicU64>,
+    /// Since when (seconds since the epoch) the state database has refused detection's
+    /// current round, and why; `None` while rounds commit.
+    failing: Arc<Mutex<Option<(i64, String)>>>,
 }
 
 impl Progress {
@@ -94,7 +97,20 @@ impl Progress {
         };
         Ok(Progress {
             through: Arc::new(AtomicU64::new(through)),
+            failing: Arc::default(),
         })
+    }
+
+    /// Since when (seconds since the epoch) the state database has refused detection's
+    /// current round, and the last error; `None` while rounds commit.
+    pub fn failing(&self) -> Option<(i64, String)> {
+        self.failing.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn set_failing(&self, error: Option<String>) {
+        if let Ok(mut f) = self.failing.lock() {
+            *f = error.map(|e| (f.as_ref().map_or_else(crate::state::now, |f| f.0), e));
+        }
     }
 
     /// The log position through which every event has been detected and recorded
@@ -941,9 +957,16 @@ fn run(
                 .round(&mut round, trees, &jobs)
                 .and_then(|()| round.finish(soc, saved, through));
             match done {
-                Ok(()) => break,
+                Ok(()) => {
+                    if attempt > 1 {
+                        saved.progress.set_failing(None);
+                        tracing::info!(attempt, "the refused round is recorded");
+                    }
+                    break;
+                }
                 Err(e) => {
                     round.abandon();
+                    saved.progress.set_failing(Some(e.to_string()));
                     // The failed attempt fed the correlations: their windows start again (as
                     // when rules change) rather than count its events twice.
                     d.correlators.clear();

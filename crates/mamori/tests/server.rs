@@ -683,11 +683,33 @@ fn a_round_the_state_database_refuses_is_detected_again_once_it_takes_writes() {
         alerts(&srv).is_empty(),
         "nothing recorded while the lock is held"
     );
+    // The server's status says so, for its operators.
+    let server_status = |token: Option<&str>| {
+        let (code, body) = api(&srv, port, token, "GET", "/api/v1/status", None);
+        (
+            code,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+        )
+    };
+    let (code, st) = server_status(server.admin.as_deref());
+    assert_eq!(code, 200, "{st}");
+    let det = &st["detection"];
+    assert!(det["failing_since"].as_i64().is_some(), "{st}");
+    assert!(
+        det["last_error"].as_str().unwrap().contains("unavailable"),
+        "{st}"
+    );
+    assert!(det["behind"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(server_status(None).0, 401);
     other.rollback_batch().unwrap();
     let found = wait_alerts(&srv, |a| !a.is_empty());
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["command_line"], cmd);
     assert_eq!(found[0]["count"], 1, "recorded once: {found:?}");
+    let st = server_status(server.admin.as_deref()).1;
+    assert!(st["detection"]["failing_since"].is_null(), "{st}");
+    assert_eq!(st["detection"]["behind"], 0, "{st}");
+    assert_eq!(st["log"]["synced"], st["detection"]["through"], "{st}");
     // The round's position was recorded with it: a restart detects nothing again.
     stop_server(&mut server);
     let (mut server, _) = start_server_with(&srv, port, &rules);
