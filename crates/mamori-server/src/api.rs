@@ -444,7 +444,7 @@ async fn status(State(shared): State<Arc<Shared>>, Caller(p, _): Caller<Admin>) 
         json!({
             "running": through != u64::MAX,
             "through": (through != u64::MAX).then_some(through),
-            "behind": synced.saturating_sub(through),
+            "behind": (through != u64::MAX).then(|| synced.saturating_sub(through)),
             "failing_since": failing.as_ref().map(|f| f.0),
             "last_error": failing.map(|f| f.1),
         })
