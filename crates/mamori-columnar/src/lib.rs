@@ -205,19 +205,17 @@ impl EventStore for ParquetStore {
         let mut inner = self.lock();
         let day = day_of(now_us);
         let mut out = Written::default();
-        // One builder (and one file) per tenant, sized for its rows.
-        let new = |r: &Row<'_>| {
-            let hw = inner.high_water.get(r.origin.tenant).copied().unwrap_or(0);
-            r.log_seq > hw && r.log_seq > inner.position
-        };
+        // One builder (and one file) per tenant, with room for its rows (all of them: the
+        // few skipped after a crash only make the room a little larger).
         let mut sizes: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for r in rows.iter().filter(|r| new(r)) {
+        for r in rows {
             let s = sizes.entry(r.origin.tenant).or_default();
             (s.0, s.1) = (s.0 + 1, s.1 + r.event.len());
         }
         let mut by_tenant: BTreeMap<&str, (RowBuilder, u64, u64)> = BTreeMap::new();
         for r in rows {
-            if !new(r) {
+            let hw = inner.high_water.get(r.origin.tenant).copied().unwrap_or(0);
+            if r.log_seq <= hw || r.log_seq <= inner.position {
                 out.skipped += 1;
                 continue;
             }

@@ -665,11 +665,10 @@ impl Facts {
         (!soc.policy.is_internal(tenant, ip)).then_some(ip)
     }
 
-    /// `ip:port` and the process tree of a connection to an external address, as
-    /// [`external_destination`] and [`tree_of`] read them from the tree; `None` when the
-    /// tree must be read.
-    fn connection(&self, soc: &Soc, tenant: &str) -> Option<(String, [&str; 2])> {
-        let ip = self.external(soc, tenant)?;
+    /// `ip:port` and the process tree of a connection to the external address `ip` (from
+    /// [`Facts::external`]), as [`external_destination`] and [`tree_of`] read them from the
+    /// tree; `None` when the tree must be read.
+    fn connection(&self, ip: std::net::IpAddr) -> Option<(String, [&str; 2])> {
         if self.other_ids {
             return None;
         }
@@ -1035,16 +1034,17 @@ impl<'r> Detector<'r> {
             .scan_ecs_json_with(raw, hits, &mut |name, leaf| facts.note(name, leaf))
             .is_ok()
             && facts.sensor();
-        let plain = scanned && facts.external(soc, &job.tenant).is_none();
+        let external = scanned.then(|| facts.external(soc, &job.tenant)).flatten();
+        let plain = scanned && external.is_none();
         if !scanned {
             hits.clear(); // read again from the tree below
         }
         if plain && hits.is_empty() {
             return Ok(());
         }
-        if scanned
-            && hits.is_empty()
-            && let Some((dest, tree)) = facts.connection(soc, &job.tenant)
+        if hits.is_empty()
+            && let Some(ip) = external
+            && let Some((dest, tree)) = facts.connection(ip)
         {
             // A connection to an external address that matched nothing: what it adds to its
             // process tree comes from the one pass as well.
@@ -1226,7 +1226,10 @@ mod tests {
                 from_tree.is_some(),
                 "{doc}"
             );
-            if let Some((dest, tree)) = facts.connection(&soc, "t") {
+            if let Some((dest, tree)) = facts
+                .external(&soc, "t")
+                .and_then(|ip| facts.connection(ip))
+            {
                 fast_paths += 1;
                 assert_eq!(Some(dest), from_tree, "{doc}");
                 assert_eq!(tree.map(str::to_string), tree_of(&v), "{doc}");

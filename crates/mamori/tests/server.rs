@@ -570,12 +570,18 @@ detection:
   condition: selection
 ";
 
-/// A rules directory in `srv` holding [`ENCODED_SHELL_RULE`].
-fn encoded_shell_rules(srv: &Path) -> PathBuf {
+/// A server whose rules directory holds [`ENCODED_SHELL_RULE`], and an agent enrolled with
+/// it: (server data, rules directory, port, server, agent data).
+fn encoded_shell_server(tag: &str) -> (PathBuf, PathBuf, u16, ServerProc, PathBuf) {
+    let srv = tempdir("server", &format!("{tag}-srv"));
     let rules = srv.join("rules");
     std::fs::create_dir_all(&rules).unwrap();
     std::fs::write(rules.join("test.yml"), ENCODED_SHELL_RULE).unwrap();
-    rules
+    let port = free_port();
+    let (server, fp) = start_server_with(&srv, port, &["--rules", rules.to_str().unwrap()]);
+    let a = tempdir("server", &format!("{tag}-agent"));
+    enroll(&a, port, &token(&srv, &[]), &fp).unwrap();
+    (srv, rules, port, server, a)
 }
 
 /// Events the log made durable and acknowledged, but which detection had not finished when
@@ -583,13 +589,8 @@ fn encoded_shell_rules(srv: &Path) -> PathBuf {
 /// committed with the alerts it raised.
 #[test]
 fn detection_resumes_after_a_crash_and_alerts_exactly_once() {
-    let srv = tempdir("server", "resume-srv");
-    let rules = encoded_shell_rules(&srv);
+    let (srv, rules, port, mut server, a) = encoded_shell_server("resume");
     let rules = ["--rules", rules.to_str().unwrap()];
-    let port = free_port();
-    let (mut server, fp) = start_server_with(&srv, port, &rules);
-    let a = tempdir("server", "resume-agent");
-    enroll(&a, port, &token(&srv, &[]), &fp).unwrap();
     let id = agent_id(&a);
     send(&a, &[exec_event(100, "id")]);
     // Idle for a moment: detection records how far it got, so a restart reads nothing again.
@@ -646,13 +647,8 @@ fn detection_resumes_after_a_crash_and_alerts_exactly_once() {
 
 #[test]
 fn a_round_the_state_database_refuses_is_detected_again_once_it_takes_writes() {
-    let srv = tempdir("server", "refused-srv");
-    let rules = encoded_shell_rules(&srv);
+    let (srv, rules, port, mut server, a) = encoded_shell_server("refused");
     let rules = ["--rules", rules.to_str().unwrap()];
-    let port = free_port();
-    let (mut server, fp) = start_server_with(&srv, port, &rules);
-    let a = tempdir("server", "refused-agent");
-    enroll(&a, port, &token(&srv, &[]), &fp).unwrap();
     // Another writer (a backup, an administrator's sqlite3) holds the state database's write
     // lock past detection's busy timeout (5 s).
     let other = mamori_server::state::State::open(&srv.join("server/state.db")).unwrap();
