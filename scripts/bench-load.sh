@@ -10,10 +10,12 @@
 # HEARTBEAT_S=60: each agent's heartbeat interval, as real agents (0: none).
 # NETWORK=30 makes 30% of the events connections to an external address (default 0).
 # MARKERS=200 makes 200 of each second's events new alerts (default 10): an alert storm.
+# POLL_MS=1000 reads the alerts every 1000 ms instead of every 50 (the poller's own cost).
 # THREADS=1 also prints the server's CPU per thread over 5 s inside the load
 # (scripts/thread-cpu.sh).
 # BIN=/path/to/another/mamori measures that server binary instead (e.g. an older build, to
 # compare two builds run by run on this noisy machine); it is used as it is, not rebuilt.
+# LOADGEN=/path/to/another/loadgen likewise runs that generator build, not rebuilt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AGENTS=${AGENTS:-"100 1000 10000"}
@@ -23,9 +25,10 @@ SECS=${SECS:-20}
 if [ -z "${BIN:-}" ]; then
     cargo build --release -j2 -p mamori -p mamori-link --bins --example loadgen >&2
     BIN=$PWD/target/release/mamori
-else
+elif [ -z "${LOADGEN:-}" ]; then
     cargo build --release -j2 -p mamori-link --example loadgen >&2   # BIN is not rebuilt
 fi
+LOADGEN=${LOADGEN:-target/release/examples/loadgen}
 WORK=$(mktemp -d)
 SERVER=
 trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null; rm -rf "$WORK"' EXIT
@@ -46,11 +49,14 @@ for N in $AGENTS; do
     INTERVAL=${INTERVAL_MS:-$(( N > 2000 ? N / 2 : 1000 ))}
     echo "== $N agents, $RATE events/s offered, $SECS s; $(grep "live detection" "$WORK/server-$N.err")"
     if [ -n "${THREADS:-}" ]; then (sleep $(( 8 + N / 500 )); scripts/thread-cpu.sh "$SERVER" 5) & fi
-    target/release/examples/loadgen --server https://127.0.0.1:$PORT --fingerprint "$FP" \
+    "$LOADGEN" --server https://127.0.0.1:$PORT --fingerprint "$FP" \
         --token "$TOKEN" --api-token "$API" --agents "$N" --rate "$RATE" --seconds "$SECS" \
         --interval-ms "$INTERVAL" --markers "${MARKERS:-10}" --heartbeat-s "${HEARTBEAT_S:-60}" \
-        --network "${NETWORK:-0}" \
+        --network "${NETWORK:-0}" --poll-ms "${POLL_MS:-50}" \
         --cache "$WORK/agents-$N" --server-pid "$SERVER"
     kill $SERVER; wait $SERVER 2>/dev/null || true
+    # Merges and retention during the run (a run past a minute includes one).
+    cat "$WORK/server-$N.err" "$MAMORI_DATA_DIR/server.log" 2>/dev/null \
+        | grep "event store maintenance" | sed 's/^/server log: /' || true
     SERVER=
 done

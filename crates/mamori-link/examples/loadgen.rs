@@ -5,7 +5,7 @@
 //! batch of synthetic sensor events every `--interval-ms`. Among the events, `--markers`
 //! per second are a base64-to-shell command line with a unique process: each becomes an
 //! alert, and a poller reading `GET /api/v1/alerts` measures the time from the event's
-//! creation to the alert being visible in the API. Like real agents, each also sends a
+//! creation to the alert being visible in the API (every `--poll-ms`, 50 by default). Like real agents, each also sends a
 //! heartbeat (its health report) every `--heartbeat-s` seconds (60; 0: never), spread over
 //! the interval. `--network P` makes P% of the other events connections to an external
 //! address (0 by default), which detection also keeps as facts about the process tree.
@@ -43,6 +43,7 @@ struct Args {
     network: u64,
     heartbeat_s: u64,
     interval_ms: u64,
+    poll_ms: u64,
     cache: PathBuf,
     server_pid: Option<u32>,
     dump: Option<u64>,
@@ -61,6 +62,7 @@ fn args() -> Args {
         network: 0,
         heartbeat_s: 60,
         interval_ms: 1000,
+        poll_ms: 50,
         cache: PathBuf::from("/tmp/mamori-loadgen"),
         server_pid: None,
         dump: None,
@@ -80,6 +82,7 @@ fn args() -> Args {
             "--network" => a.network = val.parse().expect("--network PERCENT"),
             "--heartbeat-s" => a.heartbeat_s = val.parse().expect("--heartbeat-s SECONDS"),
             "--interval-ms" => a.interval_ms = val.parse().expect("--interval-ms MS"),
+            "--poll-ms" => a.poll_ms = val.parse().expect("--poll-ms MS"),
             "--cache" => a.cache = PathBuf::from(val),
             "--server-pid" => a.server_pid = Some(val.parse().expect("--server-pid PID")),
             "--dump" => a.dump = Some(val.parse().expect("--dump EVENTS")),
@@ -363,33 +366,35 @@ async fn main() {
         }));
     }
 
-    // The poller: alerts of markers, as the API shows them.
+    // The poller: alerts of markers, as the API shows them. Like a console, it keeps its
+    // connection open and asks only for the alerts after the last one it has.
     let api = mamori_link::api::Api::new(&a.server, &ca_pem, &a.api_token).expect("API client");
-    let get = |path: &'static str| {
-        let api = api.clone();
-        async move {
-            api.request("GET", path, None)
-                .await
-                .ok()
-                .filter(|r| r.status == 200)
-                .map(|r| r.body)
-        }
-    };
+    let mut session = api.session();
+    let mut last_id = 0i64;
     let mut seen: HashSet<String> = HashSet::new();
     let mut latencies: Vec<f64> = Vec::new();
     let t0 = Instant::now();
     let load_start = a.server_pid.and_then(proc_stat);
     let acked_start = acked.load(Ordering::Relaxed);
-    // Returns whether every alert on the page was new (the page may have overflowed: the
-    // next poll asks for more).
-    let poll = |body: &str, seen: &mut HashSet<String>, lat: &mut Vec<f64>| -> bool {
-        let now = now_ns();
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+    const PAGE: usize = 1000;
+    // One poll: the new alerts' markers timed; whether the page was full (more are waiting).
+    let mut poll = async |seen: &mut HashSet<String>, lat: &mut Vec<f64>| -> bool {
+        let path = format!("/api/v1/alerts?after={last_id}&limit={PAGE}");
+        let Some(body) = session
+            .request("GET", &path, None)
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|r| r.body)
+        else {
             return false;
         };
-        let page = v.as_array().map_or(0, Vec::len);
-        let before = seen.len();
-        for al in v.as_array().into_iter().flatten() {
+        let now = now_ns();
+        let Ok(serde_json::Value::Array(page)) = serde_json::from_str(&body) else {
+            return false;
+        };
+        for al in &page {
+            last_id = last_id.max(al["id"].as_i64().unwrap_or(0));
             let ent = al["process_entity"].as_str().unwrap_or("");
             if let Some(rest) = ent.strip_prefix("loadgen:")
                 && seen.insert(ent.to_string())
@@ -398,19 +403,12 @@ async fn main() {
                 lat.push((now.saturating_sub(ns)) as f64 / 1e6);
             }
         }
-        page > 0 && seen.len() - before >= page.saturating_sub(1)
+        page.len() == PAGE
     };
-    let mut overflowed = false;
     while t0.elapsed() < Duration::from_secs(a.seconds) {
-        let path = if overflowed {
-            "/api/v1/alerts?limit=1000"
-        } else {
-            "/api/v1/alerts?limit=50"
-        };
-        if let Some(body) = get(path).await {
-            overflowed = poll(&body, &mut seen, &mut latencies);
+        if !poll(&mut seen, &mut latencies).await {
+            tokio::time::sleep(Duration::from_millis(a.poll_ms)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seen_during_load = latencies.len();
     let load_secs = t0.elapsed().as_secs_f64();
@@ -421,10 +419,9 @@ async fn main() {
     // interval: 5 s at 10,000 agents), and waiting for them first added that wait to the
     // latency of the markers sent last.
     for _ in 0..40 {
-        if let Some(body) = get("/api/v1/alerts?limit=1000").await {
-            poll(&body, &mut seen, &mut latencies);
+        if !poll(&mut seen, &mut latencies).await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for t in tasks {
         t.abort();
@@ -447,13 +444,14 @@ async fn main() {
     );
     println!(
         "event to alert visible in the API: {} of {} markers seen ({} during the load); p50 \
-         {:.0} ms, p99 {:.0} ms, max {:.0} ms (poll every 50 ms)",
+         {:.0} ms, p99 {:.0} ms, max {:.0} ms (poll every {} ms)",
         latencies.len(),
         markers_sent.load(Ordering::Relaxed),
         seen_during_load,
         pct(0.5),
         pct(0.99),
-        latencies.last().copied().unwrap_or(f64::NAN)
+        latencies.last().copied().unwrap_or(f64::NAN),
+        a.poll_ms
     );
     if let (Some(b), Some(c), Some(s), Some(e)) = (base, connected, load_start, load_end) {
         let hz = 100.0;

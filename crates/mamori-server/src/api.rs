@@ -26,7 +26,7 @@ mod soc;
 
 use crate::ServerError;
 use crate::service::Shared;
-use crate::state::{Principal, Role};
+use crate::state::{AlertFilter, Principal, Role};
 
 /// A refusal: the status and the reason given to the caller.
 #[derive(Debug)]
@@ -207,6 +207,8 @@ fn created(v: serde_json::Value) -> Response {
 pub struct AlertsQuery {
     tenant: Option<String>,
     status: Option<String>,
+    /// The last alert id the caller has: only later ones, oldest first.
+    after: Option<i64>,
     limit: Option<usize>,
 }
 
@@ -218,9 +220,13 @@ async fn alerts(
     let tenant = tenant_of(&p, q.tenant)?;
     let limit = q.limit.unwrap_or(100).min(10_000);
     let a = blocking(move || {
-        shared
-            .state
-            .alerts_where(tenant.as_deref(), q.status.as_deref(), None, limit)
+        let filter = AlertFilter {
+            tenant: tenant.as_deref(),
+            status: q.status.as_deref(),
+            id: None,
+            after: q.after,
+        };
+        shared.state.alerts_where(filter, limit)
     })
     .await?;
     Ok(Json(a).into_response())
@@ -1006,11 +1012,12 @@ pub fn openapi_document() -> serde_json::Value {
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
             "/api/v1/alerts": {"get": {
-                "summary": "Alerts, newest first, with their evidence",
+                "summary": "Alerts, newest first, with their evidence; with `after`, the alerts raised after that one, oldest first (a reader that passes the last id it saw gets each new alert once)",
                 "security": bearer,
                 "parameters": [
                     {"name": "tenant", "in": "query", "schema": {"type": "string"}},
                     {"name": "status", "in": "query", "schema": {"enum": ["open", "acknowledged", "closed"]}},
+                    {"name": "after", "in": "query", "schema": {"type": "integer"}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 10000}}
                 ],
                 "responses": {"200": {"description": "alerts"}, "401": unauthorised}

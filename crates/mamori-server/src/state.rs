@@ -433,10 +433,11 @@ const ALERTS_ON_TREE: &str = "SELECT id, rule_id, level, severity, host FROM ale
      WHERE agent = ?1 AND process_entity = ?2 AND status != 'closed'";
 
 /// Alerts by status and id (`?3`, `?4`; each may be NULL) and `tenant`, newest first, at most
-/// `?2`. The id is a range so that one alert is found through the primary key: an `id = ?4`
-/// inside an `OR` made SQLite walk the table from the newest alert down to it.
+/// `?2`; or, from id `?5` on (one past the last alert a reader has), oldest first. The id is
+/// a range so that one alert is found through the primary key: an `id = ?4` inside an `OR`
+/// made SQLite walk the table from the newest alert down to it.
 macro_rules! alerts_where {
-    ($tenant:literal) => {
+    ($tenant:literal, $order:literal) => {
         concat!(
             "SELECT id, tenant, agent, host, rule_id, rule_title, level, tags, user,
                 process_entity, process_executable, command_line, first_seen, last_seen, count,
@@ -444,17 +445,37 @@ macro_rules! alerts_where {
              FROM alerts WHERE ",
             $tenant,
             " AND (?3 IS NULL OR status = ?3)
-               AND id BETWEEN coalesce(?4, -9223372036854775808)
+               AND id BETWEEN coalesce(?4, ?5, -9223372036854775808)
                    AND coalesce(?4, 9223372036854775807)
-             ORDER BY id DESC LIMIT ?2"
+             ORDER BY id ",
+            $order,
+            " LIMIT ?2"
         )
     };
 }
 /// All tenants' alerts (`?1` is NULL).
-const ALERTS_WHERE: &str = alerts_where!("?1 IS NULL");
+const ALERTS_WHERE: &str = alerts_where!("?1 IS NULL", "DESC");
 /// One tenant's alerts, through `alerts_tenant`: `?1 IS NULL OR tenant = ?1` could not use
 /// the index, so a tenant with few alerts among many walked all of them.
-const ALERTS_OF_TENANT: &str = alerts_where!("tenant = ?1");
+const ALERTS_OF_TENANT: &str = alerts_where!("tenant = ?1", "DESC");
+/// [`ALERTS_WHERE`] after an alert, oldest first.
+const ALERTS_AFTER: &str = alerts_where!("?1 IS NULL", "ASC");
+/// [`ALERTS_OF_TENANT`] after an alert, oldest first.
+const ALERTS_OF_TENANT_AFTER: &str = alerts_where!("tenant = ?1", "ASC");
+
+/// Which alerts [`State::alerts_where`] lists.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AlertFilter<'a> {
+    /// One tenant's (all tenants' when `None`).
+    pub tenant: Option<&'a str>,
+    /// Only those with this status.
+    pub status: Option<&'a str>,
+    /// Only this one.
+    pub id: Option<i64>,
+    /// Only those raised after the alert with this id, oldest first (a reader that keeps
+    /// the last id it saw gets each new alert once). Without it: newest first.
+    pub after: Option<i64>,
+}
 
 fn db(e: rusqlite::Error) -> ServerError {
     use rusqlite::ErrorCode::*;
@@ -1379,31 +1400,47 @@ impl State {
 
     /// One alert with its evidence.
     pub fn alert(&self, id: i64) -> Result<Option<Alert>, ServerError> {
-        Ok(self
-            .alerts_where(None, None, Some(id), 1)?
-            .into_iter()
-            .next())
+        let one = AlertFilter {
+            id: Some(id),
+            ..AlertFilter::default()
+        };
+        Ok(self.alerts_where(one, 1)?.into_iter().next())
     }
 
     /// Alerts, newest first (all tenants when `tenant` is `None`).
     pub fn alerts(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<Alert>, ServerError> {
-        self.alerts_where(tenant, None, None, limit)
+        let of = AlertFilter {
+            tenant,
+            ..AlertFilter::default()
+        };
+        self.alerts_where(of, limit)
     }
 
-    /// Alerts filtered by tenant, status and id, newest first.
+    /// At most `limit` alerts as `filter` says.
     pub fn alerts_where(
         &self,
-        tenant: Option<&str>,
-        status: Option<&str>,
-        id: Option<i64>,
+        filter: AlertFilter<'_>,
         limit: usize,
     ) -> Result<Vec<Alert>, ServerError> {
+        let AlertFilter {
+            tenant,
+            status,
+            id,
+            after,
+        } = filter;
         self.with(|c| {
-            let mut st = c.prepare_cached(match tenant {
-                Some(_) => ALERTS_OF_TENANT,
-                None => ALERTS_WHERE,
+            let mut st = c.prepare_cached(match (tenant, after) {
+                (Some(_), None) => ALERTS_OF_TENANT,
+                (None, None) => ALERTS_WHERE,
+                (Some(_), Some(_)) => ALERTS_OF_TENANT_AFTER,
+                (None, Some(_)) => ALERTS_AFTER,
             })?;
-            let rows = st.query_map(params![tenant, limit as i64, status, id], |r| {
+            let from = match after.map(|a| a.checked_add(1)) {
+                Some(None) => return Ok(Vec::new()), // nothing is after the largest id
+                Some(from) => from,
+                None => None,
+            };
+            let rows = st.query_map(params![tenant, limit as i64, status, id, from], |r| {
                 let json = |i: usize| -> rusqlite::Result<serde_json::Value> {
                     let t: String = r.get(i)?;
                     Ok(serde_json::from_str(&t).unwrap_or(serde_json::Value::Null))
@@ -1514,11 +1551,26 @@ mod tests {
         let p = plan(&s, ALERTS_ON_TREE, params!["agt-1", "boot:1"]);
         assert!(p.contains("USING INDEX alerts_process"), "{p}");
         // One alert by id (incidents, folding, the API) through the primary key.
-        let p = plan(&s, ALERTS_WHERE, params![none, 1, none, 7]);
+        let p = plan(&s, ALERTS_WHERE, params![none, 1, none, 7, none]);
         assert!(p.contains("USING INTEGER PRIMARY KEY"), "{p}");
         // One tenant's alerts through the tenant index, newest first without a sort.
-        let p = plan(&s, ALERTS_OF_TENANT, params!["acme", 50, none, none]);
+        let p = plan(&s, ALERTS_OF_TENANT, params!["acme", 50, none, none, none]);
         assert!(p.contains("USING INDEX alerts_tenant (tenant=?"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+        // A reader's new alerts: a range of the primary key (or of the tenant index), in
+        // order without a sort, however many alerts came before.
+        let p = plan(&s, ALERTS_AFTER, params![none, 50, none, none, 1000]);
+        assert!(p.contains("USING INTEGER PRIMARY KEY (rowid>?"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+        let p = plan(
+            &s,
+            ALERTS_OF_TENANT_AFTER,
+            params!["acme", 50, none, none, 1000],
+        );
+        assert!(
+            p.contains("USING INDEX alerts_tenant (tenant=? AND id>?"),
+            "{p}"
+        );
         assert!(!p.contains("TEMP B-TREE"), "{p}");
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -1732,6 +1784,53 @@ mod tests {
             s.alerts(Some("other"), 10).unwrap().is_empty(),
             "per tenant"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A reader that keeps the last id it saw gets each new alert once, oldest first, per
+    /// tenant and status as asked; a repeat folded into an old alert is not new.
+    #[test]
+    fn alerts_after_an_id_are_the_new_ones_oldest_first() {
+        let (s, dir) = state();
+        let tags = vec!["attack.t1059".to_string()];
+        let at = "2026-01-01T00:00:00Z";
+        let ids: Vec<i64> = ["p1", "p2", "p3", "p4"]
+            .iter()
+            .map(|e| s.record_alert(&high_alert(&tags, e, at)).unwrap())
+            .collect();
+        let mut other = high_alert(&tags, "q1", at);
+        other.tenant = "other";
+        let theirs = s.record_alert(&other).unwrap();
+        let after = |tenant, after, limit| -> Vec<i64> {
+            let f = AlertFilter {
+                tenant,
+                after: Some(after),
+                ..AlertFilter::default()
+            };
+            s.alerts_where(f, limit)
+                .unwrap()
+                .iter()
+                .map(|a| a.id)
+                .collect()
+        };
+        assert_eq!(after(Some("acme"), ids[0], 10), ids[1..].to_vec());
+        assert_eq!(after(Some("acme"), ids[0], 2), ids[1..3].to_vec(), "a page");
+        assert_eq!(after(None, ids[3], 10), vec![theirs], "every tenant's");
+        assert_eq!(after(Some("acme"), i64::MIN, 10), ids, "from the start");
+        assert!(
+            after(Some("acme"), i64::MAX, 10).is_empty(),
+            "nothing after the last"
+        );
+        // A repeat on p1 folds into its alert: nothing new.
+        s.record_alert(&high_alert(&tags, "p1", at)).unwrap();
+        assert!(after(None, theirs, 10).is_empty());
+        // Status still filters.
+        let open = AlertFilter {
+            status: Some("closed"),
+            after: Some(0),
+            ..AlertFilter::default()
+        };
+        assert!(s.alerts_where(open, 10).unwrap().is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -716,6 +716,77 @@ fn a_round_the_state_database_refuses_is_detected_again_once_it_takes_writes() {
     assert!(!log.contains("before listening"), "{log}");
 }
 
+/// A console's poll: one connection kept open for every request, and each new alert once
+/// (`after` the last id it has), oldest first; a GET after the server restarted finds a new
+/// connection by itself.
+#[test]
+fn a_poller_gets_each_new_alert_once_over_one_connection() {
+    let (srv, rules, port, mut server, a) = encoded_shell_server("poller");
+    let admin = server
+        .admin
+        .clone()
+        .expect("first start prints the admin token");
+    let ca = std::fs::read_to_string(srv.join("server/pki/ca.pem")).unwrap();
+    let api =
+        mamori_link::api::Api::new(&format!("https://127.0.0.1:{port}"), &ca, &admin).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut session = api.session();
+    let mut last = 0i64;
+    let poll = |session: &mut mamori_link::api::Session,
+                last: &mut i64,
+                wanted: usize|
+     -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut got = Vec::new();
+        loop {
+            let path = format!("/api/v1/alerts?after={}&limit=1", *last);
+            let reply = rt.block_on(session.request("GET", &path, None)).unwrap();
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            let page: Vec<serde_json::Value> = serde_json::from_str(&reply.body).unwrap();
+            if let Some(al) = page.first() {
+                *last = al["id"].as_i64().unwrap();
+                got.push(al.clone());
+            }
+            if got.len() >= wanted || Instant::now() > deadline {
+                // Nothing after the last one.
+                let path = format!("/api/v1/alerts?after={}", *last);
+                let reply = rt.block_on(session.request("GET", &path, None)).unwrap();
+                assert_eq!(reply.body.trim(), "[]");
+                return got;
+            }
+            if page.is_empty() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    assert!(poll(&mut session, &mut last, 0).is_empty(), "no alert yet");
+    let cmd = |n: u32| format!("echo aWQK | base64 -d | sh # {n}");
+    send(&a, &[exec_event(500, &cmd(1)), exec_event(501, &cmd(2))]);
+    let first = poll(&mut session, &mut last, 2);
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(
+        first[0]["id"].as_i64() < first[1]["id"].as_i64(),
+        "oldest first"
+    );
+    // A repeat on a process already alerted folds into its alert: nothing new to read.
+    send(&a, &[exec_event(501, &cmd(2))]);
+    send(&a, &[exec_event(502, &cmd(3))]);
+    let next = poll(&mut session, &mut last, 1);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0]["command_line"], cmd(3));
+    assert_eq!(session.connects(), 1, "every request on one connection");
+    // The server restarts: the next GET opens a new connection by itself.
+    stop_server(&mut server);
+    let rules = ["--rules", rules.to_str().unwrap()];
+    let (mut server, _) = start_server_with(&srv, port, &rules);
+    assert!(poll(&mut session, &mut last, 0).is_empty());
+    assert_eq!(session.connects(), 2);
+    stop_server(&mut server);
+}
+
 #[test]
 fn live_detection_raises_folded_alerts_with_evidence() {
     let srv = tempdir("server", "detect-srv");
