@@ -14,15 +14,25 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use datafusion::arrow::array::{RecordBatch, RecordBatchReader};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::{
-    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use datafusion::parquet::arrow::arrow_writer::{
+    ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves,
 };
 use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::column::writer::ColumnCloseResult;
 use datafusion::parquet::errors::ParquetError;
-use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
+use datafusion::parquet::file::properties::{
+    EnabledStatistics, WriterProperties, WriterPropertiesBuilder,
+};
+use datafusion::parquet::file::writer::SerializedFileWriter;
 use datafusion::parquet::schema::types::ColumnPath;
 
 use crate::StoreError;
@@ -164,6 +174,10 @@ pub fn scan(root: &Path) -> Result<Vec<DataFile>, StoreError> {
 }
 
 fn properties() -> WriterProperties {
+    properties_builder().build()
+}
+
+fn properties_builder() -> WriterPropertiesBuilder {
     // `raw` (the whole event) is unique per row: a dictionary or min/max statistics of it
     // would be work for every row and never serve a query.
     let raw = ColumnPath::from("raw");
@@ -176,7 +190,7 @@ fn properties() -> WriterProperties {
     for unique in ["time", "seq", "process_entity_id"] {
         b = b.set_column_dictionary_enabled(ColumnPath::from(unique), false);
     }
-    b.build()
+    b
 }
 
 /// Writes the file for log positions `from..=to` of `tenant` on `day` from the batches
@@ -185,21 +199,12 @@ pub fn write(
     root: &Path,
     tenant: &str,
     day: &str,
-    (from, to): (u64, u64),
+    range: (u64, u64),
     schema: SchemaRef,
     fill: impl FnOnce(&mut dyn FnMut(&RecordBatch) -> Result<(), StoreError>) -> Result<(), StoreError>,
 ) -> Result<DataFile, StoreError> {
-    let dir = day_dir(root, tenant, day);
-    let new_dir = !dir.exists();
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    if new_dir {
-        sync_dir(dir.parent().unwrap_or(root))?;
-    }
-    let path = dir.join(format!("{from:020}-{to:020}.parquet"));
-    let tmp = path.with_extension("tmp");
-    let written = (|| {
+    publish(root, tenant, day, range, |f, tmp| {
         let parquet = |e: ParquetError| StoreError::Io(format!("{}: {e}", tmp.display()));
-        let f = File::create(&tmp).map_err(io(&tmp))?;
         let mut w = ArrowWriter::try_new(f, schema, Some(properties())).map_err(parquet)?;
         let mut rows = 0;
         fill(&mut |b| {
@@ -209,9 +214,32 @@ pub fn write(
         if rows == 0 {
             return Err(StoreError::Invalid("nothing to write".into()));
         }
-        let f = w.into_inner().map_err(parquet)?;
-        f.sync_all().map_err(io(&tmp))
-    })();
+        w.into_inner().map_err(parquet)
+    })
+}
+
+/// Makes the file for log positions `from..=to` of `tenant` on `day` durable under its
+/// name: `body` writes it through the `.tmp` file it is given (and returns it), which is
+/// then synced, renamed and its directory synced; on an error the `.tmp` is removed.
+fn publish(
+    root: &Path,
+    tenant: &str,
+    day: &str,
+    (from, to): (u64, u64),
+    body: impl FnOnce(File, &Path) -> Result<File, StoreError>,
+) -> Result<DataFile, StoreError> {
+    let dir = day_dir(root, tenant, day);
+    let new_dir = !dir.exists();
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    if new_dir {
+        sync_dir(dir.parent().unwrap_or(root))?;
+    }
+    let path = dir.join(format!("{from:020}-{to:020}.parquet"));
+    let tmp = path.with_extension("tmp");
+    let written = File::create(&tmp)
+        .map_err(io(&tmp))
+        .and_then(|f| body(f, &tmp))
+        .and_then(|f| f.sync_all().map_err(io(&tmp)));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -233,38 +261,86 @@ pub fn write(
 /// file of 100,000 sensor events is ~80 MB once decoded).
 const READ_BATCH_ROWS: usize = 8192;
 
-/// Opens a file for reading batch by batch.
-fn reader(path: &Path) -> Result<ParquetRecordBatchReader, StoreError> {
-    let f = File::open(path).map_err(io(path))?;
-    ParquetRecordBatchReaderBuilder::try_new(f)
-        .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
-        .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))
-}
+/// Row groups of at least this many rows are copied into a merged file as they are, still
+/// encoded and compressed; smaller ones are decoded and written again together, so that the
+/// files of a quiet tenant do not become one file of thousands of tiny row groups.
+pub const COPY_ROWS: i64 = 16_384;
+
+/// Rows a merge gathers into one row group from small ones (as `properties` writes them).
+const GATHER_ROWS: usize = 128 * 1024;
 
 /// Merges the files of one tenant and day into one (inputs deleted after the merged file
-/// is durable). Returns the merged file. The inputs are streamed: memory stays at one read
-/// batch and the row group being written, whatever the inputs' total size.
+/// is durable). Returns the merged file.
+///
+/// At the rates where merging costs anything, every input holds row groups of thousands of
+/// rows: those are copied byte for byte ([`COPY_ROWS`]), with no decoding, encoding or
+/// compression (a merge used to cost as much CPU as writing its events in the first place).
+/// Small row groups are decoded and gathered into row groups of up to 128 Ki rows, streamed:
+/// memory stays at one read batch and the row group being encoded, whatever the inputs'
+/// size. Row order is kept.
 pub fn merge(root: &Path, inputs: &[DataFile]) -> Result<DataFile, StoreError> {
     let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
         return Err(StoreError::Invalid("nothing to merge".into()));
     };
-    // The first input, opened for its schema, is the first one read.
-    let first_reader = reader(&first.path)?;
-    let schema = first_reader.schema();
-    let mut opened = Some(first_reader);
     let from = inputs.iter().map(|f| f.from).min().unwrap_or(first.from);
     let to = inputs.iter().map(|f| f.to).max().unwrap_or(last.to);
-    let merged = write(root, &first.tenant, &first.day, (from, to), schema, |out| {
+    let merged = publish(root, &first.tenant, &first.day, (from, to), |out, tmp| {
+        let (first_file, first_meta) = open_meta(&first.path)?;
+        let meta = first_meta.metadata();
+        // The first input's key-value metadata holds the Arrow schema ArrowWriter recorded:
+        // the merged file is read back with exactly the same column types.
+        let props = Arc::new(
+            properties_builder()
+                .set_key_value_metadata(meta.file_metadata().key_value_metadata().cloned())
+                .build(),
+        );
+        let descr = meta.file_metadata().schema_descr_ptr();
+        let parquet = |e: ParquetError| StoreError::Io(format!("{}: {e}", tmp.display()));
+        let mut w =
+            SerializedFileWriter::new(out, descr.root_schema_ptr(), props).map_err(parquet)?;
+        let schema = first_meta.schema().clone();
+        let mut gather = Gather {
+            factory: ArrowRowGroupWriterFactory::new(&w, schema.clone()),
+            schema,
+            writers: None,
+            rows: 0,
+        };
+        let mut opened = Some((first_file, first_meta.clone()));
         for f in inputs {
-            let batches = match opened.take() {
-                Some(r) => r,
-                None => reader(&f.path)?,
+            let (file, arrow_meta) = match opened.take() {
+                Some(o) => o,
+                None => open_meta(&f.path)?,
             };
-            for b in batches {
-                out(&b.map_err(|e| StoreError::Io(format!("{}: {e}", f.path.display())))?)?;
+            let bad = |e: ParquetError| StoreError::Io(format!("{}: {e}", f.path.display()));
+            let meta = arrow_meta.metadata();
+            if meta.file_metadata().schema_descr().root_schema() != descr.root_schema() {
+                return Err(StoreError::Invalid(format!(
+                    "{}: another schema than {}",
+                    f.path.display(),
+                    first.path.display()
+                )));
+            }
+            for (i, rg) in meta.row_groups().iter().enumerate() {
+                if rg.num_rows() >= COPY_ROWS {
+                    gather.close(&mut w).map_err(parquet)?;
+                    copy_row_group(&mut w, &file, meta, i).map_err(bad)?;
+                    continue;
+                }
+                let file = file.try_clone().map_err(io(&f.path))?;
+                let batches =
+                    ParquetRecordBatchReaderBuilder::new_with_metadata(file, arrow_meta.clone())
+                        .with_row_groups(vec![i])
+                        .with_batch_size(READ_BATCH_ROWS)
+                        .build()
+                        .map_err(bad)?;
+                for b in batches {
+                    let b = b.map_err(|e| StoreError::Io(format!("{}: {e}", f.path.display())))?;
+                    gather.write(&b, &mut w).map_err(parquet)?;
+                }
             }
         }
-        Ok(())
+        gather.close(&mut w).map_err(parquet)?;
+        w.into_inner().map_err(parquet)
     })?;
     for f in inputs {
         if f.path != merged.path {
@@ -272,6 +348,94 @@ pub fn merge(root: &Path, inputs: &[DataFile]) -> Result<DataFile, StoreError> {
         }
     }
     Ok(merged)
+}
+
+/// A file and its metadata (with page indexes, which a copied row group keeps).
+fn open_meta(path: &Path) -> Result<(File, ArrowReaderMetadata), StoreError> {
+    let file = File::open(path).map_err(io(path))?;
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let meta = ArrowReaderMetadata::load(&file, options)
+        .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+    Ok((file, meta))
+}
+
+/// Copies row group `i` of `file` into a new row group of `w`, as encoded.
+fn copy_row_group(
+    w: &mut SerializedFileWriter<File>,
+    file: &File,
+    meta: &ParquetMetaData,
+    i: usize,
+) -> Result<(), ParquetError> {
+    let rg = meta.row_group(i);
+    let column_index = meta.column_index().and_then(|c| c.get(i));
+    let offset_index = meta.offset_index().and_then(|o| o.get(i));
+    let mut out = w.next_row_group()?;
+    for (c, column) in rg.columns().iter().enumerate() {
+        out.append_column(
+            file,
+            ColumnCloseResult {
+                bytes_written: column.compressed_size() as u64,
+                rows_written: rg.num_rows() as u64,
+                metadata: column.clone(),
+                bloom_filter: None, // none are written
+                column_index: column_index.and_then(|r| r.get(c)).cloned(),
+                offset_index: offset_index.and_then(|r| r.get(c)).cloned(),
+            },
+        )?;
+    }
+    out.close()?;
+    Ok(())
+}
+
+/// Small row groups' rows, encoded into one row group as they are read.
+struct Gather {
+    factory: ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    writers: Option<Vec<ArrowColumnWriter>>,
+    rows: usize,
+}
+
+impl Gather {
+    fn write(
+        &mut self,
+        b: &RecordBatch,
+        w: &mut SerializedFileWriter<File>,
+    ) -> Result<(), ParquetError> {
+        let writers = match &mut self.writers {
+            Some(ws) => ws,
+            None => self.writers.insert(
+                self.factory
+                    .create_column_writers(w.flushed_row_groups().len())?,
+            ),
+        };
+        let mut next = writers.iter_mut();
+        for (field, array) in self.schema.fields().iter().zip(b.columns()) {
+            for leaf in compute_leaves(field, array)? {
+                next.next()
+                    .ok_or_else(|| ParquetError::General("more leaves than columns".into()))?
+                    .write(&leaf)?;
+            }
+        }
+        self.rows += b.num_rows();
+        if self.rows >= GATHER_ROWS {
+            self.close(w)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the row group being gathered, if any.
+    fn close(&mut self, w: &mut SerializedFileWriter<File>) -> Result<(), ParquetError> {
+        let Some(writers) = self.writers.take() else {
+            return Ok(());
+        };
+        self.rows = 0;
+        let mut out = w.next_row_group()?;
+        for col in writers {
+            col.close()?.append_to_row_group(&mut out)?;
+        }
+        out.close()?;
+        Ok(())
+    }
 }
 
 /// Per tenant, the highest log position stored (what a restarted writer must skip: a

@@ -237,14 +237,11 @@ fn small_files_are_merged_and_an_interrupted_merge_is_repaired() {
     let _ = std::fs::remove_dir_all(d);
 }
 
-#[test]
-fn a_merge_streams_many_rows_and_keeps_each_once() {
-    let d = tempdir("merge-rows");
-    let store = ParquetStore::open(&d, Retention::default()).unwrap();
-    // 26 flushes of 500 events: more rows than the merge reads at a time.
-    let evs: Vec<String> = (0..13_000).map(event).collect();
-    for (i, chunk) in evs.chunks(500).enumerate() {
-        let from = 1 + (i * 500) as u64;
+/// Writes one file per size in `sizes` for tenant `a`, with consecutive log positions
+/// from `from` (the event at position `n` is `evs[n - 1]`, with pid `n - 1`).
+fn write_files(store: &ParquetStore, evs: &[String], mut from: u64, sizes: &[usize]) {
+    for &n in sizes {
+        let chunk = &evs[(from - 1) as usize..(from - 1) as usize + n];
         let rows: Vec<Row<'_>> = chunk
             .iter()
             .enumerate()
@@ -259,10 +256,13 @@ fn a_merge_streams_many_rows_and_keeps_each_once() {
                 event: e.as_bytes(),
             })
             .collect();
-        store.write(&rows, from + 499, NOW).unwrap();
+        store.write(&rows, from + n as u64 - 1, NOW).unwrap();
+        from += n as u64;
     }
-    assert_eq!(store.stats().files, 26);
-    assert_eq!(store.maintain(NOW).unwrap().merges, 1);
+}
+
+/// After a merge: one file holding every event once, each with its own columns.
+fn merged_holds_each_event_once(store: &ParquetStore, total: i64) {
     assert_eq!(store.stats().files, 1);
     let t = store
         .query(
@@ -274,15 +274,97 @@ fn a_merge_streams_many_rows_and_keeps_each_once() {
         .unwrap()
         .to_json();
     let row = &t["rows"][0];
-    assert_eq!(row["n"], 13_000);
-    assert_eq!(row["d"], 13_000);
+    assert_eq!(row["n"], total);
+    assert_eq!(row["d"], total);
     assert_eq!(row["lo"], 1);
-    assert_eq!(row["hi"], 13_000);
+    assert_eq!(row["hi"], total);
     assert_eq!(
         row["pids"],
-        (0..13_000i64).sum::<i64>(),
+        (0..total).sum::<i64>(),
         "every event's own columns"
     );
+}
+
+/// The row counts of the row groups of the one Parquet file under `d`.
+fn row_groups(d: &std::path::Path) -> Vec<i64> {
+    fn find(d: &std::path::Path) -> Option<PathBuf> {
+        std::fs::read_dir(d).unwrap().flatten().find_map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                find(&p)
+            } else {
+                p.extension().is_some_and(|x| x == "parquet").then_some(p)
+            }
+        })
+    }
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let f = std::fs::File::open(find(d).expect("a Parquet file")).unwrap();
+    let r = SerializedFileReader::new(f).unwrap();
+    r.metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.num_rows())
+        .collect()
+}
+
+#[test]
+fn a_merge_streams_many_rows_and_keeps_each_once() {
+    let d = tempdir("merge-rows");
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    // 26 flushes of 500 events: more rows than the merge reads at a time.
+    let evs: Vec<String> = (0..13_000).map(event).collect();
+    write_files(&store, &evs, 1, &[500; 26]);
+    assert_eq!(store.stats().files, 26);
+    assert_eq!(store.maintain(NOW).unwrap().merges, 1);
+    merged_holds_each_event_once(&store, 13_000);
+    // Small row groups are gathered into one.
+    assert_eq!(row_groups(&d), vec![13_000]);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Big row groups are copied into the merged file as they are (what a busy server's files
+/// hold: a merge no longer encodes and compresses every event a second time); the small ones
+/// around them are gathered, in order. The copies read back exactly: the same rows, their
+/// statistics still prune, and a merge of merged files copies them again.
+#[test]
+fn a_merge_copies_big_row_groups_and_gathers_small_ones_around_them() {
+    let d = tempdir("merge-copy");
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    let big = mamori_columnar::files::COPY_ROWS as usize;
+    let mut sizes = vec![100; 10];
+    sizes.push(big);
+    sizes.extend([100; 10]);
+    sizes.push(big + 1);
+    sizes.extend([100; 3]);
+    let total = sizes.iter().sum::<usize>();
+    let evs: Vec<String> = (0..total as u64).map(event).collect();
+    write_files(&store, &evs, 1, &sizes);
+    assert_eq!(store.stats().files, 25);
+    assert_eq!(store.maintain(NOW).unwrap().merges, 1);
+    merged_holds_each_event_once(&store, total as i64);
+    let b = big as i64;
+    assert_eq!(row_groups(&d), vec![1000, b, 1000, b + 1, 300]);
+    // Rows of a copied row group, found through a filter, and text columns read back.
+    let t = store
+        .query(
+            &Scope::All,
+            "SELECT count(*) AS n, min(process_command_line) AS c FROM events \
+             WHERE process_pid BETWEEN 1500 AND 1599",
+            Limits::default(),
+        )
+        .unwrap()
+        .to_json();
+    assert_eq!(t["rows"][0]["n"], 100);
+    assert_eq!(t["rows"][0]["c"], "cmd 1500");
+    // 24 more small files: the merged file is merged again with them, its big row groups
+    // copied once more.
+    drop(store);
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    let more: Vec<String> = (0..total as u64 + 2_400).map(event).collect();
+    write_files(&store, &more, total as u64 + 1, &[100; 24]);
+    assert_eq!(store.maintain(NOW).unwrap().merges, 1);
+    merged_holds_each_event_once(&store, total as i64 + 2_400);
+    assert_eq!(row_groups(&d), vec![1000, b, 1000, b + 1, 2_700]);
     let _ = std::fs::remove_dir_all(d);
 }
 

@@ -119,6 +119,7 @@ pub fn run(shared: Arc<crate::service::Shared>, every: Duration, stop: Receiver<
                     evicted = m.evicted_files,
                     freed_bytes = m.deleted_bytes,
                     merges = m.merges,
+                    ms = last_maintenance.elapsed().as_millis() as u64,
                     "event store maintenance"
                 ),
                 Ok(_) => {}
