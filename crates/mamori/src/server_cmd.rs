@@ -36,6 +36,10 @@ pub enum ServerCommand {
         /// JSON lines with evidence instead of a table.
         #[arg(long)]
         json: bool,
+        /// Keep running: the last --limit alerts oldest first, then each new alert as it is
+        /// raised (like `tail -f`; Ctrl-C ends it).
+        #[arg(long, short)]
+        follow: bool,
         #[command(flatten)]
         target: crate::query_cmd::Target,
     },
@@ -99,6 +103,15 @@ fn remote(target: &crate::query_cmd::Target, path: &str) -> Result<Option<Vec<se
     let config = ServerConfig::load(None, server_dir(), |k| std::env::var(k).ok())?;
     let (rt, api) = crate::query_cmd::connect(server, target, &config)?;
     let reply = rt.block_on(api.request("GET", path, None))?;
+    listed(server, path, &reply).map(Some)
+}
+
+/// The items of a list the API answered to `GET path`, or its refusal as an error.
+fn listed(
+    server: &str,
+    path: &str,
+    reply: &mamori_link::api::Reply,
+) -> Result<Vec<serde_json::Value>> {
     let v: serde_json::Value =
         serde_json::from_str(&reply.body).with_context(|| format!("{server}{path}: not JSON"))?;
     if reply.status != 200 {
@@ -108,7 +121,113 @@ fn remote(target: &crate::query_cmd::Target, path: &str) -> Result<Option<Vec<se
             v["error"].as_str().unwrap_or(&reply.body)
         );
     }
-    Ok(Some(v.as_array().cloned().unwrap_or_default()))
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+fn alert_header() -> String {
+    format!(
+        "{:>5} {:<13} {:<8} {:<5} {:<16} {:<44} PROCESS\n",
+        "ID", "SEVERITY", "LEVEL", "COUNT", "HOST", "RULE"
+    )
+}
+
+/// One alert as `mamori server alerts` prints it: a table row, or a JSON line.
+fn alert_line(a: &serde_json::Value, json: bool) -> String {
+    if json {
+        return format!("{a}\n");
+    }
+    format!(
+        "{:>5} {:<13} {:<8} {:>5} {:<16} {:<44} {}\n",
+        text(&a["id"]),
+        text(&a["severity"]).to_uppercase(),
+        text(&a["level"]),
+        text(&a["count"]),
+        text(&a["host"]),
+        text(&a["rule_title"]).chars().take(44).collect::<String>(),
+        text(&a["command_line"])
+            .chars()
+            .take(80)
+            .collect::<String>()
+    )
+}
+
+/// Alerts after an id (or the newest), at most so many.
+type AlertSource = dyn FnMut(Option<i64>, usize) -> Result<Vec<serde_json::Value>>;
+
+/// `mamori server alerts --follow`: the last `limit` alerts, oldest first, then every new
+/// one as it is raised, read every second through the API (one connection kept open, only
+/// the alerts after the last one shown) or from the local state database. Ends when the
+/// output is closed.
+fn follow_alerts(
+    tenant: Option<&str>,
+    limit: usize,
+    json: bool,
+    target: &crate::query_cmd::Target,
+) -> Result<ExitCode> {
+    use std::io::Write;
+    // The API's largest page.
+    const PAGE: usize = 10_000;
+    let mut source: Box<AlertSource> = match &target.server {
+        Some(server) => {
+            let config = ServerConfig::load(None, server_dir(), |k| std::env::var(k).ok())?;
+            let (rt, api) = crate::query_cmd::connect(server, target, &config)?;
+            let mut session = api.session();
+            let server = server.clone();
+            let tenant = tenant.map(|t| format!("&tenant={t}")).unwrap_or_default();
+            Box::new(move |after, limit| {
+                let after = after.map(|a| format!("&after={a}")).unwrap_or_default();
+                let path = format!("/api/v1/alerts?limit={limit}{after}{tenant}");
+                let reply = rt.block_on(session.request("GET", &path, None))?;
+                listed(&server, &path, &reply)
+            })
+        }
+        None => {
+            let admin = Admin::open(&config(None, None)?)?;
+            let tenant = tenant.map(str::to_string);
+            Box::new(move |after, limit| {
+                let filter = mamori_server::state::AlertFilter {
+                    tenant: tenant.as_deref(),
+                    after,
+                    ..Default::default()
+                };
+                local(admin.state().alerts_where(filter, limit)?)
+            })
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let mut show = |text: String| match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        // The reader went away (`| head`): done.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        r => r.map(|_| true),
+    };
+    if !json && !show(alert_header())? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The last `limit`, newest first: shown oldest first (at least the newest is read, so
+    // that `--limit 0` starts after it).
+    let recent = source(None, limit.clamp(1, PAGE))?;
+    let mut last = recent
+        .iter()
+        .filter_map(|a| a["id"].as_i64())
+        .max()
+        .unwrap_or(0);
+    for a in recent.iter().take(limit).rev() {
+        if !show(alert_line(a, json))? {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    loop {
+        let page = source(Some(last), PAGE)?;
+        for a in &page {
+            last = last.max(a["id"].as_i64().unwrap_or(last));
+            if !show(alert_line(a, json))? {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        if page.len() < PAGE {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
 }
 
 fn local<T: serde::Serialize>(items: Vec<T>) -> Result<Vec<serde_json::Value>> {
@@ -361,8 +480,12 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             tenant,
             limit,
             json,
+            follow,
             target,
         } => {
+            if follow {
+                return follow_alerts(tenant.as_deref(), limit, json, &target);
+            }
             let mut path = format!("/api/v1/alerts?limit={limit}");
             if let Some(t) = &tenant {
                 path.push_str(&format!("&tenant={t}"));
@@ -375,34 +498,11 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
                         .alerts(tenant.as_deref(), limit)?,
                 )?,
             };
-            if json {
-                for a in &alerts {
-                    crate::print_out(&(format!("{a}") + "\n"))?;
-                }
-            } else {
-                crate::print_out(
-                    &(format!(
-                        "{:>5} {:<13} {:<8} {:<5} {:<16} {:<44} PROCESS",
-                        "ID", "SEVERITY", "LEVEL", "COUNT", "HOST", "RULE"
-                    ) + "\n"),
-                )?;
-                for a in &alerts {
-                    crate::print_out(
-                        &(format!(
-                            "{:>5} {:<13} {:<8} {:>5} {:<16} {:<44} {}",
-                            text(&a["id"]),
-                            text(&a["severity"]).to_uppercase(),
-                            text(&a["level"]),
-                            text(&a["count"]),
-                            text(&a["host"]),
-                            text(&a["rule_title"]).chars().take(44).collect::<String>(),
-                            text(&a["command_line"])
-                                .chars()
-                                .take(80)
-                                .collect::<String>()
-                        ) + "\n"),
-                    )?;
-                }
+            if !json {
+                crate::print_out(&alert_header())?;
+            }
+            for a in &alerts {
+                crate::print_out(&alert_line(a, json))?;
             }
             Ok(if alerts.is_empty() {
                 ExitCode::SUCCESS

@@ -787,6 +787,70 @@ fn a_poller_gets_each_new_alert_once_over_one_connection() {
     stop_server(&mut server);
 }
 
+/// `mamori server alerts --follow`, from the local state database and through the API:
+/// the alerts already raised first, then each new one once, as it comes, oldest first.
+#[test]
+fn alerts_follow_prints_each_new_alert_as_it_is_raised() {
+    let (srv, _rules, port, server, a) = encoded_shell_server("follow");
+    let admin = server
+        .admin
+        .clone()
+        .expect("first start prints the admin token");
+    let cmd = |n: u32| format!("echo aWQK | base64 -d | sh # {n}");
+    send(&a, &[exec_event(600, &cmd(0))]);
+    wait_alerts(&srv, |a| a.len() == 1);
+    let mut local = mamori(&srv);
+    local.args(["server", "alerts", "--follow", "--json"]);
+    // Through the API (trusting the server's CA file in the same data directory).
+    let url = format!("https://127.0.0.1:{port}");
+    let mut remote = mamori(&srv);
+    remote.args([
+        "server", "alerts", "--json", "-f", "--server", &url, "--token", &admin,
+    ]);
+    let spawn = |mut c: Command| {
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    };
+    let followers = [spawn(local), spawn(remote)];
+    let next = |rx: &mpsc::Receiver<String>| -> serde_json::Value {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("an alert line");
+        serde_json::from_str(&line).unwrap()
+    };
+    for (_, rx) in &followers {
+        assert_eq!(next(rx)["command_line"], cmd(0), "the alert already raised");
+    }
+    send(&a, &[exec_event(601, &cmd(1))]);
+    send(&a, &[exec_event(601, &cmd(1)), exec_event(602, &cmd(2))]);
+    for (_, rx) in &followers {
+        let (one, two) = (next(rx), next(rx));
+        assert_eq!(one["command_line"], cmd(1));
+        assert_eq!(two["command_line"], cmd(2));
+        assert!(one["id"].as_i64() < two["id"].as_i64());
+        // The repeat on 601 folded into its alert: nothing more.
+        assert!(rx.recv_timeout(Duration::from_secs(2)).is_err());
+    }
+    for (mut child, _) in followers {
+        assert!(child.try_wait().unwrap().is_none(), "still following");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
 #[test]
 fn live_detection_raises_folded_alerts_with_evidence() {
     let srv = tempdir("server", "detect-srv");
