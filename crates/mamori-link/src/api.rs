@@ -1,6 +1,6 @@
 //! A small client for the server's REST API: HTTP/1.1 over TLS trusting only the server's
-//! CA, one request per connection, or many over one kept open ([`Session`]). Enough for the CLI and tools; not a general HTTP client
-//! (no redirects, no chunked request bodies).
+//! CA, one request per connection, or many over one kept open ([`Session`]). Enough for the
+//! CLI and tools; not a general HTTP client (no redirects, no chunked request bodies).
 
 use std::sync::Arc;
 
