@@ -149,6 +149,9 @@ const MERGE_AT: usize = 24;
 /// Files at least this big are not merged again.
 const MERGED_BYTES: u64 = 64 << 20;
 
+/// Rows per batch of columns handed to a file's writer (its row groups are larger).
+const BATCH_ROWS: usize = 8192;
+
 fn day_of(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
         .unwrap_or_default()
@@ -205,41 +208,45 @@ impl EventStore for ParquetStore {
         let mut inner = self.lock();
         let day = day_of(now_us);
         let mut out = Written::default();
-        // One builder (and one file) per tenant, with room for its rows (all of them: the
-        // few skipped after a crash only make the room a little larger).
-        let mut sizes: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for r in rows {
-            let s = sizes.entry(r.origin.tenant).or_default();
-            (s.0, s.1) = (s.0 + 1, s.1 + r.event.len());
-        }
-        let mut by_tenant: BTreeMap<&str, (RowBuilder, u64, u64)> = BTreeMap::new();
+        // One file per tenant, of the rows not stored yet (after a crash, a flush repeats).
+        let mut by_tenant: BTreeMap<&str, Vec<&Row<'_>>> = BTreeMap::new();
         for r in rows {
             let hw = inner.high_water.get(r.origin.tenant).copied().unwrap_or(0);
             if r.log_seq <= hw || r.log_seq <= inner.position {
                 out.skipped += 1;
                 continue;
             }
-            let e = by_tenant.entry(r.origin.tenant).or_insert_with(|| {
-                let (n, bytes) = sizes.get(r.origin.tenant).copied().unwrap_or_default();
-                (RowBuilder::with_capacity(n, bytes), r.log_seq, r.log_seq)
-            });
-            e.0.push(r.origin, r.event);
-            e.2 = r.log_seq;
-            out.rows += 1;
+            by_tenant.entry(r.origin.tenant).or_default().push(r);
         }
-        for (tenant, (mut b, from, to)) in by_tenant {
-            let batch = b.finish();
+        for (tenant, rows) in by_tenant {
+            let (from, to) = match (rows.first(), rows.last()) {
+                (Some(a), Some(b)) => (a.log_seq, b.log_seq),
+                _ => continue,
+            };
+            // Columns built a batch at a time: a flush's worth of raw events in one buffer
+            // was a new allocation for every flush, its pages faulted in one by one.
             let f = files::write(
                 &self.root,
                 tenant,
                 &day,
                 (from, to),
-                batch.schema(),
-                |out| out(&batch),
+                schema::schema(),
+                |write| {
+                    for chunk in rows.chunks(BATCH_ROWS) {
+                        let bytes = chunk.iter().map(|r| r.event.len()).sum();
+                        let mut b = RowBuilder::with_capacity(chunk.len(), bytes);
+                        for r in chunk {
+                            b.push(r.origin, r.event);
+                        }
+                        write(&b.finish())?;
+                    }
+                    Ok(())
+                },
             )?;
             inner.high_water.insert(tenant.to_string(), to);
             inner.files.push(f);
             out.files += 1;
+            out.rows += rows.len() as u64;
         }
         if through > inner.position {
             self.record_position(through)?;

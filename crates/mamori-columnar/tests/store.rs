@@ -237,6 +237,41 @@ fn small_files_are_merged_and_an_interrupted_merge_is_repaired() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// A flush of more rows than the columns are built for at a time (8,192) is still one file
+/// and one row group per tenant, with every row's own columns in log order.
+#[test]
+fn a_big_flush_is_one_file_per_tenant_with_every_row_in_order() {
+    let d = tempdir("big-flush");
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    let evs: Vec<String> = (0..40_001).map(event).collect();
+    let w = store.write(&rows(&evs, 1), 40_001, NOW).unwrap();
+    assert_eq!((w.rows, w.files, w.skipped), (40_001, 2, 0));
+    for (tenant, n, first_pid) in [("a", 20_001, 0), ("b", 20_000, 1)] {
+        let dir = d.join(format!("tenant={tenant}"));
+        assert_eq!(row_groups(&dir), vec![n], "tenant {tenant}");
+        let t = store
+            .query(
+                &Scope::Tenant(tenant.into()),
+                "SELECT seq, process_pid, raw FROM events ORDER BY seq",
+                Limits {
+                    rows: 100_000,
+                    ..Limits::default()
+                },
+            )
+            .unwrap()
+            .to_json();
+        let got = t["rows"].as_array().unwrap();
+        assert_eq!(got.len(), n as usize, "tenant {tenant}");
+        for (k, row) in got.iter().enumerate() {
+            let pid = first_pid + 2 * k as i64;
+            assert_eq!(row["seq"], pid + 1, "tenant {tenant} row {k}");
+            assert_eq!(row["process_pid"], pid, "tenant {tenant} row {k}");
+            assert_eq!(row["raw"], evs[pid as usize], "tenant {tenant} row {k}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
 /// Writes one file per size in `sizes` for tenant `a`, with consecutive log positions
 /// from `from` (the event at position `n` is `evs[n - 1]`, with pid `n - 1`).
 fn write_files(store: &ParquetStore, evs: &[String], mut from: u64, sizes: &[usize]) {
