@@ -22,6 +22,7 @@ AGENTS=${AGENTS:-"100 1000 10000"}
 RATE=${RATE:-50000}
 SECS=${SECS:-20}
 . scripts/deps.sh
+. scripts/start-server.sh
 if [ -z "${BIN:-}" ]; then
     cargo build --release -j2 -p mamori -p mamori-link --bins --example loadgen >&2
     BIN=$PWD/target/release/mamori
@@ -36,18 +37,12 @@ ulimit -n "$(ulimit -Hn)"   # 10,000 agents need ~10,000 descriptors in each pro
 echo "machine: $(nproc) cores, $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs) at $(grep -m1 "cpu MHz" /proc/cpuinfo | cut -d: -f2 | xargs) MHz, $(uname -r)"
 for N in $AGENTS; do
     # A fresh server for each agent count, so that nothing carries over.
-    export MAMORI_DATA_DIR=$WORK/srv-$N
-    "$BIN" rules install --from ../shared/data/sigma >/dev/null 2>&1
-    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    "$BIN" server run --listen 127.0.0.1:$PORT 2>"$WORK/server-$N.err" &
-    SERVER=$!
-    for _ in $(seq 600); do grep -q "listening on" "$WORK/server-$N.err" 2>/dev/null && break; sleep 0.1; done
-    FP=$(grep -o 'sha256:[0-9a-f]*' "$WORK/server-$N.err" | head -1)
+    start_server "$BIN" "$WORK/srv-$N"
     TOKEN=$("$BIN" server token --uses 100000 --ttl 4h 2>/dev/null)
     API=$("$BIN" server api-token --name loadgen --role viewer 2>/dev/null)
     # A batch per agent per second, or fewer for many agents (or every INTERVAL_MS).
     INTERVAL=${INTERVAL_MS:-$(( N > 2000 ? N / 2 : 1000 ))}
-    echo "== $N agents, $RATE events/s offered, $SECS s; $(grep "live detection" "$WORK/server-$N.err")"
+    echo "== $N agents, $RATE events/s offered, $SECS s; $(grep "live detection" "$WORK/srv-$N.err")"
     if [ -n "${THREADS:-}" ]; then (sleep $(( 8 + N / 500 )); scripts/thread-cpu.sh "$SERVER" 5) & fi
     "$LOADGEN" --server https://127.0.0.1:$PORT --fingerprint "$FP" \
         --token "$TOKEN" --api-token "$API" --agents "$N" --rate "$RATE" --seconds "$SECS" \
@@ -56,7 +51,7 @@ for N in $AGENTS; do
         --cache "$WORK/agents-$N" --server-pid "$SERVER"
     kill $SERVER; wait $SERVER 2>/dev/null || true
     # Merges and retention during the run (a run past a minute includes one).
-    cat "$WORK/server-$N.err" "$MAMORI_DATA_DIR/server.log" 2>/dev/null \
+    cat "$WORK/srv-$N.err" "$MAMORI_DATA_DIR/server.log" 2>/dev/null \
         | grep "event store maintenance" | sed 's/^/server log: /' || true
     SERVER=
 done

@@ -9,19 +9,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-500000}
 . scripts/deps.sh
+. scripts/start-server.sh
 cargo build --release -j2 -p mamori >&2
 cargo build --release -j2 -p mamori-spool --example fill >&2
 BIN=$PWD/target/release/mamori
 WORK=$(mktemp -d)
 SERVER=
 trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null; rm -rf "$WORK"' EXIT
-export MAMORI_DATA_DIR=$WORK/srv
-"$BIN" rules install --from ../shared/data/sigma >/dev/null 2>&1
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$BIN" server run --listen 127.0.0.1:$PORT 2>"$WORK/server.err" &
-SERVER=$!
-for _ in $(seq 300); do grep -q "listening on" "$WORK/server.err" 2>/dev/null && break; sleep 0.1; done
-FP=$(grep -o 'sha256:[0-9a-f]*' "$WORK/server.err" | head -1)
+start_server "$BIN" "$WORK/srv"
 TOKEN=$("$BIN" server token 2>/dev/null)
 MAMORI_DATA_DIR=$WORK/agent "$BIN" agent enroll --server https://127.0.0.1:$PORT --token "$TOKEN" --ca-fingerprint "$FP" 2>/dev/null
 target/release/examples/fill "$WORK/agent/spool" "$N"
@@ -33,7 +28,7 @@ sleep 1   # let detection finish the last batch
 t1=$(ticks $SERVER)
 secs=$(echo "$s1 - $s0" | bc)
 echo "machine: $(nproc) cores, $(uname -r)"
-echo "$(grep "live detection" "$WORK/server.err")"
+echo "$(grep "live detection" "$WORK/srv.err")"
 echo "shipped $N events in ${secs}s = $(echo "$N / $secs" | bc) events/s (one agent, mTLS, fsync per batch, detection on)"
 echo "server CPU: $((t1 - t0)) ticks = $(echo "scale=2; ($t1 - $t0) * 10000 / $N" | bc) µs per event; $(echo "scale=0; $N * 100 / ($t1 - $t0)" | bc) events per CPU-second"
 echo "server peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$SERVER/status)"

@@ -15,16 +15,12 @@ cd "$(dirname "$0")/.."
 command -v curl >/dev/null || { echo "curl is missing: apt-get install curl" >&2; exit 2; }
 BIN=${BIN:-target/release/mamori}
 LOADGEN=${LOADGEN:-target/release/examples/loadgen}
+. scripts/start-server.sh
 W=$(mktemp -d)
-S=
-trap '[ -n "$S" ] && kill $S 2>/dev/null; rm -rf "$W"' EXIT
-export MAMORI_DATA_DIR=$W/srv
-"$BIN" rules install --from ../shared/data/sigma >/dev/null 2>&1
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$BIN" server run --listen 127.0.0.1:$PORT 2>"$W/err" &
-S=$!
-for _ in $(seq 600); do grep -q "listening on" "$W/err" 2>/dev/null && break; sleep 0.1; done
-FP=$(grep -o 'sha256:[0-9a-f]*' "$W/err" | head -1)
+SERVER=
+trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null; rm -rf "$W"' EXIT
+start_server "$BIN" "$W/srv"
+S=$SERVER
 TOKEN=$("$BIN" server token --uses 1000 --ttl 1h 2>/dev/null)
 API=$("$BIN" server api-token --name probe --role viewer 2>/dev/null)
 "$LOADGEN" --server https://127.0.0.1:$PORT --fingerprint "$FP" --token "$TOKEN" \
