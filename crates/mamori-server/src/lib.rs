@@ -6,7 +6,9 @@
 //! * [`store`]: the ingest log, durable before acknowledgement, replay-proof per agent.
 //! * [`compact`]: moves the log into the columnar store (`mamori-columnar`: Parquet files
 //!   searched with SQL), then releases it; retention by age and size.
-//! * [`service`]: the gRPC services (enrollment; ingest over mutual TLS).
+//! * [`service`]: enrollment (gRPC) and the agent check every stream starts with.
+//! * [`ingest`]: the ingest stream over mutual TLS, its gRPC framing read by hand (each
+//!   batch in an allocation of its exact size, nothing kept between batches).
 //! * [`api`]: the REST API under `/api/v1` (bearer tokens with roles, scoped per tenant), on
 //!   the same port.
 //! * [`tuning`]: suppressions with preview and expiry; the noisiest-rules report.
@@ -32,6 +34,7 @@ pub mod compact;
 pub mod config;
 pub mod detect;
 pub mod incidents;
+pub mod ingest;
 pub mod notify;
 pub mod rules;
 pub mod service;
@@ -45,7 +48,6 @@ use std::sync::{Arc, Mutex};
 
 use mamori_wire::control::control_server::ControlServer;
 use mamori_wire::enrollment::enrollment_server::EnrollmentServer;
-use mamori_wire::ingest::ingest_server::IngestServer;
 
 pub use config::ServerConfig;
 
@@ -378,16 +380,12 @@ impl Server {
                 .spawn(move || compact::run(shared, every, stop))
                 .map_err(|e| ServerError::Transport(format!("starting the compactor: {e}")))?
         };
-        let max = mamori_wire::MAX_MESSAGE_BYTES;
         let routes = tonic::service::Routes::from(api::router(self.shared.clone()))
             .add_service(
                 EnrollmentServer::new(service::EnrollmentService(self.shared.clone()))
                     .max_decoding_message_size(64 << 10),
             )
-            .add_service(
-                IngestServer::new(service::IngestService(self.shared.clone()))
-                    .max_decoding_message_size(max),
-            )
+            .add_service(ingest::IngestService(self.shared.clone()))
             .add_service(
                 ControlServer::new(actions::ControlService(self.shared.clone()))
                     .max_decoding_message_size(mamori_wire::MAX_CONTROL_BYTES),

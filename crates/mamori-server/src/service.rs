@@ -1,16 +1,15 @@
-//! The gRPC services: enrollment (open) and ingest (mutual TLS, agent identity checked
-//! against the state database on every stream).
+//! The enrollment service (open) and what every agent stream shares: the server's state,
+//! limits, and the check of an agent's certificate against the state database
+//! ([`authorise_agent`]). The ingest stream is in `crate::ingest`.
 
 use std::sync::{Arc, Mutex};
 
 use mamori_wire::enrollment::enrollment_server::Enrollment;
-use mamori_wire::ingest::ingest_server::Ingest;
-use mamori_wire::{Ack, Batch, EnrollReply, EnrollRequest, GetCaReply, GetCaRequest};
-use tokio_stream::StreamExt;
-use tonic::{Request, Response, Status, Streaming};
+use mamori_wire::{EnrollReply, EnrollRequest, GetCaReply, GetCaRequest};
+use tonic::{Request, Response, Status};
 
 use crate::state::State;
-use crate::store::{Append, EventLog, Writer};
+use crate::store::{EventLog, Writer};
 
 /// Limits on what an agent may send.
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +66,7 @@ pub struct Shared {
     pub detected: Option<crate::detect::Progress>,
 }
 
-fn internal(e: impl std::fmt::Display) -> Status {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
     tracing::error!("internal error: {e}");
     Status::internal("internal server error")
 }
@@ -179,9 +178,6 @@ fn identity(der: &[u8]) -> Option<(String, String)> {
     Some((cn, serial))
 }
 
-/// The ingest service.
-pub struct IngestService(pub Arc<Shared>);
-
 /// The agent behind a request: its certificate must name an enrolled, unrevoked agent and
 /// be that agent's current certificate. Returns (agent, tenant).
 pub fn authorise_agent<T>(shared: &Shared, r: &Request<T>) -> Result<(String, String), Status> {
@@ -209,185 +205,4 @@ pub fn authorise_agent<T>(shared: &Shared, r: &Request<T>) -> Result<(String, St
         )));
     }
     Ok((id, agent.tenant))
-}
-
-type AckStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Ack, Status>> + Send + 'static>>;
-
-/// One agent's ingest stream as the acknowledgements answer it.
-struct Flow {
-    inbound: Streaming<Batch>,
-    shared: Arc<Shared>,
-    agent: String,
-    tenant: String,
-    ended: bool,
-}
-
-impl Flow {
-    /// Reads the next batch and makes it durable: its acknowledgement, or the refusal that
-    /// ends the stream. `None` when the agent has closed its side.
-    async fn next(&mut self) -> Option<Result<Ack, Status>> {
-        if self.ended {
-            return None;
-        }
-        let batch = match self.inbound.next().await? {
-            Ok(b) => b,
-            Err(status) => {
-                tracing::debug!(agent = %self.agent, "stream ended: {status}");
-                return None;
-            }
-        };
-        if let Err(why) = check(&batch, &self.shared.limits) {
-            tracing::warn!(agent = %self.agent, "malformed batch refused: {why}");
-            self.ended = true;
-            return Some(Err(Status::invalid_argument(why)));
-        }
-        let appended = self
-            .shared
-            .writer
-            .append(Append {
-                tenant: self.tenant.clone(),
-                agent: self.agent.clone(),
-                first_seq: Some(batch.first_seq),
-                events: batch.events,
-            })
-            .await;
-        Some(match appended {
-            Ok(a) => {
-                if a.gap > 0 {
-                    // Agents skip reserved numbers after a restart; real losses are counted
-                    // by the agent (spool eviction) and reported in its health.
-                    tracing::debug!(agent = %self.agent, skipped = a.gap, "sequence jump");
-                }
-                Ok(Ack {
-                    durable_through: a.durable_through,
-                })
-            }
-            Err(e) => {
-                self.ended = true;
-                Err(internal(e))
-            }
-        })
-    }
-}
-
-#[tonic::async_trait]
-impl Ingest for IngestService {
-    type StreamStream = AckStream;
-
-    /// The acknowledgements are the response stream itself: the next batch is read when the
-    /// last acknowledgement has been handed to the connection, so one is in flight at most
-    /// and the agent cannot run ahead of the disk (no task or channel of its own per stream).
-    async fn stream(
-        &self,
-        r: Request<Streaming<Batch>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
-        let (agent, tenant) = authorise_agent(&self.0, &r)?;
-        let _ = self.0.state.touch(&agent);
-        let flow = Flow {
-            inbound: r.into_inner(),
-            shared: self.0.clone(),
-            agent,
-            tenant,
-            ended: false,
-        };
-        let acks = futures_util::stream::unfold(flow, |mut flow| async move {
-            let ack = flow.next().await?;
-            Some((ack, flow))
-        });
-        Ok(Response::new(Box::pin(acks)))
-    }
-}
-
-/// Checks a batch before anything is stored. Events are validated without building a tree
-/// (detection parses them once, later).
-fn check(b: &Batch, limits: &Limits) -> Result<(), String> {
-    if b.first_seq == 0 {
-        return Err("first_seq must be at least 1".into());
-    }
-    if b.events.is_empty() {
-        return Err("empty batch".into());
-    }
-    if b.events.len() > limits.max_batch_events {
-        return Err(format!(
-            "{} events in one batch (at most {})",
-            b.events.len(),
-            limits.max_batch_events
-        ));
-    }
-    if b.first_seq.checked_add(b.events.len() as u64).is_none() {
-        return Err("sequence numbers overflow".into());
-    }
-    for (i, e) in b.events.iter().enumerate() {
-        if e.len() > limits.max_event_bytes {
-            return Err(format!(
-                "event {i}: {} bytes (at most {})",
-                e.len(),
-                limits.max_event_bytes
-            ));
-        }
-        if e.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(format!("event {i}: not a JSON object"));
-        }
-        if let Err(err) = mamori_model::json::validate(e) {
-            return Err(format!("event {i}: not JSON: {err}"));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn malformed_batches_are_refused_with_a_reason() {
-        let l = Limits::default();
-        let ok = Batch {
-            first_seq: 1,
-            events: vec![b"{\"a\":1}".to_vec().into()],
-        };
-        assert!(check(&ok, &l).is_ok());
-        let bad = |first_seq: u64, events: Vec<Vec<u8>>| {
-            let events = events.into_iter().map(Into::into).collect();
-            check(&Batch { first_seq, events }, &l)
-        };
-        assert!(
-            bad(0, vec![b"{}".to_vec()])
-                .unwrap_err()
-                .contains("first_seq")
-        );
-        assert!(bad(1, vec![]).unwrap_err().contains("empty"));
-        assert!(
-            bad(1, vec![b"[1]".to_vec()])
-                .unwrap_err()
-                .contains("not a JSON object")
-        );
-        assert!(
-            bad(1, vec![b"{".to_vec()])
-                .unwrap_err()
-                .contains("not JSON")
-        );
-        // Text the stores could not read back as a string is refused here, not found later.
-        assert!(
-            bad(1, vec![b"{}".to_vec(), b"{\"a\":\"\xff\"}".to_vec()])
-                .unwrap_err()
-                .contains("event 1: not JSON: not UTF-8 at byte 6")
-        );
-        assert!(
-            bad(1, vec![br#"{"a":"\ud800"}"#.to_vec()])
-                .unwrap_err()
-                .contains("lone surrogate")
-        );
-        assert!(
-            bad(u64::MAX, vec![b"{}".to_vec()])
-                .unwrap_err()
-                .contains("overflow")
-        );
-        assert!(
-            bad(1, vec![vec![b' '; (1 << 20) + 1]])
-                .unwrap_err()
-                .contains("bytes")
-        );
-    }
 }

@@ -553,6 +553,164 @@ fn server_killed_with_sigkill_loses_and_duplicates_nothing() {
     }
 }
 
+/// Raw gRPC messages on the ingest stream, for the hostile-client test: bytes out as they
+/// are given, acknowledgements in.
+#[derive(Clone, Copy)]
+struct RawBatches;
+
+impl tonic::codec::Codec for RawBatches {
+    type Encode = Vec<u8>;
+    type Decode = mamori_wire::Ack;
+    type Encoder = RawBatches;
+    type Decoder = RawBatches;
+    fn encoder(&mut self) -> RawBatches {
+        RawBatches
+    }
+    fn decoder(&mut self) -> RawBatches {
+        RawBatches
+    }
+}
+
+impl tonic::codec::Encoder for RawBatches {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBatches {
+    type Item = mamori_wire::Ack;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<mamori_wire::Ack>, tonic::Status> {
+        prost::Message::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+/// Sends `messages` on one ingest stream as agent `ident`: the acknowledgements, or the
+/// status the stream ended with.
+fn raw_stream(
+    ident: &mamori_link::Identity,
+    messages: Vec<Vec<u8>>,
+) -> Result<Vec<u64>, tonic::Status> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = mamori_link::channel(
+            &ident.server,
+            &ident.ca_pem,
+            Some((&ident.cert_pem, &ident.key_pem)),
+        )
+        .await
+        .unwrap();
+        let mut grpc = tonic::client::Grpc::new(ch);
+        grpc.ready().await.unwrap();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/mamori.v1.Ingest/Stream");
+        let n = messages.len();
+        let response = grpc
+            .streaming(
+                tonic::Request::new(tokio_stream::iter(messages)),
+                path,
+                RawBatches,
+            )
+            .await?;
+        let mut acks = response.into_inner();
+        let mut got = Vec::new();
+        while got.len() < n {
+            match acks.message().await? {
+                Some(ack) => got.push(ack.durable_through),
+                None => break,
+            }
+        }
+        Ok(got)
+    })
+}
+
+fn batch_bytes(first_seq: u64, events: &[&str]) -> Vec<u8> {
+    prost::Message::encode_to_vec(&mamori_wire::Batch {
+        first_seq,
+        events: events
+            .iter()
+            .map(|e| e.as_bytes().to_vec().into())
+            .collect(),
+    })
+}
+
+/// A client that speaks gRPC but not Mamori's rules: every bad message ends its stream with
+/// a status that says what was wrong, the good ones before it are kept exactly once, and the
+/// server goes on serving.
+#[test]
+fn hostile_ingest_messages_are_refused_with_a_reason_and_lose_nothing() {
+    let srv = tempdir("server", "hostile-srv");
+    let port = free_port();
+    let (mut server, fp) = start_server(&srv, port);
+    let a = tempdir("server", "hostile-a");
+    enroll(&a, port, &token(&srv, &[]), &fp).expect("enrolls");
+    let ident = mamori_link::Identity::load(&a.join("agent"))
+        .unwrap()
+        .unwrap();
+    let ev = |n: u64| format!("{{\"n\":{n}}}");
+    let (e1, e2, e3) = (ev(0), ev(1), ev(2));
+
+    // Good batches are acknowledged once durable; a replay is acknowledged, not stored again.
+    let acks = raw_stream(
+        &ident,
+        vec![
+            batch_bytes(1, &[&e1, &e2]),
+            batch_bytes(1, &[&e1, &e2]),
+            batch_bytes(3, &[&e3]),
+        ],
+    )
+    .unwrap();
+    assert_eq!(acks, vec![2, 2, 3]);
+
+    // Refusals, each with its reason; what came before the bad message on the same stream is
+    // stored.
+    let refused = |messages: Vec<Vec<u8>>| raw_stream(&ident, messages).unwrap_err();
+    let s = refused(vec![
+        batch_bytes(4, &[&ev(3)]),
+        batch_bytes(5, &["{\"n\":"]),
+    ]);
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("event 0: not JSON"), "{s:?}");
+    let s = refused(vec![vec![0xff; 16]]);
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("not a batch"), "{s:?}");
+    let s = refused(vec![batch_bytes(5, &["[1]"])]);
+    assert!(s.message().contains("not a JSON object"), "{s:?}");
+    let s = refused(vec![batch_bytes(0, &["{}"])]);
+    assert!(s.message().contains("first_seq"), "{s:?}");
+    let s = refused(vec![vec![0; mamori_wire::MAX_MESSAGE_BYTES + 1]]);
+    assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}");
+    assert!(s.message().contains("the limit is 4194304"), "{s:?}");
+    let s = refused(vec![batch_bytes(5, &[])]);
+    assert!(s.message().contains("empty batch"), "{s:?}");
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server is still up"
+    );
+
+    // The real agent carries on after all that, from where the store is.
+    fill_spool(&a, 0, 6);
+    let (ok, err) = ship(&a, None);
+    assert!(ok, "{err}");
+    stop_server(&mut server);
+    // Sequence numbers 1–4 came from the raw streams (n 0–3), 5 and 6 from the spool's
+    // last two records (n 4, 5: the agent skips what the server already holds).
+    let got = stored(&srv, &ident.agent_id);
+    assert_eq!(got, (1..=6).map(|s| (s, s - 1)).collect::<Vec<_>>());
+}
+
 /// A rule on `base64 -d | sh` in a command line.
 const ENCODED_SHELL_RULE: &str = "title: Test Encoded Shell
 id: 5b7f6a4e-0000-4000-8000-00000000c0de
