@@ -15,6 +15,8 @@
 //!   with the outcome. Commands queued while the agent was away are sent when it connects.
 //!
 //! Messages are defined here with `prost` derives; `build.rs` generates the service stubs.
+//! The server reads the ingest stream's gRPC framing itself ([`framing`]), so that a stream
+//! holds no buffer between batches.
 
 #![allow(missing_docs)] // generated stubs
 
@@ -132,6 +134,7 @@ pub mod control {
 }
 
 pub mod command;
+pub mod framing;
 
 /// The byte-buffer type of [`Batch::events`].
 pub use bytes::Bytes;
