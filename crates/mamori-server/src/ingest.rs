@@ -112,6 +112,16 @@ fn trailers(status: &Status) -> http::HeaderMap {
     map
 }
 
+/// The status a framing error ends the stream with.
+fn refusal(e: FrameError) -> Status {
+    match e {
+        FrameError::TooLarge { .. } => Status::out_of_range(e.to_string()),
+        FrameError::Compressed(_) | FrameError::Truncated => {
+            Status::invalid_argument(e.to_string())
+        }
+    }
+}
+
 /// One agent's ingest stream as the acknowledgements answer it.
 struct Flow {
     body: Body,
@@ -128,10 +138,7 @@ impl Flow {
     async fn message(&mut self) -> Result<Option<Bytes>, Status> {
         loop {
             if !self.pending.is_empty() {
-                let msg = self.framing.feed(&mut self.pending).map_err(|e| match e {
-                    FrameError::TooLarge { .. } => Status::out_of_range(e.to_string()),
-                    _ => Status::invalid_argument(e.to_string()),
-                })?;
+                let msg = self.framing.feed(&mut self.pending).map_err(refusal)?;
                 if msg.is_some() {
                     return Ok(msg);
                 }
@@ -149,9 +156,7 @@ impl Flow {
                     return Ok(None);
                 }
                 None => {
-                    self.framing
-                        .finish()
-                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                    self.framing.finish().map_err(refusal)?;
                     return Ok(None);
                 }
             }

@@ -48,27 +48,27 @@ impl Framing {
     /// Takes bytes from the front of `data` until a message is complete (returned; what
     /// follows it stays in `data`) or `data` is used up (`None`).
     pub fn feed(&mut self, data: &mut Bytes) -> Result<Option<Bytes>, FrameError> {
-        if self.body.is_none() {
-            let take = (self.head.len() - self.got).min(data.len());
-            self.head[self.got..self.got + take].copy_from_slice(&data[..take]);
-            data.advance(take);
-            self.got += take;
-            if self.got < self.head.len() {
-                return Ok(None);
+        let (buf, len) = match &mut self.body {
+            Some(body) => body,
+            None => {
+                let take = (self.head.len() - self.got).min(data.len());
+                self.head[self.got..self.got + take].copy_from_slice(&data[..take]);
+                data.advance(take);
+                self.got += take;
+                if self.got < self.head.len() {
+                    return Ok(None);
+                }
+                self.got = 0;
+                if self.head[0] != 0 {
+                    return Err(FrameError::Compressed(self.head[0]));
+                }
+                let [_, l @ ..] = self.head;
+                let len = u32::from_be_bytes(l) as usize;
+                if len > self.max {
+                    return Err(FrameError::TooLarge { len, max: self.max });
+                }
+                self.body.insert((BytesMut::with_capacity(len), len))
             }
-            self.got = 0;
-            if self.head[0] != 0 {
-                return Err(FrameError::Compressed(self.head[0]));
-            }
-            let len = u32::from_be_bytes([self.head[1], self.head[2], self.head[3], self.head[4]])
-                as usize;
-            if len > self.max {
-                return Err(FrameError::TooLarge { len, max: self.max });
-            }
-            self.body = Some((BytesMut::with_capacity(len), len));
-        }
-        let Some((buf, len)) = self.body.as_mut() else {
-            return Ok(None);
         };
         let take = (*len - buf.len()).min(data.len());
         buf.put_slice(&data[..take]);
@@ -123,11 +123,14 @@ mod tests {
         for &end in cuts.iter().chain([&data.len()]) {
             let mut chunk = Bytes::copy_from_slice(&data[at..end.max(at)]);
             at = end.max(at);
+            let frame = chunk.as_ptr() as usize..chunk.as_ptr() as usize + chunk.len();
             while !chunk.is_empty() {
                 if let Some(m) = f.feed(&mut chunk)? {
-                    // A copy: the stream's frame is not kept alive by the message.
-                    let range = chunk.as_ptr() as usize..chunk.as_ptr() as usize + chunk.len();
-                    assert!(chunk.is_empty() || !range.contains(&(m.as_ptr() as usize)));
+                    // A copy: the message does not keep the stream's frame alive.
+                    assert!(
+                        m.is_empty() || !frame.contains(&(m.as_ptr() as usize)),
+                        "a message sliced from its frame"
+                    );
                     out.push(m);
                 }
             }
