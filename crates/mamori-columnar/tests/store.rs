@@ -6,10 +6,7 @@ use std::path::PathBuf;
 use mamori_columnar::{EventStore, Limits, Origin, ParquetStore, Retention, Row, Scope};
 
 fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mamori-col-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    mamori_model::testing::scratch_dir("mamori-col", tag)
 }
 
 const DAY_US: i64 = 86_400 * 1_000_000;

@@ -534,6 +534,63 @@ mod tests {
         let _ = std::fs::remove_dir_all(d);
     }
 
+    #[test]
+    fn reads_give_back_each_event_exactly_with_its_origin() {
+        let d = dir("read-exact");
+        let mut log = EventLog::open(&d, 1 << 30).unwrap();
+        // Events of many sizes, from two agents of two tenants, interleaved batch by batch.
+        let mut want = Vec::new();
+        for b in 0..40u64 {
+            let (tenant, agent) = if b % 3 == 0 { ("t2", "b") } else { ("t1", "a") };
+            let first = want
+                .iter()
+                .filter(|w: &&(u64, _, _, _, _)| w.2 == agent)
+                .count() as u64
+                + 1;
+            let events: Vec<Vec<u8>> = (0..(b % 7 + 1))
+                .map(|i| {
+                    format!(
+                        "{{\"b\":{b},\"pad\":\"{}\"}}",
+                        "x".repeat((b * 37 + i * 101) as usize % 3000)
+                    )
+                    .into_bytes()
+                })
+                .collect();
+            let a = log.append(tenant, agent, first, &events).unwrap();
+            for (i, e) in events.into_iter().enumerate() {
+                want.push((
+                    a.position - a.stored + 1 + i as u64,
+                    tenant,
+                    agent,
+                    first + i as u64,
+                    e,
+                ));
+            }
+        }
+        log.sync().unwrap();
+        // Read in pieces of every size from 1 to 9, each piece after the last.
+        for step in 1..10 {
+            let mut got = Vec::new();
+            let mut from = 1;
+            loop {
+                let piece = log.read(from, step).unwrap();
+                let Some(last) = piece.last() else { break };
+                assert!(piece.len() <= step);
+                from = last.log_seq + 1;
+                got.extend(piece);
+            }
+            assert_eq!(got.len(), want.len(), "step {step}");
+            for (g, (log_seq, tenant, agent, seq, event)) in got.iter().zip(&want) {
+                assert_eq!(
+                    (g.log_seq, &*g.tenant, &*g.agent, g.seq, &g.event[..]),
+                    (*log_seq, *tenant, *agent, *seq, &event[..]),
+                    "step {step}"
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(d);
+    }
+
     fn batch(agent: &str, first_seq: Option<u64>, n: usize) -> Append {
         Append {
             tenant: "t".into(),

@@ -10,13 +10,8 @@ use mamori_spool::{Spool, SpoolConfig};
 fn tempdir(tag: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let p = std::env::temp_dir().join(format!(
-        "mamori-spool-{}-{}-{tag}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&p);
-    p
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    mamori_model::testing::scratch_dir("mamori-spool", &format!("{n}-{tag}"))
 }
 
 fn small() -> SpoolConfig {

@@ -15,14 +15,8 @@ fn bin() -> Command {
 fn tempdir(tag: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let p = std::env::temp_dir().join(format!(
-        "mamori-cli-{}-{}-{tag}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    mamori_model::testing::scratch_dir("mamori-cli", &format!("{n}-{tag}"))
 }
 
 fn shared() -> PathBuf {

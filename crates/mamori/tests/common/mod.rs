@@ -30,12 +30,10 @@ pub fn can_run(name: &str, needs: &str) -> bool {
     false
 }
 
-/// A fresh scratch directory `mamori-<suite>-<pid>-<tag>` under the temporary directory.
+/// A fresh scratch directory `mamori-<suite>-<pid>-<tag>` under the temporary directory
+/// (those of earlier runs are swept: see `mamori_model::testing::scratch_dir`).
 pub fn tempdir(suite: &str, tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("mamori-{suite}-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
+    mamori_model::testing::scratch_dir(&format!("mamori-{suite}"), tag)
 }
 
 /// Installs the SigmaHQ corpus from `../shared/data/sigma` into the Mamori data directory
