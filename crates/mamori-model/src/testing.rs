@@ -29,20 +29,14 @@ pub fn mutate(rng: &mut fastrand::Rng, seed: &[u8], splice_max: usize) -> Vec<u8
 /// up in the temporary directory, and the files of a failed run stay for inspection until
 /// the next run.
 pub fn scratch_dir(prefix: &str, tag: &str) -> std::path::PathBuf {
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-    static SWEPT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    static SWEPT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let tmp = std::env::temp_dir();
-    let first = SWEPT
-        .lock()
-        .map(|mut s| {
-            s.get_or_insert_with(HashSet::new)
-                .insert(prefix.to_string())
-        })
-        .unwrap_or(false);
-    if first {
+    let mut swept = SWEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if !swept.iter().any(|p| p == prefix) {
+        swept.push(prefix.to_string());
         sweep(&tmp, prefix);
     }
+    drop(swept);
     let p = tmp.join(format!("{prefix}-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p)

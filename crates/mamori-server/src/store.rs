@@ -542,11 +542,7 @@ mod tests {
         let mut want = Vec::new();
         for b in 0..40u64 {
             let (tenant, agent) = if b % 3 == 0 { ("t2", "b") } else { ("t1", "a") };
-            let first = want
-                .iter()
-                .filter(|w: &&(u64, _, _, _, _)| w.2 == agent)
-                .count() as u64
-                + 1;
+            let first = log.watermark(agent) + 1;
             let events: Vec<Vec<u8>> = (0..(b % 7 + 1))
                 .map(|i| {
                     format!(
