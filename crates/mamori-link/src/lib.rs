@@ -493,10 +493,11 @@ async fn ship_once(
     .await?;
     let mut client = IngestClient::new(ch).max_decoding_message_size(1 << 20);
     let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(opts.window);
-    let response = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(status_error)?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert(mamori_wire::WINDOW_HEADER, opts.window.into());
+    let response = client.stream(request).await.map_err(status_error)?;
     let mut acks = response.into_inner();
     stats.connects.fetch_add(1, Ordering::Relaxed);
     let acked_at_start = spool

@@ -140,22 +140,23 @@ impl AsyncRead for ReadAhead {
                 }
                 return Poll::Ready(Ok(()));
             }
-            ready!(this.tcp.poll_read_ready(cx))?;
             // Read into the thread's scratch space, keep an exact copy: a connection holds
             // only what it was sent (a 64 KiB buffer per handshake left the heap fragmented).
+            // Through `poll_read`, which takes a short read to mean the socket is drained
+            // (edge-triggered readiness): the next read waits for the next wake-up instead of
+            // asking the kernel once more only to hear EAGAIN (a system call per batch).
             let read = SCRATCH.with_borrow_mut(|scratch| {
                 scratch.clear();
-                let n = this.tcp.try_read_buf(scratch)?;
-                this.buf.extend_from_slice(&scratch[..n]);
-                Ok::<_, io::Error>(n)
+                let mut into = ReadBuf::uninit(scratch.spare_capacity_mut());
+                ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut into))?;
+                let n = into.filled().len();
+                this.buf.extend_from_slice(into.filled());
+                Poll::Ready(Ok::<_, io::Error>(n))
             });
-            match read {
+            match ready!(read)? {
                 // End of stream: nothing read.
-                Ok(0) => return Poll::Ready(Ok(())),
-                Ok(_) => this.at = 0,
-                // Readiness is cleared: the next poll waits for more.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
+                0 => return Poll::Ready(Ok(())),
+                _ => this.at = 0,
             }
         }
     }

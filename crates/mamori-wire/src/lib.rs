@@ -8,7 +8,8 @@
 //! * `Ingest` (client certificate required): `Stream` carries [`Batch`]es of events with
 //!   consecutive sequence numbers from the agent's spool and returns [`Ack`]s: everything up
 //!   to `durable_through` is stored and may be deleted from the spool. Replays of already
-//!   stored numbers are acknowledged without being stored twice.
+//!   stored numbers are acknowledged without being stored twice. An agent that announces
+//!   its window ([`WINDOW_HEADER`]) may get one acknowledgement for several batches.
 //! * `Control` (client certificate required): `Channel` is the response command channel.
 //!   The server sends [`SignedCommand`]s (a JSON [`command::Command`] and the CA's signature
 //!   of exactly those bytes); the agent answers with [`Report`]s: `received`, then `done`
@@ -117,6 +118,12 @@ pub const MAX_CONTROL_BYTES: usize = 32 << 20;
 
 /// Largest gRPC message either side accepts (a batch is at most this big).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Request header of an ingest stream: how many batches the agent keeps in flight before it
+/// waits for an acknowledgement. With it, the server may acknowledge up to `window - 1`
+/// batches at once (each acknowledgement covers everything durable so far) instead of every
+/// batch; without it, every batch is acknowledged.
+pub const WINDOW_HEADER: &str = "mamori-window";
 
 pub mod enrollment {
     //! The `Enrollment` service.

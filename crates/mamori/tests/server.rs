@@ -604,6 +604,24 @@ fn raw_stream(
     ident: &mamori_link::Identity,
     messages: Vec<Vec<u8>>,
 ) -> Result<Vec<u64>, tonic::Status> {
+    let n = messages.len();
+    let (acks, end) = raw_acks(ident, None, tokio_stream::iter(messages), n);
+    match end {
+        Some(status) => Err(status),
+        None => Ok(acks.into_iter().map(|(through, _)| through).collect()),
+    }
+}
+
+/// Sends what `feed` yields on one ingest stream as agent `ident`, announcing `window` (the
+/// `mamori-window` header) when given, until `n` acknowledgements came or the stream ended:
+/// each acknowledgement with when it came (from the start), and the status the stream
+/// ended with if it was not OK.
+fn raw_acks(
+    ident: &mamori_link::Identity,
+    window: Option<u32>,
+    feed: impl tokio_stream::Stream<Item = Vec<u8>> + Send + 'static,
+    n: usize,
+) -> (Vec<(u64, Duration)>, Option<tonic::Status>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ch = mamori_link::channel(
@@ -616,23 +634,26 @@ fn raw_stream(
         let mut grpc = tonic::client::Grpc::new(ch);
         grpc.ready().await.unwrap();
         let path = tonic::codegen::http::uri::PathAndQuery::from_static("/mamori.v1.Ingest/Stream");
-        let n = messages.len();
-        let response = grpc
-            .streaming(
-                tonic::Request::new(tokio_stream::iter(messages)),
-                path,
-                RawBatches,
-            )
-            .await?;
-        let mut acks = response.into_inner();
+        let mut request = tonic::Request::new(feed);
+        if let Some(w) = window {
+            request
+                .metadata_mut()
+                .insert(mamori_wire::WINDOW_HEADER, w.into());
+        }
+        let started = Instant::now();
         let mut got = Vec::new();
+        let mut acks = match grpc.streaming(request, path, RawBatches).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return (got, Some(status)),
+        };
         while got.len() < n {
-            match acks.message().await? {
-                Some(ack) => got.push(ack.durable_through),
-                None => break,
+            match acks.message().await {
+                Ok(Some(ack)) => got.push((ack.durable_through, started.elapsed())),
+                Ok(None) => break,
+                Err(status) => return (got, Some(status)),
             }
         }
-        Ok(got)
+        (got, None)
     })
 }
 
@@ -709,6 +730,74 @@ fn hostile_ingest_messages_are_refused_with_a_reason_and_lose_nothing() {
     // last two records (n 4, 5: the agent skips what the server already holds).
     let got = stored(&srv, &ident.agent_id);
     assert_eq!(got, (1..=6).map(|s| (s, s - 1)).collect::<Vec<_>>());
+}
+
+/// An agent that announces its window (`mamori-window`) gets one acknowledgement for several
+/// durable batches: batches that come together share one, a lone batch is acknowledged
+/// after the server's delay (one second), and batches made durable before a refusal are
+/// acknowledged before the refusal ends the stream. Nothing is lost or stored twice.
+#[test]
+fn acknowledgements_are_coalesced_for_agents_that_announce_their_window() {
+    let srv = tempdir("server", "coalesce-srv");
+    let port = free_port();
+    let (mut server, fp) = start_server(&srv, port);
+    let a = tempdir("server", "coalesce-a");
+    enroll(&a, port, &token(&srv, &[]), &fp).expect("enrolls");
+    let ident = mamori_link::Identity::load(&a.join("agent"))
+        .unwrap()
+        .unwrap();
+    let ev = |n: u64| format!("{{\"n\":{n}}}");
+    let one = |seq: u64| batch_bytes(seq, &[&ev(seq - 1)]);
+
+    // Window 4: three batches sent together are acknowledged once, through the last.
+    let (acks, end) = raw_acks(
+        &ident,
+        Some(4),
+        tokio_stream::iter(vec![one(1), one(2), one(3)]),
+        3,
+    );
+    assert!(end.is_none(), "{end:?}");
+    let through: Vec<u64> = acks.iter().map(|a| a.0).collect();
+    assert_eq!(through, vec![3], "one acknowledgement for three batches");
+
+    // A lone batch on a stream that stays open: acknowledged on its own, after the delay.
+    let feed =
+        tokio_stream::StreamExt::chain(tokio_stream::iter(vec![one(4)]), tokio_stream::pending());
+    let (acks, end) = raw_acks(&ident, Some(4), feed, 1);
+    assert!(end.is_none(), "{end:?}");
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert_eq!(acks[0].0, 4);
+    assert!(
+        acks[0].1 >= Duration::from_millis(900) && acks[0].1 < Duration::from_secs(15),
+        "acknowledged after {:?}: expected the one-second delay",
+        acks[0].1
+    );
+
+    // A good batch, then a malformed one: the good one is acknowledged, then the refusal.
+    let (acks, end) = raw_acks(
+        &ident,
+        Some(4),
+        tokio_stream::iter(vec![one(5), batch_bytes(6, &["{\"n\":"])]),
+        2,
+    );
+    let through: Vec<u64> = acks.iter().map(|a| a.0).collect();
+    assert_eq!(through, vec![5], "durable before the refusal");
+    let status = end.expect("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("not JSON"), "{status:?}");
+
+    // A replay of all of it on a new stream: acknowledged, nothing stored twice.
+    let (acks, end) = raw_acks(
+        &ident,
+        Some(4),
+        tokio_stream::iter((1..=5).map(one).collect::<Vec<_>>()),
+        5,
+    );
+    assert!(end.is_none(), "{end:?}");
+    assert_eq!(acks.last().map(|a| a.0), Some(5), "{acks:?}");
+    stop_server(&mut server);
+    let got = stored(&srv, &ident.agent_id);
+    assert_eq!(got, (1..=5).map(|s| (s, s - 1)).collect::<Vec<_>>());
 }
 
 /// A rule on `base64 -d | sh` in a command line.
