@@ -14,7 +14,9 @@
 //! Acknowledgements are coalesced for agents that say how many batches they keep in flight
 //! (the `mamori-window` request header, [`mamori_wire::WINDOW_HEADER`]): one acknowledgement
 //! covers up to `window - 1` durable batches, or whatever is durable [`ACK_DELAY`] after the
-//! oldest of them, whichever comes first, so an agent never waits on a full window. An ack
+//! oldest of them, whichever comes first, so an agent never waits on a full window (a batch
+//! that came [`ACK_DELAY`] or more after the one before is acknowledged at once: nothing is
+//! likely to join it). An ack
 //! is a TLS record, an HTTP/2 frame and a `writev` (on loopback, also the peer's receive
 //! path): at a few events per batch, acknowledging every batch was a quarter of the gRPC
 //! workers' time. Durability is unchanged: nothing is acknowledged before it is synced, and
@@ -103,6 +105,7 @@ impl IngestService {
             tenant,
             unacked: None,
             ending: None,
+            last_batch: None,
         };
         let frames = futures_util::stream::unfold(Some(flow), |flow| async move {
             let mut flow = flow?;
@@ -167,6 +170,16 @@ struct Flow {
     unacked: Option<Unacked>,
     /// How the stream ends, once the last acknowledgement has gone.
     ending: Option<Status>,
+    /// When the last batch came.
+    last_batch: Option<tokio::time::Instant>,
+}
+
+/// Whether a batch that came at `now` is acknowledged at once: when the one before came
+/// [`ACK_DELAY`] or more earlier, the next is not expected within the delay either, and
+/// waiting would cost a timer and a wake-up and save nothing. The first batch of a stream
+/// waits (what the spool holds at connection comes in a burst).
+fn sparse(last: Option<tokio::time::Instant>, now: tokio::time::Instant) -> bool {
+    last.is_some_and(|t| now.saturating_duration_since(t) >= ACK_DELAY)
 }
 
 /// Durable batches waiting for their acknowledgement.
@@ -227,19 +240,26 @@ impl Flow {
                 None => self.message().await,
             };
             let status = match msg {
-                Ok(Some(msg)) => match self.store(msg).await {
-                    Ok(through) => {
-                        let u = self.unacked.get_or_insert(Unacked {
-                            through,
-                            batches: 0,
-                            since: tokio::time::Instant::now(),
-                        });
-                        u.through = through;
-                        u.batches += 1;
-                        continue;
+                Ok(Some(msg)) => {
+                    let now = tokio::time::Instant::now();
+                    let sparse = sparse(self.last_batch.replace(now), now);
+                    match self.store(msg).await {
+                        Ok(through) => {
+                            let u = self.unacked.get_or_insert(Unacked {
+                                through,
+                                batches: 0,
+                                since: tokio::time::Instant::now(),
+                            });
+                            u.through = through;
+                            u.batches += 1;
+                            if sparse {
+                                return Ok(self.ack());
+                            }
+                            continue;
+                        }
+                        Err(status) => status,
                     }
-                    Err(status) => status,
-                },
+                }
                 Ok(None) => Status::new(Code::Ok, ""),
                 Err(status) => {
                     tracing::warn!(agent = %self.agent, "ingest stream refused: {}", status.message());
@@ -332,6 +352,18 @@ fn check(b: &Batch, limits: &Limits) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_long_after_the_last_is_acknowledged_at_once() {
+        let t = tokio::time::Instant::now();
+        assert!(!sparse(None, t), "the first batch of a stream waits");
+        assert!(
+            !sparse(Some(t), t + ACK_DELAY / 2),
+            "an agent's linger apart"
+        );
+        assert!(sparse(Some(t), t + ACK_DELAY));
+        assert!(sparse(Some(t), t + ACK_DELAY * 3));
+    }
 
     #[test]
     fn malformed_batches_are_refused_with_a_reason() {
