@@ -38,7 +38,7 @@ use tonic::server::NamedService;
 use tonic::{Code, Status};
 
 use crate::service::{Limits, Shared, authorise_agent, internal};
-use crate::store::Append;
+use crate::store::{Append, Progress};
 
 /// The one method this service has.
 const PATH: &str = "/mamori.v1.Ingest/Stream";
@@ -78,9 +78,11 @@ impl tonic::codegen::Service<http::Request<Body>> for IngestService {
 impl IngestService {
     /// Checks the agent and answers with its acknowledgement stream.
     ///
-    /// The acknowledgements are the response body itself: the next batch is read when the
-    /// last acknowledgement has been handed to the connection, so one is in flight at most
-    /// and the agent cannot run ahead of the disk (no task or channel of its own per stream).
+    /// The acknowledgements are the response body itself (no task or channel of its own per
+    /// stream). A stream hands at most as many batches to the log writer as one
+    /// acknowledgement may cover (one for clients that announce no window) and then waits
+    /// until they are durable and acknowledged, so the agent cannot run ahead of the disk;
+    /// the writer's queue is bounded besides.
     fn open(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
         if req.uri().path() != PATH {
             return Err(Status::unimplemented(format!(
@@ -103,6 +105,8 @@ impl IngestService {
             shared: self.0.clone(),
             agent,
             tenant,
+            submitted: 0,
+            progress: Arc::default(),
             unacked: None,
             ending: None,
             last_batch: None,
@@ -164,9 +168,13 @@ struct Flow {
     shared: Arc<Shared>,
     agent: String,
     tenant: String,
-    /// Durable batches acknowledged together, at most.
+    /// Batches acknowledged together, at most.
     coalesce: u32,
-    /// Durable batches not acknowledged yet.
+    /// Batches handed to the log writer so far.
+    submitted: u64,
+    /// How far they are durable.
+    progress: Arc<Progress>,
+    /// Batches not acknowledged yet.
     unacked: Option<Unacked>,
     /// How the stream ends, once the last acknowledgement has gone.
     ending: Option<Status>,
@@ -182,12 +190,10 @@ fn sparse(last: Option<tokio::time::Instant>, now: tokio::time::Instant) -> bool
     last.is_some_and(|t| now.saturating_duration_since(t) >= ACK_DELAY)
 }
 
-/// Durable batches waiting for their acknowledgement.
+/// Batches handed to the log writer and not acknowledged yet.
 struct Unacked {
-    /// The agent's watermark after the last of them.
-    through: u64,
     batches: u32,
-    /// When the first of them became durable.
+    /// When the first of them came.
     since: tokio::time::Instant,
 }
 
@@ -221,20 +227,20 @@ impl Flow {
         }
     }
 
-    /// Reads and stores batches until an acknowledgement is due: the acknowledgement, or the
-    /// status that ends the stream (`Ok` when the agent closed its side) once everything
-    /// durable has been acknowledged.
+    /// Reads batches and hands them to the log writer until an acknowledgement is due: the
+    /// acknowledgement (once what it covers is durable), or the status that ends the stream
+    /// (`Ok` when the agent closed its side) once everything durable has been acknowledged.
     async fn next(&mut self) -> Result<Ack, Status> {
         loop {
             if let Some(status) = self.ending.take() {
                 return Err(status);
             }
             let msg = match &self.unacked {
-                Some(u) if u.batches >= self.coalesce => return Ok(self.ack()),
+                Some(u) if u.batches >= self.coalesce => return self.ack().await,
                 Some(u) => {
                     match tokio::time::timeout_at(u.since + ACK_DELAY, self.message()).await {
                         Ok(msg) => msg,
-                        Err(_) => return Ok(self.ack()),
+                        Err(_) => return self.ack().await,
                     }
                 }
                 None => self.message().await,
@@ -243,17 +249,15 @@ impl Flow {
                 Ok(Some(msg)) => {
                     let now = tokio::time::Instant::now();
                     let sparse = sparse(self.last_batch.replace(now), now);
-                    match self.store(msg).await {
-                        Ok(through) => {
+                    match self.submit(msg).await {
+                        Ok(()) => {
                             let u = self.unacked.get_or_insert(Unacked {
-                                through,
                                 batches: 0,
-                                since: tokio::time::Instant::now(),
+                                since: now,
                             });
-                            u.through = through;
                             u.batches += 1;
                             if sparse {
-                                return Ok(self.ack());
+                                return self.ack().await;
                             }
                             continue;
                         }
@@ -269,22 +273,28 @@ impl Flow {
             // What is durable is acknowledged before the stream ends, even with a refusal.
             if self.unacked.is_some() {
                 self.ending = Some(status);
-                return Ok(self.ack());
+                return self.ack().await;
             }
             return Err(status);
         }
     }
 
-    /// The acknowledgement of every durable batch so far.
-    fn ack(&mut self) -> Ack {
-        Ack {
-            durable_through: self.unacked.take().map_or(0, |u| u.through),
-        }
+    /// The acknowledgement of every batch handed over so far, once they are durable.
+    async fn ack(&mut self) -> Result<Ack, Status> {
+        self.unacked = None;
+        let through = self
+            .progress
+            .durable(self.submitted)
+            .await
+            .map_err(internal)?;
+        Ok(Ack {
+            durable_through: through,
+        })
     }
 
-    /// Checks a batch and makes it durable: the agent's watermark after it, or the refusal
-    /// that ends the stream.
-    async fn store(&mut self, msg: Bytes) -> Result<u64, Status> {
+    /// Checks a batch and hands it to the log writer (without waiting for it to be durable:
+    /// [`Flow::ack`] does), or the refusal that ends the stream.
+    async fn submit(&mut self, msg: Bytes) -> Result<(), Status> {
         let refuse = |agent: &str, why: String| {
             tracing::warn!(%agent, "malformed batch refused: {why}");
             Status::invalid_argument(why)
@@ -292,23 +302,21 @@ impl Flow {
         let batch =
             Batch::decode(msg).map_err(|e| refuse(&self.agent, format!("not a batch: {e}")))?;
         check(&batch, &self.shared.limits).map_err(|why| refuse(&self.agent, why))?;
-        let appended = self
-            .shared
+        self.shared
             .writer
-            .append(Append {
-                tenant: self.tenant.clone(),
-                agent: self.agent.clone(),
-                first_seq: Some(batch.first_seq),
-                events: batch.events,
-            })
+            .submit(
+                Append {
+                    tenant: self.tenant.clone(),
+                    agent: self.agent.clone(),
+                    first_seq: Some(batch.first_seq),
+                    events: batch.events,
+                },
+                &self.progress,
+            )
             .await
             .map_err(internal)?;
-        if appended.gap > 0 {
-            // Agents skip reserved numbers after a restart; real losses are counted by the
-            // agent (spool eviction) and reported in its health.
-            tracing::debug!(agent = %self.agent, skipped = appended.gap, "sequence jump");
-        }
-        Ok(appended.durable_through)
+        self.submitted += 1;
+        Ok(())
     }
 }
 

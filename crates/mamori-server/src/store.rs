@@ -92,7 +92,86 @@ pub struct Append {
 }
 
 /// Answered once a batch is durable (or could not be made so).
-type Done = tokio::sync::oneshot::Sender<Result<Appended, String>>;
+pub enum Done {
+    /// The one waiting for this batch.
+    Once(tokio::sync::oneshot::Sender<Result<Appended, String>>),
+    /// An ingest stream, which reads how far its batches are durable when it acknowledges.
+    Stream(Arc<Progress>),
+}
+
+impl From<tokio::sync::oneshot::Sender<Result<Appended, String>>> for Done {
+    fn from(tx: tokio::sync::oneshot::Sender<Result<Appended, String>>) -> Done {
+        Done::Once(tx)
+    }
+}
+
+impl Done {
+    fn send(self, result: Result<Appended, String>) {
+        match self {
+            Done::Once(tx) => {
+                let _ = tx.send(result);
+            }
+            Done::Stream(p) => p.answer(result),
+        }
+    }
+}
+
+/// How far an ingest stream's batches are durable, published by the writer.
+///
+/// The stream hands batches over without waiting for each ([`Writer::submit`]) and reads
+/// this when an acknowledgement is due: the writer wakes it only if it is waiting then, not
+/// once per batch.
+#[derive(Default)]
+pub struct Progress {
+    /// Batches answered.
+    answered: std::sync::atomic::AtomicU64,
+    /// The agent's watermark after the batches answered.
+    through: std::sync::atomic::AtomicU64,
+    /// The first batch that could not be made durable, and why.
+    failed: std::sync::Mutex<Option<String>>,
+    waiting: futures_util::task::AtomicWaker,
+}
+
+impl Progress {
+    fn answer(&self, result: Result<Appended, String>) {
+        use std::sync::atomic::Ordering;
+        match result {
+            Ok(a) => {
+                self.through.fetch_max(a.durable_through, Ordering::AcqRel);
+            }
+            Err(e) => {
+                if let Ok(mut failed) = self.failed.lock() {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        self.answered.fetch_add(1, Ordering::AcqRel);
+        self.waiting.wake();
+    }
+
+    /// Waits until the first `n` batches submitted are answered: the agent's watermark
+    /// after them, or why one of them could not be made durable.
+    pub async fn durable(&self, n: u64) -> Result<u64, String> {
+        use std::sync::atomic::Ordering;
+        std::future::poll_fn(|cx| {
+            if self.answered.load(Ordering::Acquire) < n {
+                self.waiting.register(cx.waker());
+                if self.answered.load(Ordering::Acquire) < n {
+                    return std::task::Poll::Pending;
+                }
+            }
+            let failed = match self.failed.lock() {
+                Ok(f) => f.clone(),
+                Err(_) => Some("lock poisoned".to_string()),
+            };
+            std::task::Poll::Ready(match failed {
+                Some(e) => Err(e),
+                None => Ok(self.through.load(Ordering::Acquire)),
+            })
+        })
+        .await
+    }
+}
 
 /// Batches queued for the writer at most (ingest waits when it is full).
 const WRITER_QUEUE: usize = 1024;
@@ -132,7 +211,7 @@ impl Writer {
     pub async fn append(&self, a: Append) -> Result<Appended, String> {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.queue
-            .send((a, done))
+            .send((a, done.into()))
             .await
             .map_err(|_| "the event log writer has stopped".to_string())?;
         answer
@@ -140,11 +219,20 @@ impl Writer {
             .map_err(|_| "the event log writer has stopped".to_string())?
     }
 
+    /// Queues a batch of an ingest stream without waiting for it: `progress` says when it
+    /// is durable. Waits only while the queue is full.
+    pub async fn submit(&self, a: Append, progress: &Arc<Progress>) -> Result<(), String> {
+        self.queue
+            .send((a, Done::Stream(progress.clone())))
+            .await
+            .map_err(|_| "the event log writer has stopped".to_string())
+    }
+
     /// Appends a batch; returns once it is durable (from blocking code).
     pub fn append_blocking(&self, a: Append) -> Result<Appended, String> {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.queue
-            .blocking_send((a, done))
+            .blocking_send((a, done.into()))
             .map_err(|_| "the event log writer has stopped".to_string())?;
         answer
             .blocking_recv()
@@ -181,6 +269,13 @@ fn write_loop(
                     *result = log
                         .append(&a.tenant, &a.agent, first, &a.events)
                         .map_err(|e| e.to_string());
+                    // Agents skip reserved numbers after a restart; real losses are counted
+                    // by the agent (spool eviction) and reported in its health.
+                    if let Ok(done) = result
+                        && done.gap > 0
+                    {
+                        tracing::debug!(agent = %a.agent, skipped = done.gap, "sequence jump");
+                    }
                 }
                 // Durable before acknowledged: one sync for the whole round.
                 last_sync = std::time::Instant::now();
@@ -218,7 +313,7 @@ fn write_loop(
             }
         }
         for (_, done, result) in round.drain(..) {
-            let _ = done.send(result);
+            done.send(result);
         }
     }
 }
@@ -596,6 +691,41 @@ mod tests {
         }
     }
 
+    /// A stream that does not wait for each batch reads how far they are durable, and an
+    /// append that failed is never reported as durable.
+    #[test]
+    fn a_stream_reads_how_far_its_batches_are_durable() {
+        let d = dir("progress");
+        let log = std::sync::Mutex::new(EventLog::open(&d, 1 << 30).unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let progress = Arc::new(Progress::default());
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.try_send((batch("a0", Some(1), 3), Done::Stream(progress.clone())))
+            .unwrap();
+        tx.try_send((batch("a0", Some(4), 2), Done::Stream(progress.clone())))
+            .unwrap();
+        drop(tx);
+        write_loop(&log, None, rx);
+        assert_eq!(rt.block_on(progress.durable(2)), Ok(5));
+        // Nothing answered a third batch: still waiting.
+        let waiting = rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_millis(50), progress.durable(3)).await
+        });
+        assert!(waiting.is_err(), "{waiting:?}");
+
+        log.lock().unwrap().failed = true;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.try_send((batch("a0", Some(6), 2), Done::Stream(progress.clone())))
+            .unwrap();
+        drop(tx);
+        write_loop(&log, None, rx);
+        let failed = rt.block_on(progress.durable(3));
+        assert!(failed.unwrap_err().contains("failed earlier"));
+    }
+
     #[test]
     fn batches_queued_together_share_one_sync() {
         let d = dir("round");
@@ -604,13 +734,13 @@ mod tests {
         let mut answers = Vec::new();
         for a in 0..8 {
             let (done, answer) = tokio::sync::oneshot::channel();
-            tx.try_send((batch(&format!("a{a}"), Some(1), 3), done))
+            tx.try_send((batch(&format!("a{a}"), Some(1), 3), done.into()))
                 .unwrap();
             answers.push(answer);
         }
         // The same batch again in the same round: acknowledged, stored once.
         let (done, again) = tokio::sync::oneshot::channel();
-        tx.try_send((batch("a0", Some(1), 3), done)).unwrap();
+        tx.try_send((batch("a0", Some(1), 3), done.into())).unwrap();
         drop(tx);
         let (detect, detected) = std::sync::mpsc::sync_channel(16);
         write_loop(&log, Some(&detect), rx);

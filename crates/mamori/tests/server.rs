@@ -427,18 +427,25 @@ fn the_agent_sends_full_batches_at_once_and_lingers_over_a_trickle() {
         linger,
         ..Default::default()
     });
-    let full = acked_to(&stats, 200);
-    assert_eq!(
-        stats.acked.load(Relaxed),
-        200,
-        "the partial batch went early"
-    );
-    let rest = acked_to(&stats, 250);
+    // Timed by when batches are sent, not acknowledged (the server may hold an
+    // acknowledgement back for up to a second to cover several batches).
+    let sent_to = |stats: &mamori_link::ShipStats, n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while stats.batches.load(Relaxed) < n {
+            assert!(Instant::now() < deadline, "{n} batches not sent in 20 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Instant::now()
+    };
+    let full = sent_to(&stats, 2);
+    acked_to(&stats, 200);
+    let rest = sent_to(&stats, 3);
     assert!(
         rest - full >= linger - Duration::from_millis(500),
         "the partial batch went after {:?}, before the linger",
         rest - full
     );
+    acked_to(&stats, 250);
     assert_eq!(stats.batches.load(Relaxed), 3);
     stop.store(true, Relaxed);
     thread.join().unwrap().unwrap();
