@@ -13,13 +13,12 @@
 //!
 //! Acknowledgements are coalesced for agents that say how many batches they keep in flight
 //! (the `mamori-window` request header, [`mamori_wire::WINDOW_HEADER`]): one acknowledgement
-//! covers up to `window - 1` durable batches, or whatever is durable [`ACK_DELAY`] after the
-//! oldest of them, whichever comes first, so an agent never waits on a full window (a batch
-//! that came [`ACK_DELAY`] or more after the one before is acknowledged at once: nothing is
-//! likely to join it). An ack
-//! is a TLS record, an HTTP/2 frame and a `writev` (on loopback, also the peer's receive
-//! path): at a few events per batch, acknowledging every batch was a quarter of the gRPC
-//! workers' time. Durability is unchanged: nothing is acknowledged before it is synced, and
+//! covers up to `window - 1` batches, or those that came within [`ACK_DELAY`] of the oldest
+//! unacknowledged one, whichever comes first, so an agent never waits on a full window (a
+//! batch that came [`ACK_DELAY`] or more after the one before is acknowledged at once:
+//! nothing is likely to join it). An ack is a TLS record, an HTTP/2 frame and a `writev` (on
+//! loopback, also the peer's receive path): at a few events per batch, acknowledging every
+//! batch was a quarter of the gRPC workers' time. Durability is unchanged: nothing is acknowledged before it is synced, and
 //! what was synced but not yet acknowledged when a connection drops is sent again and
 //! recognised as a replay. Clients without the header get an acknowledgement per batch.
 
@@ -43,11 +42,10 @@ use crate::store::{Append, Progress};
 /// The one method this service has.
 const PATH: &str = "/mamori.v1.Ingest/Stream";
 
-/// How long a durable batch may wait for others to share its acknowledgement.
+/// How long a batch may wait for others to share its acknowledgement.
 pub const ACK_DELAY: Duration = Duration::from_secs(1);
 
-/// Durable batches one acknowledgement may cover, at most (whatever window an agent
-/// announces).
+/// Batches one acknowledgement may cover, at most (whatever window an agent announces).
 const MAX_COALESCED: u32 = 16;
 
 /// The ingest service, routed by its gRPC name.

@@ -92,7 +92,7 @@ pub struct Append {
 }
 
 /// Answered once a batch is durable (or could not be made so).
-pub enum Done {
+enum Done {
     /// The one waiting for this batch.
     Once(tokio::sync::oneshot::Sender<Result<Appended, String>>),
     /// An ingest stream, which reads how far its batches are durable when it acknowledges.

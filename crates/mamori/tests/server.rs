@@ -674,19 +674,26 @@ fn batch_bytes(first_seq: u64, events: &[&str]) -> Vec<u8> {
     })
 }
 
+/// A fresh server and one agent enrolled with it: (server data, server, agent data, the
+/// agent's identity).
+fn server_and_agent(tag: &str) -> (PathBuf, ServerProc, PathBuf, mamori_link::Identity) {
+    let srv = tempdir("server", &format!("{tag}-srv"));
+    let port = free_port();
+    let (server, fp) = start_server(&srv, port);
+    let a = tempdir("server", &format!("{tag}-a"));
+    enroll(&a, port, &token(&srv, &[]), &fp).expect("enrolls");
+    let ident = mamori_link::Identity::load(&a.join("agent"))
+        .unwrap()
+        .unwrap();
+    (srv, server, a, ident)
+}
+
 /// A client that speaks gRPC but not Mamori's rules: every bad message ends its stream with
 /// a status that says what was wrong, the good ones before it are kept exactly once, and the
 /// server goes on serving.
 #[test]
 fn hostile_ingest_messages_are_refused_with_a_reason_and_lose_nothing() {
-    let srv = tempdir("server", "hostile-srv");
-    let port = free_port();
-    let (mut server, fp) = start_server(&srv, port);
-    let a = tempdir("server", "hostile-a");
-    enroll(&a, port, &token(&srv, &[]), &fp).expect("enrolls");
-    let ident = mamori_link::Identity::load(&a.join("agent"))
-        .unwrap()
-        .unwrap();
+    let (srv, mut server, a, ident) = server_and_agent("hostile");
     let ev = |n: u64| format!("{{\"n\":{n}}}");
     let (e1, e2, e3) = (ev(0), ev(1), ev(2));
 
@@ -745,14 +752,7 @@ fn hostile_ingest_messages_are_refused_with_a_reason_and_lose_nothing() {
 /// acknowledged before the refusal ends the stream. Nothing is lost or stored twice.
 #[test]
 fn acknowledgements_are_coalesced_for_agents_that_announce_their_window() {
-    let srv = tempdir("server", "coalesce-srv");
-    let port = free_port();
-    let (mut server, fp) = start_server(&srv, port);
-    let a = tempdir("server", "coalesce-a");
-    enroll(&a, port, &token(&srv, &[]), &fp).expect("enrolls");
-    let ident = mamori_link::Identity::load(&a.join("agent"))
-        .unwrap()
-        .unwrap();
+    let (srv, mut server, _, ident) = server_and_agent("coalesce");
     let ev = |n: u64| format!("{{\"n\":{n}}}");
     let one = |seq: u64| batch_bytes(seq, &[&ev(seq - 1)]);
 
