@@ -86,7 +86,7 @@ fn insert(nodes: &mut Vec<Node>, path: &'static str, slot: usize) {
 }
 
 /// Top-level names that mean another shape than ECS (see `mamori_model::event::detect_shape`).
-const OTHER_SHAPES: &[&str] = &["winlog", "Event", "System", "EventData", "UserData"];
+pub(crate) const OTHER_SHAPES: &[&str] = &["winlog", "Event", "System", "EventData", "UserData"];
 
 /// Top-level names whose being objects makes an event ECS (with `@timestamp`).
 const ECS_OBJECTS: &[&str] = &["event", "process", "host"];

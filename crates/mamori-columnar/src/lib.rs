@@ -27,12 +27,14 @@ pub mod schema;
 pub mod udf;
 
 use std::collections::BTreeMap;
+
+use datafusion::arrow::array::RecordBatch;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub use files::DataFile;
 pub use query::{Engine, Limits, Scope, Table};
-pub use schema::{Origin, RowBuilder};
+pub use schema::{Fields, Origin, RowBuilder};
 
 /// Why the store could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +122,14 @@ pub trait EventStore: Send + Sync {
     /// Stores `rows` (ascending log positions) and records that the log was consumed
     /// through `through`. `now_us` (microseconds since the epoch) dates the files.
     fn write(&self, rows: &[Row<'_>], through: u64, now_us: i64) -> Result<Written, StoreError>;
+    /// Stores rows another part built already (see [`Built`]), as [`EventStore::write`]
+    /// stores events: rows whose log positions are stored already are skipped.
+    fn write_built(
+        &self,
+        built: &[Built],
+        through: u64,
+        now_us: i64,
+    ) -> Result<Written, StoreError>;
     /// The log position stored through: the writer resumes after it.
     fn position(&self) -> u64;
     /// Runs a read-only SQL query over the `events` table.
@@ -128,6 +138,18 @@ pub trait EventStore: Send + Sync {
     fn maintain(&self, now_us: i64) -> Result<Maintenance, StoreError>;
     /// Size and extent.
     fn stats(&self) -> StoreStats;
+}
+
+/// Rows of one tenant built by a part that read the events anyway (detection walks every
+/// event; [`RowBuilder::push_fields`]), so that the store does not read them again.
+#[derive(Debug)]
+pub struct Built {
+    /// The rows' tenant.
+    pub tenant: String,
+    /// Each row's position in the ingest log, ascending.
+    pub log_seqs: Vec<u64>,
+    /// The rows, in the [`schema::schema`].
+    pub batch: RecordBatch,
 }
 
 struct Inner {
@@ -189,6 +211,26 @@ impl ParquetStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Writes the file of one tenant's rows at log positions `from..=to` (`rows` of them,
+    /// which `fill` hands to the file's writer) and counts it.
+    fn write_file(
+        &self,
+        inner: &mut Inner,
+        out: &mut Written,
+        day: &str,
+        (tenant, (from, to), rows): (&str, (u64, u64), usize),
+        fill: impl FnOnce(
+            &mut dyn FnMut(&RecordBatch) -> Result<(), StoreError>,
+        ) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let f = files::write(&self.root, tenant, day, (from, to), schema::schema(), fill)?;
+        inner.high_water.insert(tenant.to_string(), to);
+        inner.files.push(f);
+        out.files += 1;
+        out.rows += rows as u64;
+        Ok(())
+    }
+
     fn record_position(&self, through: u64) -> Result<(), StoreError> {
         let path = self.root.join("position");
         let tmp = self.root.join("position.tmp");
@@ -225,28 +267,75 @@ impl EventStore for ParquetStore {
             };
             // Columns built a batch at a time: a flush's worth of raw events in one buffer
             // was a new allocation for every flush, its pages faulted in one by one.
-            let f = files::write(
-                &self.root,
-                tenant,
-                &day,
-                (from, to),
-                schema::schema(),
-                |write| {
-                    for chunk in rows.chunks(BATCH_ROWS) {
-                        let bytes = chunk.iter().map(|r| r.event.len()).sum();
-                        let mut b = RowBuilder::with_capacity(chunk.len(), bytes);
-                        for r in chunk {
-                            b.push(r.origin, r.event);
-                        }
-                        write(&b.finish())?;
+            let fill = |write: &mut dyn FnMut(&RecordBatch) -> Result<(), StoreError>| {
+                for chunk in rows.chunks(BATCH_ROWS) {
+                    let bytes = chunk.iter().map(|r| r.event.len()).sum();
+                    let mut b = RowBuilder::with_capacity(chunk.len(), bytes);
+                    for r in chunk {
+                        b.push(r.origin, r.event);
                     }
-                    Ok(())
-                },
+                    write(&b.finish())?;
+                }
+                Ok(())
+            };
+            let file = (tenant, (from, to), rows.len());
+            self.write_file(&mut inner, &mut out, &day, file, fill)?;
+        }
+        if through > inner.position {
+            self.record_position(through)?;
+            inner.position = through;
+        }
+        Ok(out)
+    }
+
+    fn write_built(
+        &self,
+        built: &[Built],
+        through: u64,
+        now_us: i64,
+    ) -> Result<Written, StoreError> {
+        let mut inner = self.lock();
+        let day = day_of(now_us);
+        let mut out = Written::default();
+        // One file per tenant, of the rows not stored yet (after a crash, or where the log
+        // was read instead, some are).
+        let mut by_tenant: BTreeMap<&str, Vec<(RecordBatch, u64, u64)>> = BTreeMap::new();
+        for b in built {
+            let n = b.log_seqs.len();
+            if n != b.batch.num_rows() || b.batch.schema() != schema::schema() {
+                return Err(StoreError::Invalid(format!(
+                    "built rows of {}: {} positions for {} rows, or another schema",
+                    b.tenant,
+                    n,
+                    b.batch.num_rows()
+                )));
+            }
+            let hw = inner.high_water.get(&b.tenant).copied().unwrap_or(0);
+            let floor = hw.max(inner.position);
+            let skip = b.log_seqs.partition_point(|&s| s <= floor);
+            out.skipped += skip as u64;
+            if skip == n {
+                continue;
+            }
+            by_tenant.entry(&b.tenant).or_default().push((
+                b.batch.slice(skip, n - skip),
+                b.log_seqs[skip],
+                b.log_seqs[n - 1],
+            ));
+        }
+        for (tenant, batches) in by_tenant {
+            let (from, to) = match (batches.first(), batches.last()) {
+                (Some(a), Some(b)) => (a.1, b.2),
+                _ => continue,
+            };
+            let rows = batches.iter().map(|(b, _, _)| b.num_rows()).sum();
+            self.write_file(
+                &mut inner,
+                &mut out,
+                &day,
+                (tenant, (from, to), rows),
+                |write| batches.iter().try_for_each(|(b, _, _)| write(b)),
             )?;
-            inner.high_water.insert(tenant.to_string(), to);
-            inner.files.push(f);
-            out.files += 1;
-            out.rows += rows.len() as u64;
         }
         if through > inner.position {
             self.record_position(through)?;

@@ -15,9 +15,10 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use mamori_model::event::parse_time;
+use mamori_model::walk::{Item, Leaf};
 use mamori_model::{Event, Shape};
 
-use crate::fast::{Paths, Scalar};
+use crate::fast::{self, Paths, Scalar};
 use serde_json::Value;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -152,7 +153,9 @@ const PROCESS_EXECUTABLE: usize = 8;
 
 /// What the one-pass reader looks for: the ECS path of each of [`COLS`] (same slots), then
 /// the event's time and the names its host may have (in the order `Event::host` tries them).
-static FAST: LazyLock<Paths> = LazyLock::new(|| {
+static FAST: LazyLock<Paths> = LazyLock::new(|| Paths::new(&fast_paths()));
+
+fn fast_paths() -> Vec<&'static str> {
     let mut paths: Vec<&'static str> = COLS.iter().map(|c| c.ecs).collect();
     paths.extend([
         "@timestamp",
@@ -161,8 +164,8 @@ static FAST: LazyLock<Paths> = LazyLock::new(|| {
         "Computer",
         "hostname",
     ]);
-    Paths::new(&paths)
-});
+    paths
+}
 const TIME_SLOT: usize = COLS.len();
 const HOST_SLOTS: [usize; 4] = [
     COLS.len() + 1,
@@ -170,6 +173,164 @@ const HOST_SLOTS: [usize; 4] = [
     COLS.len() + 3,
     COLS.len() + 4,
 ];
+
+/// The wanted paths of [`fast_paths`] by length, with their slots: a field name is
+/// compared with the one or two paths of its length, not looked up by hash.
+static SLOTS_BY_LEN: LazyLock<Vec<Vec<(&'static str, usize)>>> = LazyLock::new(|| {
+    let paths = fast_paths();
+    let mut by_len = vec![Vec::new(); paths.iter().map(|p| p.len()).max().unwrap_or(0) + 1];
+    for (slot, p) in paths.into_iter().enumerate() {
+        by_len[p.len()].push((p, slot));
+    }
+    by_len
+});
+
+/// One column's value as [`Fields`] noted it.
+#[derive(Debug, Default)]
+struct Noted {
+    /// The column text (what `text` makes of the value) when `has_text`, unless the value
+    /// is a number (`num`): written out only if a text column asks.
+    text: String,
+    has_text: bool,
+    num: Option<serde_json::Number>,
+    /// Whether the value is a string (the event's time, host and image are read only from
+    /// strings; a number column reads a string's number only if it asks).
+    is_str: bool,
+}
+
+/// The columns of one event, noted field by field while something else walks it
+/// ([`mamori_model::walk::walk`]: detection does, and hands the row on instead of the
+/// compactor reading the event again). [`RowBuilder::push_fields`] takes them when the walk
+/// read the whole event and it is a plain ECS document (as the one-pass reader would take
+/// it); otherwise it reads the event itself. The row is the same either way (tested).
+#[derive(Debug)]
+pub struct Fields {
+    slots: Vec<Noted>,
+    timestamp: bool,
+    ecs_objects: bool,
+    other_shape: bool,
+    walked: bool,
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        Fields {
+            slots: (0..fast_paths().len()).map(|_| Noted::default()).collect(),
+            timestamp: false,
+            ecs_objects: false,
+            other_shape: false,
+            walked: false,
+        }
+    }
+}
+
+impl Fields {
+    /// Forgets the last event's fields: call before its walk.
+    pub fn clear(&mut self) {
+        for n in &mut self.slots {
+            n.has_text = false;
+            n.num = None;
+            n.is_str = false;
+        }
+        (self.timestamp, self.ecs_objects, self.other_shape) = (false, false, false);
+        self.walked = false;
+    }
+
+    /// Notes one field as the walk hands it over.
+    pub fn note(&mut self, name: &str, leaf: &Leaf<'_>) {
+        if !name.contains('.') {
+            // A top-level name: what decides the document's shape.
+            match (name, leaf) {
+                ("@timestamp", _) => self.timestamp = true,
+                ("event" | "process" | "host", Leaf::Object) => self.ecs_objects = true,
+                _ if fast::OTHER_SHAPES.contains(&name) => self.other_shape = true,
+                _ => {}
+            }
+        }
+        let Some(&(_, slot)) = SLOTS_BY_LEN
+            .get(name.len())
+            .and_then(|c| c.iter().find(|(p, _)| *p == name))
+        else {
+            return;
+        };
+        let n = &mut self.slots[slot];
+        n.text.clear();
+        n.num = None;
+        n.is_str = false;
+        n.has_text = match leaf {
+            Leaf::Object => false,
+            Leaf::One(Item::Num(x)) => {
+                n.num = Some(x.clone());
+                false
+            }
+            Leaf::One(item) => {
+                n.is_str = matches!(item, Item::Str(_));
+                item_text(item, &mut n.text)
+            }
+            Leaf::List(items) => {
+                let mut any = false;
+                for item in items.iter() {
+                    let at = n.text.len();
+                    if any {
+                        n.text.push(',');
+                    }
+                    if item_text(item, &mut n.text) {
+                        any = true;
+                    } else {
+                        n.text.truncate(at);
+                    }
+                }
+                any
+            }
+        };
+    }
+
+    /// Says whether the walk read the whole event (it may give up part way).
+    pub fn walked(&mut self, whole: bool) {
+        self.walked = whole;
+    }
+
+    /// Whether the noted fields are the event's row: walked whole, a plain ECS document.
+    fn complete(&self) -> bool {
+        self.walked && self.timestamp && self.ecs_objects && !self.other_shape
+    }
+
+    fn text(&self, slot: usize) -> Option<Cow<'_, str>> {
+        let n = &self.slots[slot];
+        match &n.num {
+            Some(x) => Some(Cow::Owned(x.to_string())),
+            None => n.has_text.then_some(Cow::Borrowed(n.text.as_str())),
+        }
+    }
+
+    fn int(&self, slot: usize) -> Option<i64> {
+        let n = &self.slots[slot];
+        match &n.num {
+            Some(x) => x.as_i64(),
+            None if n.is_str => parse_int(&n.text),
+            None => None,
+        }
+    }
+
+    fn str(&self, slot: usize) -> Option<&str> {
+        let n = &self.slots[slot];
+        n.is_str.then_some(n.text.as_str())
+    }
+}
+
+/// Appends the column text of a scalar (as `text` makes it); whether it has one.
+fn item_text(item: &Item<'_>, out: &mut String) -> bool {
+    use std::fmt::Write;
+    match item {
+        Item::Str(s) => out.push_str(s),
+        Item::Num(x) => {
+            let _ = write!(out, "{x}");
+        }
+        Item::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Item::Null => return false,
+    }
+    true
+}
 
 /// The table's schema.
 pub fn schema() -> SchemaRef {
@@ -343,6 +504,28 @@ impl RowBuilder {
             self.push_general(origin, event);
         }
         self.raw.append_value(&raw);
+        self.rows += 1;
+    }
+
+    /// Adds one event whose fields were noted in `fields` while it was walked: the same row
+    /// as [`RowBuilder::push`], without reading the event again when they are complete.
+    pub fn push_fields(&mut self, origin: Origin<'_>, fields: &Fields, event: &[u8]) {
+        let raw = match std::str::from_utf8(event) {
+            Ok(raw) if fields.complete() => raw,
+            _ => return self.push(origin, event),
+        };
+        let time = fields
+            .str(TIME_SLOT)
+            .and_then(parse_time)
+            .map(|t| t.timestamp_micros());
+        let host = HOST_SLOTS.into_iter().find_map(|i| fields.str(i));
+        self.append_origin(origin, time, host);
+        self.append_columns(
+            |i| fields.text(i),
+            |i| fields.int(i),
+            fields.str(PROCESS_EXECUTABLE),
+        );
+        self.raw.append_value(raw);
         self.rows += 1;
     }
 
@@ -549,6 +732,33 @@ mod tests {
         (a.finish(), b.finish(), fast)
     }
 
+    /// The rows of `events` through a walk that notes their fields and `push_fields`, and
+    /// how many rows came from the noted fields.
+    fn walked(events: &[Vec<u8>]) -> (RecordBatch, usize) {
+        let mut b = RowBuilder::new();
+        let mut fields = Fields::default();
+        let mut scratch = mamori_model::walk::Scratch::default();
+        let mut taken = 0;
+        for (i, e) in events.iter().enumerate() {
+            fields.clear();
+            let whole = mamori_model::walk::walk(e, &mut scratch, &mut |name, leaf| {
+                fields.note(name, &leaf);
+                mamori_model::walk::Next::Go
+            })
+            .is_ok();
+            fields.walked(whole);
+            taken += usize::from(fields.complete());
+            let o = Origin {
+                tenant: "t",
+                host_id: "h",
+                seq: i as u64,
+                received_us: 5,
+            };
+            b.push_fields(o, &fields, e);
+        }
+        (b.finish(), taken)
+    }
+
     fn sensor_event(pid: u64, cmd: &str) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({
             "@timestamp": "2026-11-26T10:00:00.123456Z",
@@ -573,6 +783,13 @@ mod tests {
         let (a, b, fast) = both(&events);
         assert_eq!(fast, events.len(), "every sensor event is read in one pass");
         assert_eq!(a, b);
+        let (c, taken) = walked(&events);
+        assert_eq!(
+            taken,
+            events.len(),
+            "every sensor event's walk makes its row"
+        );
+        assert_eq!(c, b);
         let cmd = column(&a, "process_command_line").as_string::<i32>();
         assert_eq!(cmd.value(3), "echo \"quoted\\\\ 3\" | base64 -d");
     }
@@ -647,6 +864,13 @@ mod tests {
         assert!(fast > 200, "the reader took only {fast} of 3000 documents");
         assert!(fast < 3000, "the reader gave up on none");
         assert_same(&a, &b, &events);
+        let (c, taken) = walked(&events);
+        assert!(
+            taken > 200,
+            "the walk's fields made only {taken} of 3000 rows"
+        );
+        assert!(taken < 3000, "the walk's fields made every row");
+        assert_same(&c, &b, &events);
     }
 
     /// Fails naming the first column and event where `a` and `b` differ.
@@ -681,5 +905,11 @@ mod tests {
             "only {fast} mutated events took the one-pass reader"
         );
         assert_same(&a, &b, &events);
+        let (c, taken) = walked(&events);
+        assert!(
+            taken > 100,
+            "only {taken} mutated events' walks made their rows"
+        );
+        assert_same(&c, &b, &events);
     }
 }

@@ -471,3 +471,81 @@ fn files_written_after_a_query_are_seen_by_the_next_one() {
     assert_eq!(count(&store, &Scope::Tenant("a".into()), ""), 3);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Rows of `events` (log positions from `from`, tenants alternating as in [`rows`]) built
+/// the way detection builds them, one [`Built`] per tenant.
+fn built(events: &[String], from: u64) -> Vec<mamori_columnar::Built> {
+    let mut by_tenant: Vec<(String, mamori_columnar::RowBuilder, Vec<u64>)> = Vec::new();
+    for r in rows(events, from) {
+        let i = match by_tenant.iter().position(|(t, _, _)| t == r.origin.tenant) {
+            Some(i) => i,
+            None => {
+                by_tenant.push((r.origin.tenant.into(), Default::default(), Vec::new()));
+                by_tenant.len() - 1
+            }
+        };
+        let (_, b, seqs) = &mut by_tenant[i];
+        b.push(r.origin, r.event);
+        seqs.push(r.log_seq);
+    }
+    by_tenant
+        .into_iter()
+        .map(|(tenant, mut b, log_seqs)| mamori_columnar::Built {
+            tenant,
+            log_seqs,
+            batch: b.finish(),
+        })
+        .collect()
+}
+
+#[test]
+fn rows_built_elsewhere_are_stored_once_beside_rows_read_from_the_log() {
+    let d = tempdir("built");
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    let evs: Vec<String> = (0..300).map(event).collect();
+    // Positions 1..=100 read from the log, 1..=200 built by detection (half of them stored
+    // already), then 201..=300 read from the log again.
+    store.write(&rows(&evs[..100], 1), 100, NOW).unwrap();
+    let w = store.write_built(&built(&evs[..200], 1), 200, NOW).unwrap();
+    assert_eq!((w.rows, w.skipped, w.files), (100, 100, 2));
+    assert_eq!(store.position(), 200);
+    let w = store.write(&rows(&evs[200..], 201), 300, NOW).unwrap();
+    assert_eq!((w.rows, w.skipped), (100, 0));
+    // Built again after a restart: nothing new.
+    let store = ParquetStore::open(&d, Retention::default()).unwrap();
+    let w = store.write_built(&built(&evs, 1), 300, NOW).unwrap();
+    assert_eq!((w.rows, w.skipped, w.files), (0, 300, 0));
+    assert_eq!(count(&store, &Scope::All, ""), 300);
+    let distinct = store
+        .query(
+            &Scope::All,
+            "SELECT count(DISTINCT seq) AS n, min(seq) AS lo, max(seq) AS hi FROM events",
+            Limits::default(),
+        )
+        .unwrap()
+        .to_json();
+    assert_eq!(
+        (
+            &distinct["rows"][0]["n"],
+            &distinct["rows"][0]["lo"],
+            &distinct["rows"][0]["hi"]
+        ),
+        (&300.into(), &1.into(), &300.into())
+    );
+    assert_eq!(
+        count(
+            &store,
+            &Scope::Tenant("b".into()),
+            "WHERE process_name = 'curl'"
+        ),
+        0,
+        "curl runs at even positions, tenant a's"
+    );
+    // A batch whose positions do not match its rows is refused, not stored.
+    let mut bad = built(&evs[..10], 301);
+    bad[0].log_seqs.pop();
+    let e = store.write_built(&bad, 310, NOW).unwrap_err();
+    assert!(e.to_string().contains("positions"), "{e}");
+    assert_eq!(store.position(), 300);
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -5,13 +5,19 @@
 //! the store's position, writes it (one file per tenant), and acknowledges the log. Every
 //! minute it applies retention and merges small files. A crash anywhere in between repeats
 //! work but neither loses nor duplicates events (see `mamori_columnar`).
+//!
+//! When detection runs, it walks every event anyway: it builds the rows as it goes and
+//! hands them over through a [`Feed`], and the compactor stores those instead of reading
+//! the log and each event's JSON again. Where the feed has a gap (a restart, detection
+//! behind the store, rows dropped to bound memory) the compactor reads the log as before;
+//! the store skips rows it holds already, so either way each event is stored once.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 
 use std::time::{Duration, Instant};
 
-use mamori_columnar::{EventStore, Origin, Row};
+use mamori_columnar::{Built, EventStore, Origin, Row};
 
 use crate::store::EventLog;
 
@@ -27,14 +33,114 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
+/// What wakes the compactor before its interval is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Flush once more and return.
+    Stop,
+    /// The feed holds enough rows for a file: flush now.
+    Flush,
+}
+
+/// Rows held in the feed beyond which the compactor is woken.
+const FEED_WAKE_ROWS: usize = MAX_ROWS;
+/// Rows held in the feed beyond which it is emptied (the compactor then reads those events
+/// from the log): memory stays bounded when the compactor falls behind.
+const FEED_MAX_ROWS: usize = 2 * MAX_ROWS;
+
+/// Rows detection built, waiting for the compactor: they cover log positions `from..=to`,
+/// every one of them.
+#[derive(Default)]
+pub struct Feed {
+    pending: Mutex<Pending>,
+    wake: Mutex<Option<Sender<Signal>>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    built: Vec<Built>,
+    from: u64,
+    to: u64,
+    rows: usize,
+    /// The compactor was woken for what is held.
+    woken: bool,
+}
+
+impl Feed {
+    /// Where to send [`Signal::Flush`].
+    pub fn wake_with(&self, tx: Sender<Signal>) {
+        *self.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
+    /// Adds rows for log positions `from..=to` (all of them). Rows that do not follow what
+    /// is held replace it: the compactor reads the gap from the log.
+    pub fn push(&self, from: u64, to: u64, built: Vec<Built>) {
+        let rows: usize = built.iter().map(|b| b.log_seqs.len()).sum();
+        if rows == 0 || to < from {
+            return;
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if p.built.is_empty() || from != p.to + 1 || p.rows + rows > FEED_MAX_ROWS {
+            if !p.built.is_empty() {
+                tracing::debug!(
+                    held = p.rows,
+                    "rows for the store dropped; the compactor reads them from the log"
+                );
+            }
+            *p = Pending {
+                from,
+                ..Pending::default()
+            };
+        }
+        p.built.extend(built);
+        p.to = to;
+        p.rows += rows;
+        if p.rows >= FEED_WAKE_ROWS && !p.woken {
+            p.woken = true;
+            if let Some(tx) = &*self.wake.lock().unwrap_or_else(|p| p.into_inner()) {
+                let _ = tx.send(Signal::Flush);
+            }
+        }
+    }
+
+    /// Takes what is held: the rows and the log positions they cover.
+    fn take(&self) -> Option<(Vec<Built>, u64, u64)> {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let p = std::mem::take(&mut *p);
+        (!p.built.is_empty()).then_some((p.built, p.from, p.to))
+    }
+}
+
 /// Moves what the log holds after the store's position into the store; returns the number
-/// of events stored.
+/// of events stored. Rows from the `feed` are stored instead of reading the log where they
+/// follow what the store holds.
 pub fn flush(
     log: &Mutex<EventLog>,
     store: &dyn EventStore,
     detected: Option<&crate::detect::Progress>,
+    feed: Option<&Feed>,
 ) -> Result<u64, String> {
     let mut stored = 0;
+    if let Some((built, from, to)) = feed.and_then(Feed::take) {
+        let position = store.position();
+        if from <= position + 1 && to > position {
+            let w = store
+                .write_built(&built, to, now_us())
+                .map_err(|e| e.to_string())?;
+            let end = log
+                .lock()
+                .map_err(|_| "event log lock poisoned".to_string())?
+                .synced();
+            if end <= to + FEED_WAKE_ROWS as u64 {
+                release(log, store, detected)?;
+                return Ok(w.rows);
+            }
+            // Detection is far behind the log: what is stored must not wait for it (hunting
+            // during an alert storm); the rest comes from the log.
+            stored = w.rows;
+        }
+        // A gap before them (or all stored already): the log has every event.
+    }
     loop {
         let from = store.position() + 1;
         let mut recs = Vec::new();
@@ -101,15 +207,26 @@ fn release(
         .map_err(|e| e.to_string())
 }
 
-/// Runs the compactor until `stop` receives (or its sender is dropped); flushes once more
-/// before returning.
-pub fn run(shared: Arc<crate::service::Shared>, every: Duration, stop: Receiver<()>) {
+/// Runs the compactor until `signals` says stop (or its senders are dropped); flushes once
+/// more before returning.
+pub fn run(shared: Arc<crate::service::Shared>, every: Duration, signals: Receiver<Signal>) {
     let (log, store) = (&shared.log, shared.events.as_ref());
     let mut last_maintenance = Instant::now() - Duration::from_secs(3600);
     loop {
-        let stopping = !matches!(stop.recv_timeout(every), Err(RecvTimeoutError::Timeout));
-        if let Err(e) = flush(log, store, shared.detected.as_ref()) {
+        let stopping = match signals.recv_timeout(every) {
+            Ok(Signal::Flush) | Err(RecvTimeoutError::Timeout) => false,
+            Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => true,
+        };
+        let feed = shared.feed.as_deref();
+        if let Err(e) = flush(log, store, shared.detected.as_ref(), feed) {
             tracing::error!("moving events into the columnar store: {e} (retrying)");
+        }
+        // Stopping: what detection has not built yet is read from the log.
+        if stopping
+            && feed.is_some()
+            && let Err(e) = flush(log, store, shared.detected.as_ref(), None)
+        {
+            tracing::error!("moving events into the columnar store: {e}");
         }
         if last_maintenance.elapsed() >= Duration::from_secs(60) && !stopping {
             last_maintenance = Instant::now();
@@ -138,6 +255,99 @@ mod tests {
     use crate::detect::Progress;
     use crate::state::State;
 
+    /// The rows of log positions `from..=to` as detection builds them (one tenant, agent
+    /// `a1`, whose sequence numbers are the positions).
+    fn built(events: &[Vec<u8>], from: u64, to: u64) -> Vec<Built> {
+        let mut b = mamori_columnar::RowBuilder::new();
+        let mut fields = mamori_columnar::Fields::default();
+        let mut scratch = mamori_model::walk::Scratch::default();
+        for seq in from..=to {
+            let e = &events[seq as usize - 1];
+            fields.clear();
+            let whole = mamori_model::walk::walk(e, &mut scratch, &mut |n, l| {
+                fields.note(n, &l);
+                mamori_model::walk::Next::Go
+            })
+            .is_ok();
+            fields.walked(whole);
+            let origin = Origin {
+                tenant: "t1",
+                host_id: "a1",
+                seq,
+                received_us: 1,
+            };
+            b.push_fields(origin, &fields, e);
+        }
+        vec![Built {
+            tenant: "t1".into(),
+            log_seqs: (from..=to).collect(),
+            batch: b.finish(),
+        }]
+    }
+
+    #[test]
+    fn rows_from_detection_are_stored_and_gaps_are_read_from_the_log() {
+        let d = std::env::temp_dir().join(format!("mamori-feed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let mut log = EventLog::open(&d.join("events"), 1 << 30).unwrap();
+        let events: Vec<Vec<u8>> = (1..=40)
+            .map(|i| {
+                format!(
+                    r#"{{"@timestamp":"2026-11-26T10:00:00Z","event":{{"category":["process"]}},"process":{{"pid":{i},"command_line":"cmd {i}"}}}}"#
+                )
+                .into_bytes()
+            })
+            .collect();
+        log.append("t1", "a1", 1, &events).unwrap();
+        log.sync().unwrap();
+        let store = mamori_columnar::ParquetStore::open(
+            &d.join("columnar"),
+            mamori_columnar::Retention::default(),
+        )
+        .unwrap();
+        let log = Mutex::new(log);
+        let feed = Feed::default();
+        // 1..=10 from detection; 11..=15 never reach the feed; 16..=25 do (a gap, so the
+        // log is read through its end instead); 20..=40 follow (partly stored already).
+        feed.push(1, 10, built(&events, 1, 10));
+        assert_eq!(flush(&log, &store, None, Some(&feed)).unwrap(), 10);
+        assert_eq!(store.position(), 10);
+        feed.push(16, 25, built(&events, 16, 25));
+        assert_eq!(
+            flush(&log, &store, None, Some(&feed)).unwrap(),
+            30,
+            "from the log"
+        );
+        assert_eq!(store.position(), 40);
+        feed.push(20, 40, built(&events, 20, 40));
+        assert_eq!(
+            flush(&log, &store, None, Some(&feed)).unwrap(),
+            0,
+            "stored already"
+        );
+        let t = store
+            .query(
+                &mamori_columnar::Scope::All,
+                "SELECT count(*) AS n, count(DISTINCT process_pid) AS pids, \
+                 count(DISTINCT seq) AS seqs FROM events WHERE process_command_line LIKE 'cmd %'",
+                mamori_columnar::Limits::default(),
+            )
+            .unwrap()
+            .to_json();
+        let row = &t["rows"][0];
+        assert_eq!(
+            (&row["n"], &row["pids"], &row["seqs"]),
+            (&40.into(), &40.into(), &40.into())
+        );
+        // Rows that do not follow what the feed holds replace it.
+        feed.push(41, 42, built(&events, 1, 2));
+        feed.push(50, 51, built(&events, 3, 4));
+        let (_, from, to) = feed.take().unwrap();
+        assert_eq!((from, to), (50, 51));
+        assert!(feed.take().is_none());
+        let _ = std::fs::remove_dir_all(d);
+    }
+
     #[test]
     fn the_log_keeps_what_detection_has_not_passed() {
         let d = std::env::temp_dir().join(format!("mamori-compact-{}", std::process::id()));
@@ -161,15 +371,15 @@ mod tests {
         .unwrap();
         let log = Mutex::new(log);
         let unread = |log: &Mutex<EventLog>| log.lock().unwrap().read(1, 100).unwrap().len();
-        assert_eq!(flush(&log, &store, Some(&behind)).unwrap(), 10);
+        assert_eq!(flush(&log, &store, Some(&behind), None).unwrap(), 10);
         assert_eq!(unread(&log), 10, "stored, but not detected: kept");
         // Detection has passed 4 of them: those go, the rest stay (nothing new to store).
         state.set_detected_through(4).unwrap();
         let progress = Progress::load(&state, &log.lock().unwrap()).unwrap();
-        assert_eq!(flush(&log, &store, Some(&progress)).unwrap(), 0);
+        assert_eq!(flush(&log, &store, Some(&progress), None).unwrap(), 0);
         assert_eq!(unread(&log), 6);
         // Without detection, what is stored goes.
-        assert_eq!(flush(&log, &store, None).unwrap(), 0);
+        assert_eq!(flush(&log, &store, None, None).unwrap(), 0);
         assert_eq!(unread(&log), 0);
         let _ = std::fs::remove_dir_all(d);
     }

@@ -50,6 +50,10 @@ pub struct Job {
     pub agent: String,
     /// Its tenant.
     pub tenant: String,
+    /// The agent's sequence number of the first event (the others follow it).
+    pub first_seq: u64,
+    /// The log position of the first event (the others follow it).
+    pub first_log_seq: u64,
     /// The events (JSON objects, validated at ingest).
     pub events: Vec<mamori_wire::Bytes>,
 }
@@ -141,12 +145,19 @@ pub fn replay(
         for r in recs {
             sent += 1;
             match jobs.last_mut() {
-                Some(j) if *j.agent == *r.agent && *j.tenant == *r.tenant => {
+                Some(j)
+                    if *j.agent == *r.agent
+                        && *j.tenant == *r.tenant
+                        && j.first_seq + j.events.len() as u64 == r.seq
+                        && j.first_log_seq + j.events.len() as u64 == r.log_seq =>
+                {
                     j.events.push(r.event.into())
                 }
                 _ => jobs.push(Job {
                     agent: r.agent.to_string(),
                     tenant: r.tenant.to_string(),
+                    first_seq: r.seq,
+                    first_log_seq: r.log_seq,
                     events: vec![r.event.into()],
                 }),
             }
@@ -165,6 +176,7 @@ pub fn spawn(
     state: Arc<State>,
     soc: Soc,
     progress: Progress,
+    feed: Option<Arc<crate::compact::Feed>>,
 ) -> SyncSender<Msg> {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     std::thread::Builder::new()
@@ -178,8 +190,10 @@ pub fn spawn(
                 progress,
                 at: Instant::now(),
             };
-            while let Some(next) = run(&rules, &disabled, &state, &soc, &mut trees, &mut saved, &rx)
-            {
+            let feed = feed.as_deref();
+            while let Some(next) = run(
+                &rules, &disabled, &state, &soc, &mut trees, &mut saved, feed, &rx,
+            ) {
                 tracing::info!(rules = next.rules().len(), "detection rules replaced");
                 rules = next;
             }
@@ -909,7 +923,9 @@ const FED_KEEP: usize = 4096;
 /// The longest wait between two attempts at a round the state database refused.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Scans with `rules` until the queue closes (`None`) or brings new rules.
+/// Scans with `rules` until the queue closes (`None`) or brings new rules; hands the rows
+/// it builds to `feed`.
+#[allow(clippy::too_many_arguments)]
 fn run(
     rules: &RuleSet,
     disabled: &Disabled,
@@ -917,6 +933,7 @@ fn run(
     soc: &Soc,
     trees: &mut Trees,
     saved: &mut Saved,
+    feed: Option<&crate::compact::Feed>,
     rx: &Receiver<Msg>,
 ) -> Option<Arc<RuleSet>> {
     let mut d = Detector {
@@ -930,6 +947,7 @@ fn run(
         fired: Vec::new(),
         hits: Vec::new(),
         facts: Facts::default(),
+        rows: feed.map(StoreRows::new),
     };
     loop {
         let msg = match rx.recv_timeout(PROGRESS_EVERY) {
@@ -957,6 +975,9 @@ fn run(
                 .and_then(|()| round.finish(soc, saved, through));
             match done {
                 Ok(()) => {
+                    if let Some(rows) = &mut d.rows {
+                        rows.hand_over(&jobs);
+                    }
                     if attempt > 1 {
                         saved.progress.set_failing(None);
                         tracing::info!(attempt, "the refused round is recorded");
@@ -996,6 +1017,96 @@ struct Detector<'r> {
     fired: Vec<mamori_sigma::CorrelationMatch>,
     hits: Vec<usize>,
     facts: Facts,
+    /// The store's rows of the round's events, built from the walk (none without a feed).
+    rows: Option<StoreRows<'r>>,
+}
+
+/// The store's rows of one round, built from detection's walk of each event (see
+/// `compact::Feed`): by tenant, with each row's log position.
+struct StoreRows<'f> {
+    feed: &'f crate::compact::Feed,
+    fields: mamori_columnar::Fields,
+    tenants: Vec<(String, mamori_columnar::RowBuilder, Vec<u64>)>,
+    received_us: i64,
+}
+
+impl<'f> StoreRows<'f> {
+    fn new(feed: &'f crate::compact::Feed) -> Self {
+        StoreRows {
+            feed,
+            fields: mamori_columnar::Fields::default(),
+            tenants: Vec::new(),
+            received_us: 0,
+        }
+    }
+
+    /// Starts a round (again, after a failed attempt).
+    fn begin(&mut self, jobs: &[Job]) {
+        self.tenants.clear();
+        self.received_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        // Each tenant's builder sized for its events: Arrow's buffers do not grow in place.
+        let mut sizes: Vec<(&str, usize, usize)> = Vec::new();
+        for j in jobs {
+            let bytes = j.events.iter().map(|e| e.len()).sum::<usize>();
+            match sizes.iter_mut().find(|(t, _, _)| *t == j.tenant) {
+                Some((_, n, b)) => (*n, *b) = (*n + j.events.len(), *b + bytes),
+                None => sizes.push((&j.tenant, j.events.len(), bytes)),
+            }
+        }
+        self.tenants
+            .extend(sizes.into_iter().map(|(tenant, events, bytes)| {
+                (
+                    tenant.to_string(),
+                    mamori_columnar::RowBuilder::with_capacity(events, bytes),
+                    Vec::with_capacity(events),
+                )
+            }));
+    }
+
+    /// Adds the row of `job`'s event `i`, whose fields the walk noted (or not).
+    fn push(&mut self, job: &Job, i: usize, raw: &[u8]) {
+        let Some((_, b, seqs)) = self.tenants.iter_mut().find(|(t, _, _)| *t == job.tenant) else {
+            return;
+        };
+        let origin = mamori_columnar::Origin {
+            tenant: &job.tenant,
+            host_id: &job.agent,
+            seq: job.first_seq + i as u64,
+            received_us: self.received_us,
+        };
+        b.push_fields(origin, &self.fields, raw);
+        seqs.push(job.first_log_seq + i as u64);
+    }
+
+    /// Hands the recorded round's rows to the compactor, when its jobs cover consecutive
+    /// log positions (they do, but the compactor must never be told of a position it is
+    /// not given).
+    fn hand_over(&mut self, jobs: &[Job]) {
+        let mut next = None;
+        for j in jobs {
+            if next.is_some_and(|n| n != j.first_log_seq) {
+                tracing::debug!("a round with a gap in log positions: the compactor reads it");
+                self.tenants.clear();
+                return;
+            }
+            next = Some(j.first_log_seq + j.events.len() as u64);
+        }
+        let (Some(first), Some(end)) = (jobs.first(), next) else {
+            return;
+        };
+        let built = self
+            .tenants
+            .drain(..)
+            .map(|(tenant, mut b, log_seqs)| mamori_columnar::Built {
+                tenant,
+                log_seqs,
+                batch: b.finish(),
+            })
+            .collect();
+        self.feed.push(first.first_log_seq, end - 1, built);
+    }
 }
 
 impl<'r> Detector<'r> {
@@ -1006,9 +1117,15 @@ impl<'r> Detector<'r> {
         trees: &mut Trees,
         jobs: &[Job],
     ) -> Result<(), ServerError> {
+        if let Some(rows) = &mut self.rows {
+            rows.begin(jobs);
+        }
         for job in jobs {
-            for raw in &job.events {
+            for (i, raw) in job.events.iter().enumerate() {
                 self.event(round, trees, job, raw)?;
+                if let Some(rows) = &mut self.rows {
+                    rows.push(job, i, raw);
+                }
             }
         }
         Ok(())
@@ -1023,17 +1140,30 @@ impl<'r> Detector<'r> {
     ) -> Result<(), ServerError> {
         let (rules, soc, hits, facts) = (self.rules, self.soc, &mut self.hits, &mut self.facts);
         // Most events are the sensor's and match nothing: matched in one pass over the text,
-        // the tree is built only for a hit (or whatever the one pass leaves).
+        // the tree is built only for a hit (or whatever the one pass leaves). The same pass
+        // notes the store's columns.
         hits.clear();
         facts.clear();
+        let mut fields = self.rows.as_mut().map(|r| &mut r.fields);
+        if let Some(f) = fields.as_mut() {
+            f.clear();
+        }
         // A sensor event (not a heartbeat) read in one pass has the hits a scan of its tree
         // would give; only a connection to an external address needs the tree besides, for
         // the fact it adds to its process tree.
-        let scanned = self
+        let walked = self
             .scanner
-            .scan_ecs_json_with(raw, hits, &mut |name, leaf| facts.note(name, leaf))
-            .is_ok()
-            && facts.sensor();
+            .scan_ecs_json_with(raw, hits, &mut |name, leaf| {
+                facts.note(name, leaf);
+                if let Some(f) = fields.as_mut() {
+                    f.note(name, leaf);
+                }
+            })
+            .is_ok();
+        if let Some(f) = fields {
+            f.walked(walked);
+        }
+        let scanned = walked && facts.sensor();
         let external = scanned.then(|| facts.external(soc, &job.tenant)).flatten();
         let plain = scanned && external.is_none();
         if !scanned {

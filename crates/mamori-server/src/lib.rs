@@ -251,6 +251,9 @@ impl Server {
         // Recorded even without rules: a later start with rules detects what the log still
         // holds from then on.
         let progress = detect::Progress::load(&state, &log)?;
+        let feed = detect_state
+            .is_some()
+            .then(|| Arc::new(compact::Feed::default()));
         let detect = rules.as_ref().zip(detect_state).map(|(r, detect_state)| {
             detect::spawn(
                 r.current(),
@@ -261,6 +264,7 @@ impl Server {
                     contain: contain_tx.clone(),
                 },
                 progress.clone(),
+                feed.clone(),
             )
         });
         let behind = log.synced().saturating_sub(progress.through());
@@ -298,6 +302,7 @@ impl Server {
             local_agents: Default::default(),
             policy,
             detected,
+            feed,
         });
         // Automatic containment: isolation commands must be signed, so a thread with the
         // server's shared state serves the detection thread's requests (a weak reference: it
@@ -372,6 +377,9 @@ impl Server {
         });
         // Events into the columnar store.
         let (stop_compactor, stop) = std::sync::mpsc::channel();
+        if let Some(feed) = &self.shared.feed {
+            feed.wake_with(stop_compactor.clone());
+        }
         let compactor = {
             let shared = self.shared.clone();
             let every = std::time::Duration::from_secs(self.config.flush_seconds);
@@ -400,7 +408,7 @@ impl Server {
             .map_err(|e| ServerError::Transport(format!("{listen}: {e}")));
         acceptor.abort();
         watcher.abort();
-        let _ = stop_compactor.send(());
+        let _ = stop_compactor.send(compact::Signal::Stop);
         let _ = compactor.join();
         if let Ok(mut log) = self.shared.log.lock() {
             log.close()?;

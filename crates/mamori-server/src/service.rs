@@ -64,6 +64,8 @@ pub struct Shared {
     /// How far detection has gone through the log (none without detection): the log keeps
     /// what it has not passed.
     pub detected: Option<crate::detect::Progress>,
+    /// Rows detection built for the store (none without detection).
+    pub feed: Option<Arc<crate::compact::Feed>>,
 }
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> Status {

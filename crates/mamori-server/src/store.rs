@@ -300,10 +300,15 @@ fn write_loop(
             let jobs: Vec<crate::detect::Job> = round
                 .iter_mut()
                 .filter_map(|(a, _, r)| {
-                    let stored = r.as_ref().ok()?.stored as usize;
+                    let done = r.as_ref().ok()?;
+                    let stored = done.stored as usize;
+                    // The stored events are the batch's last (replayed ones come first), at
+                    // consecutive log positions.
                     (stored > 0).then(|| crate::detect::Job {
                         agent: a.agent.clone(),
                         tenant: a.tenant.clone(),
+                        first_seq: done.durable_through + 1 - done.stored,
+                        first_log_seq: done.position + 1 - done.stored,
                         events: a.events.split_off(a.events.len() - stored),
                     })
                 })
