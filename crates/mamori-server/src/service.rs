@@ -46,7 +46,8 @@ pub struct Shared {
     pub log: Arc<Mutex<EventLog>>,
     /// Appends batches to the log, durable before they are acknowledged.
     pub writer: Writer,
-    /// The columnar store the compactor fills from the log; queries read it.
+    /// The columnar store the compactor fills (from detection's rows, or from the log);
+    /// queries read it.
     pub events: Arc<dyn mamori_columnar::EventStore>,
     /// Limits.
     pub limits: Limits,
