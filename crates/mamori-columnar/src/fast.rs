@@ -89,7 +89,7 @@ fn insert(nodes: &mut Vec<Node>, path: &'static str, slot: usize) {
 pub(crate) const OTHER_SHAPES: &[&str] = &["winlog", "Event", "System", "EventData", "UserData"];
 
 /// Top-level names whose being objects makes an event ECS (with `@timestamp`).
-const ECS_OBJECTS: &[&str] = &["event", "process", "host"];
+pub(crate) const ECS_OBJECTS: &[&str] = &["event", "process", "host"];
 
 /// What one event gave: the value of each wanted path (by slot), and which of
 /// [`ECS_OBJECTS`] were objects.

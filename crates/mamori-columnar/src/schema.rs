@@ -242,7 +242,7 @@ impl Fields {
             // A top-level name: what decides the document's shape.
             match (name, leaf) {
                 ("@timestamp", _) => self.timestamp = true,
-                ("event" | "process" | "host", Leaf::Object) => self.ecs_objects = true,
+                (_, Leaf::Object) if fast::ECS_OBJECTS.contains(&name) => self.ecs_objects = true,
                 _ if fast::OTHER_SHAPES.contains(&name) => self.other_shape = true,
                 _ => {}
             }
@@ -332,8 +332,13 @@ fn item_text(item: &Item<'_>, out: &mut String) -> bool {
     true
 }
 
-/// The table's schema.
+/// The table's schema (built once: every round's row builder and every file asks for it).
 pub fn schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(build_schema);
+    SCHEMA.clone()
+}
+
+fn build_schema() -> SchemaRef {
     let mut fields = vec![
         Field::new(
             "time",
