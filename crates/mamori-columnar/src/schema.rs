@@ -249,7 +249,13 @@ impl Fields {
         }
         let Some(&(_, slot)) = SLOTS_BY_LEN
             .get(name.len())
-            .and_then(|c| c.iter().find(|(p, _)| *p == name))
+            // The last byte first: names of one length mostly differ there (`.name`,
+            // `.pid`, `.ip`), and most fields are none of the columns'.
+            .and_then(|c| {
+                let last = name.as_bytes().last();
+                c.iter()
+                    .find(|(p, _)| p.as_bytes().last() == last && *p == name)
+            })
         else {
             return;
         };

@@ -272,12 +272,13 @@ async fn main() {
                     .await
                     .expect("connecting a simulated agent");
             let mut client = IngestClient::new(ch);
-            let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(4);
             // The real agent's default window, announced as it does.
+            let window = mamori_link::ShipOptions::default().window;
+            let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(window);
             let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
             request
                 .metadata_mut()
-                .insert(mamori_wire::WINDOW_HEADER, 4.into());
+                .insert(mamori_wire::WINDOW_HEADER, window.into());
             let mut acks = client
                 .stream(request)
                 .await
@@ -423,7 +424,7 @@ async fn main() {
     // Last alerts, polled at once: the agent tasks sleep until their next tick (up to an
     // interval: 5 s at 10,000 agents), and waiting for them first added that wait to the
     // latency of the markers sent last.
-    for _ in 0..40 {
+    for _ in 0..60 {
         if !poll(&mut seen, &mut latencies).await {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -431,9 +432,9 @@ async fn main() {
     for t in tasks {
         t.abort();
     }
-    // The server may hold an acknowledgement back for up to a second (it coalesces them,
+    // The server may hold an acknowledgement back for up to two seconds (it coalesces them,
     // `mamori_server::ingest::ACK_DELAY`): the events of the load are counted once the
-    // last acknowledgements had the ~2 s of the sweep above to come.
+    // last acknowledgements had the ~3 s of the sweep above to come.
     let sent_load = sent.load(Ordering::Relaxed);
     let acked_all = acked.load(Ordering::Relaxed) - acked_start;
     latencies.sort_by(|x, y| x.total_cmp(y));

@@ -364,7 +364,10 @@ pub struct ShipOptions {
     pub batch_events: usize,
     /// Bytes per batch at most (kept under the server's message limit).
     pub batch_bytes: usize,
-    /// Batches sent ahead of their acknowledgement.
+    /// Batches sent ahead of their acknowledgement (announced to the server, which may then
+    /// acknowledge up to `window - 1` at once, or what came within
+    /// `mamori_server::ingest::ACK_DELAY`: four batches at the default linger, so the
+    /// default window of 8 never makes the agent wait).
     pub window: usize,
     /// How long events may wait for more to join their batch. A batch that is not full is
     /// sent only this long after the last one: an agent that records a few events a second
@@ -381,7 +384,7 @@ impl Default for ShipOptions {
         ShipOptions {
             batch_events: 2000,
             batch_bytes: mamori_wire::MAX_MESSAGE_BYTES / 2,
-            window: 4,
+            window: 8,
             linger: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
         }

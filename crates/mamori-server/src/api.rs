@@ -601,8 +601,8 @@ async fn upload_windows(
         let appended = shared
             .writer
             .append_blocking(crate::store::Append {
-                tenant: tenant.clone(),
-                agent,
+                tenant: tenant.as_str().into(),
+                agent: agent.into(),
                 first_seq: None,
                 events,
             })

@@ -47,9 +47,9 @@ const QUEUE: usize = 4;
 #[derive(Debug)]
 pub struct Job {
     /// Agent that sent them.
-    pub agent: String,
+    pub agent: std::sync::Arc<str>,
     /// Its tenant.
-    pub tenant: String,
+    pub tenant: std::sync::Arc<str>,
     /// The agent's sequence number of the first event (the others follow it).
     pub first_seq: u64,
     /// The log position of the first event (the others follow it).
@@ -154,8 +154,8 @@ pub fn replay(
                     j.events.push(r.event.into())
                 }
                 _ => jobs.push(Job {
-                    agent: r.agent.to_string(),
-                    tenant: r.tenant.to_string(),
+                    agent: r.agent.clone(),
+                    tenant: r.tenant.clone(),
                     first_seq: r.seq,
                     first_log_seq: r.log_seq,
                     events: vec![r.event.into()],
@@ -1050,9 +1050,9 @@ impl<'f> StoreRows<'f> {
         let mut sizes: Vec<(&str, usize, usize)> = Vec::new();
         for j in jobs {
             let bytes = j.events.iter().map(|e| e.len()).sum::<usize>();
-            match sizes.iter_mut().find(|(t, _, _)| *t == j.tenant) {
+            match sizes.iter_mut().find(|(t, _, _)| *t == &*j.tenant) {
                 Some((_, n, b)) => (*n, *b) = (*n + j.events.len(), *b + bytes),
-                None => sizes.push((&j.tenant, j.events.len(), bytes)),
+                None => sizes.push((&*j.tenant, j.events.len(), bytes)),
             }
         }
         self.tenants
@@ -1067,7 +1067,11 @@ impl<'f> StoreRows<'f> {
 
     /// Adds the row of `job`'s event `i`, whose fields the walk noted (or not).
     fn push(&mut self, job: &Job, i: usize, raw: &[u8]) {
-        let Some((_, b, seqs)) = self.tenants.iter_mut().find(|(t, _, _)| *t == job.tenant) else {
+        let Some((_, b, seqs)) = self
+            .tenants
+            .iter_mut()
+            .find(|(t, _, _)| t.as_str() == &*job.tenant)
+        else {
             return;
         };
         let origin = mamori_columnar::Origin {
@@ -1247,7 +1251,7 @@ impl<'r> Detector<'r> {
             }
             self.fired.clear();
             self.correlators
-                .entry(job.tenant.clone())
+                .entry(job.tenant.to_string())
                 .or_insert_with(|| Correlator::new(rules))
                 .push(&input, &mut self.fired);
             for m in &self.fired {

@@ -80,10 +80,10 @@ pub struct Appended {
 
 /// A batch for the log writer ([`Writer`]).
 pub struct Append {
-    /// The tenant it belongs to.
-    pub tenant: String,
+    /// The tenant it belongs to (shared: a stream sends every batch with the same).
+    pub tenant: Arc<str>,
     /// The agent that sent it.
-    pub agent: String,
+    pub agent: Arc<str>,
     /// The agent's sequence number of the first event; `None`: the numbers after its
     /// watermark (uploads, whose events carry no numbers of their own).
     pub first_seq: Option<u64>,

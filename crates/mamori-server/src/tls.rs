@@ -145,17 +145,24 @@ impl AsyncRead for ReadAhead {
             // Through `poll_read`, which takes a short read to mean the socket is drained
             // (edge-triggered readiness): the next read waits for the next wake-up instead of
             // asking the kernel once more only to hear EAGAIN (a system call per batch).
+            // What fits in the caller's buffer (a batch of a few events, most of the time)
+            // goes there at once, with no copy of its own.
             let read = SCRATCH.with_borrow_mut(|scratch| {
                 scratch.clear();
                 let mut into = ReadBuf::uninit(scratch.spare_capacity_mut());
                 ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut into))?;
                 let n = into.filled().len();
-                this.buf.extend_from_slice(into.filled());
+                if n <= out.remaining() {
+                    out.put_slice(into.filled());
+                } else {
+                    this.buf.extend_from_slice(into.filled());
+                }
                 Poll::Ready(Ok::<_, io::Error>(n))
             });
             match ready!(read)? {
                 // End of stream: nothing read.
                 0 => return Poll::Ready(Ok(())),
+                _ if this.buf.is_empty() => return Poll::Ready(Ok(())),
                 _ => this.at = 0,
             }
         }
