@@ -1286,13 +1286,18 @@ correlation:
     );
 }
 
+/// The heartbeat interval the test's agents report. Each `mamori agent ship` below waits for
+/// its acknowledgement, which the server may hold for `ACK_DELAY` (2 s): the inventory is read
+/// ~4 s after the first heartbeat, well before three intervals of silence.
+const HEARTBEAT_S: u64 = 3;
+
 fn heartbeat(action: &str, missing: &[&str]) -> String {
     serde_json::json!({
         "@timestamp": "2026-11-26T10:00:00Z",
         "event": {"kind": "metric", "category": ["host"], "type": ["info"], "action": action,
                   "module": "mamori", "dataset": "mamori.health"},
         "host": {"name": "web1", "os": {"type": "linux"}, "ip": ["10.1.2.3"]},
-        "mamori": {"heartbeat_interval_s": 1,
+        "mamori": {"heartbeat_interval_s": HEARTBEAT_S,
                    "health": {"missing": missing, "dropped": {"ring_buffer_full": 0}}},
     })
     .to_string()
@@ -1391,8 +1396,8 @@ fn heartbeats_fill_the_inventory_and_silence_or_a_stop_raises_an_alert() {
     assert_eq!(q["health"]["missing"][0], "login");
     let s = inv.iter().find(|h| h["agent"] == s_id.as_str()).unwrap();
     assert_eq!(s["status"], "stopped", "{s}");
-    // A stop is an alert at once; silence after three 1 s intervals (checked every 2 s).
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // A stop is an alert at once; silence after three intervals (checked every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(15 + 3 * HEARTBEAT_S);
     let found = loop {
         let a = alerts(&srv);
         let silent = a
