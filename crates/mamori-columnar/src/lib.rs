@@ -27,10 +27,10 @@ pub mod schema;
 pub mod udf;
 
 use std::collections::BTreeMap;
-
-use datafusion::arrow::array::RecordBatch;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use datafusion::arrow::array::RecordBatch;
 
 pub use files::DataFile;
 pub use query::{Engine, Limits, Scope, Table};
@@ -231,7 +231,11 @@ impl ParquetStore {
         Ok(())
     }
 
-    fn record_position(&self, through: u64) -> Result<(), StoreError> {
+    /// Records that the log was consumed through `through` (if that is further than before).
+    fn advance(&self, inner: &mut Inner, through: u64) -> Result<(), StoreError> {
+        if through <= inner.position {
+            return Ok(());
+        }
         let path = self.root.join("position");
         let tmp = self.root.join("position.tmp");
         let e = |e: std::io::Error| StoreError::Io(format!("{}: {e}", path.display()));
@@ -241,7 +245,9 @@ impl ParquetStore {
             f.write_all(through.to_string().as_bytes()).map_err(e)?;
             f.sync_all().map_err(e)?;
         }
-        std::fs::rename(&tmp, &path).map_err(e)
+        std::fs::rename(&tmp, &path).map_err(e)?;
+        inner.position = through;
+        Ok(())
     }
 }
 
@@ -281,10 +287,7 @@ impl EventStore for ParquetStore {
             let file = (tenant, (from, to), rows.len());
             self.write_file(&mut inner, &mut out, &day, file, fill)?;
         }
-        if through > inner.position {
-            self.record_position(through)?;
-            inner.position = through;
-        }
+        self.advance(&mut inner, through)?;
         Ok(out)
     }
 
@@ -337,10 +340,7 @@ impl EventStore for ParquetStore {
                 |write| batches.iter().try_for_each(|(b, _, _)| write(b)),
             )?;
         }
-        if through > inner.position {
-            self.record_position(through)?;
-            inner.position = through;
-        }
+        self.advance(&mut inner, through)?;
         Ok(out)
     }
 
