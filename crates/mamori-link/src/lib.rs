@@ -377,6 +377,11 @@ pub struct ShipOptions {
     pub linger: Duration,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// Drain the spool and return (`mamori agent ship`): what it holds goes at once, without
+    /// lingering; once everything is sent the agent closes its side of the stream, so the
+    /// server acknowledges at once instead of holding the acknowledgement back for more
+    /// batches, and shipping ends when everything sent is acknowledged.
+    pub drain: bool,
 }
 
 impl Default for ShipOptions {
@@ -387,6 +392,7 @@ impl Default for ShipOptions {
             window: 8,
             linger: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
+            drain: false,
         }
     }
 }
@@ -496,6 +502,8 @@ async fn ship_once(
     .await?;
     let mut client = IngestClient::new(ch).max_decoding_message_size(1 << 20);
     let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(opts.window);
+    // Dropped once a drain has sent everything: that closes the agent's side of the stream.
+    let mut tx = Some(tx);
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     request
         .metadata_mut()
@@ -517,14 +525,25 @@ async fn ship_once(
         }
         // Fill the window: full batches at once, the rest once the linger is over.
         let mut lingering = None;
-        while in_flight.len() < opts.window && !stop.load(Ordering::Relaxed) {
+        while let Some(sender) = &tx
+            && in_flight.len() < opts.window
+            && !stop.load(Ordering::Relaxed)
+        {
             let spool2 = spool.clone();
             let batch = tokio::task::spawn_blocking(move || next_batch(&spool2, next, opts))
                 .await
                 .map_err(|e| LinkError::Transport(e.to_string()))??;
-            let Some((batch, full)) = batch else { break };
+            let Some((batch, full)) = batch else {
+                if opts.drain {
+                    if in_flight.is_empty() {
+                        return Ok(()); // drained: everything sent is acknowledged
+                    }
+                    tx = None;
+                }
+                break;
+            };
             let waited = last_sent.elapsed();
-            if !full && waited < opts.linger {
+            if !full && !opts.drain && waited < opts.linger {
                 lingering = Some(opts.linger - waited);
                 break;
             }
@@ -533,7 +552,8 @@ async fn ship_once(
             in_flight.push_back(last);
             last_sent = std::time::Instant::now();
             stats.batches.fetch_add(1, Ordering::Relaxed);
-            tx.send(batch)
+            sender
+                .send(batch)
                 .await
                 .map_err(|_| LinkError::Transport("the stream closed".into()))?;
         }
@@ -553,6 +573,9 @@ async fn ship_once(
                 ));
             }
             Ok(Err(status)) => return Err(status_error(status)),
+            // After a drain closed its side, the server ends the stream once it has
+            // acknowledged everything.
+            Ok(Ok(None)) if tx.is_none() && in_flight.is_empty() => return Ok(()),
             Ok(Ok(None)) => {
                 return Err(LinkError::Transport("the server closed the stream".into()));
             }

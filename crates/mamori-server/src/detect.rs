@@ -1065,13 +1065,17 @@ impl<'f> StoreRows<'f> {
             }));
     }
 
-    /// Adds the row of `job`'s event `i`, whose fields the walk noted (or not).
-    fn push(&mut self, job: &Job, i: usize, raw: &[u8]) {
-        let Some((_, b, seqs)) = self
-            .tenants
-            .iter_mut()
-            .find(|(t, _, _)| t.as_str() == &*job.tenant)
-        else {
+    /// Where the rows of `job`'s tenant are built: looked up once per job, not per event.
+    fn tenant_of(&self, job: &Job) -> Option<usize> {
+        self.tenants
+            .iter()
+            .position(|(t, _, _)| t.as_str() == &*job.tenant)
+    }
+
+    /// Adds the row of `job`'s event `i`, whose fields the walk noted (or not), to the
+    /// rows of its tenant (`tenant`, from [`StoreRows::tenant_of`]).
+    fn push(&mut self, tenant: usize, job: &Job, i: usize, raw: &[u8]) {
+        let Some((_, b, seqs)) = self.tenants.get_mut(tenant) else {
             return;
         };
         let origin = mamori_columnar::Origin {
@@ -1132,10 +1136,11 @@ impl<'r> Detector<'r> {
             rows.begin(jobs);
         }
         for job in jobs {
+            let tenant = self.rows.as_ref().and_then(|r| r.tenant_of(job));
             for (i, raw) in job.events.iter().enumerate() {
                 self.event(round, trees, job, raw)?;
-                if let Some(rows) = &mut self.rows {
-                    rows.push(job, i, raw);
+                if let (Some(rows), Some(t)) = (&mut self.rows, tenant) {
+                    rows.push(t, job, i, raw);
                 }
             }
         }

@@ -175,6 +175,11 @@ impl Progress {
 
 /// Batches queued for the writer at most (ingest waits when it is full).
 const WRITER_QUEUE: usize = 1024;
+/// Bytes of events queued for the writer or being appended, at most: ingest waits beyond
+/// this. Agents draining their spools after an outage send batches of up to 2 MiB, and
+/// [`WRITER_QUEUE`] of those would be 2 GiB; this keeps a reconnect storm's memory bounded.
+/// A batch larger than the whole budget waits until nothing else is queued.
+pub const WRITER_QUEUE_BYTES: usize = 64 << 20;
 /// Events the writer appends before syncing, at most.
 const WRITER_ROUND_EVENTS: usize = 64 * 1024;
 /// Syncs start at least this far apart: under load, batches that arrive meanwhile share the
@@ -190,8 +195,21 @@ const SYNC_SPACING: std::time::Duration = std::time::Duration::from_millis(20);
 /// thread slows agents down instead of growing memory.
 #[derive(Clone)]
 pub struct Writer {
-    queue: tokio::sync::mpsc::Sender<(Append, Done)>,
+    queue: tokio::sync::mpsc::Sender<Queued>,
+    /// Permits for [`WRITER_QUEUE_BYTES`] (or the budget given), one per byte of events.
+    bytes: Arc<tokio::sync::Semaphore>,
+    budget: usize,
 }
+
+/// A batch in the writer's queue, with the share of the byte budget it holds until the
+/// writer has appended it.
+struct Queued {
+    append: Append,
+    done: Done,
+    bytes: tokio::sync::OwnedSemaphorePermit,
+}
+
+const STOPPED: &str = "the event log writer has stopped";
 
 impl Writer {
     /// Starts the writer thread for `log`; durable events go to `detect` (if any).
@@ -199,68 +217,119 @@ impl Writer {
         log: Arc<std::sync::Mutex<EventLog>>,
         detect: Option<std::sync::mpsc::SyncSender<crate::detect::Msg>>,
     ) -> Result<Writer, ServerError> {
+        Writer::spawn_with_budget(log, detect, WRITER_QUEUE_BYTES)
+    }
+
+    /// [`Writer::spawn`] with a byte budget of its own instead of [`WRITER_QUEUE_BYTES`].
+    pub fn spawn_with_budget(
+        log: Arc<std::sync::Mutex<EventLog>>,
+        detect: Option<std::sync::mpsc::SyncSender<crate::detect::Msg>>,
+        budget: usize,
+    ) -> Result<Writer, ServerError> {
         let (queue, rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
         std::thread::Builder::new()
             .name("mamori-ingest".into())
             .spawn(move || write_loop(&log, detect.as_ref(), rx))
             .map_err(|e| ServerError::Store(format!("starting the log writer: {e}")))?;
-        Ok(Writer { queue })
+        let budget = budget.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Ok(Writer {
+            queue,
+            bytes: Arc::new(tokio::sync::Semaphore::new(budget)),
+            budget,
+        })
+    }
+
+    /// The permits a batch takes: its events' bytes, at most the whole budget.
+    fn cost(&self, a: &Append) -> u32 {
+        let bytes = a.events.iter().map(|e| e.len()).sum::<usize>().max(1);
+        bytes.min(self.budget).min(u32::MAX as usize) as u32
     }
 
     /// Appends a batch; returns once it is durable (from async code).
     pub async fn append(&self, a: Append) -> Result<Appended, String> {
         let (done, answer) = tokio::sync::oneshot::channel();
-        self.queue
-            .send((a, done.into()))
-            .await
-            .map_err(|_| "the event log writer has stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the event log writer has stopped".to_string())?
+        self.enqueue(a, done.into()).await?;
+        answer.await.map_err(|_| STOPPED.to_string())?
     }
 
     /// Queues a batch of an ingest stream without waiting for it: `progress` says when it
-    /// is durable. Waits only while the queue is full.
+    /// is durable. Waits only while the queue is full (in batches or in bytes).
     pub async fn submit(&self, a: Append, progress: &Arc<Progress>) -> Result<(), String> {
-        self.queue
-            .send((a, Done::Stream(progress.clone())))
+        self.enqueue(a, Done::Stream(progress.clone())).await
+    }
+
+    async fn enqueue(&self, append: Append, done: Done) -> Result<(), String> {
+        let permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(self.cost(&append))
             .await
-            .map_err(|_| "the event log writer has stopped".to_string())
+            .map_err(|_| STOPPED.to_string())?;
+        self.queue
+            .send(Queued {
+                append,
+                done,
+                bytes: permit,
+            })
+            .await
+            .map_err(|_| STOPPED.to_string())
     }
 
     /// Appends a batch; returns once it is durable (from blocking code).
     pub fn append_blocking(&self, a: Append) -> Result<Appended, String> {
         let (done, answer) = tokio::sync::oneshot::channel();
-        self.queue
-            .blocking_send((a, done.into()))
-            .map_err(|_| "the event log writer has stopped".to_string())?;
-        answer
-            .blocking_recv()
-            .map_err(|_| "the event log writer has stopped".to_string())?
+        block_on(self.enqueue(a, done.into()))?;
+        answer.blocking_recv().map_err(|_| STOPPED.to_string())?
+    }
+}
+
+/// Runs a future to completion on this (blocking) thread, parking it while it waits.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
     }
 }
 
 fn write_loop(
     log: &std::sync::Mutex<EventLog>,
     detect: Option<&std::sync::mpsc::SyncSender<crate::detect::Msg>>,
-    mut rx: tokio::sync::mpsc::Receiver<(Append, Done)>,
+    mut rx: tokio::sync::mpsc::Receiver<Queued>,
 ) {
+    // Each batch keeps its share of the byte budget until it has been appended and handed
+    // on (the detection queue is bounded on its own).
     let mut round: Vec<(Append, Done, Result<Appended, String>)> = Vec::new();
+    let mut permits = Vec::new();
     let mut last_sync = std::time::Instant::now() - SYNC_SPACING;
     let mut through = 0;
-    while let Some((first, done)) = rx.blocking_recv() {
+    while let Some(first) = rx.blocking_recv() {
         let wait = SYNC_SPACING.saturating_sub(last_sync.elapsed());
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
         // Everything queued meanwhile joins this round.
-        let mut events = first.events.len();
-        round.push((first, done, Err(String::new())));
+        let mut events = first.append.events.len();
+        let mut take = |q: Queued| {
+            round.push((q.append, q.done, Err(String::new())));
+            permits.push(q.bytes);
+        };
+        take(first);
         while events < WRITER_ROUND_EVENTS
-            && let Ok((next, done)) = rx.try_recv()
+            && let Ok(next) = rx.try_recv()
         {
-            events += next.events.len();
-            round.push((next, done, Err(String::new())));
+            events += next.append.events.len();
+            take(next);
         }
         match log.lock() {
             Ok(mut log) => {
@@ -320,6 +389,7 @@ fn write_loop(
         for (_, done, result) in round.drain(..) {
             done.send(result);
         }
+        permits.clear(); // their bytes may be queued again
     }
 }
 
@@ -687,6 +757,16 @@ mod tests {
         let _ = std::fs::remove_dir_all(d);
     }
 
+    /// A batch as the writer's queue holds it (with a share of a budget of its own).
+    fn queued(append: Append, done: Done) -> Queued {
+        let budget = Arc::new(tokio::sync::Semaphore::new(1));
+        Queued {
+            append,
+            done,
+            bytes: budget.try_acquire_owned().unwrap(),
+        }
+    }
+
     fn batch(agent: &str, first_seq: Option<u64>, n: usize) -> Append {
         Append {
             tenant: "t".into(),
@@ -694,6 +774,68 @@ mod tests {
             first_seq,
             events: evs(n).into_iter().map(Into::into).collect(),
         }
+    }
+
+    /// The writer's queue holds at most its budget of event bytes: past it, ingest waits
+    /// (an agent's stream stops being read) instead of the server's memory growing.
+    #[test]
+    fn the_writer_queue_is_bounded_in_bytes() {
+        let d = dir("budget");
+        let log = Arc::new(std::sync::Mutex::new(EventLog::open(&d, 1 << 30).unwrap()));
+        let writer = Writer::spawn_with_budget(log.clone(), None, 1000).unwrap();
+        let sized = |agent: &str, bytes: usize| Append {
+            tenant: "t".into(),
+            agent: agent.into(),
+            first_seq: Some(1),
+            events: vec![
+                format!("{{\"pad\":\"{}\"}}", "x".repeat(bytes - 10))
+                    .into_bytes()
+                    .into(),
+            ],
+        };
+        assert_eq!(writer.cost(&sized("x", 300)), 300);
+        // The log is held: the writer takes batches off the queue but cannot append them.
+        let held = log.lock().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let progress = Arc::new(Progress::default());
+        let wait = std::time::Duration::from_millis(300);
+        for i in 0..3 {
+            let a = sized(&format!("a{i}"), 300);
+            let submitted = rt
+                .block_on(async { tokio::time::timeout(wait, writer.submit(a, &progress)).await });
+            assert_eq!(submitted, Ok(Ok(())), "batch {i} fits in the budget");
+        }
+        let a = sized("a3", 300);
+        let fourth =
+            rt.block_on(async { tokio::time::timeout(wait, writer.submit(a, &progress)).await });
+        assert!(fourth.is_err(), "a fourth 300-byte batch waits: {fourth:?}");
+        assert_eq!(
+            progress.answered.load(std::sync::atomic::Ordering::Acquire),
+            0
+        );
+        assert_eq!(writer.bytes.available_permits(), 100);
+        // Once the log moves again, their bytes are given back and the fourth goes in.
+        drop(held);
+        rt.block_on(writer.submit(sized("a3", 300), &progress))
+            .unwrap();
+        assert_eq!(rt.block_on(progress.durable(4)), Ok(1));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while writer.bytes.available_permits() < 1000 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(
+            writer.bytes.available_permits(),
+            1000,
+            "every byte given back"
+        );
+        // A batch larger than the whole budget still goes through, on its own.
+        let a = writer.append_blocking(sized("big", 5000)).unwrap();
+        assert_eq!(a.stored, 1);
+        assert_eq!(writer.bytes.available_permits(), 1000);
+        let _ = std::fs::remove_dir_all(d);
     }
 
     /// A stream that does not wait for each batch reads how far they are durable, and an
@@ -708,10 +850,16 @@ mod tests {
             .unwrap();
         let progress = Arc::new(Progress::default());
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tx.try_send((batch("a0", Some(1), 3), Done::Stream(progress.clone())))
-            .unwrap();
-        tx.try_send((batch("a0", Some(4), 2), Done::Stream(progress.clone())))
-            .unwrap();
+        tx.try_send(queued(
+            batch("a0", Some(1), 3),
+            Done::Stream(progress.clone()),
+        ))
+        .unwrap();
+        tx.try_send(queued(
+            batch("a0", Some(4), 2),
+            Done::Stream(progress.clone()),
+        ))
+        .unwrap();
         drop(tx);
         write_loop(&log, None, rx);
         assert_eq!(rt.block_on(progress.durable(2)), Ok(5));
@@ -723,8 +871,11 @@ mod tests {
 
         log.lock().unwrap().failed = true;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tx.try_send((batch("a0", Some(6), 2), Done::Stream(progress.clone())))
-            .unwrap();
+        tx.try_send(queued(
+            batch("a0", Some(6), 2),
+            Done::Stream(progress.clone()),
+        ))
+        .unwrap();
         drop(tx);
         write_loop(&log, None, rx);
         let failed = rt.block_on(progress.durable(3));
@@ -739,13 +890,14 @@ mod tests {
         let mut answers = Vec::new();
         for a in 0..8 {
             let (done, answer) = tokio::sync::oneshot::channel();
-            tx.try_send((batch(&format!("a{a}"), Some(1), 3), done.into()))
+            tx.try_send(queued(batch(&format!("a{a}"), Some(1), 3), done.into()))
                 .unwrap();
             answers.push(answer);
         }
         // The same batch again in the same round: acknowledged, stored once.
         let (done, again) = tokio::sync::oneshot::channel();
-        tx.try_send((batch("a0", Some(1), 3), done.into())).unwrap();
+        tx.try_send(queued(batch("a0", Some(1), 3), done.into()))
+            .unwrap();
         drop(tx);
         let (detect, detected) = std::sync::mpsc::sync_channel(16);
         write_loop(&log, Some(&detect), rx);

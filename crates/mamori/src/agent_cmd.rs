@@ -191,7 +191,11 @@ struct Shipper {
 }
 
 impl Shipper {
-    fn start(ident: mamori_link::Identity, spool: Arc<Mutex<mamori_spool::Spool>>) -> Shipper {
+    fn start(
+        ident: mamori_link::Identity,
+        spool: Arc<Mutex<mamori_spool::Spool>>,
+        opts: mamori_link::ShipOptions,
+    ) -> Shipper {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stats = Arc::new(mamori_link::ShipStats::default());
         let (stop2, stats2) = (stop.clone(), stats.clone());
@@ -200,13 +204,7 @@ impl Shipper {
                 .enable_all()
                 .build()
                 .map_err(|e| mamori_link::LinkError::Transport(e.to_string()))?;
-            let r = rt.block_on(mamori_link::ship(
-                &ident,
-                spool,
-                stop2,
-                mamori_link::ShipOptions::default(),
-                stats2,
-            ));
+            let r = rt.block_on(mamori_link::ship(&ident, spool, stop2, opts, stats2));
             if let Err(e) = &r {
                 eprintln!("mamori agent: shipping stopped: {e}");
             }
@@ -240,7 +238,13 @@ fn ship_only(duration: Option<u64>) -> Result<ExitCode> {
         .context("this agent is not enrolled: run mamori agent enroll first")?;
     let spool = Arc::new(Mutex::new(open_spool()?));
     let deadline = duration.map(|d| Instant::now() + Duration::from_secs(d));
-    let mut shipper = Shipper::start(ident, spool.clone());
+    // Without a deadline, drain: the last acknowledgement comes as soon as the last batch
+    // is durable (not after the server's wait for more batches).
+    let opts = mamori_link::ShipOptions {
+        drain: deadline.is_none(),
+        ..Default::default()
+    };
+    let mut shipper = Shipper::start(ident, spool.clone(), opts);
     loop {
         std::thread::sleep(Duration::from_millis(100));
         let st = spool.lock().map(|s| s.stats()).ok();
@@ -322,7 +326,11 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
                 "mamori agent: shipping to {} as {}",
                 ident.server, ident.agent_id
             );
-            Some(Shipper::start(ident, sp.clone()))
+            Some(Shipper::start(
+                ident,
+                sp.clone(),
+                mamori_link::ShipOptions::default(),
+            ))
         }
         (Some(_), None) => {
             eprintln!(

@@ -469,6 +469,32 @@ fn the_agent_sends_full_batches_at_once_and_lingers_over_a_trickle() {
     );
     stop.store(true, Relaxed);
     thread.join().unwrap().unwrap();
+
+    // A drain (`mamori agent ship`) sends a partial batch without lingering, closes its
+    // side once everything is sent, and returns by itself once it is all acknowledged:
+    // the server acknowledges at once instead of waiting for more batches.
+    append(30);
+    let (stop, stats, thread) = run(mamori_link::ShipOptions {
+        linger,
+        drain: true,
+        ..Default::default()
+    });
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(20);
+    while !thread.is_finished() {
+        assert!(Instant::now() < deadline, "the drain did not end in 20 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = start.elapsed();
+    thread.join().unwrap().unwrap();
+    assert!(!stop.load(Relaxed));
+    assert_eq!(stats.acked.load(Relaxed), 430, "everything acknowledged");
+    assert_eq!(stats.batches.load(Relaxed), 1);
+    eprintln!("a 30-event drain took {took:?}");
+    assert!(
+        took < linger.min(mamori_server::ingest::ACK_DELAY),
+        "the drain took {took:?}: it lingered or waited for a held-back acknowledgement"
+    );
     stop_server(&mut server);
 }
 
