@@ -1312,9 +1312,9 @@ correlation:
     );
 }
 
-/// The heartbeat interval the test's agents report. Each `mamori agent ship` below waits for
-/// its acknowledgement, which the server may hold for `ACK_DELAY` (2 s): the inventory is read
-/// ~4 s after the first heartbeat, well before three intervals of silence.
+/// The heartbeat interval the test's agents report: long enough that the inventory, read
+/// after two `mamori agent ship` processes (each a process start, a TLS connection and an
+/// acknowledgement), is read well before three intervals of silence on a busy machine.
 const HEARTBEAT_S: u64 = 3;
 
 fn heartbeat(action: &str, missing: &[&str]) -> String {
