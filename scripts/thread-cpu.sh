@@ -7,18 +7,24 @@ set -euo pipefail
 PID=$1
 SECS=${2:-5}
 snap() {
+    # One line per thread: tid, name, voluntary and involuntary switches, CPU ticks.
     for t in /proc/"$PID"/task/*; do
         { read -r name < "$t/comm"
-          awk -v n="$name" '/^voluntary_ctxt/ { v = $2 } /^nonvoluntary_ctxt/ { nv = $2 }
-              END { printf "%s %d %d ", n, v, nv }' "$t/status"
+          awk -v n="$name" -v tid="$(basename "$t")" '/^voluntary_ctxt/ { v = $2 }
+              /^nonvoluntary_ctxt/ { nv = $2 } END { printf "%s %s %d %d ", tid, n, v, nv }' "$t/status"
           awk '{ print $14 + $15 }' "$t/stat"; } 2>/dev/null || true
-    done | awk '{ v[$1] += $2; nv[$1] += $3; c[$1] += $4 }
-                END { for (k in v) print k, v[k], nv[k], c[k] }' | sort
+    done | sort
 }
 before=$(snap)
 sleep "$SECS"
 after=$(snap)
 hz=$(getconf CLK_TCK)
-join <(echo "$before") <(echo "$after") | awk -v s="$SECS" -v hz="$hz" '
+# Differences per thread, then summed by name: a thread that ended meanwhile (tokio's blocking
+# threads share the workers' name and end when idle) is left out instead of subtracting its
+# whole life's CPU; one that started counts from zero.
+join -a 2 -e 0 -o 2.1,2.2,1.3,1.4,1.5,2.3,2.4,2.5 <(echo "$before") <(echo "$after") \
+    | awk '{ v[$2] += $6 - $3; nv[$2] += $7 - $4; c[$2] += $8 - $5 }
+           END { for (k in v) print k, v[k], nv[k], c[k] }' | sort \
+    | awk -v s="$SECS" -v hz="$hz" '
     { printf "%-16s %5.1f%% of a core  %6.0f voluntary / %5.0f involuntary switches a second\n",
-             $1, 100 * ($7 - $4) / hz / s, ($5 - $2) / s, ($6 - $3) / s }'
+             $1, 100 * $4 / hz / s, $2 / s, $3 / s }'
