@@ -43,12 +43,18 @@ for N in $AGENTS; do
     # A batch per agent per second, or fewer for many agents (or every INTERVAL_MS).
     INTERVAL=${INTERVAL_MS:-$(( N > 2000 ? N / 2 : 1000 ))}
     echo "== $N agents, $RATE events/s offered, $SECS s; $(grep "live detection" "$WORK/srv-$N.err")"
-    if [ -n "${THREADS:-}" ]; then (sleep $(( 8 + N / 500 )); scripts/thread-cpu.sh "$SERVER" 5) & fi
+    # The per-thread sample starts 5 s into the load (once every agent is connected; how long
+    # enrolling and connecting take varies from run to run).
+    if [ -n "${THREADS:-}" ]; then
+        (until grep -q "connected over mutual TLS" "$WORK/load-$N.out" 2>/dev/null; do
+            kill -0 "$SERVER" 2>/dev/null || exit 0; sleep 0.5; done
+         sleep 5; scripts/thread-cpu.sh "$SERVER" 5) &
+    fi
     "$LOADGEN" --server https://127.0.0.1:$PORT --fingerprint "$FP" \
         --token "$TOKEN" --api-token "$API" --agents "$N" --rate "$RATE" --seconds "$SECS" \
         --interval-ms "$INTERVAL" --markers "${MARKERS:-10}" --heartbeat-s "${HEARTBEAT_S:-60}" \
         --network "${NETWORK:-0}" --poll-ms "${POLL_MS:-50}" \
-        --cache "$WORK/agents-$N" --server-pid "$SERVER"
+        --cache "$WORK/agents-$N" --server-pid "$SERVER" | tee "$WORK/load-$N.out"
     kill $SERVER; wait $SERVER 2>/dev/null || true
     # Merges and retention during the run (a run past a minute includes one).
     cat "$WORK/srv-$N.err" "$MAMORI_DATA_DIR/server.log" 2>/dev/null \
