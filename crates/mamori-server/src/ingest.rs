@@ -19,9 +19,10 @@
 //! nothing is likely to join it). An ack is a TLS record, an HTTP/2 frame and a `writev` (on
 //! loopback, also the peer's receive path): at a few events per batch, acknowledging every
 //! batch was a quarter of the gRPC workers' time, and one per two batches (a one-second
-//! delay at agents' 500 ms linger) a tenth. Durability is unchanged: nothing is acknowledged before it is synced, and
-//! what was synced but not yet acknowledged when a connection drops is sent again and
-//! recognised as a replay. Clients without the header get an acknowledgement per batch.
+//! delay at agents' 500 ms linger) a tenth. Durability is unchanged: nothing is acknowledged
+//! before it is synced, and what was synced but not yet acknowledged when a connection drops
+//! is sent again and recognised as a replay. Clients without the header get an
+//! acknowledgement per batch.
 
 use std::convert::Infallible;
 use std::pin::Pin;

@@ -278,27 +278,8 @@ impl Writer {
     /// Appends a batch; returns once it is durable (from blocking code).
     pub fn append_blocking(&self, a: Append) -> Result<Appended, String> {
         let (done, answer) = tokio::sync::oneshot::channel();
-        block_on(self.enqueue(a, done.into()))?;
+        futures_executor::block_on(self.enqueue(a, done.into()))?;
         answer.blocking_recv().map_err(|_| STOPPED.to_string())?
-    }
-}
-
-/// Runs a future to completion on this (blocking) thread, parking it while it waits.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::park();
     }
 }
 
