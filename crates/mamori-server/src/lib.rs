@@ -347,24 +347,56 @@ impl Server {
         &self.shared.state
     }
 
-    /// Listens until `shutdown` completes.
-    pub async fn serve(
-        self,
-        shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<(), ServerError> {
-        let tls = tls::config(
-            &self.identity.0,
-            &self.identity.1,
-            self.shared.ca.cert_pem().as_bytes(),
-        )?;
+    /// Opens the listening socket. Once this returns, connections are accepted (into the
+    /// backlog until [`Bound::serve`] runs): say "listening" only after it, never before.
+    pub async fn bind(self) -> Result<Bound, ServerError> {
         let listen = self.config.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| ServerError::Transport(format!("{listen}: {e}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| ServerError::Transport(format!("{listen}: {e}")))?;
+        Ok(Bound {
+            server: self,
+            listener,
+            local,
+        })
+    }
+}
+
+/// A server whose port is open ([`Server::bind`]).
+pub struct Bound {
+    server: Server,
+    listener: tokio::net::TcpListener,
+    local: std::net::SocketAddr,
+}
+
+impl Bound {
+    /// The address it listens on (the port the system chose, for port 0).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        let Bound {
+            server: this,
+            listener,
+            local: listen,
+        } = self;
+        let tls = tls::config(
+            &this.identity.0,
+            &this.identity.1,
+            this.shared.ca.cert_pem().as_bytes(),
+        )?;
         let (incoming, acceptor) = tls::incoming(listener, tls);
         // Silent sensors: checked every two seconds.
-        let state = self.shared.state.clone();
-        let policy = self.shared.policy.clone();
+        let state = this.shared.state.clone();
+        let policy = this.shared.policy.clone();
         let watcher = tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
             loop {
@@ -377,25 +409,25 @@ impl Server {
         });
         // Events into the columnar store.
         let (stop_compactor, stop) = std::sync::mpsc::channel();
-        if let Some(feed) = &self.shared.feed {
+        if let Some(feed) = &this.shared.feed {
             feed.wake_with(stop_compactor.clone());
         }
         let compactor = {
-            let shared = self.shared.clone();
-            let every = std::time::Duration::from_secs(self.config.flush_seconds);
+            let shared = this.shared.clone();
+            let every = std::time::Duration::from_secs(this.config.flush_seconds);
             std::thread::Builder::new()
                 .name("mamori-compact".into())
                 .spawn(move || compact::run(shared, every, stop))
                 .map_err(|e| ServerError::Transport(format!("starting the compactor: {e}")))?
         };
-        let routes = tonic::service::Routes::from(api::router(self.shared.clone()))
+        let routes = tonic::service::Routes::from(api::router(this.shared.clone()))
             .add_service(
-                EnrollmentServer::new(service::EnrollmentService(self.shared.clone()))
+                EnrollmentServer::new(service::EnrollmentService(this.shared.clone()))
                     .max_decoding_message_size(64 << 10),
             )
-            .add_service(ingest::IngestService(self.shared.clone()))
+            .add_service(ingest::IngestService(this.shared.clone()))
             .add_service(
-                ControlServer::new(actions::ControlService(self.shared.clone()))
+                ControlServer::new(actions::ControlService(this.shared.clone()))
                     .max_decoding_message_size(mamori_wire::MAX_CONTROL_BYTES),
             );
         let result = tonic::transport::Server::builder()
@@ -410,7 +442,7 @@ impl Server {
         watcher.abort();
         let _ = stop_compactor.send(compact::Signal::Stop);
         let _ = compactor.join();
-        if let Ok(mut log) = self.shared.log.lock() {
+        if let Ok(mut log) = this.shared.log.lock() {
             log.close()?;
         }
         result

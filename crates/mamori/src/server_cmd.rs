@@ -370,8 +370,10 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async move {
                 let shutdown = shutdown_signal();
-                eprintln!("mamori server: listening on https://{listen}");
-                server.serve(shutdown).await
+                // Said once the port is open: scripts and tests wait for this line.
+                let bound = server.bind().await?;
+                eprintln!("mamori server: listening on https://{}", bound.local_addr());
+                bound.serve(shutdown).await
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -34,7 +34,10 @@ pub fn run(rules: &[std::path::PathBuf], without: &[String]) -> Result<ExitCode>
     let listen = config.listen;
     let server_thread = std::thread::spawn(move || -> Result<()> {
         let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-        rt.block_on(server.serve(server_cmd::shutdown_signal()))?;
+        rt.block_on(async move {
+            let bound = server.bind().await?;
+            bound.serve(server_cmd::shutdown_signal()).await
+        })?;
         Ok(())
     });
     // Wait until the listener accepts.

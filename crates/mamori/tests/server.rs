@@ -91,6 +91,10 @@ fn start_server_env(
             admin = Some(t.to_string());
         }
         if line.contains("listening on") {
+            // Said only once the port is open (it was once said before the bind, and a
+            // client that connected at once was refused now and then).
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .expect("the server accepts connections once it says it listens");
             break;
         }
     }
