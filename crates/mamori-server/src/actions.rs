@@ -1037,13 +1037,18 @@ impl Control for ControlService {
         &self,
         r: Request<Streaming<Report>>,
     ) -> Result<Response<Self::ChannelStream>, Status> {
-        let (agent, tenant) = crate::service::authorise_agent(&self.0, &r)?;
-        if r.remote_addr().is_some_and(|a| a.ip().is_loopback())
+        let remote = r.remote_addr();
+        let (metadata, extensions, mut inbound) = r.into_parts();
+        let r = Request::from_parts(metadata, extensions, ());
+        let (agent, tenant) = crate::ingest::state_call(&self.0, move |shared| {
+            crate::service::authorise_agent(shared, &r)
+        })
+        .await?;
+        if remote.is_some_and(|a| a.ip().is_loopback())
             && let Ok(mut local) = self.0.local_agents.lock()
         {
             local.insert(agent.clone());
         }
-        let mut inbound = r.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let shared = self.0.clone();
         let waker = shared.dispatch.waker(&agent);

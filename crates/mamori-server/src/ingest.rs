@@ -63,7 +63,9 @@ impl NamedService for IngestService {
 impl tonic::codegen::Service<http::Request<Body>> for IngestService {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -73,7 +75,8 @@ impl tonic::codegen::Service<http::Request<Body>> for IngestService {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        std::future::ready(Ok(self.open(req).unwrap_or_else(Status::into_http)))
+        let this = self.clone();
+        Box::pin(async move { Ok(this.open(req).await.unwrap_or_else(Status::into_http)) })
     }
 }
 
@@ -85,7 +88,7 @@ impl IngestService {
     /// acknowledgement may cover (one for clients that announce no window) and then waits
     /// until they are durable and acknowledged, so the agent cannot run ahead of the disk;
     /// the writer's queue is bounded besides.
-    fn open(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
+    async fn open(&self, req: http::Request<Body>) -> Result<http::Response<Body>, Status> {
         if req.uri().path() != PATH {
             return Err(Status::unimplemented(format!(
                 "no method {} in mamori.v1.Ingest",
@@ -94,11 +97,13 @@ impl IngestService {
         }
         let (parts, body) = req.into_parts();
         let coalesce = coalesce(&parts.headers);
-        let (agent, tenant) = authorise_agent(
-            &self.0,
-            &tonic::Request::from_http(http::Request::from_parts(parts, ())),
-        )?;
-        let _ = self.0.state.touch(&agent);
+        let request = tonic::Request::from_http(http::Request::from_parts(parts, ()));
+        let (agent, tenant) = state_call(&self.0, move |shared| {
+            let who = authorise_agent(shared, &request)?;
+            let _ = shared.state.touch(&who.0);
+            Ok(who)
+        })
+        .await?;
         let flow = Flow {
             coalesce,
             body,
@@ -128,6 +133,19 @@ impl IngestService {
         );
         Ok(response)
     }
+}
+
+/// Runs `f` on the blocking pool: the state database is one connection behind a lock that
+/// detection holds while it records a round, and the runtime's few workers serve every
+/// agent's stream, so none of them waits on it.
+pub(crate) async fn state_call<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&Shared) -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || f(&shared))
+        .await
+        .map_err(|e| Status::internal(format!("checking the agent: {e}")))?
 }
 
 /// Batches one acknowledgement may cover for a client that keeps `mamori-window` batches

@@ -93,8 +93,10 @@ fn start_server_env(
         if line.contains("listening on") {
             // Said only once the port is open (it was once said before the bind, and a
             // client that connected at once was refused now and then).
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .expect("the server accepts connections once it says it listens");
+            if let Err(e) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let _ = child.kill();
+                panic!("the server does not accept connections once it says it listens: {e}");
+            }
             break;
         }
     }
