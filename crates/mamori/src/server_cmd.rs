@@ -352,7 +352,6 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
             rules,
         } => {
             let c = config(file.as_deref(), listen)?;
-            let listen = c.listen;
             let (server, init) = Server::open(c.clone(), Some(server_rules(&rules)))?;
             print_rules_report(&init);
             eprintln!("mamori server: data in {}", c.data_dir.display());
@@ -362,17 +361,19 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
                 );
             }
             eprintln!("mamori server: CA fingerprint {}", init.ca_fingerprint);
-            eprintln!(
-                "mamori server: enroll agents with: mamori server token, then \
-                 sudo mamori agent enroll --server https://{listen} --token TOKEN --ca-fingerprint {}",
-                init.ca_fingerprint
-            );
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async move {
                 let shutdown = shutdown_signal();
-                // Said once the port is open: scripts and tests wait for this line.
                 let bound = server.bind().await?;
-                eprintln!("mamori server: listening on https://{}", bound.local_addr());
+                // The address bound (the port the system chose, for port 0), and only once
+                // it is open: scripts and tests wait for the listening line.
+                let at = bound.local_addr();
+                eprintln!(
+                    "mamori server: enroll agents with: mamori server token, then \
+                     sudo mamori agent enroll --server https://{at} --token TOKEN --ca-fingerprint {}",
+                    init.ca_fingerprint
+                );
+                eprintln!("mamori server: listening on https://{at}");
                 bound.serve(shutdown).await
             })?;
             Ok(ExitCode::SUCCESS)
