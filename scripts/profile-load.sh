@@ -28,7 +28,7 @@ if [ -n "${COMM:-}" ]; then
     [ -n "$TIDS" ] || { echo "no thread of the server is named $COMM" >&2; exit 1; }
     TARGET=(-t "$TIDS")
 fi
-if [ -n "${DWARF:-}" ]; then GRAPH=(--call-graph dwarf,16384 -F 999); else GRAPH=(-g -F 1999); fi
+if [ -n "${DWARF:-}" ]; then GRAPH=(--call-graph "dwarf,${STACK:-16384}" -F "${FREQ:-999}"); else GRAPH=(-g -F 1999); fi
 perf record "${GRAPH[@]}" "${TARGET[@]}" -o "$OUT" -- sleep "$SECS" 2>/dev/null
 wait "$LOAD" || true
 grep -E "^server:|p99" "$LOG"

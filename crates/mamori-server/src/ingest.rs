@@ -52,6 +52,20 @@ pub const ACK_DELAY: Duration = Duration::from_secs(2);
 /// Batches one acknowledgement may cover, at most (whatever window an agent announces).
 const MAX_COALESCED: u32 = 16;
 
+/// HTTP/2 flow-control window of each stream: how many bytes an agent may send that its
+/// stream has not read yet. While a stream waits for its batches to be durable (or for the
+/// log writer's queue), what the agent sends meanwhile waits in the server's memory, up to
+/// this much; beyond it the agent's sends wait instead (its spool keeps the events). The
+/// HTTP/2 default of 64 KiB: hyper's 1 MiB let 10,000 agents that send ahead of their
+/// acknowledgements hold up to 10 GiB of a server that had fallen behind. An agent's
+/// batches at its linger are a few KiB; a full one (up to 2 MiB when a spool drains) takes
+/// a window update per 64 KiB read, which costs nothing on a LAN.
+pub const STREAM_WINDOW: u32 = 64 << 10;
+
+/// HTTP/2 flow-control window of each connection (all its streams): the ingest stream's
+/// window and room for the control stream's replies beside it.
+pub const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
+
 /// The ingest service, routed by its gRPC name.
 #[derive(Clone)]
 pub struct IngestService(pub Arc<Shared>);

@@ -434,6 +434,9 @@ impl Bound {
             // The REST API speaks HTTP/1.1 as well; gRPC needs HTTP/2.
             .accept_http1(true)
             .concurrency_limit_per_connection(16)
+            // What an agent may send ahead of what its streams read: bounded per connection.
+            .initial_stream_window_size(ingest::STREAM_WINDOW)
+            .initial_connection_window_size(ingest::CONNECTION_WINDOW)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await

@@ -778,6 +778,86 @@ fn hostile_ingest_messages_are_refused_with_a_reason_and_lose_nothing() {
     assert_eq!(got, (1..=6).map(|s| (s, s - 1)).collect::<Vec<_>>());
 }
 
+/// An agent may send at most [`mamori_server::ingest::STREAM_WINDOW`] bytes ahead of what its
+/// stream has read (HTTP/2 flow control, checked with a plain HTTP/2 client over the agent's
+/// mutual TLS): whatever a client does, a server that has fallen behind holds that much per
+/// connection, not hyper's default of 1 MiB (10 GiB for 10,000 agents).
+#[test]
+fn an_agent_can_send_only_a_small_window_ahead_of_what_the_server_reads() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let (srv, mut server, _, ident) = server_and_agent("window");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (ahead, acked) = rt.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ident.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(ident.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(ident.key_pem.as_bytes()).unwrap();
+        let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let addr = ident.server.trim_start_matches("https://").to_string();
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let host = ServerName::try_from(addr.rsplit_once(':').unwrap().0.to_string()).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+            .connect(host, tcp)
+            .await
+            .expect("mutual TLS as the agent");
+        let (client, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(format!("{}/mamori.v1.Ingest/Stream", ident.server))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(request, false).unwrap();
+        // One batch, in gRPC's framing; its acknowledgement means the server's settings are
+        // in force on this connection.
+        let msg = batch_bytes(1, &["{\"n\":0}"]);
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&msg);
+        send.reserve_capacity(framed.len());
+        while send.capacity() < framed.len() {
+            std::future::poll_fn(|cx| send.poll_capacity(cx))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        send.send_data(framed.into(), false).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let ack = body.data().await.expect("an acknowledgement").unwrap();
+        let ack: mamori_wire::Ack = prost::Message::decode(&ack[5..]).unwrap();
+        // Now ask to send 4 MiB ahead: flow control grants the stream's window at most.
+        send.reserve_capacity(4 << 20);
+        let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
+            .await
+            .unwrap()
+            .unwrap();
+        (granted.max(send.capacity()), ack.durable_through)
+    });
+    assert_eq!(acked, 1);
+    let window = mamori_server::ingest::STREAM_WINDOW as usize;
+    assert!(
+        ahead > 0 && ahead <= window,
+        "{ahead} bytes may be sent ahead (the window is {window})"
+    );
+    stop_server(&mut server);
+    assert_eq!(stored(&srv, &ident.agent_id), vec![(1, 0)]);
+}
+
 /// An agent that announces its window (`mamori-window`) gets one acknowledgement for several
 /// durable batches: batches that come together share one, a lone batch is acknowledged
 /// after the server's delay (one second), and batches made durable before a refusal are
