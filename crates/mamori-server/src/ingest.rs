@@ -149,9 +149,10 @@ impl IngestService {
     }
 }
 
-/// Runs `f` on the blocking pool: the state database is one connection behind a lock that
-/// detection holds while it records a round, and the runtime's few workers serve every
-/// agent's stream, so none of them waits on it.
+/// Runs `f` on the blocking pool: the state database's calls block (a write such as
+/// `touch` waits, up to the busy timeout, while detection's own connection holds the
+/// database's write lock for a round that records alerts), and the runtime's few workers
+/// serve every agent's stream, so none of them waits on it.
 pub(crate) async fn state_call<T: Send + 'static>(
     shared: &Arc<Shared>,
     f: impl FnOnce(&Shared) -> Result<T, Status> + Send + 'static,
