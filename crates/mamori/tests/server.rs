@@ -778,42 +778,56 @@ fn hostile_ingest_messages_are_refused_with_a_reason_and_lose_nothing() {
     assert_eq!(got, (1..=6).map(|s| (s, s - 1)).collect::<Vec<_>>());
 }
 
+/// A TLS connection to the server as agent `ident` (its certificate, the pinned CA),
+/// offering the application protocols `alpn`.
+async fn agent_tls(
+    ident: &mamori_link::Identity,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ident.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(ident.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(ident.key_pem.as_bytes()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let addr = ident.server.trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let host = ServerName::try_from(addr.rsplit_once(':').unwrap().0.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(host, tcp)
+        .await
+        .expect("mutual TLS as the agent")
+}
+
 /// An agent may send at most [`mamori_server::ingest::STREAM_WINDOW`] bytes ahead of what its
 /// stream has read (HTTP/2 flow control, checked with a plain HTTP/2 client over the agent's
 /// mutual TLS): whatever a client does, a server that has fallen behind holds that much per
-/// connection, not hyper's default of 1 MiB (10 GiB for 10,000 agents).
+/// connection, not hyper's default of 1 MiB (10 GiB for 10,000 agents). Clients that speak
+/// HTTP/1.1 too (curl, browsers, log shippers) are answered in HTTP/1.1, which those small
+/// windows do not pace; gRPC clients, which offer only h2, get HTTP/2.
 #[test]
 fn an_agent_can_send_only_a_small_window_ahead_of_what_the_server_reads() {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let (srv, mut server, _, ident) = server_and_agent("window");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (ahead, acked) = rt.block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(ident.ca_pem.as_bytes()).unwrap())
-            .unwrap();
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(ident.cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(ident.key_pem.as_bytes()).unwrap();
-        let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-        tls.alpn_protocols = vec![b"h2".to_vec()];
-        let addr = ident.server.trim_start_matches("https://").to_string();
-        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let host = ServerName::try_from(addr.rsplit_once(':').unwrap().0.to_string()).unwrap();
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-            .connect(host, tcp)
-            .await
-            .expect("mutual TLS as the agent");
+    let (ahead, acked, chosen) = rt.block_on(async {
+        let both = agent_tls(&ident, &[b"h2", b"http/1.1"]).await;
+        let chosen = both.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let tls = agent_tls(&ident, &[b"h2"]).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let (client, connection) = h2::client::handshake(tls).await.unwrap();
         tokio::spawn(connection);
         let mut client = client.ready().await.unwrap();
@@ -846,8 +860,9 @@ fn an_agent_can_send_only_a_small_window_ahead_of_what_the_server_reads() {
             .await
             .unwrap()
             .unwrap();
-        (granted.max(send.capacity()), ack.durable_through)
+        (granted.max(send.capacity()), ack.durable_through, chosen)
     });
+    assert_eq!(chosen.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(acked, 1);
     let window = mamori_server::ingest::STREAM_WINDOW as usize;
     assert!(
