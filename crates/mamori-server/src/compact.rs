@@ -67,6 +67,13 @@ struct Pending {
 }
 
 impl Feed {
+    /// The first and last log position held and the rows for them.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> (u64, u64, usize) {
+        let p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        (p.from, p.to, p.rows)
+    }
+
     /// Where to send [`Signal::Flush`].
     pub fn wake_with(&self, tx: Sender<Signal>) {
         *self.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);

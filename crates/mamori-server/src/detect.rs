@@ -38,6 +38,8 @@ use crate::ServerError;
 use crate::state::{NewAlert, State};
 use crate::store::EventLog;
 
+mod parts;
+
 /// Events kept as evidence per alert.
 pub const EVIDENCE_MAX: usize = 10;
 /// Batches waiting for detection at most (each up to a few thousand parsed events).
@@ -169,7 +171,19 @@ pub fn replay(
     }
 }
 
-/// Starts the detection thread; returns its queue.
+/// Threads detection scans with: one per core (the detection thread and helpers), at most
+/// [`SCAN_THREADS_MAX`].
+pub fn scan_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(SCAN_THREADS_MAX)
+}
+
+/// The most threads detection scans with.
+pub const SCAN_THREADS_MAX: usize = 8;
+
+/// Starts the detection thread, which splits each round's scan over `scan_threads`
+/// threads (itself included); returns its queue.
 pub fn spawn(
     rules: Arc<RuleSet>,
     disabled: Disabled,
@@ -177,6 +191,7 @@ pub fn spawn(
     soc: Soc,
     progress: Progress,
     feed: Option<Arc<crate::compact::Feed>>,
+    scan_threads: usize,
 ) -> SyncSender<Msg> {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     std::thread::Builder::new()
@@ -191,9 +206,14 @@ pub fn spawn(
                 at: Instant::now(),
             };
             let feed = feed.as_deref();
-            while let Some(next) = run(
-                &rules, &disabled, &state, &soc, &mut trees, &mut saved, feed, &rx,
-            ) {
+            let context = Context {
+                disabled: &disabled,
+                state: &state,
+                soc: &soc,
+                feed,
+                scan_threads,
+            };
+            while let Some(next) = run(&rules, &context, &mut trees, &mut saved, &rx) {
                 tracing::info!(rules = next.rules().len(), "detection rules replaced");
                 rules = next;
             }
@@ -923,86 +943,103 @@ const FED_KEEP: usize = 4096;
 /// The longest wait between two attempts at a round the state database refused.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// What detection works with whatever the rules.
+struct Context<'c> {
+    disabled: &'c Disabled,
+    state: &'c State,
+    soc: &'c Soc,
+    feed: Option<&'c crate::compact::Feed>,
+    /// Threads a round's scan may be split over (this one and its helpers).
+    scan_threads: usize,
+}
+
 /// Scans with `rules` until the queue closes (`None`) or brings new rules; hands the rows
-/// it builds to `feed`.
-#[allow(clippy::too_many_arguments)]
+/// it builds to the context's feed. Helper threads for the scan live as long as the rules.
 fn run(
     rules: &RuleSet,
-    disabled: &Disabled,
-    state: &State,
-    soc: &Soc,
+    cx: &Context<'_>,
     trees: &mut Trees,
     saved: &mut Saved,
-    feed: Option<&crate::compact::Feed>,
     rx: &Receiver<Msg>,
 ) -> Option<Arc<RuleSet>> {
-    let mut d = Detector {
-        rules,
-        disabled,
-        soc,
-        scanner: rules.scanner(),
-        correlators: HashMap::new(),
-        fed: VecDeque::new(),
-        next_id: 0,
-        fired: Vec::new(),
-        hits: Vec::new(),
-        facts: Facts::default(),
-        rows: feed.map(StoreRows::new),
-    };
-    loop {
-        let msg = match rx.recv_timeout(PROGRESS_EVERY) {
-            Ok(msg) => msg,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                // Idle: the last rounds' position is recorded, so that a restart does not
-                // read them again.
-                saved.catch_up(state);
-                continue;
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+    std::thread::scope(|scope| {
+        let rows = cx.feed.is_some();
+        let mut pool = parts::Pool::start(scope, rules, cx.soc, rows, cx.scan_threads);
+        let mut d = Detector {
+            rules,
+            disabled: cx.disabled,
+            soc: cx.soc,
+            scanner: rules.scanner(),
+            scan: parts::Scan::new(rules, cx.soc, rows),
+            correlators: HashMap::new(),
+            fed: VecDeque::new(),
+            next_id: 0,
+            fired: Vec::new(),
+            hits: Vec::new(),
+            facts: Facts::default(),
         };
-        let (jobs, through) = match msg {
-            Msg::Events { jobs, through } => (jobs, through),
-            Msg::Rules(next) => return Some(next),
-        };
-        // A round the state database refused (locked past the busy timeout, disk full) is
-        // rolled back whole and detected again, until it is recorded: its alerts are never
-        // lost, nor recorded twice. Meanwhile the queue fills and ingest waits.
-        let mut wait = Duration::from_millis(100);
-        for attempt in 1u32.. {
-            let mut round = Round::new(state);
-            let done = d
-                .round(&mut round, trees, &jobs)
-                .and_then(|()| round.finish(soc, saved, through));
-            match done {
-                Ok(()) => {
-                    if let Some(rows) = &mut d.rows {
-                        rows.hand_over(&jobs);
-                    }
-                    if attempt > 1 {
-                        saved.progress.set_failing(None);
-                        tracing::info!(attempt, "the refused round is recorded");
-                    }
-                    break;
+        let state = cx.state;
+        loop {
+            let msg = match rx.recv_timeout(PROGRESS_EVERY) {
+                Ok(msg) => msg,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    // Idle: the last rounds' position is recorded, so that a restart does
+                    // not read them again.
+                    saved.catch_up(state);
+                    continue;
                 }
-                Err(e) => {
-                    round.abandon();
-                    saved.progress.set_failing(Some(e.to_string()));
-                    // The failed attempt fed the correlations: their windows start again (as
-                    // when rules change) rather than count its events twice.
-                    d.correlators.clear();
-                    d.fed.clear();
-                    tracing::error!(
-                        attempt,
-                        retry_in_ms = wait.as_millis() as u64,
-                        "detecting a round of events: {e}; its writes were rolled back and \
-                         the round will be retried"
-                    );
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(RETRY_MAX);
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+            };
+            let (jobs, through) = match msg {
+                Msg::Events { jobs, through } => (Arc::<[Job]>::from(jobs), through),
+                Msg::Rules(next) => return Some(next),
+            };
+            // A round the state database refused (locked past the busy timeout, disk full)
+            // is rolled back whole and detected again, until it is recorded: its alerts are
+            // never lost, nor recorded twice. Meanwhile the queue fills and ingest waits.
+            let mut wait = Duration::from_millis(100);
+            for attempt in 1u32.. {
+                let mut round = Round::new(state);
+                let done = d
+                    .round(&mut round, trees, &jobs, &mut pool)
+                    .and_then(|parts| {
+                        round.finish(cx.soc, saved, through)?;
+                        Ok(parts)
+                    });
+                match done {
+                    Ok(parts) => {
+                        // The compactor is given the rows of recorded rounds only, in order.
+                        if let Some(feed) = cx.feed {
+                            for (first, last, built) in parts.into_iter().filter_map(|p| p.rows) {
+                                feed.push(first, last, built);
+                            }
+                        }
+                        if attempt > 1 {
+                            saved.progress.set_failing(None);
+                            tracing::info!(attempt, "the refused round is recorded");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        round.abandon();
+                        saved.progress.set_failing(Some(e.to_string()));
+                        // The failed attempt fed the correlations: their windows start again
+                        // (as when rules change) rather than count its events twice.
+                        d.correlators.clear();
+                        d.fed.clear();
+                        tracing::error!(
+                            attempt,
+                            retry_in_ms = wait.as_millis() as u64,
+                            "detecting a round of events: {e}; its writes were rolled back \
+                             and the round will be retried"
+                        );
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(RETRY_MAX);
+                    }
                 }
             }
         }
-    }
+    })
 }
 
 /// Detection's working state between events and rounds.
@@ -1010,30 +1047,29 @@ struct Detector<'r> {
     rules: &'r RuleSet,
     disabled: &'r Disabled,
     soc: &'r Soc,
+    /// For the events [`parts::Scan`] leaves to the detector, read again in order.
     scanner: mamori_sigma::Scanner<'r>,
+    /// This thread's share of each round's scan.
+    scan: parts::Scan<'r>,
     correlators: HashMap<String, Correlator<'r>>,
     fed: VecDeque<(u64, mamori_wire::Bytes)>,
     next_id: u64,
     fired: Vec<mamori_sigma::CorrelationMatch>,
     hits: Vec<usize>,
     facts: Facts,
-    /// The store's rows of the round's events, built from the walk (none without a feed).
-    rows: Option<StoreRows<'r>>,
 }
 
 /// The store's rows of one round, built from detection's walk of each event (see
 /// `compact::Feed`): by tenant, with each row's log position.
-struct StoreRows<'f> {
-    feed: &'f crate::compact::Feed,
+struct StoreRows {
     fields: mamori_columnar::Fields,
     tenants: Vec<(String, mamori_columnar::RowBuilder, Vec<u64>)>,
     received_us: i64,
 }
 
-impl<'f> StoreRows<'f> {
-    fn new(feed: &'f crate::compact::Feed) -> Self {
+impl StoreRows {
+    fn new() -> Self {
         StoreRows {
-            feed,
             fields: mamori_columnar::Fields::default(),
             tenants: Vec::new(),
             received_us: 0,
@@ -1088,28 +1124,29 @@ impl<'f> StoreRows<'f> {
         seqs.push(job.first_log_seq + i as u64);
     }
 
-    /// Hands the recorded round's rows to the compactor, when its jobs cover consecutive
-    /// log positions (they do, but the compactor must never be told of a position it is
-    /// not given).
-    fn hand_over(&mut self, jobs: &[Job]) {
+    /// The rows of `jobs` for the compactor, with the first and last log position they
+    /// cover, when the jobs cover consecutive positions (they do, but the compactor must
+    /// never be told of a position it is not given).
+    fn take(&mut self, jobs: &[Job]) -> Option<(u64, u64, Vec<mamori_columnar::Built>)> {
         let mut next = None;
         for j in jobs {
             if next.is_some_and(|n| n != j.first_log_seq) {
                 tracing::debug!("a round with a gap in log positions: the compactor reads it");
                 self.tenants.clear();
-                return;
+                return None;
             }
             next = Some(j.first_log_seq + j.events.len() as u64);
         }
         let (Some(first), Some(end)) = (jobs.first(), next) else {
-            return;
+            self.tenants.clear();
+            return None;
         };
         // Every position told must have its row: the store would move past a missing one.
         let rows: usize = self.tenants.iter().map(|(_, _, seqs)| seqs.len()).sum();
         if rows as u64 != end - first.first_log_seq {
             tracing::debug!("a round without a row for each event: the compactor reads it");
             self.tenants.clear();
-            return;
+            return None;
         }
         let built = self
             .tenants
@@ -1120,33 +1157,38 @@ impl<'f> StoreRows<'f> {
                 batch: b.finish(),
             })
             .collect();
-        self.feed.push(first.first_log_seq, end - 1, built);
+        Some((first.first_log_seq, end - 1, built))
     }
 }
 
 impl<'r> Detector<'r> {
-    /// Detects a round's events, writing their alerts into the round's batch.
+    /// Detects a round's events, writing their alerts into the round's batch: scanned in
+    /// parts (here and on the pool's helpers), then what the scan left to the detector in
+    /// log order. Returns the parts, with the store's rows of each.
     fn round(
         &mut self,
         round: &mut Round<'_>,
         trees: &mut Trees,
-        jobs: &[Job],
-    ) -> Result<(), ServerError> {
-        if let Some(rows) = &mut self.rows {
-            rows.begin(jobs);
-        }
-        for job in jobs {
-            let tenant = self.rows.as_ref().and_then(|r| r.tenant_of(job));
-            for (i, raw) in job.events.iter().enumerate() {
-                self.event(round, trees, job, raw)?;
-                if let (Some(rows), Some(t)) = (&mut self.rows, tenant) {
-                    rows.push(t, job, i, raw);
+        jobs: &Arc<[Job]>,
+        pool: &mut parts::Pool,
+    ) -> Result<Vec<parts::Part>, ServerError> {
+        let parts = pool.scan(&mut self.scan, jobs);
+        for part in &parts {
+            for p in &part.pending {
+                let job = &jobs[p.job];
+                match &p.after {
+                    parts::After::Full => self.event(round, trees, job, &job.events[p.event])?,
+                    parts::After::Connected { dest, tree } => {
+                        connected(round, self.soc, trees, job, dest, &[&tree[0], &tree[1]])?
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(parts)
     }
 
+    /// The rest of detecting an event that [`parts::Scan`] did not settle: read again, in
+    /// log order, with the detector's state.
     fn event(
         &mut self,
         round: &mut Round<'_>,
@@ -1155,30 +1197,15 @@ impl<'r> Detector<'r> {
         raw: &mamori_wire::Bytes,
     ) -> Result<(), ServerError> {
         let (rules, soc, hits, facts) = (self.rules, self.soc, &mut self.hits, &mut self.facts);
-        // Most events are the sensor's and match nothing: matched in one pass over the text,
-        // the tree is built only for a hit (or whatever the one pass leaves). The same pass
-        // notes the store's columns.
         hits.clear();
         facts.clear();
-        let mut fields = self.rows.as_mut().map(|r| &mut r.fields);
-        if let Some(f) = fields.as_mut() {
-            f.clear();
-        }
         // A sensor event (not a heartbeat) read in one pass has the hits a scan of its tree
         // would give; only a connection to an external address needs the tree besides, for
         // the fact it adds to its process tree.
         let walked = self
             .scanner
-            .scan_ecs_json_with(raw, hits, &mut |name, leaf| {
-                facts.note(name, leaf);
-                if let Some(f) = fields.as_mut() {
-                    f.note(name, leaf);
-                }
-            })
+            .scan_ecs_json_with(raw, hits, &mut |name, leaf| facts.note(name, leaf))
             .is_ok();
-        if let Some(f) = fields {
-            f.walked(walked);
-        }
         let scanned = walked && facts.sensor();
         let external = scanned.then(|| facts.external(soc, &job.tenant)).flatten();
         let plain = scanned && external.is_none();

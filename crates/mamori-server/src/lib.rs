@@ -265,6 +265,7 @@ impl Server {
                 },
                 progress.clone(),
                 feed.clone(),
+                detect::scan_threads(),
             )
         });
         let behind = log.synced().saturating_sub(progress.through());
