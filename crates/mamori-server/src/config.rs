@@ -13,6 +13,8 @@
 //!                                # besides the server (MAMORI_ISOLATION_ALLOW, comma-separated)
 //! soc_policy = "/etc/mamori/soc-policy.toml"   # severity and automatic containment
 //!                                # (default: config/soc-policy.toml, compiled in)
+//! detection_threads = 4          # threads live detection scans with (MAMORI_DETECTION_THREADS;
+//!                                # default: one per core, at most 8)
 //! ```
 
 use std::net::SocketAddr;
@@ -43,6 +45,8 @@ pub struct ServerConfig {
     pub isolation_allow: Vec<mamori_wire::command::Allow>,
     /// The SOC policy file (severity, containment); the built-in default when unset.
     pub soc_policy: Option<PathBuf>,
+    /// Threads live detection scans with; one per core (at most 8) when unset.
+    pub detection_threads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +60,7 @@ struct File {
     flush_seconds: Option<u64>,
     isolation_allow: Option<Vec<String>>,
     soc_policy: Option<PathBuf>,
+    detection_threads: Option<u64>,
 }
 
 /// The default port.
@@ -64,6 +69,18 @@ pub const DEFAULT_PORT: u16 = 7443;
 fn parse_listen(v: &str, from: &str) -> Result<SocketAddr, ServerError> {
     v.parse()
         .map_err(|_| ServerError::Invalid(format!("{from}: {v:?} is not an address:port")))
+}
+
+/// The most threads detection may be given.
+const DETECTION_THREADS_MAX: u64 = 256;
+
+fn threads(n: u64, from: &str) -> Result<usize, ServerError> {
+    if !(1..=DETECTION_THREADS_MAX).contains(&n) {
+        return Err(ServerError::Invalid(format!(
+            "{from}: detection_threads must be 1 to {DETECTION_THREADS_MAX}, not {n}"
+        )));
+    }
+    Ok(n as usize)
 }
 
 fn parse_allow<'a>(
@@ -90,6 +107,7 @@ impl ServerConfig {
             flush_seconds: 2,
             isolation_allow: Vec::new(),
             soc_policy: None,
+            detection_threads: None,
         }
     }
 
@@ -134,6 +152,9 @@ impl ServerConfig {
             if let Some(v) = f.soc_policy {
                 c.soc_policy = Some(v);
             }
+            if let Some(v) = f.detection_threads {
+                c.detection_threads = Some(threads(v, &path.display().to_string())?);
+            }
             if let Some(v) = f.isolation_allow {
                 c.isolation_allow =
                     parse_allow(v.iter().map(String::as_str), &path.display().to_string())?;
@@ -147,6 +168,12 @@ impl ServerConfig {
                 v.split(',').map(str::trim).filter(|s| !s.is_empty()),
                 "MAMORI_ISOLATION_ALLOW",
             )?;
+        }
+        if let Some(v) = env("MAMORI_DETECTION_THREADS") {
+            let n = v.trim().parse().map_err(|_| {
+                ServerError::Invalid(format!("MAMORI_DETECTION_THREADS: {v:?} is not a number"))
+            })?;
+            c.detection_threads = Some(threads(n, "MAMORI_DETECTION_THREADS")?);
         }
         if let Some(v) = env("MAMORI_NAMES") {
             c.names = v
@@ -222,6 +249,22 @@ mod tests {
         };
         let c = ServerConfig::load(None, "/d".into(), env).unwrap();
         assert_eq!(c.isolation_allow.len(), 2);
+        // Detection's threads: one per core unless set, in range, the environment last.
+        assert_eq!(c.detection_threads, None);
+        std::fs::write(&f, "detection_threads = 3\n").unwrap();
+        let c = ServerConfig::load(Some(&f), "/d".into(), none).unwrap();
+        assert_eq!(c.detection_threads, Some(3));
+        let env = |k: &str| (k == "MAMORI_DETECTION_THREADS").then(|| "2".to_string());
+        let c = ServerConfig::load(Some(&f), "/d".into(), env).unwrap();
+        assert_eq!(c.detection_threads, Some(2));
+        for bad in ["detection_threads = 0\n", "detection_threads = 100000\n"] {
+            std::fs::write(&f, bad).unwrap();
+            let e = ServerConfig::load(Some(&f), "/d".into(), none).unwrap_err();
+            assert!(e.to_string().contains("detection_threads must be"), "{e}");
+        }
+        let env = |k: &str| (k == "MAMORI_DETECTION_THREADS").then(|| "many".to_string());
+        let e = ServerConfig::load(None, "/d".into(), env).unwrap_err();
+        assert!(e.to_string().contains("MAMORI_DETECTION_THREADS"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -121,6 +121,8 @@ pub struct Initialised {
     pub ca_fingerprint: String,
     /// What loading the detection rules produced (none without detection).
     pub rules: Option<rules::LoadReport>,
+    /// Threads live detection scans with.
+    pub detection_threads: usize,
 }
 
 /// The state database and CA, for local administration while a server may be running
@@ -227,10 +229,14 @@ impl Server {
             }
             None => (None, None),
         };
+        let detection_threads = config
+            .detection_threads
+            .unwrap_or_else(detect::scan_threads);
         let init = Initialised {
             admin_token,
             ca_fingerprint: ca.fingerprint(),
             rules: report,
+            detection_threads,
         };
         let policy = match &config.soc_policy {
             Some(path) => {
@@ -265,7 +271,7 @@ impl Server {
                 },
                 progress.clone(),
                 feed.clone(),
-                detect::scan_threads(),
+                detection_threads,
             )
         });
         let behind = log.synced().saturating_sub(progress.through());

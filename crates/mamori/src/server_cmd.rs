@@ -315,7 +315,12 @@ pub fn server_rules(rules: &[PathBuf]) -> RuleSource {
 /// loaded.
 pub fn print_rules_report(init: &mamori_server::Initialised) {
     let Some(r) = &init.rules else { return };
-    eprintln!("mamori server: live detection with {} rules", r.loaded);
+    eprintln!(
+        "mamori server: live detection with {} rules on {} thread{}",
+        r.loaded,
+        init.detection_threads,
+        if init.detection_threads == 1 { "" } else { "s" }
+    );
     if !r.refused.is_empty() {
         eprintln!(
             "mamori server: {} rule documents refused (`mamori rules check` lists them all)",

@@ -86,6 +86,16 @@ impl<'r> Scan<'r> {
         for (j, job) in range.clone().zip(mine) {
             let tenant = self.rows.as_ref().and_then(|r| r.tenant_of(job));
             for (i, raw) in job.events.iter().enumerate() {
+                #[cfg(test)]
+                if std::thread::current()
+                    .name()
+                    .is_some_and(|n| n.starts_with("mamori-scan-"))
+                    && raw
+                        .windows(tests::PANIC.len())
+                        .any(|w| w == tests::PANIC.as_bytes())
+                {
+                    panic!("a scan helper fails (test)");
+                }
                 if let Some(after) = self.event(job, raw) {
                     part.pending.push(Pending {
                         job: j,
@@ -173,7 +183,16 @@ impl Pool {
                 .spawn_scoped(scope, move || {
                     let mut scan = Scan::new(rules, soc, rows);
                     while let Ok((jobs, range)) = jobs.recv() {
-                        if done.send(scan.part(&jobs, range)).is_err() {
+                        // A panic ends this helper quietly (the detection thread scans its
+                        // share from then on), rather than the scope when the rules change.
+                        let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            scan.part(&jobs, range)
+                        }));
+                        let Ok(part) = part else {
+                            tracing::error!("a detection scan thread failed; scanning on fewer");
+                            break;
+                        };
+                        if done.send(part).is_err() {
                             break;
                         }
                     }
@@ -244,6 +263,9 @@ detection:
 level: high
 "#;
 
+    /// A command line that makes a helper scan thread panic (see `Scan::part`).
+    pub(super) const PANIC: &str = "mamori-test-panic";
+
     fn process(n: usize, entity: &str, cmd: &str) -> String {
         format!(
             r#"{{"@timestamp":"2026-12-07T10:00:00Z","event":{{"kind":"event","category":["process"],"type":["start"],"action":"exec","module":"mamori","dataset":"mamori.process"}},"host":{{"name":"h1","os":{{"type":"linux"}}}},"process":{{"pid":{n},"entity_id":"{entity}","executable":"/usr/bin/sh","name":"sh","command_line":"{cmd}","parent":{{"pid":1,"entity_id":"q-{entity}","executable":"/usr/bin/bash","command_line":"bash"}}}},"user":{{"id":"1000","name":"app"}}}}"#
@@ -256,10 +278,11 @@ level: high
         )
     }
 
-    /// 3,000 events in batches of 5: markers in both halves (one process's twice, across
-    /// the halves), connections on the trees of markers before and after them, and an
-    /// event the one pass does not read.
-    fn round() -> Vec<Job> {
+    /// 3,000 events in batches of 5 from log position `from`: markers in both halves (one
+    /// process's twice, across the halves), connections on the trees of markers before and
+    /// after them, and an event the one pass does not read. With `fail`, an event in the
+    /// second half makes a helper thread that scans it panic.
+    fn round(from: u64, fail: bool) -> Vec<Job> {
         let marker = "sh -c mamori-test-marker";
         let events: Vec<String> = (1..=3000)
             .map(|n| match n {
@@ -269,6 +292,7 @@ level: high
                 30 => connection("m3"),
                 2600 => process(n, "m3", marker),
                 1700 => r#"{"EventID":1,"Channel":"Microsoft-Windows-Sysmon/Operational","CommandLine":"whoami"}"#.into(),
+                2200 if fail => process(n, "f", PANIC),
                 _ => process(n, &format!("p{n}"), &format!("python3 worker.py --job {n}")),
             })
             .collect();
@@ -278,29 +302,35 @@ level: high
             .map(|(i, c)| Job {
                 agent: "a1".into(),
                 tenant: "t1".into(),
-                first_seq: 1 + 5 * i as u64,
-                first_log_seq: 1 + 5 * i as u64,
+                first_seq: from + 5 * i as u64,
+                first_log_seq: from + 5 * i as u64,
                 events: c.iter().map(|e| e.clone().into_bytes().into()).collect(),
             })
             .collect()
     }
 
-    /// Per alert: process, count, severity, the pids of its evidence in order.
-    type Seen = (Vec<(String, i64, String, Vec<u64>)>, (u64, u64, usize));
-
-    /// Detects [`round`] with `threads` scan threads: the alerts (process, count,
-    /// severity) and the rows handed to the compactor.
-    fn detect(threads: usize) -> Seen {
-        let dir =
-            std::env::temp_dir().join(format!("mamori-parts-{}-{threads}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+    fn rules() -> Arc<RuleSet> {
         let mut c = mamori_sigma::Compiler::default();
         for d in mamori_sigma::parse::parse_documents(RULE) {
             c.add(d.unwrap());
         }
         let (rules, rejected) = c.compile();
         assert!(rejected.is_empty());
+        Arc::new(rules)
+    }
+
+    /// Per alert: process, count, severity, the pids of its evidence in order.
+    type Seen = (Vec<(String, i64, String, Vec<u64>)>, (u64, u64, usize));
+
+    /// Sends `msgs` to detection with `threads` scan threads: the alerts (process, count,
+    /// severity, evidence) and the rows handed to the compactor.
+    fn detect(name: &str, threads: usize, msgs: Vec<Msg>) -> Seen {
+        let dir = std::env::temp_dir().join(format!(
+            "mamori-parts-{}-{name}-{threads}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let state = Arc::new(State::open(&dir.join("state.db")).unwrap());
         let progress = Progress {
             through: Arc::new(AtomicU64::new(0)),
@@ -312,7 +342,7 @@ level: high
             contain: std::sync::mpsc::channel().0,
         };
         let queue = spawn(
-            Arc::new(rules),
+            rules(),
             Disabled::default(),
             state.clone(),
             soc,
@@ -320,12 +350,9 @@ level: high
             Some(feed.clone()),
             threads,
         );
-        queue
-            .send(Msg::Events {
-                jobs: round(),
-                through: 3000,
-            })
-            .unwrap();
+        for m in msgs {
+            queue.send(m).unwrap();
+        }
         drop(queue);
         let start = std::time::Instant::now();
         while progress.through() != u64::MAX {
@@ -356,8 +383,14 @@ level: high
     /// connections in the other half, and a row for the store for every event, in order.
     #[test]
     fn a_round_split_over_threads_is_detected_as_by_one() {
-        let one = detect(1);
-        let two = detect(2);
+        let round = || {
+            vec![Msg::Events {
+                jobs: round(1, false),
+                through: 3000,
+            }]
+        };
+        let one = detect("split", 1, round());
+        let two = detect("split", 2, round());
         assert_eq!(one, two);
         let (alerts, rows) = one;
         let entities: Vec<(&str, i64, &[u64])> = alerts
@@ -431,5 +464,32 @@ level: high
         assert_eq!(r, vec![0..1, 1..8]);
         // … unless it comes last: then the round stays whole.
         assert_eq!(split(&jobs(&[5, 5, 5, 5, 5, 5, 5, 2000]), 2), vec![0..8]);
+    }
+
+    /// A helper thread that panics leaves its share to the detection thread: the round is
+    /// detected in full, and detection goes on after its rules change (its helpers end
+    /// with the old rules, and new ones start).
+    #[test]
+    fn a_scan_thread_that_fails_leaves_its_share_to_the_detection_thread() {
+        let msgs = |fail| {
+            vec![
+                Msg::Events {
+                    jobs: round(1, fail),
+                    through: 3000,
+                },
+                Msg::Rules(rules()),
+                Msg::Events {
+                    jobs: round(3001, false),
+                    through: 6000,
+                },
+            ]
+        };
+        let (alerts, rows) = detect("fail", 2, msgs(true));
+        assert_eq!(detect("fine", 2, msgs(false)), (alerts.clone(), rows));
+        // Each marker process twice over: once per round (two rounds, one alert each,
+        // folded).
+        let counts: Vec<(&str, i64)> = alerts.iter().map(|(e, n, _, _)| (e.as_str(), *n)).collect();
+        assert_eq!(counts, vec![("m1", 4), ("m2", 2), ("m3", 2)], "{alerts:?}");
+        assert_eq!(rows, (1, 6000, 6000));
     }
 }
