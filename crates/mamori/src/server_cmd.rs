@@ -126,7 +126,7 @@ fn listed(
 
 fn alert_header() -> String {
     format!(
-        "{:>5} {:<13} {:<8} {:<5} {:<16} {:<44} PROCESS\n",
+        "{:>5} {:<13} {:<13} {:<5} {:<16} {:<44} PROCESS\n",
         "ID", "SEVERITY", "LEVEL", "COUNT", "HOST", "RULE"
     )
 }
@@ -137,7 +137,7 @@ fn alert_line(a: &serde_json::Value, json: bool) -> String {
         return format!("{a}\n");
     }
     format!(
-        "{:>5} {:<13} {:<8} {:>5} {:<16} {:<44} {}\n",
+        "{:>5} {:<13} {:<13} {:>5} {:<16} {:<44} {}\n",
         text(&a["id"]),
         text(&a["severity"]).to_uppercase(),
         text(&a["level"]),
@@ -527,6 +527,27 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
                 crate::print_out(&(format!("{r}") + "\n"))?;
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every column of `mamori server alerts` starts where its header does, whatever the
+    /// level ("informational" is the longest).
+    #[test]
+    fn alert_rows_line_up_with_the_header_at_every_level() {
+        let header = alert_header();
+        let count = header.find("COUNT").unwrap();
+        let host = header.find("HOST").unwrap();
+        for level in ["informational", "low", "medium", "high", "critical"] {
+            let a = serde_json::json!({"id": 7, "severity": level, "level": level,
+                "count": 3, "host": "web-1", "rule_title": "r", "command_line": "c"});
+            let line = alert_line(&a, false);
+            assert_eq!(&line[count..count + 5], "    3", "{level}:\n{header}{line}");
+            assert_eq!(&line[host..host + 5], "web-1", "{level}:\n{header}{line}");
         }
     }
 }
