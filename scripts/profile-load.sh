@@ -6,6 +6,8 @@
 #        scripts/profile-load.sh OUT.data
 # DWARF=1 records call graphs by DWARF unwinding (needed for inclusive shares: the release
 # build has no frame pointers); `perf report -i OUT.data` reads the result.
+# STACK=32768 copies that many bytes of stack per sample for DWARF unwinding (default 16384;
+# hyper's deep stacks need more), FREQ=499 samples at that rate (default 999).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: scripts/profile-load.sh OUT.data}

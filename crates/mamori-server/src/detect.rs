@@ -1201,27 +1201,16 @@ impl<'r> Detector<'r> {
         facts.clear();
         // A sensor event (not a heartbeat) read in one pass has the hits a scan of its tree
         // would give; only a connection to an external address needs the tree besides, for
-        // the fact it adds to its process tree.
+        // the fact it adds to its process tree. (What needs neither, or only the one pass's
+        // connection facts, `parts::Scan` settled already.)
         let walked = self
             .scanner
             .scan_ecs_json_with(raw, hits, &mut |name, leaf| facts.note(name, leaf))
             .is_ok();
         let scanned = walked && facts.sensor();
-        let external = scanned.then(|| facts.external(soc, &job.tenant)).flatten();
-        let plain = scanned && external.is_none();
+        let plain = scanned && facts.external(soc, &job.tenant).is_none();
         if !scanned {
             hits.clear(); // read again from the tree below
-        }
-        if plain && hits.is_empty() {
-            return Ok(());
-        }
-        if hits.is_empty()
-            && let Some(ip) = external
-            && let Some((dest, tree)) = facts.connection(ip)
-        {
-            // A connection to an external address that matched nothing: what it adds to its
-            // process tree comes from the one pass as well.
-            return connected(round, soc, trees, job, &dest, &tree);
         }
         let state = round.state;
         let Ok(value) = serde_json::from_slice::<Value>(raw) else {
