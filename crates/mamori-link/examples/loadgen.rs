@@ -5,9 +5,11 @@
 //! batch of synthetic sensor events every `--interval-ms`. Among the events, `--markers`
 //! per second are a base64-to-shell command line with a unique process: each becomes an
 //! alert, and a poller reading `GET /api/v1/alerts` measures the time from the event's
-//! creation to the alert being visible in the API (every `--poll-ms`, 50 by default). Like real agents, each also sends a
-//! heartbeat (its health report) every `--heartbeat-s` seconds (60; 0: never), spread over
-//! the interval. `--network P` makes P% of the other events connections to an external
+//! creation to the alert being visible in the API (every `--poll-ms`, 50 by default). Each
+//! event is created at a moment spread over the interval before its batch is sent, as a
+//! real agent's events wait for their batch (its linger), so that wait is part of every
+//! latency measured. Like real agents, each also sends a heartbeat (its health report)
+//! every `--heartbeat-s` seconds (60; 0: never), spread over the interval. `--network P` makes P% of the other events connections to an external
 //! address (0 by default), which detection also keeps as facts about the process tree.
 //!
 //! ```sh
@@ -103,13 +105,22 @@ fn now_ns() -> u128 {
         .unwrap_or(0)
 }
 
-/// A process start; a marker is an encoded command piped to a shell, with a process entity
-/// that carries its creation time.
-fn event(agent: usize, n: u64, marker: bool, network: u64) -> Vec<u8> {
+/// How long before its batch is sent event `n` was created, as an agent's events wait for
+/// their batch: spread evenly (and deterministically) over the `interval_ns` since the last.
+fn waited_ns(n: u64, interval_ns: u64) -> u64 {
+    // splitmix64: consecutive events get unrelated shares of the interval.
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) % interval_ns.max(1)
+}
+
+/// A process start created at `ns`; a marker is an encoded command piped to a shell, with a
+/// process entity that carries its creation time.
+fn event(agent: usize, n: u64, marker: bool, network: u64, ns: u128) -> Vec<u8> {
     if !marker && n % 100 < network {
-        return connection(agent, n);
+        return connection(agent, n, ns);
     }
-    let ns = now_ns();
     let (exe, cmd, entity) = if marker {
         (
             "/usr/bin/sh",
@@ -134,10 +145,10 @@ fn event(agent: usize, n: u64, marker: bool, network: u64) -> Vec<u8> {
 
 /// A TCP connection from a worker process to an address outside every internal network
 /// (TEST-NET-3, 203.0.113.0/24), as the sensor reports it.
-fn connection(agent: usize, n: u64) -> Vec<u8> {
+fn connection(agent: usize, n: u64, ns: u128) -> Vec<u8> {
     format!(
         r#"{{"@timestamp":"{}","event":{{"kind":"event","category":["network"],"type":["start","connection"],"action":"connect","module":"mamori","dataset":"mamori.network"}},"host":{{"name":"sim-{agent:05}","os":{{"type":"linux","kernel":"6.18.0"}}}},"process":{{"pid":{},"entity_id":"boot:{agent}:{n}","executable":"/usr/bin/python3","name":"python3","parent":{{"pid":1,"entity_id":"boot:{agent}:1"}}}},"source":{{"ip":"10.0.0.5","port":{}}},"destination":{{"ip":"203.0.113.{}","port":443}},"network":{{"transport":"tcp","type":"ipv4","direction":"egress"}},"user":{{"id":"1000","name":"app"}}}}"#,
-        rfc3339(now_ns()),
+        rfc3339(ns),
         1000 + n % 60_000,
         32768 + n % 28_000,
         n % 250 + 1,
@@ -156,6 +167,7 @@ fn dump(a: &Args, n: u64) {
             i,
             a.markers > 0 && i % every == 0,
             a.network,
+            now_ns(),
         );
         out.write_all(&e)
             .and_then(|()| out.write_all(b"\n"))
@@ -326,6 +338,7 @@ async fn main() {
             markers_sent.clone(),
         );
         let interval = Duration::from_millis(a.interval_ms);
+        let interval_ns = a.interval_ms * 1_000_000;
         tasks.push(tokio::spawn(async move {
             let _keep_open = client;
             // Spread the agents over the interval.
@@ -338,13 +351,15 @@ async fn main() {
                 .then(|| Instant::now() + heartbeat_every * (i % agents) as u32 / agents as u32);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
+                let sent_at = now_ns();
                 let mut markers = 0;
                 let mut events: Vec<mamori_wire::Bytes> = (0..per_batch)
                     .map(|_| {
                         let n = counter.fetch_add(1, Ordering::Relaxed);
                         let marker = n % marker_every == marker_every - 1;
                         markers += u64::from(marker);
-                        event(i, n, marker, network).into()
+                        let created = sent_at - u128::from(waited_ns(n, interval_ns));
+                        event(i, n, marker, network, created).into()
                     })
                     .collect();
                 if let Some(at) = next_heartbeat.as_mut()
@@ -423,8 +438,10 @@ async fn main() {
     stop.store(true, Ordering::Relaxed);
     // Last alerts, polled at once: the agent tasks sleep until their next tick (up to an
     // interval: 5 s at 10,000 agents), and waiting for them first added that wait to the
-    // latency of the markers sent last.
-    for _ in 0..60 {
+    // latency of the markers sent last. The sweep lasts longer than the server may hold
+    // an acknowledgement back (see below).
+    let sweep = Instant::now();
+    while sweep.elapsed() < Duration::from_secs(5) {
         if !poll(&mut seen, &mut latencies).await {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -434,7 +451,7 @@ async fn main() {
     }
     // The server may hold an acknowledgement back for up to two seconds (it coalesces them,
     // `mamori_server::ingest::ACK_DELAY`): the events of the load are counted once the
-    // last acknowledgements had the ~3 s of the sweep above to come.
+    // last acknowledgements had the 5 s of the sweep above to come.
     let sent_load = sent.load(Ordering::Relaxed);
     let acked_all = acked.load(Ordering::Relaxed) - acked_start;
     latencies.sort_by(|x, y| x.total_cmp(y));
