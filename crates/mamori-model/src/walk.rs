@@ -80,12 +80,22 @@ pub enum Next {
 pub struct Scratch {
     /// The dotted name of the field being read.
     name: String,
-    /// The keys of the objects being read (ranges of `key_text`), for spotting repeats:
-    /// objects are small, a look along the list is cheaper than hashing.
-    keys: Vec<(usize, usize)>,
+    /// The keys of the objects being read, for spotting repeats (objects are small, a look
+    /// along the list is cheaper than hashing): ranges of the document, or of `key_text`
+    /// for the rare key with escapes, which is decoded there.
+    keys: Vec<KeyAt>,
     key_text: String,
     /// A string value with escapes, decoded.
     value: String,
+}
+
+/// Where a key read earlier in an object is.
+#[derive(Debug, Clone, Copy)]
+struct KeyAt {
+    start: u32,
+    end: u32,
+    /// In `Scratch::key_text` (decoded), not in the document.
+    decoded: bool,
 }
 
 /// Calls `f` with every field of the JSON object `raw`, in document order, named by dotted
@@ -99,8 +109,21 @@ pub fn walk(
     scratch.name.clear();
     scratch.keys.clear();
     scratch.key_text.clear();
+    let text = std::str::from_utf8(raw).map_err(|e| {
+        GaveUp(
+            json::Error {
+                what: "not UTF-8",
+                at: e.valid_up_to(),
+            }
+            .to_string(),
+        )
+    })?;
+    if u32::try_from(text.len()).is_err() {
+        return Err(GaveUp("a document over 4 GiB".into()));
+    }
     let mut w = Walker {
-        r: Reader::new(raw).map_err(|e| GaveUp(e.to_string()))?,
+        r: Reader::of_text(text),
+        text,
         scratch,
         f,
     };
@@ -133,6 +156,8 @@ impl From<json::Error> for Why {
 
 struct Walker<'a, 'w> {
     r: Reader<'a>,
+    /// The document.
+    text: &'a str,
     scratch: &'w mut Scratch,
     f: &'w mut dyn FnMut(&str, Leaf<'_>) -> Next,
 }
@@ -161,24 +186,52 @@ impl<'a> Walker<'a, '_> {
                     key_text,
                     ..
                 } = &mut *self.scratch;
-                let start = key_text.len();
-                key.decode_into(key_text);
-                let key = &key_text[start..];
+                // A key without escapes (nearly all) is read where it stands.
+                let (at, key) = match key.plain() {
+                    Some(k) => {
+                        let start = k.as_ptr() as usize - self.text.as_ptr() as usize;
+                        let at = KeyAt {
+                            start: start as u32,
+                            end: (start + k.len()) as u32,
+                            decoded: false,
+                        };
+                        (at, k)
+                    }
+                    None => {
+                        let start = key_text.len();
+                        key.decode_into(key_text);
+                        let at = KeyAt {
+                            start: start as u32,
+                            end: key_text.len() as u32,
+                            decoded: true,
+                        };
+                        (at, &key_text[start..])
+                    }
+                };
                 if key.contains('.') {
                     return Err(Why::Not("a key with a dot"));
                 }
+                let text = self.text;
+                let seen = |k: &KeyAt| {
+                    let range = k.start as usize..k.end as usize;
+                    if k.decoded {
+                        &key_text[range]
+                    } else {
+                        &text[range]
+                    }
+                };
                 if keys[first_key..]
                     .iter()
-                    .any(|&(a, b)| key_text[a..b] == *key)
+                    .any(|k| k.end - k.start == at.end - at.start && seen(k) == key)
                 {
                     return Err(Why::Not("a repeated key"));
                 }
-                keys.push((start, key_text.len()));
                 let len = name.len();
                 if len > 0 {
                     name.push('.');
                 }
                 name.push_str(key);
+                keys.push(at);
                 self.field()?;
                 self.scratch.name.truncate(len);
                 if !self.r.object_next()? {
@@ -311,6 +364,10 @@ mod tests {
         for (doc, why) in [
             (r#"{"a.b":1}"#, "dot"),
             (r#"{"a":{"b":1,"b":2}}"#, "repeated"),
+            // A key with escapes is compared as it reads, either way round.
+            (r#"{"ab":1,"a\u0062":2}"#, "repeated"),
+            (r#"{"x":{"\u0061b":1,"ab":2}}"#, "repeated"),
+            (r#"{"a\u002eb":1}"#, "dot"),
             (r#"{"a":[[1]]}"#, "array in an array"),
             (r#"{"a":[{"b":1}]}"#, "object in an array"),
             (r#"[1,2]"#, "not a JSON object"),
@@ -322,8 +379,11 @@ mod tests {
             let e = walked(doc).unwrap_err();
             assert!(e.0.contains(why), "{doc}: {e}");
         }
-        // The same key in different objects is no repeat.
+        // The same key in different objects is no repeat, nor are keys of one length.
         assert!(walked(r#"{"a":{"n":1},"b":{"n":2},"n":3}"#).is_ok());
+        let fields = walked(r#"{"ab":{"a\u0063":1,"ab":2},"cd":3,"a\u0062c":4}"#).unwrap();
+        let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["ab.ac", "ab.ab", "cd", "abc"]);
     }
 
     #[test]
