@@ -1,6 +1,7 @@
 //! Any bytes as an event's JSON text: the server's own reader against serde_json.
 //! Invariants: no panic; `json::validate` takes exactly what serde_json parses into a
-//! `Value`; where `walk` succeeds, its fields are the tree's flattened fields.
+//! `Value`, except text with a key serde_json reads specially (`json::RESERVED_KEY`), which
+//! it refuses; where `walk` succeeds, its fields are the tree's flattened fields.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,7 +12,10 @@ use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
     let tree = serde_json::from_slice::<Value>(data);
-    assert_eq!(json::validate(data).is_ok(), tree.is_ok());
+    match json::validate(data) {
+        Err(e) if e.what == json::RESERVED_KEY => return,
+        checked => assert_eq!(checked.is_ok(), tree.is_ok()),
+    }
     let mut walked = Vec::new();
     let ok = walk(data, &mut Scratch::default(), &mut |name, leaf| {
         let one = |i: &Item<'_>| match i {

@@ -34,6 +34,22 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Why a key that serde_json reads specially is refused ([`Error::what`]).
+pub const RESERVED_KEY: &str = "a key serde_json reserves ($serde_json::private::…)";
+
+/// serde_json reads an object whose first key is `$serde_json::private::RawValue` as the JSON
+/// text in its value (the `raw_value` feature, which axum turns on), and a `…::Number` one
+/// as a number (`arbitrary_precision`): the tree would hold something else than the text.
+/// No event has such a key; one that does is refused, so that what ingest accepts reads
+/// the same to the store, the walk and the tree.
+fn reserved(key: &Text<'_>) -> bool {
+    const PREFIX: &str = "$serde_json::private::";
+    match key.plain() {
+        Some(k) => k.starts_with(PREFIX),
+        None => key.decoded().starts_with(PREFIX),
+    }
+}
+
 /// Checks that `raw` is one JSON value, with nothing but whitespace around it.
 pub fn validate(raw: &[u8]) -> Result<(), Error> {
     let mut r = Reader::new(raw)?;
@@ -252,7 +268,12 @@ impl<'a> Reader<'a> {
             Some(_) => return self.err("expected a key"),
             None => return self.err("EOF while parsing an object"),
         }
+        let at = self.pos;
         let k = self.string()?;
+        if reserved(&k) {
+            self.pos = at;
+            return self.err(RESERVED_KEY);
+        }
         self.expect(b':', "expected ':'")?;
         Ok(k)
     }
@@ -626,6 +647,39 @@ mod tests {
         }
         let e = validate(b"{\"a\":\"\xff\"}").unwrap_err();
         assert_eq!((e.what, e.at), ("not UTF-8", 6));
+    }
+
+    /// The fuzz target found this: serde_json reads `{"$serde_json::private::RawValue": T}`
+    /// as the JSON text T, or refuses the document when T is not JSON, so the tree and the
+    /// text disagree. Such keys are refused, however spelled and wherever they stand.
+    #[test]
+    fn keys_serde_json_reads_specially_are_refused() {
+        let differs = r#"{"$serde_json::private::RawValue":"{\"a\":1}"}"#;
+        let tree = serde_json::from_str::<Value>(differs).unwrap();
+        assert_eq!(
+            tree,
+            serde_json::json!({"a": 1}),
+            "serde_json reads another tree"
+        );
+        let fails = r#"{"$serde_json::private::RawValue":"not JSON"}"#;
+        assert!(serde_json::from_str::<Value>(fails).is_err());
+        for doc in [
+            differs,
+            fails,
+            r#"{"a":{"$serde_json::private::Number":"1"}}"#,
+            r#"{"a":1,"$serde_json::private::RawValue":2}"#,
+            r#"[{"\u0024serde_json::private::RawValue":"1"}]"#,
+        ] {
+            let e = validate(doc.as_bytes()).unwrap_err();
+            assert_eq!(e.what, RESERVED_KEY, "{doc}");
+        }
+        // The same text as a value, or a key that only resembles it, is an ordinary string.
+        for doc in [
+            r#"{"a":"$serde_json::private::RawValue"}"#,
+            r#"{"$serde_json::privat":1,"x$serde_json::private::":2}"#,
+        ] {
+            assert!(validate(doc.as_bytes()).is_ok(), "{doc}");
+        }
     }
 
     #[test]
