@@ -577,15 +577,26 @@ async fn upload_windows(
     }
     let reply = blocking(move || {
         let mut events = Vec::new();
-        let stats = mamori_sources::read_bytes(&body, &mut |rec| {
+        // A line is stored as it was sent, so it is checked as an agent's events are: a line
+        // serde_json would read as something else (`json::RESERVED_KEY`) is not stored.
+        let (mut refused, mut refusal) = (0u64, None);
+        let mut stats = mamori_sources::read_bytes(&body, &mut |rec| {
             let text = rec
                 .text
                 .map(str::to_string)
                 .unwrap_or_else(|| rec.event.data.to_string());
-            if text.trim_start().starts_with('{') {
-                events.push(mamori_wire::Bytes::from(text.into_bytes()));
+            if !text.trim_start().starts_with('{') {
+                return;
             }
+            if let Err(e) = mamori_model::json::validate(text.as_bytes()) {
+                refused += 1;
+                refusal.get_or_insert_with(|| format!("record {}: {e}", rec.source.record));
+                return;
+            }
+            events.push(mamori_wire::Bytes::from(text.into_bytes()));
         });
+        stats.errors += refused;
+        stats.first_error = stats.first_error.or(refusal);
         if events.is_empty() {
             return Err(ServerError::Invalid(format!(
                 "no events in the upload ({} unreadable records{})",

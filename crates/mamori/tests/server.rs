@@ -1695,6 +1695,22 @@ fn windows_logs_uploaded_over_the_api_are_stored_and_detected() {
     assert!(body.contains("no events"), "{body}");
     let (code, _) = post("/api/v1/ingest/windows?host=bad%20host", &evtx);
     assert_eq!(code, 400, "host names are checked");
+    // A line serde_json would read as another document is not stored; the rest is.
+    let lines = srv.join("reserved.jsonl");
+    std::fs::write(
+        &lines,
+        "{\"EventID\":1,\"Channel\":\"Security\"}\n\
+         {\"$serde_json::private::RawValue\":\"{\\\"EventID\\\":1}\"}\n",
+    )
+    .unwrap();
+    let (code, body) = post("/api/v1/ingest/windows?host=ws02&tenant=acme", &lines);
+    assert_eq!(code, 200, "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&reply["stored"], &reply["unreadable"]),
+        (&1.into(), &1.into()),
+        "{reply}"
+    );
     // Live detection on the uploaded Windows events, attributed to the host and tenant.
     let deadline = Instant::now() + Duration::from_secs(15);
     let found = loop {
