@@ -9,8 +9,9 @@
 //! event is created at a moment spread over the interval before its batch is sent, as a
 //! real agent's events wait for their batch (its linger), so that wait is part of every
 //! latency measured. Like real agents, each also sends a heartbeat (its health report)
-//! every `--heartbeat-s` seconds (60; 0: never), spread over the interval. `--network P` makes P% of the other events connections to an external
-//! address (0 by default), which detection also keeps as facts about the process tree.
+//! every `--heartbeat-s` seconds (60; 0: never), spread over the interval. `--network P`
+//! makes P% of the other events connections to an external address (0 by default), which
+//! detection also keeps as facts about the process tree.
 //!
 //! ```sh
 //! loadgen --server https://127.0.0.1:7443 --fingerprint sha256:… --token ENROLL \

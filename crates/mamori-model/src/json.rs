@@ -195,6 +195,11 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The whole text being read.
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+
     fn bytes(&self) -> &'a [u8] {
         self.text.as_bytes()
     }

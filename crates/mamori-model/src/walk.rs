@@ -92,6 +92,7 @@ pub struct Scratch {
 /// Where a key read earlier in an object is.
 #[derive(Debug, Clone, Copy)]
 struct KeyAt {
+    /// Byte offsets (documents are far under 4 GiB: `walk` gives up on larger ones).
     start: u32,
     end: u32,
     /// In `Scratch::key_text` (decoded), not in the document.
@@ -109,21 +110,13 @@ pub fn walk(
     scratch.name.clear();
     scratch.keys.clear();
     scratch.key_text.clear();
-    let text = std::str::from_utf8(raw).map_err(|e| {
-        GaveUp(
-            json::Error {
-                what: "not UTF-8",
-                at: e.valid_up_to(),
-            }
-            .to_string(),
-        )
-    })?;
-    if u32::try_from(text.len()).is_err() {
+    let r = Reader::new(raw).map_err(|e| GaveUp(e.to_string()))?;
+    if u32::try_from(raw.len()).is_err() {
         return Err(GaveUp("a document over 4 GiB".into()));
     }
     let mut w = Walker {
-        r: Reader::of_text(text),
-        text,
+        text: r.text(),
+        r,
         scratch,
         f,
     };
@@ -222,7 +215,7 @@ impl<'a> Walker<'a, '_> {
                 };
                 if keys[first_key..]
                     .iter()
-                    .any(|k| k.end - k.start == at.end - at.start && seen(k) == key)
+                    .any(|k| (k.end - k.start) as usize == key.len() && seen(k) == key)
                 {
                     return Err(Why::Not("a repeated key"));
                 }
