@@ -552,6 +552,20 @@ pub(crate) fn process_entity(v: &Value) -> String {
     }
 }
 
+/// The process an alert on the event is about: the event's process, except for a fork. The
+/// sensor reports a forked child before it executes anything, with its parent's executable
+/// and command line: it still runs its parent's program, so a detection on it folds into
+/// the parent's alert rather than raising one more for each subshell of a pipeline.
+pub(crate) fn alert_entity(v: &Value) -> String {
+    if text(v, &["event", "action"]) == Some("fork") {
+        let parent = parent_entity(v);
+        if !parent.is_empty() {
+            return parent;
+        }
+    }
+    process_entity(v)
+}
+
 /// The parent process of an event, as [`process_entity`].
 pub(crate) fn parent_entity(v: &Value) -> String {
     let e = first_text(
@@ -1304,7 +1318,7 @@ impl<'r> Detector<'r> {
                 record(round, soc, trees, job, v, alert)?;
             }
         }
-        let entity = process_entity(v);
+        let entity = alert_entity(v);
         for &h in hits.iter() {
             let info = &rules.rules()[h];
             if !info.reported || is_disabled(self.disabled, &info.meta) {

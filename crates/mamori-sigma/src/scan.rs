@@ -62,13 +62,44 @@ struct Values {
     entries: Vec<Entry>,
     raw: String,
     low: String,
+    /// Ranges of `entries` that keyword searches skip: the ancestry an ECS event carries
+    /// (see [`ANCESTRY`]).
+    context: Vec<(u32, u32)>,
 }
+
+/// Fields under this prefix describe the process's parent (and its parent), not what the
+/// event itself records. Sigma keywords search a log line, and a Linux log line of a
+/// process (auditd's EXECVE, a shell's history) holds that process's own command, not its
+/// parent's: searched in the sensor's ancestry fields, a keyword rule that matches a
+/// process would match each of its children and grandchildren again, each one a new
+/// alert. Rules that name a parent field (`ParentCommandLine`, …) still read them.
+const ANCESTRY: &str = "process.parent.";
 
 impl Values {
     fn clear(&mut self) {
         self.entries.clear();
         self.raw.clear();
         self.low.clear();
+        self.context.clear();
+    }
+
+    /// Entries `start..` (just pushed for the field `name`) are context if `name` is.
+    fn note_context(&mut self, name: &str, start: u32) {
+        let end = self.entries.len() as u32;
+        if end > start && name.starts_with(ANCESTRY) {
+            match self.context.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => self.context.push((start, end)),
+            }
+        }
+    }
+
+    /// The entries keyword searches read: all but the context.
+    fn searched(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().enumerate().filter_map(|(i, e)| {
+            let i = i as u32;
+            (!self.context.iter().any(|&(s, end)| s <= i && i < end)).then_some(e)
+        })
     }
 
     fn push_str(&mut self, s: &str) {
@@ -476,6 +507,7 @@ impl Scanner<'_> {
         event.for_each_field_with(name_buf, &mut |name, value| {
             let start = values.entries.len() as u32;
             values.push_value(value, 0);
+            values.note_context(name, start);
             point_slots(
                 set,
                 slots,
@@ -548,6 +580,7 @@ impl Scanner<'_> {
                 Leaf::One(item) => values.push_item(&item),
                 Leaf::List(items) => items.iter().for_each(|i| values.push_item(i)),
             }
+            values.note_context(name, start);
             point_slots(
                 set,
                 slots,
@@ -675,7 +708,7 @@ impl Scanner<'_> {
             SelNode::Keywords { matchers, all } => {
                 let v = &self.values;
                 let hit = |m: &ValueMatcher| {
-                    v.entries.iter().any(|e| {
+                    v.searched().any(|e| {
                         let (r, l) = v.get(e);
                         m.matches(r, l)
                     })

@@ -71,6 +71,12 @@ fn document(rng: &mut fastrand::Rng) -> String {
     let exe = pick(rng, PROGRAMS);
     let cmd = pick(rng, COMMANDS);
     let parent = pick(rng, PROGRAMS);
+    // The parent's command is often one that keyword rules look for: they must not see it.
+    let parent_cmd = if rng.bool() {
+        pick(rng, COMMANDS)
+    } else {
+        parent
+    };
     let category = match rng.u32(0..6) {
         0 => r#""network""#.to_string(),
         1 => r#"["file"]"#.to_string(),
@@ -102,13 +108,14 @@ fn document(rng: &mut fastrand::Rng) -> String {
         "host": {{"name": "web1", {os}}},
         "process": {{"pid": {pid}, "executable": {exe}, "name": {name}, "command_line": {cmdj},
         "args": [{args}], "working_directory": "/tmp", "parent": {{"pid": 1, "executable": {parent},
-        "command_line": {parent}}}}}, "user": {{"name": "root", "id": "0"}}{extra}}}"#,
+        "command_line": {parent_cmd}}}}}, "user": {{"name": "root", "id": "0"}}{extra}}}"#,
         pid = rng.u32(2..99999),
         exe = serde_json::to_string(exe).unwrap(),
         name = serde_json::to_string(exe.rsplit('/').next().unwrap()).unwrap(),
         cmdj = serde_json::to_string(cmd).unwrap(),
         args = args.join(", "),
         parent = serde_json::to_string(parent).unwrap(),
+        parent_cmd = serde_json::to_string(parent_cmd).unwrap(),
     )
 }
 
@@ -153,4 +160,66 @@ fn one_pass_scan_matches_what_the_tree_scan_matches() {
         "only walked events are counted"
     );
     eprintln!("{walked} walked, {gave_up} left to the tree, {matched} matched");
+}
+
+/// A process event shaped like the sensor's: `command_line` its own, `parent` (and the
+/// grandparent) the ancestry the sensor adds.
+fn process_event(action: &str, own: &str, parent: &str, grandparent: &str) -> String {
+    serde_json::json!({
+        "@timestamp": "2026-11-26T10:00:00Z",
+        "event": {"kind": "event", "category": ["process"], "type": ["start"], "action": action,
+                  "module": "mamori", "dataset": "mamori.process"},
+        "host": {"name": "web1", "os": {"type": "linux"}},
+        "process": {"pid": 20, "entity_id": "b:20:1", "executable": "/usr/bin/head",
+                    "command_line": own,
+                    "parent": {"pid": 10, "executable": "/usr/bin/bash", "command_line": parent,
+                               "parent": {"pid": 5, "command_line": grandparent}}},
+        "user": {"name": "root"}
+    })
+    .to_string()
+}
+
+/// Sigma keywords search what an event records of its own process, not the ancestry: a
+/// keyword rule that matches a shell fires once, not again on each of its children and
+/// grandchildren (a fork, a pipeline's commands). Field rules still read the parent.
+#[test]
+fn keywords_search_the_process_not_its_ancestry() {
+    let set = rules();
+    let title = |i: &usize| set.rules()[*i].meta.title.clone();
+    let (mut one, mut tree) = (set.scanner(), set.scanner());
+    let mut titles = |doc: &str| -> Vec<String> {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        one.scan_ecs_json(doc.as_bytes(), &mut a).expect("walked");
+        let event = Event::with_shape(serde_json::from_str(doc).unwrap(), Shape::Ecs);
+        tree.scan(&event, &mut b);
+        assert_eq!(a, b, "the one pass and the tree agree on {doc}");
+        a.iter().map(title).collect()
+    };
+    const SHELL: &str = "Suspicious Activity in Shell Commands"; // keywords, product: linux
+    const DEV_TCP: &str = "Suspicious Use of /dev/tcp"; // likewise
+    let pipe = "sh -c echo ZWNobyBoaQ== | base64 -d | sh";
+    let beacon = "bash -c exec 3<>/dev/tcp/127.0.0.1/4444; head -c 3 <&3";
+    let own = titles(&process_event("exec", pipe, "bash", "init"));
+    assert!(own.iter().any(|t| t == SHELL), "{own:?}");
+    let own = titles(&process_event("exec", beacon, "bash", "init"));
+    assert!(own.iter().any(|t| t == DEV_TCP), "{own:?}");
+    for doc in [
+        process_event("exec", "base64 -d", pipe, "bash"),
+        process_event("exec", "head -c 3", "timeout 3 head -c 3", beacon),
+        process_event("exit", "sh", "bash", pipe),
+    ] {
+        let got = titles(&doc);
+        assert!(
+            !got.iter().any(|t| t == SHELL || t == DEV_TCP),
+            "a keyword rule matched the ancestry: {got:?} for {doc}"
+        );
+    }
+    // A rule that names the parent's command line still reads it.
+    let child = titles(&process_event("exec", "base64 -d", "bash -i", "sshd"));
+    assert!(
+        child
+            .iter()
+            .any(|t| t == "Interactive Bash Suspicious Children"),
+        "{child:?}"
+    );
 }

