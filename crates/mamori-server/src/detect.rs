@@ -1374,36 +1374,25 @@ mod tests {
     /// executed nothing) is alerted on as its parent; any other as itself.
     #[test]
     fn a_fork_is_alerted_on_as_its_parent() {
-        let ev = |action: &str, exe: &str, cmd: &str, parent: Value| {
-            serde_json::json!({"event": {"action": action}, "process": {"entity_id": "c",
-                "executable": exe, "command_line": cmd, "parent": parent}})
-        };
-        let sh = serde_json::json!({"entity_id": "p", "executable": "/bin/sh", "command_line": "sh -c x | y"});
-        assert_eq!(
-            alert_entity(&ev("fork", "/bin/sh", "sh -c x | y", sh.clone())),
-            "p"
-        );
-        assert_eq!(
-            alert_entity(&ev("exit", "/bin/sh", "sh -c x | y", sh.clone())),
-            "p"
-        );
-        assert_eq!(
-            alert_entity(&ev("exec", "/usr/bin/y", "y", sh.clone())),
-            "c"
-        );
-        assert_eq!(
-            alert_entity(&ev("exit", "/bin/bash", "sh -c x | y", sh.clone())),
-            "c"
-        );
-        // Without a parent entity, or a command line, the event's own process.
-        let orphan = serde_json::json!({"executable": "/bin/sh", "command_line": "sh -c x | y"});
-        assert_eq!(
-            alert_entity(&ev("fork", "/bin/sh", "sh -c x | y", orphan)),
-            "c"
-        );
-        let blank =
-            serde_json::json!({"entity_id": "p", "executable": "/bin/sh", "command_line": ""});
-        assert_eq!(alert_entity(&ev("exit", "/bin/sh", "", blank)), "c");
+        let sh = r#"{"entity_id":"p","executable":"/bin/sh","command_line":"sh -c x | y"}"#;
+        let orphan = r#"{"executable":"/bin/sh","command_line":"sh -c x | y"}"#;
+        let blank = r#"{"entity_id":"p","executable":"/bin/sh","command_line":""}"#;
+        // (action, executable, command line, parent, the alert's process)
+        let cases = [
+            ("fork", "/bin/sh", "sh -c x | y", sh, "p"),
+            ("exit", "/bin/sh", "sh -c x | y", sh, "p"),
+            ("exec", "/usr/bin/y", "y", sh, "c"),
+            ("exit", "/bin/bash", "sh -c x | y", sh, "c"),
+            // Without a parent entity, or a command line, the event's own process.
+            ("fork", "/bin/sh", "sh -c x | y", orphan, "c"),
+            ("exit", "/bin/sh", "", blank, "c"),
+        ];
+        for (action, exe, cmd, parent, want) in cases {
+            let v = serde_json::json!({"event": {"action": action}, "process": {
+                "entity_id": "c", "executable": exe, "command_line": cmd,
+                "parent": serde_json::from_str::<Value>(parent).unwrap()}});
+            assert_eq!(alert_entity(&v), want, "{v}");
+        }
     }
 
     /// What a connection adds to its process tree, read in one pass ([`Facts`]) and from the
