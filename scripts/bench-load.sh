@@ -56,8 +56,10 @@ for N in $AGENTS; do
         --network "${NETWORK:-0}" --poll-ms "${POLL_MS:-50}" \
         --cache "$WORK/agents-$N" --server-pid "$SERVER" | tee "$WORK/load-$N.out"
     kill $SERVER; wait $SERVER 2>/dev/null || true
-    # Merges and retention during the run (a run past a minute includes one).
+    # Merges and retention during the run (a run past a minute includes one), and the
+    # server's own word on how far detection fell behind (warned at most once a minute).
     cat "$WORK/srv-$N.err" "$MAMORI_DATA_DIR/server.log" 2>/dev/null \
-        | grep "event store maintenance" | sed 's/^/server log: /' || true
+        | grep -E "event store maintenance|detection is .* behind|detection has caught up" \
+        | sed 's/^/server log: /' || true
     SERVER=
 done

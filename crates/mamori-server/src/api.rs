@@ -426,8 +426,10 @@ async fn audit(State(shared): State<Arc<Shared>>, Caller(p, _): Caller<Admin>) -
 
 /// `GET /api/v1/status`: how far the server's pipeline has got, for its operators. Events
 /// are durable in the log through `log.synced`; detection and the columnar store follow it.
-/// `detection.failing_since` is set while the state database refuses detection's writes
-/// (detection then waits, and so, once its queue is full, does ingest).
+/// `detection.delay_ms` is how long the oldest durable event detection has not finished
+/// with has waited (0 while detection keeps up): how late alerts are, beyond the events' way
+/// to the server. `detection.failing_since` is set while the state database refuses
+/// detection's writes (detection then waits, and so, once its queue is full, does ingest).
 async fn status(State(shared): State<Arc<Shared>>, Caller(p, _): Caller<Admin>) -> ApiResult {
     // The pipeline is shared by every tenant.
     every_tenant(&p, "the server's status belongs")?;
@@ -451,6 +453,7 @@ async fn status(State(shared): State<Arc<Shared>>, Caller(p, _): Caller<Admin>) 
             "running": through != u64::MAX,
             "through": (through != u64::MAX).then_some(through),
             "behind": (through != u64::MAX).then(|| synced.saturating_sub(through)),
+            "delay_ms": d.delay().map(|t| t.as_millis() as u64),
             "failing_since": failing.as_ref().map(|f| f.0),
             "last_error": failing.map(|f| f.1),
         })
@@ -1051,7 +1054,7 @@ pub fn openapi_document() -> serde_json::Value {
                               "401": unauthorised, "404": {"description": "no such alert"}}
             }},
             "/api/v1/status": {"get": {
-                "summary": "The server's pipeline: events durable in the log (log.synced), how far detection and the columnar store have got (behind, in events), and since when the state database has refused detection's writes (detection.failing_since, last_error; null when all is well). Null detection: the server runs without rules (admin of all tenants)",
+                "summary": "The server's pipeline: events durable in the log (log.synced), how far detection and the columnar store have got (behind, in events), how long the oldest stored event detection has not finished with has waited (detection.delay_ms: 0 when detection keeps up; alerts are that late), and since when the state database has refused detection's writes (detection.failing_since, last_error; null when all is well). Null detection: the server runs without rules (admin of all tenants)",
                 "security": bearer,
                 "responses": {"200": {"description": "{version, log, detection, store}"}, "401": unauthorised, "403": forbidden}
             }},

@@ -24,10 +24,10 @@
 //! back and detected again until they are committed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mamori_model::walk::{Item, Leaf};
 use mamori_model::{Event, Shape};
@@ -72,10 +72,23 @@ pub enum Msg {
         jobs: Vec<Job>,
         /// The log position of the last of them.
         through: u64,
+        /// When they were durable (synced; for events detected again after a restart,
+        /// when they were read back): what [`Progress::delay`] counts from.
+        durable_at: SystemTime,
     },
     /// A new rule set to use from now on.
     Rules(Arc<RuleSet>),
 }
+
+fn micros(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Detection this far behind the log is worth a warning: alerts are that late.
+const DELAY_WARN: Duration = Duration::from_secs(5);
+/// And the warning is repeated at most this often while it lasts.
+const DELAY_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Rule ids whose alerts are suppressed.
 pub type Disabled = Arc<RwLock<HashSet<String>>>;
@@ -88,6 +101,9 @@ pub struct Progress {
     /// Since when (seconds since the epoch) the state database has refused detection's
     /// current round, and why; `None` while rounds commit.
     failing: Arc<Mutex<Option<(i64, String)>>>,
+    /// When the round detection is working on was durable (microseconds since the epoch),
+    /// 0 while it waits for one: the oldest durable event not yet detected.
+    working_on: Arc<AtomicI64>,
 }
 
 impl Progress {
@@ -101,10 +117,36 @@ impl Progress {
                 log.synced()
             }
         };
-        Ok(Progress {
+        Ok(Progress::new(through))
+    }
+
+    fn new(through: u64) -> Progress {
+        Progress {
             through: Arc::new(AtomicU64::new(through)),
             failing: Arc::default(),
+            working_on: Arc::default(),
+        }
+    }
+
+    /// How long the oldest durable event that detection has not finished with has waited
+    /// (zero while detection waits for events): how late its alert would be, beyond the
+    /// event's way to the server. `None` once the detection thread has ended.
+    pub fn delay(&self) -> Option<Duration> {
+        if self.through() == u64::MAX {
+            return None;
+        }
+        let since = self.working_on.load(Ordering::Acquire);
+        Some(if since == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_micros(micros(SystemTime::now()).saturating_sub(since) as u64)
         })
+    }
+
+    fn set_working_on(&self, durable_at: Option<SystemTime>) {
+        // A time at or before the epoch would read as "waiting": 1 µs is as old.
+        let at = durable_at.map_or(0, |t| micros(t).max(1));
+        self.working_on.store(at, Ordering::Release);
     }
 
     /// Since when (seconds since the epoch) the state database has refused detection's
@@ -165,7 +207,13 @@ pub fn replay(
             }
         }
         queue
-            .send(Msg::Events { jobs, through })
+            .send(Msg::Events {
+                jobs,
+                through,
+                // When they were synced is not kept: the time they are read back is the
+                // latest it can be.
+                durable_at: SystemTime::now(),
+            })
             .map_err(|_| ServerError::Store("the detection thread has stopped".into()))?;
         next = through + 1;
     }
@@ -204,6 +252,7 @@ pub fn spawn(
                 reached: progress.through(),
                 progress,
                 at: Instant::now(),
+                lag: Lag::default(),
             };
             let feed = feed.as_deref();
             let context = Context {
@@ -241,6 +290,40 @@ struct Saved {
     reached: u64,
     /// When it was last recorded.
     at: Instant,
+    lag: Lag,
+}
+
+/// Warns when detection falls behind the stored events, and says when it has caught up.
+#[derive(Debug, Default)]
+struct Lag {
+    warned_at: Option<Instant>,
+}
+
+impl Lag {
+    /// Detection starts a round whose events have waited `delay` since they were durable.
+    fn note(&mut self, delay: Duration) {
+        if delay >= DELAY_WARN {
+            if self
+                .warned_at
+                .is_none_or(|t| t.elapsed() >= DELAY_WARN_EVERY)
+            {
+                tracing::warn!(
+                    delay_ms = delay.as_millis() as u64,
+                    "detection is {:.1} s behind the events the server has stored, so \
+                     alerts are as late: the server needs more CPU, or fewer rules or \
+                     agents (`GET /api/v1/status` shows the delay)",
+                    delay.as_secs_f64()
+                );
+                self.warned_at = Some(Instant::now());
+            }
+        } else if delay < DELAY_WARN / 5 && self.warned_at.take().is_some() {
+            // At the warning's level: whoever saw it needs to see that it is over.
+            tracing::warn!(
+                delay_ms = delay.as_millis() as u64,
+                "detection has caught up with the stored events"
+            );
+        }
+    }
 }
 
 impl Saved {
@@ -1012,7 +1095,15 @@ fn run(
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
             };
             let (jobs, through) = match msg {
-                Msg::Events { jobs, through } => (Arc::<[Job]>::from(jobs), through),
+                Msg::Events {
+                    jobs,
+                    through,
+                    durable_at,
+                } => {
+                    saved.progress.set_working_on(Some(durable_at));
+                    saved.lag.note(durable_at.elapsed().unwrap_or_default());
+                    (Arc::<[Job]>::from(jobs), through)
+                }
                 Msg::Rules(next) => return Some(next),
             };
             // A round the state database refused (locked past the busy timeout, disk full)
@@ -1039,6 +1130,7 @@ fn run(
                             saved.progress.set_failing(None);
                             tracing::info!(attempt, "the refused round is recorded");
                         }
+                        saved.progress.set_working_on(None);
                         break;
                     }
                     Err(e) => {
@@ -1358,6 +1450,27 @@ impl<'r> Detector<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The delay counts from when the round detection works on was durable, is zero while
+    /// detection waits for events, and is unknown once the detection thread has ended.
+    #[test]
+    fn delay_counts_from_when_the_round_in_hand_was_durable() {
+        let p = Progress::new(7);
+        assert_eq!(p.delay(), Some(Duration::ZERO), "idle");
+        p.set_working_on(Some(SystemTime::now() - Duration::from_secs(3)));
+        let d = p.delay().unwrap();
+        assert!(
+            d >= Duration::from_secs(3) && d < Duration::from_secs(60),
+            "{d:?}"
+        );
+        // A clock before the epoch still reads as waiting, not as idle.
+        p.set_working_on(Some(SystemTime::UNIX_EPOCH));
+        assert!(p.delay().unwrap() > Duration::from_secs(3600));
+        p.set_working_on(None);
+        assert_eq!(p.delay(), Some(Duration::ZERO), "done");
+        drop(Gone(p.clone()));
+        assert_eq!(p.delay(), None, "the thread has ended");
+    }
 
     /// Within a round, an error the database may not give later aborts the round (to be
     /// retried); any other skips its write.

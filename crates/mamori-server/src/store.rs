@@ -364,7 +364,11 @@ fn write_loop(
                 })
                 .collect();
             if !jobs.is_empty() {
-                let _ = q.send(crate::detect::Msg::Events { jobs, through });
+                let _ = q.send(crate::detect::Msg::Events {
+                    jobs,
+                    through,
+                    durable_at: std::time::SystemTime::now(),
+                });
             }
         }
         for (_, done, result) in round.drain(..) {
@@ -890,7 +894,7 @@ mod tests {
         let a = again.blocking_recv().unwrap().unwrap();
         assert_eq!((a.stored, a.duplicates, a.durable_through), (0, 3, 3));
         // Detection got the round's new events in one message, none twice.
-        let Ok(crate::detect::Msg::Events { jobs, through }) = detected.try_recv() else {
+        let Ok(crate::detect::Msg::Events { jobs, through, .. }) = detected.try_recv() else {
             panic!("no detection job");
         };
         assert_eq!(jobs.len(), 8);

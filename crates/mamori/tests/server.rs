@@ -1051,6 +1051,8 @@ fn a_round_the_state_database_refuses_is_detected_again_once_it_takes_writes() {
     other.begin_batch().unwrap();
     let cmd = "echo aWQK | base64 -d | sh";
     send(&a, &[exec_event(400, cmd)]);
+    // A second round, durable now, waits behind the refused one.
+    send(&a, &[exec_event(401, "true")]);
     // An API write waits as long, then is told to try again (not "internal error").
     let (status, body) = api(
         &srv,
@@ -1092,15 +1094,50 @@ fn a_round_the_state_database_refuses_is_detected_again_once_it_takes_writes() {
         "{st}"
     );
     assert!(det["behind"].as_u64().unwrap() >= 1, "{st}");
+    // The round has waited at least the busy timeout (5 s) since it was durable: its
+    // alert is that late, and the status says so.
+    let delay = det["delay_ms"].as_u64().unwrap();
+    assert!((5_000..120_000).contains(&delay), "{st}");
     assert_eq!(server_status(None).0, 401);
+    // Long enough that the second round starts more than 5 s after it was durable.
+    std::thread::sleep(Duration::from_millis(1500));
     other.rollback_batch().unwrap();
     let found = wait_alerts(&srv, |a| !a.is_empty());
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["command_line"], cmd);
     assert_eq!(found[0]["count"], 1, "recorded once: {found:?}");
-    let st = server_status(server.admin.as_deref()).1;
+    // The server warned that detection ran behind, and says when it has caught up (a round
+    // that starts at once).
+    let logged = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(srv.join("server.log")).unwrap_or_default();
+            if log.contains(what) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let log = logged("behind the events the server has stored");
+    assert!(
+        log.contains("behind the events the server has stored"),
+        "{log}"
+    );
+    send(&a, &[exec_event(402, "true")]);
+    let log = logged("detection has caught up");
+    assert!(log.contains("detection has caught up"), "{log}");
+    // Rounds without alerts are recorded within a second (PROGRESS_EVERY).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let st = loop {
+        let st = server_status(server.admin.as_deref()).1;
+        if st["detection"]["behind"] == 0 || Instant::now() > deadline {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(st["detection"]["failing_since"].is_null(), "{st}");
     assert_eq!(st["detection"]["behind"], 0, "{st}");
+    assert_eq!(st["detection"]["delay_ms"], 0, "caught up: {st}");
     assert_eq!(st["log"]["synced"], st["detection"]["through"], "{st}");
     // The round's position was recorded with it: a restart detects nothing again.
     stop_server(&mut server);

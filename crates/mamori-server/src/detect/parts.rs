@@ -250,7 +250,6 @@ mod tests {
     use super::*;
     use crate::detect::{Disabled, Msg, Progress, spawn};
     use crate::state::State;
-    use std::sync::atomic::AtomicU64;
 
     const RULE: &str = r#"
 title: A test marker
@@ -332,10 +331,7 @@ level: high
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let state = Arc::new(State::open(&dir.join("state.db")).unwrap());
-        let progress = Progress {
-            through: Arc::new(AtomicU64::new(0)),
-            failing: Arc::default(),
-        };
+        let progress = Progress::new(0);
         let feed = Arc::new(crate::compact::Feed::default());
         let soc = Soc {
             policy: Arc::new(mamori_soc::Policy::default()),
@@ -387,6 +383,7 @@ level: high
             vec![Msg::Events {
                 jobs: round(1, false),
                 through: 3000,
+                durable_at: std::time::SystemTime::now(),
             }]
         };
         let one = detect("split", 1, round());
@@ -476,11 +473,13 @@ level: high
                 Msg::Events {
                     jobs: round(1, fail),
                     through: 3000,
+                    durable_at: std::time::SystemTime::now(),
                 },
                 Msg::Rules(rules()),
                 Msg::Events {
                     jobs: round(3001, false),
                     through: 6000,
+                    durable_at: std::time::SystemTime::now(),
                 },
             ]
         };
