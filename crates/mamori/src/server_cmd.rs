@@ -87,6 +87,17 @@ pub enum ServerCommand {
         #[arg(long, default_value = "revoked by an administrator")]
         reason: String,
     },
+    /// Show how the running server keeps up: events durable in its log, how late detection
+    /// (and so alerts) runs, how far the columnar store is behind. Exits 1 when detection is
+    /// 5 s or more behind or its writes are refused. Needs an admin token (--token or
+    /// MAMORI_TOKEN); --server defaults to this machine's server.
+    Status {
+        /// The API's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: crate::query_cmd::Target,
+    },
     /// Show the audit log.
     Audit {
         #[command(flatten)]
@@ -518,6 +529,31 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        ServerCommand::Status { json, mut target } => {
+            let config = config(None, None)?;
+            let server = target
+                .server
+                .get_or_insert_with(|| format!("https://{}", config.listen))
+                .clone();
+            let (rt, api) = crate::query_cmd::connect(&server, &target, &config)?;
+            let reply = rt.block_on(api.request("GET", "/api/v1/status", None))?;
+            let v: serde_json::Value = serde_json::from_str(&reply.body)
+                .with_context(|| format!("{server}/api/v1/status: not JSON"))?;
+            if reply.status != 200 {
+                bail!(
+                    "{server}: {} {}",
+                    reply.status,
+                    v["error"].as_str().unwrap_or(&reply.body)
+                );
+            }
+            let (text, late) = status_text(&server, &v);
+            crate::print_out(&if json { format!("{v}\n") } else { text })?;
+            Ok(if late {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         ServerCommand::Audit { target } => {
             let records = match remote(&target, "/api/v1/audit")? {
                 Some(r) => r,
@@ -531,9 +567,104 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
     }
 }
 
+/// `mamori server status` in words, and whether detection runs late (5 s or more behind,
+/// or its writes refused).
+fn status_text(server: &str, v: &serde_json::Value) -> (String, bool) {
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let mut out = format!(
+        "server {server} (version {})\nevents durable in the log: {}\n",
+        v["version"].as_str().unwrap_or("?"),
+        n(&v["log"]["synced"])
+    );
+    let det = &v["detection"];
+    let mut late = false;
+    if det.is_null() {
+        out.push_str("detection: off (no rules loaded)\n");
+    } else if det["running"] != true {
+        late = true;
+        out.push_str("detection: STOPPED (see the server's log)\n");
+    } else {
+        let delay = n(&det["delay_ms"]);
+        late = delay >= 5_000;
+        out.push_str(&if delay == 0 {
+            // Events it has detected may still count as behind for up to a second, until
+            // their position is recorded.
+            "detection: keeping up\n".to_string()
+        } else {
+            format!(
+                "detection: {} events behind; the oldest has waited {:.1} s{}\n",
+                n(&det["behind"]),
+                delay as f64 / 1000.0,
+                if late { ": alerts are that LATE" } else { "" }
+            )
+        });
+        if let Some(since) = det["failing_since"].as_i64() {
+            late = true;
+            out.push_str(&format!(
+                "detection: the state database has REFUSED its writes for {} s: {}\n",
+                mamori_server::state::now() - since,
+                det["last_error"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "columnar store: {} events behind the log\n",
+        n(&v["store"]["behind"])
+    ));
+    (out, late)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The status in words, and when it counts as late.
+    #[test]
+    fn status_reads_as_late_only_when_detection_is() {
+        let status = |det: serde_json::Value| {
+            serde_json::json!({"version": "0.1.0", "log": {"synced": 10},
+                "detection": det, "store": {"through": 8, "behind": 2}})
+        };
+        let ok = status(
+            serde_json::json!({"running": true, "through": 10, "behind": 0,
+            "delay_ms": 0, "failing_since": null, "last_error": null}),
+        );
+        let (text, late) = status_text("https://h:1", &ok);
+        assert!(!late && text.contains("keeping up"), "{text}");
+        assert!(text.contains("events durable in the log: 10"), "{text}");
+        assert!(text.contains("columnar store: 2 events behind"), "{text}");
+        let slow = |ms: u64| {
+            status(
+                serde_json::json!({"running": true, "through": 4, "behind": 6,
+                "delay_ms": ms, "failing_since": null, "last_error": null}),
+            )
+        };
+        let (text, late) = status_text("https://h:1", &slow(1_200));
+        assert!(
+            !late && text.contains("the oldest has waited 1.2 s\n"),
+            "{text}"
+        );
+        let (text, late) = status_text("https://h:1", &slow(7_500));
+        assert!(
+            late && text.contains("7.5 s: alerts are that LATE"),
+            "{text}"
+        );
+        let refused = status(
+            serde_json::json!({"running": true, "through": 4, "behind": 6,
+            "delay_ms": 900, "failing_since": 1, "last_error": "database is locked"}),
+        );
+        let (text, late) = status_text("https://h:1", &refused);
+        assert!(
+            late && text.contains("REFUSED") && text.contains("locked"),
+            "{text}"
+        );
+        let stopped = status(serde_json::json!({"running": false, "through": null,
+            "behind": null, "delay_ms": null}));
+        assert!(status_text("https://h:1", &stopped).1);
+        let off = status(serde_json::Value::Null);
+        let (text, late) = status_text("https://h:1", &off);
+        assert!(!late && text.contains("detection: off"), "{text}");
+    }
 
     /// Every column of `mamori server alerts` starts where its header does, whatever the
     /// level ("informational" is the longest).

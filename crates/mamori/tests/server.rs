@@ -1099,6 +1099,24 @@ fn a_round_the_state_database_refuses_is_detected_again_once_it_takes_writes() {
     let delay = det["delay_ms"].as_u64().unwrap();
     assert!((5_000..120_000).contains(&delay), "{st}");
     assert_eq!(server_status(None).0, 401);
+    // `mamori server status` says it in words, and exits 1.
+    let admin = server.admin.clone().unwrap();
+    let status_cli = || {
+        let url = format!("https://127.0.0.1:{port}");
+        let out = mamori(&srv)
+            .args(["server", "status", "--server", &url, "--token", &admin])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            text + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = status_cli();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("REFUSED"), "{text}");
+    assert!(text.contains("alerts are that LATE"), "{text}");
     // Long enough that the second round starts more than 5 s after it was durable.
     std::thread::sleep(Duration::from_millis(1500));
     other.rollback_batch().unwrap();
@@ -1138,6 +1156,9 @@ fn a_round_the_state_database_refuses_is_detected_again_once_it_takes_writes() {
     assert!(st["detection"]["failing_since"].is_null(), "{st}");
     assert_eq!(st["detection"]["behind"], 0, "{st}");
     assert_eq!(st["detection"]["delay_ms"], 0, "caught up: {st}");
+    let (code, text) = status_cli();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("detection: keeping up"), "{text}");
     assert_eq!(st["log"]["synced"], st["detection"]["through"], "{st}");
     // The round's position was recorded with it: a restart detects nothing again.
     stop_server(&mut server);
