@@ -426,6 +426,9 @@ async fn audit(State(shared): State<Arc<Shared>>, Caller(p, _): Caller<Admin>) -
 
 /// `GET /api/v1/status`: how far the server's pipeline has got, for its operators. Events
 /// are durable in the log through `log.synced`; detection and the columnar store follow it.
+/// `ingest` is the log writer's latest round: the longest a batch waited in the server to
+/// be durable (`wait_ms`) and the age of its oldest event then (`event_age_ms`, by the
+/// agents' clocks: the agent's linger, the way to the server and the wait in it).
 /// `detection.delay_ms` is how long the oldest durable event detection has not finished
 /// with has waited (0 while detection keeps up): how late alerts are, beyond the events' way
 /// to the server. `detection.failing_since` is set while the state database refuses
@@ -458,8 +461,10 @@ async fn status(State(shared): State<Arc<Shared>>, Caller(p, _): Caller<Admin>) 
             "last_error": failing.map(|f| f.1),
         })
     });
+    let (wait, age) = shared.writer.pace().latest();
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "ingest": {"wait_ms": wait.as_millis() as u64, "event_age_ms": age.as_millis() as u64},
         "log": {"synced": synced},
         "detection": detection,
         "store": {"through": stored, "behind": synced.saturating_sub(stored)},
@@ -1054,9 +1059,9 @@ pub fn openapi_document() -> serde_json::Value {
                               "401": unauthorised, "404": {"description": "no such alert"}}
             }},
             "/api/v1/status": {"get": {
-                "summary": "The server's pipeline: events durable in the log (log.synced), how far detection and the columnar store have got (behind, in events), how long the oldest stored event detection has not finished with has waited (detection.delay_ms: 0 when detection keeps up; alerts are that late), and since when the state database has refused detection's writes (detection.failing_since, last_error; null when all is well). Null detection: the server runs without rules (admin of all tenants)",
+                "summary": "The server's pipeline: events durable in the log (log.synced), how far detection and the columnar store have got (behind, in events), how long the oldest stored event detection has not finished with has waited (detection.delay_ms: 0 when detection keeps up; alerts are that late), the log writer's latest round (ingest.wait_ms: the longest a batch waited in the server to be durable; ingest.event_age_ms: how old its oldest event was then, by the agent's clock), and since when the state database has refused detection's writes (detection.failing_since, last_error; null when all is well). Null detection: the server runs without rules (admin of all tenants)",
                 "security": bearer,
-                "responses": {"200": {"description": "{version, log, detection, store}"}, "401": unauthorised, "403": forbidden}
+                "responses": {"200": {"description": "{version, ingest, log, detection, store}"}, "401": unauthorised, "403": forbidden}
             }},
             "/api/v1/hosts": {"get": {
                 "summary": "Enrolled hosts with sensor status and last health report",

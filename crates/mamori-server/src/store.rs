@@ -14,6 +14,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use mamori_spool::{Spool, SpoolConfig};
 use serde::{Deserialize, Serialize};
@@ -199,6 +201,7 @@ pub struct Writer {
     /// Permits for [`WRITER_QUEUE_BYTES`] (or the budget given), one per byte of events.
     bytes: Arc<tokio::sync::Semaphore>,
     budget: usize,
+    pace: Arc<Pace>,
 }
 
 /// A batch in the writer's queue, with the share of the byte budget it holds until the
@@ -207,6 +210,38 @@ struct Queued {
     append: Append,
     done: Done,
     bytes: tokio::sync::OwnedSemaphorePermit,
+    /// When it was handed to the writer (before waiting for the budget).
+    handed: std::time::Instant,
+}
+
+/// How the log writer keeps pace, as of its latest round (`GET /api/v1/status`).
+#[derive(Debug, Default)]
+pub struct Pace {
+    /// The longest any batch of the round waited from being handed to the writer to being
+    /// durable, in microseconds.
+    wait_us: AtomicU64,
+    /// The age of the round's oldest event (by its `@timestamp`: the agent's clock) when it
+    /// was durable, in milliseconds; 0 when no event said.
+    age_ms: AtomicU64,
+}
+
+impl Pace {
+    /// The latest round's longest wait in the server (handed to the writer → durable) and
+    /// its oldest event's age when durable (created on the endpoint → durable).
+    pub fn latest(&self) -> (Duration, Duration) {
+        (
+            Duration::from_micros(self.wait_us.load(Ordering::Relaxed)),
+            Duration::from_millis(self.age_ms.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// When an event says it happened: its `@timestamp`, if it comes first (as in the
+/// sensor's events; others are not searched for it).
+fn event_time(event: &[u8]) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    let rest = event.strip_prefix(b"{\"@timestamp\":\"")?;
+    let end = rest.iter().take(64).position(|&b| b == b'"')?;
+    chrono::DateTime::parse_from_rfc3339(std::str::from_utf8(&rest[..end]).ok()?).ok()
 }
 
 const STOPPED: &str = "the event log writer has stopped";
@@ -227,16 +262,24 @@ impl Writer {
         budget: usize,
     ) -> Result<Writer, ServerError> {
         let (queue, rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
+        let pace = Arc::new(Pace::default());
+        let paced = pace.clone();
         std::thread::Builder::new()
             .name("mamori-ingest".into())
-            .spawn(move || write_loop(&log, detect.as_ref(), rx))
+            .spawn(move || write_loop(&log, detect.as_ref(), rx, &paced))
             .map_err(|e| ServerError::Store(format!("starting the log writer: {e}")))?;
         let budget = budget.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         Ok(Writer {
             queue,
             bytes: Arc::new(tokio::sync::Semaphore::new(budget)),
             budget,
+            pace,
         })
+    }
+
+    /// How the writer keeps pace (see [`Pace`]).
+    pub fn pace(&self) -> &Pace {
+        &self.pace
     }
 
     /// The permits a batch takes: its events' bytes, at most the whole budget.
@@ -259,6 +302,7 @@ impl Writer {
     }
 
     async fn enqueue(&self, append: Append, done: Done) -> Result<(), String> {
+        let handed = std::time::Instant::now();
         let permit = self
             .bytes
             .clone()
@@ -270,6 +314,7 @@ impl Writer {
                 append,
                 done,
                 bytes: permit,
+                handed,
             })
             .await
             .map_err(|_| STOPPED.to_string())
@@ -283,15 +328,40 @@ impl Writer {
     }
 }
 
+/// Records how long the round's batches waited in the server, and how old its oldest event
+/// was, now that they are durable.
+fn note_pace(
+    pace: &Pace,
+    round: &[(Append, Done, Result<Appended, String>)],
+    handed: &[std::time::Instant],
+) {
+    let now = chrono::Utc::now();
+    let (mut wait, mut age) = (Duration::ZERO, 0i64);
+    for ((a, _, result), at) in round.iter().zip(handed) {
+        if result.is_err() {
+            continue;
+        }
+        wait = wait.max(at.elapsed());
+        if let Some(t) = a.events.first().and_then(|e| event_time(e)) {
+            age = age.max((now - t.with_timezone(&chrono::Utc)).num_milliseconds());
+        }
+    }
+    pace.wait_us
+        .store(wait.as_micros() as u64, Ordering::Relaxed);
+    pace.age_ms.store(age.max(0) as u64, Ordering::Relaxed);
+}
+
 fn write_loop(
     log: &std::sync::Mutex<EventLog>,
     detect: Option<&std::sync::mpsc::SyncSender<crate::detect::Msg>>,
     mut rx: tokio::sync::mpsc::Receiver<Queued>,
+    pace: &Pace,
 ) {
     // Each batch keeps its share of the byte budget until it has been appended and handed
     // on (the detection queue is bounded on its own).
     let mut round: Vec<(Append, Done, Result<Appended, String>)> = Vec::new();
     let mut permits = Vec::new();
+    let mut handed = Vec::new();
     let mut last_sync = std::time::Instant::now() - SYNC_SPACING;
     let mut through = 0;
     while let Some(first) = rx.blocking_recv() {
@@ -304,6 +374,7 @@ fn write_loop(
         let mut take = |q: Queued| {
             round.push((q.append, q.done, Err(String::new())));
             permits.push(q.bytes);
+            handed.push(q.handed);
         };
         take(first);
         while events < WRITER_ROUND_EVENTS
@@ -344,6 +415,8 @@ fn write_loop(
                 }
             }
         }
+        note_pace(pace, &round, &handed);
+        handed.clear();
         // Durable: detection gets what was new (a full queue makes the writer, and so
         // ingest, wait).
         if let Some(q) = detect {
@@ -749,6 +822,7 @@ mod tests {
             append,
             done,
             bytes: budget.try_acquire_owned().unwrap(),
+            handed: std::time::Instant::now(),
         }
     }
 
@@ -846,7 +920,7 @@ mod tests {
         ))
         .unwrap();
         drop(tx);
-        write_loop(&log, None, rx);
+        write_loop(&log, None, rx, &Pace::default());
         assert_eq!(rt.block_on(progress.durable(2)), Ok(5));
         // Nothing answered a third batch: still waiting.
         let waiting = rt.block_on(async {
@@ -862,9 +936,63 @@ mod tests {
         ))
         .unwrap();
         drop(tx);
-        write_loop(&log, None, rx);
+        write_loop(&log, None, rx, &Pace::default());
         let failed = rt.block_on(progress.durable(3));
         assert!(failed.unwrap_err().contains("failed earlier"));
+    }
+
+    /// The writer notes how long its latest round's batches waited in the server and how old
+    /// their oldest event was (by its `@timestamp`) once durable.
+    #[test]
+    fn the_writer_notes_its_pace() {
+        let d = dir("pace");
+        let log = std::sync::Mutex::new(EventLog::open(&d, 1 << 30).unwrap());
+        let pace = Pace::default();
+        let stamped = |ago: chrono::Duration| {
+            let t = (chrono::Utc::now() - ago).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            format!("{{\"@timestamp\":\"{t}\",\"event\":{{\"kind\":\"event\"}}}}")
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        for (agent, first) in [
+            ("a", stamped(chrono::Duration::seconds(3))),
+            ("b", "{}".into()),
+        ] {
+            let mut q = queued(
+                Append {
+                    tenant: "t".into(),
+                    agent: agent.into(),
+                    first_seq: Some(1),
+                    events: vec![
+                        first.into_bytes().into(),
+                        stamped(chrono::Duration::zero()).into_bytes().into(),
+                    ],
+                },
+                tokio::sync::oneshot::channel().0.into(),
+            );
+            q.handed -= Duration::from_millis(200);
+            tx.try_send(q).unwrap();
+        }
+        drop(tx);
+        write_loop(&log, None, rx, &pace);
+        let (wait, age) = pace.latest();
+        assert!(
+            wait >= Duration::from_millis(200) && wait < Duration::from_secs(60),
+            "{wait:?}"
+        );
+        assert!(
+            age >= Duration::from_secs(3) && age < Duration::from_secs(60),
+            "{age:?}"
+        );
+        // Only a leading `@timestamp` in RFC 3339 counts.
+        assert!(event_time(br#"{"@timestamp":"2026-12-08T01:02:03.5Z","a":1}"#).is_some());
+        for no in [
+            &br#"{"a":1,"@timestamp":"2026-12-08T01:02:03Z"}"#[..],
+            br#"{"@timestamp":"yesterday"}"#,
+            br#"{"@timestamp":"2026-12-08T01:02:03Z"#,
+            b"",
+        ] {
+            assert!(event_time(no).is_none(), "{}", String::from_utf8_lossy(no));
+        }
     }
 
     #[test]
@@ -885,7 +1013,7 @@ mod tests {
             .unwrap();
         drop(tx);
         let (detect, detected) = std::sync::mpsc::sync_channel(16);
-        write_loop(&log, Some(&detect), rx);
+        write_loop(&log, Some(&detect), rx, &Pace::default());
         assert_eq!(log.lock().unwrap().syncs, 1, "one sync for nine batches");
         for answer in answers {
             let a = answer.blocking_recv().unwrap().unwrap();

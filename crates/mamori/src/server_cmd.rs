@@ -571,10 +571,21 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
 /// or its writes refused).
 fn status_text(server: &str, v: &serde_json::Value) -> (String, bool) {
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let took = |ms: u64| {
+        if ms < 1000 {
+            format!("{ms} ms")
+        } else {
+            format!("{:.1} s", ms as f64 / 1000.0)
+        }
+    };
     let mut out = format!(
-        "server {server} (version {})\nevents durable in the log: {}\n",
+        "server {server} (version {})\nevents durable in the log: {}\n\
+         ingest, latest round: events {} old when durable (agents' clocks), {} of it in \
+         the server\n",
         v["version"].as_str().unwrap_or("?"),
-        n(&v["log"]["synced"])
+        n(&v["log"]["synced"]),
+        took(n(&v["ingest"]["event_age_ms"])),
+        took(n(&v["ingest"]["wait_ms"])),
     );
     let det = &v["detection"];
     let mut late = false;
@@ -623,6 +634,7 @@ mod tests {
     fn status_reads_as_late_only_when_detection_is() {
         let status = |det: serde_json::Value| {
             serde_json::json!({"version": "0.1.0", "log": {"synced": 10},
+                "ingest": {"wait_ms": 30, "event_age_ms": 1250},
                 "detection": det, "store": {"through": 8, "behind": 2}})
         };
         let ok = status(
@@ -632,6 +644,8 @@ mod tests {
         let (text, late) = status_text("https://h:1", &ok);
         assert!(!late && text.contains("keeping up"), "{text}");
         assert!(text.contains("events durable in the log: 10"), "{text}");
+        assert!(text.contains("events 1.2 s old when durable"), "{text}");
+        assert!(text.contains("30 ms of it in the server"), "{text}");
         assert!(text.contains("columnar store: 2 events behind"), "{text}");
         let slow = |ms: u64| {
             status(

@@ -1156,6 +1156,9 @@ fn a_round_the_state_database_refuses_is_detected_again_once_it_takes_writes() {
     assert!(st["detection"]["failing_since"].is_null(), "{st}");
     assert_eq!(st["detection"]["behind"], 0, "{st}");
     assert_eq!(st["detection"]["delay_ms"], 0, "caught up: {st}");
+    // The writer's latest round: a batch just sent, so young and quickly durable.
+    assert!(st["ingest"]["wait_ms"].as_u64().unwrap() < 10_000, "{st}");
+    assert!(st["ingest"]["event_age_ms"].as_u64().is_some(), "{st}");
     let (code, text) = status_cli();
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("detection: keeping up"), "{text}");
