@@ -11,7 +11,9 @@
 //! latency measured. Like real agents, each also sends a heartbeat (its health report)
 //! every `--heartbeat-s` seconds (60; 0: never), spread over the interval. `--network P`
 //! makes P% of the other events connections to an external address (0 by default), which
-//! detection also keeps as facts about the process tree.
+//! detection also keeps as facts about the process tree; `--files P` makes the next P% file
+//! writes (creations and changes under the worker's directories, as the sensor reports
+//! them), so that a mix like a real host's can be offered.
 //!
 //! ```sh
 //! loadgen --server https://127.0.0.1:7443 --fingerprint sha256:… --token ENROLL \
@@ -44,6 +46,7 @@ struct Args {
     seconds: u64,
     markers: u64,
     network: u64,
+    files: u64,
     heartbeat_s: u64,
     interval_ms: u64,
     poll_ms: u64,
@@ -63,6 +66,7 @@ fn args() -> Args {
         seconds: 20,
         markers: 10,
         network: 0,
+        files: 0,
         heartbeat_s: 60,
         interval_ms: 1000,
         poll_ms: 50,
@@ -84,6 +88,7 @@ fn args() -> Args {
             "--markers" => a.markers = val.parse().expect("--markers per second"),
             "--network" => a.network = val.parse().expect("--network PERCENT"),
             "--heartbeat-s" => a.heartbeat_s = val.parse().expect("--heartbeat-s SECONDS"),
+            "--files" => a.files = val.parse().expect("--files PERCENT"),
             "--interval-ms" => a.interval_ms = val.parse().expect("--interval-ms MS"),
             "--poll-ms" => a.poll_ms = val.parse().expect("--poll-ms MS"),
             "--cache" => a.cache = PathBuf::from(val),
@@ -116,11 +121,22 @@ fn waited_ns(n: u64, interval_ns: u64) -> u64 {
     (z ^ (z >> 31)) % interval_ns.max(1)
 }
 
+/// Which kinds of events are offered, in percent of the non-marker events.
+#[derive(Debug, Clone, Copy)]
+struct Mix {
+    network: u64,
+    files: u64,
+}
+
 /// A process start created at `ns`; a marker is an encoded command piped to a shell, with a
-/// process entity that carries its creation time.
-fn event(agent: usize, n: u64, marker: bool, network: u64, ns: u128) -> Vec<u8> {
-    if !marker && n % 100 < network {
+/// process entity that carries its creation time. `mix` turns some of the others into
+/// connections and file writes.
+fn event(agent: usize, n: u64, marker: bool, mix: Mix, ns: u128) -> Vec<u8> {
+    if !marker && n % 100 < mix.network {
         return connection(agent, n, ns);
+    }
+    if !marker && n % 100 < mix.network + mix.files {
+        return file(agent, n, ns);
     }
     let (exe, cmd, entity) = if marker {
         (
@@ -157,6 +173,23 @@ fn connection(agent: usize, n: u64, ns: u128) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A file the worker process writes (a new log or cache file, or a change to one), as the
+/// sensor reports it.
+fn file(agent: usize, n: u64, ns: u128) -> Vec<u8> {
+    let (action, kind, dir) = match n % 3 {
+        0 => ("create", "creation", "/var/lib/app/cache"),
+        _ => ("write", "change", "/var/log/app"),
+    };
+    format!(
+        r#"{{"@timestamp":"{}","event":{{"kind":"event","category":["file"],"type":["{kind}"],"action":"{action}","module":"mamori","dataset":"mamori.file"}},"host":{{"name":"sim-{agent:05}","os":{{"type":"linux","kernel":"6.18.0"}}}},"process":{{"pid":{},"entity_id":"boot:{agent}:{n}","executable":"/usr/bin/python3","name":"python3","command_line":"python3 /opt/app/worker.py --queue default","parent":{{"pid":1,"executable":"/usr/bin/bash","name":"bash","command_line":"bash"}}}},"file":{{"path":"{dir}/job-{}.json","name":"job-{}.json","directory":"{dir}"}},"user":{{"id":"1000","name":"app"}},"group":{{"id":"1000","name":"app"}}}}"#,
+        rfc3339(ns),
+        1000 + n % 60_000,
+        n % 10_000,
+        n % 10_000,
+    )
+    .into_bytes()
+}
+
 /// Prints `n` events as the agents would send them, one per line.
 fn dump(a: &Args, n: u64) {
     use std::io::Write;
@@ -167,7 +200,10 @@ fn dump(a: &Args, n: u64) {
             i as usize % a.agents.max(1),
             i,
             a.markers > 0 && i % every == 0,
-            a.network,
+            Mix {
+                network: a.network,
+                files: a.files,
+            },
             now_ns(),
         );
         out.write_all(&e)
@@ -330,7 +366,10 @@ async fn main() {
     let mut tasks = Vec::new();
     let agents = a.agents;
     let heartbeat_every = Duration::from_secs(a.heartbeat_s);
-    let network = a.network;
+    let mix = Mix {
+        network: a.network,
+        files: a.files,
+    };
     for (i, tx, client) in senders {
         let (counter, sent, stop, markers_sent) = (
             counter.clone(),
@@ -360,7 +399,7 @@ async fn main() {
                         let marker = n % marker_every == marker_every - 1;
                         markers += u64::from(marker);
                         let created = sent_at - u128::from(waited_ns(n, interval_ns));
-                        event(i, n, marker, network, created).into()
+                        event(i, n, marker, mix, created).into()
                     })
                     .collect();
                 if let Some(at) = next_heartbeat.as_mut()
