@@ -42,6 +42,10 @@ pub enum Signal {
     Flush,
 }
 
+/// Detection this far behind the log (`detect::Progress::delay`) no longer holds the store
+/// back: the compactor reads the events from the log itself.
+const DETECTION_FAR_BEHIND: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Rows held in the feed beyond which the compactor is woken.
 const FEED_WAKE_ROWS: usize = MAX_ROWS;
 /// Rows held in the feed beyond which it is emptied (the compactor then reads those events
@@ -128,28 +132,31 @@ pub fn flush(
     feed: Option<&Feed>,
 ) -> Result<u64, String> {
     let mut stored = 0;
+    // How far the log is read. While detection feeds rows and keeps up, only through what it
+    // has passed: the rows it has not fed for those (dropped, a gap, a restart) come from
+    // the log, the rest will come through the feed (reading them too would parse every
+    // event twice). When it falls far behind (an alert storm, refused writes) or has
+    // stopped, through the log's end: what is stored must not wait for it.
+    let limit = match (feed, detected.and_then(|d| Some((d.delay()?, d.through())))) {
+        (Some(_), Some((delay, through))) if delay < DETECTION_FAR_BEHIND => through,
+        _ => u64::MAX,
+    };
     if let Some((built, from, to)) = feed.and_then(Feed::take) {
         let position = store.position();
         if from <= position + 1 && to > position {
             let w = store
                 .write_built(&built, to, now_us())
                 .map_err(|e| e.to_string())?;
-            let end = log
-                .lock()
-                .map_err(|_| "event log lock poisoned".to_string())?
-                .synced();
-            if end <= to + FEED_WAKE_ROWS as u64 {
-                release(log, store, detected)?;
-                return Ok(w.rows);
-            }
-            // Detection is far behind the log: what is stored must not wait for it (hunting
-            // during an alert storm); the rest comes from the log.
             stored = w.rows;
         }
         // A gap before them (or all stored already): the log has every event.
     }
     loop {
         let from = store.position() + 1;
+        if from > limit {
+            release(log, store, detected)?;
+            return Ok(stored);
+        }
         let mut recs = Vec::new();
         while recs.len() < MAX_ROWS {
             let chunk = log
@@ -164,8 +171,8 @@ pub fn flush(
                 )
                 .map_err(|e| e.to_string())?;
             let n = chunk.len();
-            recs.extend(chunk);
-            if n < CHUNK {
+            recs.extend(chunk.into_iter().take_while(|r| r.log_seq <= limit));
+            if n < CHUNK || recs.last().is_some_and(|r| r.log_seq >= limit) {
                 break;
             }
         }
@@ -303,23 +310,50 @@ mod tests {
             mamori_columnar::Retention::default(),
         )
         .unwrap();
+        let state = State::open(&d.join("state.db")).unwrap();
+        let detected = |through: u64, log: &Mutex<EventLog>| {
+            state.set_detected_through(through).unwrap();
+            Progress::load(&state, &log.lock().unwrap()).unwrap()
+        };
         let log = Mutex::new(log);
         let feed = Feed::default();
-        // 1..=10 from detection; 11..=15 never reach the feed; 16..=25 do (a gap, so the
-        // log is read through its end instead); 20..=40 follow (partly stored already).
+        // 1..=10 from detection, which has passed them and keeps up: the other 30 events
+        // are left for its feed, not read from the log.
         feed.push(1, 10, built(&events, 1, 10));
-        assert_eq!(flush(&log, &store, None, Some(&feed)).unwrap(), 10);
-        assert_eq!(store.position(), 10);
-        feed.push(16, 25, built(&events, 16, 25));
+        let progress = detected(10, &log);
         assert_eq!(
-            flush(&log, &store, None, Some(&feed)).unwrap(),
-            30,
+            flush(&log, &store, Some(&progress), Some(&feed)).unwrap(),
+            10
+        );
+        assert_eq!(store.position(), 10);
+        assert_eq!(
+            flush(&log, &store, Some(&progress), Some(&feed)).unwrap(),
+            0
+        );
+        // 11..=15 never reach the feed; 16..=25 do (a gap): once detection has passed them
+        // all, the log is read for them, through what detection has passed.
+        feed.push(16, 25, built(&events, 16, 25));
+        let progress = detected(30, &log);
+        assert_eq!(
+            flush(&log, &store, Some(&progress), Some(&feed)).unwrap(),
+            20,
             "from the log"
+        );
+        assert_eq!(store.position(), 30);
+        // Detection far behind (its round in hand durable 6 s ago): the rest of the log is
+        // read without waiting for it.
+        progress.set_working_on(Some(
+            std::time::SystemTime::now() - std::time::Duration::from_secs(6),
+        ));
+        assert_eq!(
+            flush(&log, &store, Some(&progress), Some(&feed)).unwrap(),
+            10
         );
         assert_eq!(store.position(), 40);
         feed.push(20, 40, built(&events, 20, 40));
+        let progress = detected(40, &log);
         assert_eq!(
-            flush(&log, &store, None, Some(&feed)).unwrap(),
+            flush(&log, &store, Some(&progress), Some(&feed)).unwrap(),
             0,
             "stored already"
         );

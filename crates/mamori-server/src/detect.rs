@@ -143,7 +143,7 @@ impl Progress {
         })
     }
 
-    fn set_working_on(&self, durable_at: Option<SystemTime>) {
+    pub(crate) fn set_working_on(&self, durable_at: Option<SystemTime>) {
         // A time at or before the epoch would read as "waiting": 1 µs is as old.
         let at = durable_at.map_or(0, |t| micros(t).max(1));
         self.working_on.store(at, Ordering::Release);
