@@ -42,10 +42,6 @@ pub enum Signal {
     Flush,
 }
 
-/// Detection this far behind the log (`detect::Progress::delay`) no longer holds the store
-/// back: the compactor reads the events from the log itself.
-const DETECTION_FAR_BEHIND: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Rows held in the feed beyond which the compactor is woken.
 const FEED_WAKE_ROWS: usize = MAX_ROWS;
 /// Rows held in the feed beyond which it is emptied (the compactor then reads those events
@@ -138,7 +134,7 @@ pub fn flush(
     // event twice). When it falls far behind (an alert storm, refused writes) or has
     // stopped, through the log's end: what is stored must not wait for it.
     let limit = match (feed, detected.and_then(|d| Some((d.delay()?, d.through())))) {
-        (Some(_), Some((delay, through))) if delay < DETECTION_FAR_BEHIND => through,
+        (Some(_), Some((delay, through))) if delay < crate::detect::FAR_BEHIND => through,
         _ => u64::MAX,
     };
     if let Some((built, from, to)) = feed.and_then(Feed::take) {

@@ -85,10 +85,12 @@ fn micros(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-/// Detection this far behind the log is worth a warning: alerts are that late.
-const DELAY_WARN: Duration = Duration::from_secs(5);
+/// Detection this far behind the log ([`Progress::delay`]) is late: the server warns
+/// (alerts are that late), the compactor stops waiting for detection's rows, and `mamori
+/// server status` reports it.
+pub const FAR_BEHIND: Duration = Duration::from_secs(5);
 /// And the warning is repeated at most this often while it lasts.
-const DELAY_WARN_EVERY: Duration = Duration::from_secs(60);
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Rule ids whose alerts are suppressed.
 pub type Disabled = Arc<RwLock<HashSet<String>>>;
@@ -302,11 +304,8 @@ struct Lag {
 impl Lag {
     /// Detection starts a round whose events have waited `delay` since they were durable.
     fn note(&mut self, delay: Duration) {
-        if delay >= DELAY_WARN {
-            if self
-                .warned_at
-                .is_none_or(|t| t.elapsed() >= DELAY_WARN_EVERY)
-            {
+        if delay >= FAR_BEHIND {
+            if self.warned_at.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
                 tracing::warn!(
                     delay_ms = delay.as_millis() as u64,
                     "detection is {:.1} s behind the events the server has stored, so \
@@ -316,7 +315,7 @@ impl Lag {
                 );
                 self.warned_at = Some(Instant::now());
             }
-        } else if delay < DELAY_WARN / 5 && self.warned_at.take().is_some() {
+        } else if delay < FAR_BEHIND / 5 && self.warned_at.take().is_some() {
             // At the warning's level: whoever saw it needs to see that it is over.
             tracing::warn!(
                 delay_ms = delay.as_millis() as u64,

@@ -123,6 +123,14 @@ fn listed(
     path: &str,
     reply: &mamori_link::api::Reply,
 ) -> Result<Vec<serde_json::Value>> {
+    Ok(answer(server, path, reply)?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// What the API answered to `GET path`, or its refusal as an error.
+fn answer(server: &str, path: &str, reply: &mamori_link::api::Reply) -> Result<serde_json::Value> {
     let v: serde_json::Value =
         serde_json::from_str(&reply.body).with_context(|| format!("{server}{path}: not JSON"))?;
     if reply.status != 200 {
@@ -132,7 +140,7 @@ fn listed(
             v["error"].as_str().unwrap_or(&reply.body)
         );
     }
-    Ok(v.as_array().cloned().unwrap_or_default())
+    Ok(v)
 }
 
 fn alert_header() -> String {
@@ -536,16 +544,8 @@ pub fn run(cmd: ServerCommand) -> Result<ExitCode> {
                 .get_or_insert_with(|| format!("https://{}", config.listen))
                 .clone();
             let (rt, api) = crate::query_cmd::connect(&server, &target, &config)?;
-            let reply = rt.block_on(api.request("GET", "/api/v1/status", None))?;
-            let v: serde_json::Value = serde_json::from_str(&reply.body)
-                .with_context(|| format!("{server}/api/v1/status: not JSON"))?;
-            if reply.status != 200 {
-                bail!(
-                    "{server}: {} {}",
-                    reply.status,
-                    v["error"].as_str().unwrap_or(&reply.body)
-                );
-            }
+            let path = "/api/v1/status";
+            let v = answer(&server, path, &rt.block_on(api.request("GET", path, None))?)?;
             let (text, late) = status_text(&server, &v);
             crate::print_out(&if json { format!("{v}\n") } else { text })?;
             Ok(if late {
@@ -596,7 +596,7 @@ fn status_text(server: &str, v: &serde_json::Value) -> (String, bool) {
         out.push_str("detection: STOPPED (see the server's log)\n");
     } else {
         let delay = n(&det["delay_ms"]);
-        late = delay >= 5_000;
+        late = delay >= mamori_server::detect::FAR_BEHIND.as_millis() as u64;
         out.push_str(&if delay == 0 {
             // Events it has detected may still count as behind for up to a second, until
             // their position is recorded.
